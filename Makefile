@@ -1,0 +1,25 @@
+# The two commands a newcomer needs: `make demo` and `make test`. Everything else here is a step
+# they pull in: a virtual environment with the package, and the Fashion-MNIST data set.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+INSTALLED := $(VENV)/.installed
+FASHION := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: demo test
+
+demo: $(INSTALLED) $(FASHION)
+	$(PY) -m netshrink.cli demo
+
+test: $(INSTALLED) $(FASHION)
+	$(PY) -m pytest -n 2 -q
+
+$(INSTALLED): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q -e '.[dev]'
+	touch $@
+
+$(FASHION):
+	$(SUDO) apt-get update -qq
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist

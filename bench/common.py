@@ -1,0 +1,67 @@
+"""What every benchmark does with its numbers: a printed table, `bench/results/NAME.json` (the
+command, the date, one row a case with its numbers and its target), and the same table in
+`docs/benchmarks.md` between `<!-- bench:NAME -->` markers, with the command that made it."""
+
+import datetime
+import json
+import shlex
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+DOC = ROOT / "docs" / "benchmarks.md"
+
+
+def command_line() -> str:
+    """The command that is running, as a user would type it from the repository root."""
+    script = Path(sys.argv[0]).resolve()
+    try:
+        script = script.relative_to(ROOT)
+    except ValueError:
+        pass
+    return shlex.join(["python", str(script), *sys.argv[1:]])
+
+
+def publish(name: str, title: str, rows: list[dict], columns: list[str], notes: str = "") -> None:
+    """Print `rows` as a table, write the JSON result and refresh the section in the doc."""
+    command, date = command_line(), datetime.date.today().isoformat()
+    table = Table(title=title)
+    for column in columns:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*(_cell(row.get(c)) for c in columns))
+    Console().print(table)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    result = {"name": name, "command": command, "date": date, "rows": rows}
+    (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
+    _update_doc(name, _markdown(title, command, date, rows, columns, notes))
+
+
+def _cell(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return "-" if value is None else str(value)
+
+
+def _markdown(title, command, date, rows, columns, notes) -> str:
+    lines = [f"## {title}", "", f"Command: `{command}` ({date})", ""]
+    lines.append("| " + " | ".join(columns) + " |")
+    lines.append("| " + " | ".join("---" for _ in columns) + " |")
+    lines += ["| " + " | ".join(_cell(r.get(c)) for c in columns) + " |" for r in rows]
+    return "\n".join(lines + ([""] + [notes] if notes else [])) + "\n"
+
+
+def _update_doc(name: str, section: str) -> None:
+    start, end = f"<!-- bench:{name} -->", f"<!-- /bench:{name} -->"
+    text = DOC.read_text() if DOC.exists() else "# Benchmarks\n\nThe latest results, each with the command that made it.\n"
+    block = f"{start}\n{section}{end}"
+    if start in text and end in text:
+        text = text[: text.index(start)] + block + text[text.index(end) + len(end):]
+    else:
+        text = text.rstrip("\n") + "\n\n" + block + "\n"
+    DOC.parent.mkdir(parents=True, exist_ok=True)
+    DOC.write_text(text)

@@ -1,0 +1,85 @@
+"""Baselines: train a model from the zoo (or a user's factory) and cache it by what made it.
+
+Pretrained weights cannot be downloaded, so every baseline is trained here once and kept in a
+cache directory outside git, keyed by the model spec, the data config and the fit config (seed
+included): any change to those trains a new one, and nothing else ever does.
+"""
+
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .checkpoint import CheckpointMeta, checkpoint_paths, load_checkpoint, save_checkpoint
+from .data import DataConfig, DataSplits
+from .models import ModelSpec, build_model
+from .train import FitConfig, evaluate, fit, is_main_process
+
+
+_FASHION = DataConfig(source="fashion-mnist")
+_FASHION_AUGMENTED = DataConfig(source="fashion-mnist", crop_padding=2, hflip=True)
+
+# The zoo's Fashion-MNIST baselines, shared by `netshrink demo` and the benchmarks so that both
+# reuse one cached training. Epochs were chosen to reach the bands in docs/benchmarks.md.
+BASELINES: dict[str, tuple[ModelSpec, DataConfig, FitConfig]] = {
+    "lenet300_100": (ModelSpec(name="lenet300_100"), _FASHION, FitConfig(epochs=20, lr=0.05)),
+    "lenet5": (ModelSpec(name="lenet5"), _FASHION, FitConfig(epochs=20, lr=0.05)),
+    "lenet5_caffe": (ModelSpec(name="lenet5_caffe"), _FASHION, FitConfig(epochs=12, lr=0.05)),
+    "vgg_small": (ModelSpec(name="vgg_small"), _FASHION_AUGMENTED, FitConfig(epochs=12, lr=0.05)),
+}
+
+
+def default_cache_dir() -> Path:
+    """$NETSHRINK_CACHE, else ~/.cache/netshrink."""
+    return Path(os.environ.get("NETSHRINK_CACHE") or Path.home() / ".cache" / "netshrink")
+
+
+def train_model(spec: ModelSpec, data: DataSplits, config: FitConfig, *,
+                progress: bool = True) -> tuple[nn.Module, CheckpointMeta]:
+    """Build `spec` for `data`'s input shape, train it with `fit`, and measure it on the test split.
+
+    The returned metadata holds the final validation and test accuracy.
+    """
+    torch.manual_seed(config.seed)
+    c, h, _ = data.input_shape
+    model = build_model(spec, num_classes=data.num_classes, in_channels=c, input_size=h)
+    start = time.perf_counter()
+    history = fit(model, data, config, progress=progress)
+    seconds = time.perf_counter() - start
+    test = evaluate(model, data.loader("test", 256), progress=progress, description="test")
+    metrics = {"test_top1": test.top1, "test_top5": test.top5, "test_loss": test.loss,
+               "train_seconds": seconds}
+    if history.final is not None:
+        metrics["val_top1"] = history.final.top1
+    meta = CheckpointMeta(model=spec, input_shape=data.input_shape, num_classes=data.num_classes,
+                          data=data.config, fit=config, metrics=metrics)
+    return model, meta
+
+
+def baseline_key(spec: ModelSpec, data: DataConfig, config: FitConfig) -> str:
+    """A short stable hash of everything that determines a trained baseline."""
+    text = json.dumps([spec.model_dump(mode="json"), data.model_dump(mode="json"),
+                       config.model_dump(mode="json")], sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def cached_baseline(spec: ModelSpec, data: DataSplits, config: FitConfig, *,
+                    cache_dir: Path | None = None,
+                    progress: bool = True) -> tuple[nn.Module, CheckpointMeta, Path]:
+    """Load the baseline for (spec, data, config) from `cache_dir`/baselines, training it if missing.
+
+    Returns the model, its metadata and the checkpoint's path (stem).
+    """
+    directory = (cache_dir or default_cache_dir()) / "baselines"
+    stem = directory / f"{spec.name.replace(':', '-')}-{baseline_key(spec, data.config, config)}"
+    if all(p.is_file() for p in checkpoint_paths(stem)):
+        model, meta = load_checkpoint(stem)
+        return model, meta, stem
+    model, meta = train_model(spec, data, config, progress=progress)
+    if is_main_process():
+        save_checkpoint(model, stem, meta)
+    return model.eval(), meta, stem

@@ -1,0 +1,203 @@
+"""The `netshrink` command line. A user's mistake prints one line and exits 2, never a traceback."""
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from pydantic import BaseModel, ValidationError
+
+from .baseline import BASELINES, cached_baseline, train_model
+from .checkpoint import load_checkpoint, save_checkpoint
+from .data import DataConfig, load_data
+from .errors import ConfigError, Error
+from .measure import measure
+from .models import ModelSpec
+from .report import measurements_json, measurements_markdown, print_measurements
+from .train import FitConfig, evaluate, is_main_process
+
+DESCRIPTION = """\
+netshrink compresses convolutional image classifiers for embedded devices.
+
+Start with `netshrink demo` (trains a LeNet-5 baseline on Fashion-MNIST and measures it), or train
+your own baseline with `netshrink train`, then `netshrink evaluate` / `netshrink measure` it.
+Data: fashion-mnist | digits | mnist:DIR | cifar10:DIR | folder:DIR | a directory to detect.
+"""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `netshrink` command; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        args.run(args)
+    except Error as exc:
+        print(f"netshrink: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("netshrink: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="netshrink", description=DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    train = commands.add_parser("train", help="train a model and save a checkpoint",
+                                description="Train a zoo model (or a user's factory) and save a "
+                                "safetensors checkpoint with a JSON sidecar.")
+    train.add_argument("--model", default="lenet5", help="zoo name, e.g. lenet5 or "
+                       "'vgg_small(width=0.5)', or an import path package.module:factory")
+    train.add_argument("--model-args", default=None, metavar="JSON",
+                       help="extra keyword arguments for the model, as a JSON object")
+    _add_data_args(train)
+    _add_fit_args(train)
+    train.add_argument("--out", type=Path, default=None,
+                       help="checkpoint path without suffix (default: runs/MODEL)")
+    train.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    train.set_defaults(run=run_train)
+
+    ev = commands.add_parser("evaluate", help="top-1 / top-5 accuracy of a checkpoint",
+                             description="Evaluate a checkpoint on its data set's test split "
+                             "(or on --data).")
+    _add_checkpoint_args(ev)
+    ev.add_argument("--split", choices=("test", "val", "train"), default="test")
+    ev.add_argument("--json", action="store_true", help="print the result as JSON")
+    ev.set_defaults(run=run_evaluate)
+
+    me = commands.add_parser("measure", help="accuracy, size, MACs and latency of a checkpoint",
+                             description="Measure a checkpoint: accuracy, parameters, bytes, MACs "
+                             "(dense and sparse) and latency at batch 1 and 64.")
+    _add_checkpoint_args(me)
+    me.add_argument("--no-latency", action="store_true", help="skip the latency measurement")
+    me.add_argument("--threads", type=int, default=None, help="threads for latency")
+    me.add_argument("--format", choices=("table", "markdown", "json"), default="table")
+    me.set_defaults(run=run_measure)
+
+    demo = commands.add_parser("demo", help="the end-to-end demo (make demo runs this)",
+                               description="Train (or load from the cache) a LeNet-5 baseline on "
+                               "Fashion-MNIST, evaluate it and print the measurement table.")
+    demo.add_argument("--cache", type=Path, default=None,
+                      help="baseline cache directory (default: $NETSHRINK_CACHE or "
+                      "~/.cache/netshrink)")
+    demo.set_defaults(run=run_demo)
+    return parser
+
+
+def _add_data_args(p: argparse.ArgumentParser, default: str | None = "fashion-mnist") -> None:
+    g = p.add_argument_group("data")
+    g.add_argument("--data", default=default, help="data set: fashion-mnist, digits, mnist:DIR, "
+                   "cifar10:DIR, folder:DIR or a directory" + (f" (default {default})"
+                                                                if default else ""))
+    g.add_argument("--limit", type=int, default=None,
+                   help="use at most N examples of each split (quick runs)")
+    g.add_argument("--val-fraction", type=float, default=None,
+                   help="fraction of the training file held out for validation (default 0.1)")
+    g.add_argument("--image-size", type=int, default=None, help="resize images to N x N")
+
+
+def _add_fit_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("training")
+    defaults = FitConfig()
+    g.add_argument("--epochs", type=int, default=defaults.epochs)
+    g.add_argument("--lr", type=float, default=defaults.lr, help="peak learning rate")
+    g.add_argument("--optimizer", choices=("sgd", "adam"), default=defaults.optimizer)
+    g.add_argument("--momentum", type=float, default=defaults.momentum)
+    g.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
+    g.add_argument("--batch-size", type=int, default=defaults.batch_size,
+                   help="global batch size (split over processes under torchrun)")
+    g.add_argument("--schedule", choices=("cosine", "constant"), default=defaults.schedule)
+    g.add_argument("--seed", type=int, default=defaults.seed)
+    g.add_argument("--crop-padding", type=int, default=0, help="augment: random crop after padding")
+    g.add_argument("--hflip", action="store_true", help="augment: random horizontal flips")
+
+
+def _add_checkpoint_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoint", type=Path, help="checkpoint (.safetensors, .json or their stem)")
+    _add_data_args(p, default=None)
+    p.add_argument("--batch-size", type=int, default=256)
+
+
+def _config(cls: type[BaseModel], **fields) -> BaseModel:
+    """Build a config from CLI values, turning validation failures into one-line ConfigErrors."""
+    try:
+        return cls(**{k: v for k, v in fields.items() if v is not None})
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        raise ConfigError(f"--{str(err['loc'][0]).replace('_', '-')}: {err['msg']}") from None
+
+
+def _data_config(args, base: DataConfig | None = None, **augment) -> DataConfig:
+    fields = base.model_dump() if base else {}
+    overrides = {"source": args.data, "limit": args.limit, "val_fraction": args.val_fraction,
+                 "image_size": args.image_size, **augment}
+    fields.update({k: v for k, v in overrides.items() if v is not None})
+    return _config(DataConfig, **fields)
+
+
+def run_train(args) -> None:
+    spec = ModelSpec.parse(args.model, args.model_args)
+    data = load_data(_data_config(args, crop_padding=args.crop_padding or None,
+                                  hflip=args.hflip or None, seed=args.seed))
+    config = _config(FitConfig, epochs=args.epochs, lr=args.lr, optimizer=args.optimizer,
+                     momentum=args.momentum, weight_decay=args.weight_decay,
+                     batch_size=args.batch_size, schedule=args.schedule, seed=args.seed)
+    model, meta = train_model(spec, data, config)
+    if not is_main_process():
+        return
+    out = save_checkpoint(model, args.out or Path("runs") / spec.name.replace(":", "-"), meta)
+    if args.json:
+        print(json.dumps({"checkpoint": str(out), **meta.metrics}, sort_keys=True))
+    else:
+        print(f"checkpoint {out}.safetensors: test top-1 {meta.metrics['test_top1']:.2%}, "
+              f"top-5 {meta.metrics['test_top5']:.2%}")
+
+
+def _load(args):
+    model, meta = load_checkpoint(args.checkpoint)
+    if meta.data is None and args.data is None:
+        raise ConfigError(f"{args.checkpoint} does not say its data set: pass --data")
+    data = load_data(_data_config(args, meta.data))
+    if data.input_shape != tuple(meta.input_shape):
+        raise ConfigError(f"data images are {data.input_shape} but the model expects "
+                          f"{tuple(meta.input_shape)}: pass --image-size or other data")
+    return model, meta, data
+
+
+def run_evaluate(args) -> None:
+    model, _, data = _load(args)
+    result = evaluate(model, data.loader(args.split, args.batch_size), progress=True)
+    if args.json:
+        print(json.dumps(result.__dict__, sort_keys=True))
+    else:
+        print(f"{args.split}: top-1 {result.top1:.2%}  top-5 {result.top5:.2%}  "
+              f"loss {result.loss:.4f}  ({result.count} examples)")
+
+
+def run_measure(args) -> None:
+    model, meta, data = _load(args)
+    row = measure(model, stage=meta.model.name, input_shape=data.input_shape,
+                  test=data.loader("test", args.batch_size), latency=not args.no_latency,
+                  threads=args.threads)
+    if args.format == "json":
+        print(measurements_json([row]), end="")
+    elif args.format == "markdown":
+        print(measurements_markdown([row]), end="")
+    else:
+        print_measurements([row], title=str(args.checkpoint))
+
+
+def run_demo(args) -> None:
+    spec, data_config, fit_config = BASELINES["lenet5"]
+    data = load_data(data_config)
+    model, meta, path = cached_baseline(spec, data, fit_config, cache_dir=args.cache)
+    print(f"baseline {spec.name}: {path}.safetensors")
+    row = measure(model, stage="baseline", input_shape=data.input_shape,
+                  test=data.loader("test", 256))
+    print_measurements([row], title=f"netshrink demo: {spec.name} on {data_config.source}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

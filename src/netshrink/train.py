@@ -1,0 +1,196 @@
+"""Training and evaluation: the one `fit` and the one `evaluate` that every stage reuses.
+
+Compression methods are parametrizations, so retraining a pruned, clustered or quantized model is
+this same `fit`: the optimizer only sees parameters that require a gradient (a codebook freezes its
+dense original), and `step_hooks` let a schedule (gradual pruning) act after every step.
+
+Under `torchrun --nproc_per_node=N` the same call trains with DistributedDataParallel on the gloo
+backend: each rank sees its shard of every epoch, the global batch stays `batch_size`, and the
+weights stay identical on all ranks.
+"""
+
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from .data import BatchLoader, DataSplits
+from .errors import ConfigError
+from .progress import make_progress
+
+# (logits, targets, inputs) -> scalar loss; inputs are there for distillation's teacher.
+LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+StepHook = Callable[[int], None]
+
+
+class FitConfig(BaseModel):
+    """How to train: optimizer, learning-rate schedule, regularisation, length and seed."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    epochs: int = Field(10, ge=0)
+    lr: float = Field(0.05, gt=0)
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(5e-4, ge=0)
+    batch_size: int = Field(128, ge=1)
+    schedule: Literal["cosine", "constant"] = "cosine"
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """Top-1 and top-k accuracy in [0, 1], mean cross-entropy, and how many examples were seen."""
+
+    top1: float
+    top5: float
+    loss: float
+    count: int
+
+
+@dataclass(frozen=True)
+class EpochRecord:
+    epoch: int
+    train_loss: float
+    train_top1: float
+    val: EvalResult | None
+    lr: float
+    seconds: float
+
+
+@dataclass
+class History:
+    """What `fit` did, one record an epoch; `final` is the last validation result."""
+
+    epochs: list[EpochRecord] = field(default_factory=list)
+
+    @property
+    def final(self) -> EvalResult | None:
+        return self.epochs[-1].val if self.epochs else None
+
+
+def evaluate(model: nn.Module, loader: BatchLoader, *, progress: bool = False,
+             description: str = "evaluate") -> EvalResult:
+    """Top-1, top-5 (top-k for fewer than 5 classes) and mean loss of `model` over `loader`."""
+    was_training = model.training
+    model.eval()
+    correct1 = correct5 = seen = 0
+    loss_sum = 0.0
+    with torch.inference_mode(), make_progress(progress) as bar:
+        task = bar.add_task(description, total=len(loader), status="")
+        for x, y in loader:
+            logits = model(x)
+            loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
+            k = min(5, logits.shape[1])
+            top = logits.topk(k, dim=1).indices
+            hits = top.eq(y[:, None])
+            correct1 += hits[:, 0].sum().item()
+            correct5 += hits.any(dim=1).sum().item()
+            seen += y.numel()
+            bar.advance(task)
+    model.train(was_training)
+    if seen == 0:
+        raise ConfigError("cannot evaluate on an empty split: check --limit and the data set")
+    return EvalResult(correct1 / seen, correct5 / seen, loss_sum / seen, seen)
+
+
+def fit(model: nn.Module, data: DataSplits, config: FitConfig, *, loss_fn: LossFn | None = None,
+        step_hooks: Sequence[StepHook] = (), progress: bool = True) -> History:
+    """Train `model` in place on `data.train`, validating on `data.val` after every epoch.
+
+    SGD with momentum or Adam, a per-step cosine (or constant) learning rate, weight decay, seeded
+    shuffling. Runs under torchrun with DDP (gloo) when WORLD_SIZE > 1. Returns the history.
+    """
+    rank, world = _init_distributed()
+    torch.manual_seed(config.seed)  # dropout and anything else random in the forward pass
+    if config.batch_size % world:
+        raise ConfigError(f"batch size {config.batch_size} does not split over {world} processes")
+    train = data.loader("train", config.batch_size // world, rank=rank, world_size=world,
+                        seed=config.seed)
+    val = data.loader("val", 256) if len(data.val) else None
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = _make_optimizer(trainable, config)
+    total_steps = max(1, config.epochs * len(train))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_factor(config, total_steps))
+    net = DistributedDataParallel(model) if world > 1 else model
+    loss_fn = loss_fn or (lambda logits, y, x: F.cross_entropy(logits, y))
+    history = History()
+    with make_progress(progress) as bar:
+        task = bar.add_task("train", total=total_steps, status="")
+        for epoch in range(config.epochs):
+            start = time.perf_counter()
+            train.set_epoch(epoch)
+            lr = optimizer.param_groups[0]["lr"]
+            loss, top1 = _train_epoch(net, train, optimizer, scheduler, loss_fn, step_hooks,
+                                      epoch * len(train), lambda: bar.advance(task))
+            result = evaluate(model, val) if val is not None else None
+            history.epochs.append(
+                EpochRecord(epoch, loss, top1, result, lr, time.perf_counter() - start))
+            bar.update(task, status=_status(epoch, loss, result))
+    return history
+
+
+def _train_epoch(net, loader, optimizer, scheduler, loss_fn, step_hooks, first_step, advance):
+    """One pass over `loader`; returns this rank's mean loss and top-1 on the training batches."""
+    net.train()
+    loss_sum = correct = seen = 0.0
+    for i, (x, y) in enumerate(loader):
+        logits = net(x)
+        loss = loss_fn(logits, y, x)
+        if not torch.isfinite(loss):
+            raise ConfigError(f"training diverged (loss {loss.item()}): lower the learning rate")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        for hook in step_hooks:
+            hook(first_step + i + 1)
+        loss_sum += loss.item() * y.numel()
+        correct += logits.argmax(1).eq(y).sum().item()
+        seen += y.numel()
+        advance()
+    return loss_sum / max(seen, 1), correct / max(seen, 1)
+
+
+def _make_optimizer(params, config: FitConfig) -> torch.optim.Optimizer:
+    if not params:
+        raise ConfigError("the model has no trainable parameters")
+    if config.optimizer == "adam":
+        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum,
+                           weight_decay=config.weight_decay, nesterov=config.momentum > 0)
+
+
+def _lr_factor(config: FitConfig, total_steps: int) -> Callable[[int], float]:
+    if config.schedule == "constant":
+        return lambda step: 1.0
+    return lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps))
+
+
+def _status(epoch: int, loss: float, result: EvalResult | None) -> str:
+    text = f"epoch {epoch + 1} loss {loss:.3f}"
+    return text + (f" val top-1 {result.top1:.2%}" if result else "")
+
+
+def _init_distributed() -> tuple[int, int]:
+    """(rank, world size); joins the gloo process group that torchrun describes, once."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1
+    if not dist.is_initialized():
+        dist.init_process_group("gloo")
+    return dist.get_rank(), dist.get_world_size()
+
+
+def is_main_process() -> bool:
+    """True on rank 0 or outside torchrun: the process that writes files and prints."""
+    return int(os.environ.get("RANK", "0")) == 0

@@ -1,0 +1,80 @@
+import json
+
+import pytest
+import torch
+
+from netshrink.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
+from netshrink.data import DataConfig
+from netshrink.errors import CorruptFileError
+from netshrink.models import ModelSpec, build_model
+
+
+def _saved(tmp_path, name="vgg_small", args=None):
+    spec = ModelSpec(name=name, args=args or {})
+    torch.manual_seed(1)
+    model = build_model(spec)
+    with torch.no_grad():  # non-trivial BN statistics, so buffers are checked too
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.normal_()
+    meta = CheckpointMeta(model=spec, input_shape=(1, 28, 28), num_classes=10,
+                          data=DataConfig(source="digits", image_size=28),
+                          metrics={"test_top1": 0.5})
+    return model, save_checkpoint(model, tmp_path / "ckpt", meta), meta
+
+
+def test_round_trip_is_bit_identical(tmp_path):
+    model, stem, meta = _saved(tmp_path, args={"width": 0.5})
+    loaded, loaded_meta = load_checkpoint(stem)
+    assert loaded_meta == meta
+    original = model.state_dict()
+    restored = loaded.state_dict()
+    assert original.keys() == restored.keys()
+    for key in original:
+        assert original[key].dtype == restored[key].dtype
+        assert torch.equal(original[key], restored[key]), key
+    # Either file, or the stem, names the checkpoint.
+    load_checkpoint(stem.with_suffix(".json"))
+    load_checkpoint(str(stem) + ".safetensors")
+
+
+def test_a_pickle_is_refused(tmp_path):
+    model, stem, _ = _saved(tmp_path)
+    weights = stem.with_name(stem.name + ".safetensors")
+    torch.save(model.state_dict(), weights)
+    with pytest.raises(CorruptFileError, match="never unpickles"):
+        load_checkpoint(stem)
+    import pickle
+    weights.write_bytes(pickle.dumps({"w": [1, 2, 3]}))
+    with pytest.raises(CorruptFileError, match="never unpickles"):
+        load_checkpoint(stem)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "header", "empty"])
+def test_damaged_weights_raise_corrupt_file_error(tmp_path, damage):
+    _, stem, _ = _saved(tmp_path)
+    weights = stem.with_name(stem.name + ".safetensors")
+    data = weights.read_bytes()
+    damaged = {"truncate": data[: len(data) // 2], "header": b"\xff" * 16 + data[16:],
+               "empty": b""}[damage]
+    weights.write_bytes(damaged)
+    with pytest.raises(CorruptFileError, match="ckpt.safetensors"):
+        load_checkpoint(stem)
+
+
+def test_bad_sidecar_or_mismatched_architecture(tmp_path):
+    _, stem, _ = _saved(tmp_path)
+    sidecar = stem.with_name(stem.name + ".json")
+    meta = json.loads(sidecar.read_text())
+    sidecar.write_text("{not json")
+    with pytest.raises(CorruptFileError, match="not valid JSON"):
+        load_checkpoint(stem)
+    sidecar.write_text(json.dumps({**meta, "format": "something-else"}))
+    with pytest.raises(CorruptFileError, match="not a netshrink checkpoint"):
+        load_checkpoint(stem)
+    meta["model"]["args"] = {"width": 0.5}
+    sidecar.write_text(json.dumps(meta))
+    with pytest.raises(CorruptFileError, match="do not fit the architecture"):
+        load_checkpoint(stem)
+    with pytest.raises(CorruptFileError, match="no such"):
+        load_checkpoint(tmp_path / "missing")
