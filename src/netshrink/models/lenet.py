@@ -7,40 +7,10 @@ activation quantizer or a hook can be attached to one site without touching the 
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
-from netshrink.errors import ConfigError
-
-
-def _check_data_args(
-    model: str, num_classes: int, in_channels: int, input_size: int, min_size: int = 1
-) -> None:
-    """Raise ConfigError unless the data-derived arguments are positive ints and the input is large
-    enough for ``model``; shared by every zoo factory."""
-    for field, value in (
-        ("num_classes", num_classes),
-        ("in_channels", in_channels),
-        ("input_size", input_size),
-    ):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ConfigError(f"{model}: {field} must be a positive integer, got {value!r}")
-    if input_size < min_size:
-        raise ConfigError(
-            f"{model}: input_size={input_size} is too small for this architecture; "
-            f"it needs images of at least {min_size}x{min_size} pixels"
-        )
-
-
-def _check_width(model: str, width: object) -> float:
-    """Return ``width`` as a float, or raise ConfigError unless it is a finite positive number."""
-    if isinstance(width, bool) or not isinstance(width, (int, float)):
-        raise ConfigError(f"{model}: width must be a number, got {width!r}")
-    if not math.isfinite(width) or width <= 0:
-        raise ConfigError(f"{model}: width must be a finite number > 0, got {width!r}")
-    return float(width)
+from netshrink.models.checks import check_data_args
 
 
 class LeNet300100(nn.Module):
@@ -123,7 +93,7 @@ def lenet300_100(
         >>> sum(p.numel() for p in lenet300_100().parameters())
         266610
     """
-    _check_data_args("lenet300_100", num_classes, in_channels, input_size)
+    check_data_args("lenet300_100", num_classes, in_channels, input_size)
     return LeNet300100(num_classes, in_channels, input_size)
 
 
@@ -137,7 +107,7 @@ def lenet5(*, num_classes: int = 10, in_channels: int = 1, input_size: int = 28)
         >>> lenet5(input_size=32)(torch.zeros(2, 1, 32, 32)).shape
         torch.Size([2, 10])
     """
-    _check_data_args("lenet5", num_classes, in_channels, input_size, min_size=12)
+    check_data_args("lenet5", num_classes, in_channels, input_size, min_size=12)
     return LeNet5(num_classes, in_channels, input_size)
 
 
@@ -153,5 +123,5 @@ def lenet5_caffe(
         >>> sum(p.numel() for p in lenet5_caffe().parameters())
         431080
     """
-    _check_data_args("lenet5_caffe", num_classes, in_channels, input_size, min_size=16)
+    check_data_args("lenet5_caffe", num_classes, in_channels, input_size, min_size=16)
     return LeNet5Caffe(num_classes, in_channels, input_size)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from netshrink.models.lenet import _check_data_args, _check_width
+from netshrink.models.checks import check_data_args, check_width
 
 # (expansion t, output channels c, blocks n, first stride s): Sandler et al. 2018, Table 2.
 _SETTING: tuple[tuple[int, int, int, int], ...] = (
@@ -127,7 +127,7 @@ def mobilenet_v2(
         >>> mobilenet_v2(width=0.5)(torch.zeros(2, 3, 32, 32)).shape
         torch.Size([2, 10])
     """
-    _check_data_args("mobilenet_v2", num_classes, in_channels, input_size, min_size=8)
-    width = _check_width("mobilenet_v2", width)
+    check_data_args("mobilenet_v2", num_classes, in_channels, input_size, min_size=8)
+    width = check_width("mobilenet_v2", width)
     features = _make_features(in_channels, width, small_input=input_size < _SMALL_INPUT)
     return MobileNetV2(features, _make_divisible(1280 * max(1.0, width)), num_classes)

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from netshrink.errors import ConfigError
-from netshrink.models.lenet import _check_data_args
+from netshrink.models.checks import check_data_args
 
 
 class BasicBlock(nn.Module):
@@ -85,7 +85,7 @@ def resnet20(
         >>> resnet20()(torch.zeros(2, 3, 32, 32)).shape
         torch.Size([2, 10])
     """
-    _check_data_args("resnet20", num_classes, in_channels, input_size, min_size=4)
+    check_data_args("resnet20", num_classes, in_channels, input_size, min_size=4)
     if isinstance(width, bool) or not isinstance(width, int) or width < 1:
         raise ConfigError(f"resnet20: width must be a positive integer, got {width!r}")
     return CifarResNet(3, num_classes, in_channels, width)

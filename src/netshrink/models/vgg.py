@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from netshrink.errors import ConfigError
-from netshrink.models.lenet import _check_data_args, _check_width
+from netshrink.models.checks import check_data_args, check_width
 
 # Channel multiples of the base width c; "M" is a 2x2 max pool.
 _PLAN: tuple[int | str, ...] = (1, 1, "M", 2, 2, "M", 4, 4, "M")
@@ -67,8 +67,8 @@ def vgg_small(
         >>> vgg_small(in_channels=3, input_size=32)(torch.zeros(2, 3, 32, 32)).shape
         torch.Size([2, 10])
     """
-    _check_data_args("vgg_small", num_classes, in_channels, input_size, min_size=8)
-    width = _check_width("vgg_small", width)
+    check_data_args("vgg_small", num_classes, in_channels, input_size, min_size=8)
+    width = check_width("vgg_small", width)
     if not isinstance(batch_norm, bool):
         raise ConfigError(f"vgg_small: batch_norm must be true or false, got {batch_norm!r}")
     base = max(1, round(32 * width))
