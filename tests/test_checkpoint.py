@@ -78,3 +78,30 @@ def test_bad_sidecar_or_mismatched_architecture(tmp_path):
         load_checkpoint(stem)
     with pytest.raises(CorruptFileError, match="no such"):
         load_checkpoint(tmp_path / "missing")
+
+
+def test_parametrized_model_is_stored_as_what_it_computes(tmp_path):
+    from safetensors.torch import load_file
+    from torch.nn.utils import parametrize
+
+    class Mask(torch.nn.Module):
+        def __init__(self, mask):
+            super().__init__()
+            self.register_buffer("mask", mask)
+
+        def forward(self, w):
+            return w * self.mask
+
+    spec = ModelSpec(name="lenet300_100")
+    model = build_model(spec)
+    mask = (torch.rand_like(model.fc1.weight) > 0.9).float()
+    parametrize.register_parametrization(model.fc1, "weight", Mask(mask))
+    meta = CheckpointMeta(model=spec, input_shape=(1, 28, 28), num_classes=10)
+    stem = save_checkpoint(model, tmp_path / "pruned", meta)
+    stored = load_file(str(stem) + ".safetensors")
+    assert sorted(stored) == sorted(build_model(spec).state_dict())  # no original, no mask
+    loaded, _ = load_checkpoint(stem)
+    assert torch.equal(loaded.fc1.weight, model.fc1.weight)
+    assert int((loaded.fc1.weight != 0).sum()) == int(mask.sum())
+    x = torch.randn(4, 1, 28, 28)
+    assert torch.equal(loaded(x), model(x))

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
+from torch.nn.utils import parametrize
 
 from .data import DataConfig
 from .errors import CorruptFileError
@@ -54,11 +55,28 @@ def save_checkpoint(model: nn.Module, path: str | Path, meta: CheckpointMeta) ->
     weights, sidecar = checkpoint_paths(path)
     weights.parent.mkdir(parents=True, exist_ok=True)
     # safetensors refuses shared or strided storage; a contiguous copy of each tensor is exact.
-    tensors = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
+    tensors = {k: v.contiguous().clone() for k, v in effective_state_dict(model).items()}
     _atomic_write(weights, lambda tmp: save_file(tensors, str(tmp), metadata={"format": FORMAT}))
     text = json.dumps(meta.model_dump(mode="json"), indent=2, sort_keys=True) + "\n"
     _atomic_write(sidecar, lambda tmp: tmp.write_text(text))
     return weights.with_suffix("")
+
+
+def effective_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The state dict as the forward pass sees it, loadable into the unparametrized architecture.
+
+    A parametrized tensor (a pruning mask, a codebook) is stored under its own name with the value
+    it computes; its dense `original` and the parametrization's buffers are not stored, so a
+    compressed model's checkpoint is never larger than the dense one.
+    """
+    state = {k: v.detach() for k, v in model.state_dict().items()
+             if "parametrizations" not in k.split(".")}
+    for name, module in model.named_modules():
+        if parametrize.is_parametrized(module):
+            prefix = f"{name}." if name else ""
+            for tensor_name in module.parametrizations:
+                state[prefix + tensor_name] = getattr(module, tensor_name).detach()
+    return state
 
 
 def load_checkpoint(path: str | Path) -> tuple[nn.Module, CheckpointMeta]:
