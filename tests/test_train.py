@@ -105,3 +105,29 @@ def test_ddp_two_processes_train_to_the_same_band_as_one(tmp_path):
     assert single["test_top1"] > 0.9 and ddp["test_top1"] > 0.9
     assert abs(single["test_top1"] - ddp["test_top1"]) < 0.04
     assert (tmp_path / "ddp.safetensors").is_file()
+
+
+def test_an_interrupted_fit_resumes_to_the_same_weights(digits, tmp_path):
+    config = FitConfig(epochs=3, lr=0.05, batch_size=64)
+    steps_per_epoch = len(digits.loader("train", 64))
+    reference = _lenet300(digits)
+    fit(reference, digits, config)
+
+    def interrupt(step):
+        if step == 2 * steps_per_epoch + 3:  # a few steps into the third epoch
+            raise KeyboardInterrupt
+
+    state = tmp_path / "state"
+    model = _lenet300(digits)
+    with pytest.raises(KeyboardInterrupt):
+        fit(model, digits, config, step_hooks=[interrupt], resume=state)
+    resumed = _lenet300(digits)  # a fresh process would start from a fresh model
+    history = fit(resumed, digits, config, resume=state)
+    assert [e.epoch for e in history.epochs] == [0, 1, 2]
+    for a, b in zip(reference.state_dict().values(), resumed.state_dict().values()):
+        assert torch.equal(a, b)
+    assert not any(tmp_path.iterdir())  # the state is removed once the run completes
+    with pytest.raises(KeyboardInterrupt):
+        fit(_lenet300(digits), digits, config, step_hooks=[interrupt], resume=state)
+    with pytest.raises(ConfigError, match="other settings"):
+        fit(_lenet300(digits), digits, FitConfig(epochs=4, batch_size=64), resume=state)

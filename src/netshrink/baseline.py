@@ -38,17 +38,18 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("NETSHRINK_CACHE") or Path.home() / ".cache" / "netshrink")
 
 
-def train_model(spec: ModelSpec, data: DataSplits, config: FitConfig, *,
-                progress: bool = True) -> tuple[nn.Module, CheckpointMeta]:
+def train_model(spec: ModelSpec, data: DataSplits, config: FitConfig, *, progress: bool = True,
+                resume: Path | None = None) -> tuple[nn.Module, CheckpointMeta]:
     """Build `spec` for `data`'s input shape, train it with `fit`, and measure it on the test split.
 
-    The returned metadata holds the final validation and test accuracy.
+    The returned metadata holds the final validation and test accuracy. `resume` is passed to
+    `fit`: an interrupted training continues from its last completed epoch.
     """
     torch.manual_seed(config.seed)
     c, h, _ = data.input_shape
     model = build_model(spec, num_classes=data.num_classes, in_channels=c, input_size=h)
     start = time.perf_counter()
-    history = fit(model, data, config, progress=progress)
+    history = fit(model, data, config, progress=progress, resume=resume)
     seconds = time.perf_counter() - start
     test = evaluate(model, data.loader("test", 256), progress=progress, description="test")
     metrics = {"test_top1": test.top1, "test_top5": test.top5, "test_loss": test.loss,
@@ -79,7 +80,8 @@ def cached_baseline(spec: ModelSpec, data: DataSplits, config: FitConfig, *,
     if all(p.is_file() for p in checkpoint_paths(stem)):
         model, meta = load_checkpoint(stem)
         return model, meta, stem
-    model, meta = train_model(spec, data, config, progress=progress)
+    model, meta = train_model(spec, data, config, progress=progress,
+                              resume=stem.with_name(stem.name + ".partial"))
     if is_main_process():
         save_checkpoint(model, stem, meta)
     return model.eval(), meta, stem

@@ -8,24 +8,22 @@ that is a pickle (`torch.save`) is refused before anything parses it.
 """
 
 import json
-import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, ValidationError
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 from torch.nn.utils import parametrize
 
 from .data import DataConfig
 from .errors import CorruptFileError
+from .files import atomic_write, read_safetensors
 from .models import ModelSpec, build_model
 from .train import FitConfig
 
 FORMAT = "netshrink-checkpoint"
-_SAFETENSORS_MAX_HEADER = 100 * 1024 * 1024
 
 
 class CheckpointMeta(BaseModel):
@@ -56,9 +54,9 @@ def save_checkpoint(model: nn.Module, path: str | Path, meta: CheckpointMeta) ->
     weights.parent.mkdir(parents=True, exist_ok=True)
     # safetensors refuses shared or strided storage; a contiguous copy of each tensor is exact.
     tensors = {k: v.contiguous().clone() for k, v in effective_state_dict(model).items()}
-    _atomic_write(weights, lambda tmp: save_file(tensors, str(tmp), metadata={"format": FORMAT}))
+    atomic_write(weights, lambda tmp: save_file(tensors, str(tmp), metadata={"format": FORMAT}))
     text = json.dumps(meta.model_dump(mode="json"), indent=2, sort_keys=True) + "\n"
-    _atomic_write(sidecar, lambda tmp: tmp.write_text(text))
+    atomic_write(sidecar, lambda tmp: tmp.write_text(text))
     return weights.with_suffix("")
 
 
@@ -107,35 +105,6 @@ def read_meta(sidecar: Path) -> CheckpointMeta:
     except ValidationError as exc:
         raise CorruptFileError(f"{sidecar}: not a netshrink checkpoint sidecar "
                                f"({_first_error(exc)})") from None
-
-
-def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    """Load a safetensors file after checking that it is one; a pickle is refused unread."""
-    if not path.is_file():
-        raise CorruptFileError(f"{path}: no such checkpoint file")
-    with path.open("rb") as f:
-        head = f.read(9)
-    size = path.stat().st_size
-    if head[:4] == b"PK\x03\x04" or head[:1] == b"\x80":
-        raise CorruptFileError(f"{path}: is a pickle (torch.save) file; netshrink never unpickles."
-                               " Save the state dict with safetensors instead")
-    header_len = int.from_bytes(head[:8], "little") if len(head) >= 8 else -1
-    if not 0 < header_len <= min(size - 8, _SAFETENSORS_MAX_HEADER) or head[8:9] != b"{":
-        raise CorruptFileError(f"{path}: not a safetensors file (bad header)")
-    try:
-        return load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise CorruptFileError(f"{path}: corrupt safetensors file ({exc})") from None
-
-
-def _atomic_write(path: Path, write: Any) -> None:
-    """Write through a temporary file and rename, so an interrupted save leaves the old file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _first_error(exc: ValidationError) -> str:

@@ -55,7 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_args(train)
     _add_fit_args(train)
     train.add_argument("--out", type=Path, default=None,
-                       help="checkpoint path without suffix (default: runs/MODEL)")
+                       help="checkpoint path without suffix (default: runs/MODEL); an interrupted "
+                       "run with the same settings resumes from OUT.train-state")
     train.add_argument("--json", action="store_true", help="print the metrics as JSON")
     train.set_defaults(run=run_train)
 
@@ -144,10 +145,11 @@ def run_train(args) -> None:
     config = _config(FitConfig, epochs=args.epochs, lr=args.lr, optimizer=args.optimizer,
                      momentum=args.momentum, weight_decay=args.weight_decay,
                      batch_size=args.batch_size, schedule=args.schedule, seed=args.seed)
-    model, meta = train_model(spec, data, config)
+    out = args.out or Path("runs") / spec.name.replace(":", "-")
+    model, meta = train_model(spec, data, config, resume=out.with_name(out.name + ".train-state"))
     if not is_main_process():
         return
-    out = save_checkpoint(model, args.out or Path("runs") / spec.name.replace(":", "-"), meta)
+    out = save_checkpoint(model, out, meta)
     if args.json:
         print(json.dumps({"checkpoint": str(out), **meta.metrics}, sort_keys=True))
     else:

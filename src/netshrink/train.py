@@ -13,7 +13,8 @@ import math
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Literal
 
 import torch
@@ -26,6 +27,7 @@ from torch.nn.parallel import DistributedDataParallel
 from .data import BatchLoader, DataSplits
 from .errors import ConfigError
 from .progress import make_progress
+from .train_state import clear_train_state, load_train_state, save_train_state, state_paths
 
 # (logits, targets, inputs) -> scalar loss; inputs are there for distillation's teacher.
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -104,11 +106,14 @@ def evaluate(model: nn.Module, loader: BatchLoader, *, progress: bool = False,
 
 
 def fit(model: nn.Module, data: DataSplits, config: FitConfig, *, loss_fn: LossFn | None = None,
-        step_hooks: Sequence[StepHook] = (), progress: bool = True) -> History:
+        step_hooks: Sequence[StepHook] = (), progress: bool = True,
+        resume: Path | None = None) -> History:
     """Train `model` in place on `data.train`, validating on `data.val` after every epoch.
 
     SGD with momentum or Adam, a per-step cosine (or constant) learning rate, weight decay, seeded
-    shuffling. Runs under torchrun with DDP (gloo) when WORLD_SIZE > 1. Returns the history.
+    shuffling. Runs under torchrun with DDP (gloo) when WORLD_SIZE > 1. With `resume`, the state
+    is saved there after every epoch and a run that was interrupted continues from its last epoch
+    (the state is removed when the run completes). Returns the history.
     """
     rank, world = _init_distributed()
     torch.manual_seed(config.seed)  # dropout and anything else random in the forward pass
@@ -117,16 +122,16 @@ def fit(model: nn.Module, data: DataSplits, config: FitConfig, *, loss_fn: LossF
     train = data.loader("train", config.batch_size // world, rank=rank, world_size=world,
                         seed=config.seed)
     val = data.loader("val", 256) if len(data.val) else None
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = _make_optimizer(trainable, config)
+    optimizer = _make_optimizer([p for p in model.parameters() if p.requires_grad], config)
     total_steps = max(1, config.epochs * len(train))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_factor(config, total_steps))
+    settings = {"fit": config.model_dump(mode="json"), "world": world, "steps": len(train)}
+    history, first = _restore(resume, model, optimizer, scheduler, settings)
     net = DistributedDataParallel(model) if world > 1 else model
     loss_fn = loss_fn or (lambda logits, y, x: F.cross_entropy(logits, y))
-    history = History()
     with make_progress(progress) as bar:
-        task = bar.add_task("train", total=total_steps, status="")
-        for epoch in range(config.epochs):
+        task = bar.add_task("train", total=total_steps, completed=first * len(train), status="")
+        for epoch in range(first, config.epochs):
             start = time.perf_counter()
             train.set_epoch(epoch)
             lr = optimizer.param_groups[0]["lr"]
@@ -136,7 +141,22 @@ def fit(model: nn.Module, data: DataSplits, config: FitConfig, *, loss_fn: LossF
             history.epochs.append(
                 EpochRecord(epoch, loss, top1, result, lr, time.perf_counter() - start))
             bar.update(task, status=_status(epoch, loss, result))
+            if resume is not None and is_main_process():
+                save_train_state(resume, model, optimizer, scheduler, epoch + 1,
+                                 [asdict(r) for r in history.epochs], settings)
+    if resume is not None and is_main_process():
+        clear_train_state(resume)
     return history
+
+
+def _restore(resume, model, optimizer, scheduler, settings) -> tuple[History, int]:
+    """The history so far and the first epoch to run: from a saved state, or a fresh start."""
+    if resume is None or not state_paths(resume)[1].is_file():
+        return History(), 0
+    done, records = load_train_state(resume, model, optimizer, scheduler, settings)
+    epochs = [EpochRecord(**{**r, "val": EvalResult(**r["val"]) if r["val"] else None})
+              for r in records]
+    return History(epochs), done
 
 
 def _train_epoch(net, loader, optimizer, scheduler, loss_fn, step_hooks, first_step, advance):
