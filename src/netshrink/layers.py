@@ -1,0 +1,50 @@
+"""Choosing layers: every method takes a `layers` filter, given as names or as a predicate.
+
+Names are the model's own module names; a DistributedDataParallel wrapper is looked through, so a
+`module.` prefix never appears in a config or a recipe.
+"""
+
+from collections.abc import Callable, Iterable
+
+from torch import nn
+
+from .errors import ConfigError
+
+LayerFilter = Iterable[str] | Callable[[str, nn.Module], bool] | None
+DEFAULT_TYPES: tuple[type[nn.Module], ...] = (nn.Conv2d, nn.Linear)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The model inside a DistributedDataParallel (or DataParallel) wrapper, else the model."""
+    if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+        return model.module
+    return model
+
+
+def select_layers(model: nn.Module, layers: LayerFilter = None, *,
+                  types: tuple[type[nn.Module], ...] = DEFAULT_TYPES) -> list[tuple[str, nn.Module]]:
+    """(name, module) of the layers a method should act on, in model order.
+
+    `layers=None` takes every module of `types`; a predicate is asked about each module of
+    `types`; names are taken as given (any module type) and an unknown name is a ConfigError.
+    """
+    model = unwrap(model)
+    modules = dict(_real_modules(model))
+    if layers is None:
+        return [(n, m) for n, m in modules.items() if isinstance(m, types)]
+    if callable(layers):
+        return [(n, m) for n, m in modules.items() if isinstance(m, types) and layers(n, m)]
+    wanted = [layers] if isinstance(layers, str) else list(layers)
+    unknown = [n for n in wanted if n not in modules]
+    if unknown:
+        known = ", ".join(n for n, m in modules.items() if isinstance(m, types))
+        raise ConfigError(f"no layer named {', '.join(unknown)} in the model; layers are: {known}")
+    chosen = set(wanted)
+    return [(n, m) for n, m in modules.items() if n in chosen]
+
+
+def _real_modules(model: nn.Module):
+    # parametrization modules hang off the layers they parametrize; they are not layers
+    for name, module in model.named_modules():
+        if name and "parametrizations" not in name.split("."):
+            yield name, module
