@@ -52,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "'vgg_small(width=0.5)', or an import path package.module:factory")
     train.add_argument("--model-args", default=None, metavar="JSON",
                        help="extra keyword arguments for the model, as a JSON object")
-    _add_data_args(train)
+    add_data_args(train)
     _add_fit_args(train)
     train.add_argument("--out", type=Path, default=None,
                        help="checkpoint path without suffix (default: runs/MODEL); an interrupted "
@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev = commands.add_parser("evaluate", help="top-1 / top-5 accuracy of a checkpoint",
                              description="Evaluate a checkpoint on its data set's test split "
                              "(or on --data).")
-    _add_checkpoint_args(ev)
+    add_checkpoint_args(ev)
     ev.add_argument("--split", choices=("test", "val", "train"), default="test")
     ev.add_argument("--json", action="store_true", help="print the result as JSON")
     ev.set_defaults(run=run_evaluate)
@@ -71,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     me = commands.add_parser("measure", help="accuracy, size, MACs and latency of a checkpoint",
                              description="Measure a checkpoint: accuracy, parameters, bytes, MACs "
                              "(dense and sparse) and latency at batch 1 and 64.")
-    _add_checkpoint_args(me)
+    add_checkpoint_args(me)
     me.add_argument("--no-latency", action="store_true", help="skip the latency measurement")
     me.add_argument("--threads", type=int, default=None, help="threads for latency")
     me.add_argument("--format", choices=("table", "markdown", "json"), default="table")
@@ -84,10 +84,14 @@ def build_parser() -> argparse.ArgumentParser:
                       help="baseline cache directory (default: $NETSHRINK_CACHE or "
                       "~/.cache/netshrink)")
     demo.set_defaults(run=run_demo)
+
+    from .prune.cli import add_commands as add_prune_commands  # it builds on this module
+
+    add_prune_commands(commands)
     return parser
 
 
-def _add_data_args(p: argparse.ArgumentParser, default: str | None = "fashion-mnist") -> None:
+def add_data_args(p: argparse.ArgumentParser, default: str | None = "fashion-mnist") -> None:
     g = p.add_argument_group("data")
     g.add_argument("--data", default=default, help="data set: fashion-mnist, digits, mnist:DIR, "
                    "cifar10:DIR, folder:DIR or a directory" + (f" (default {default})"
@@ -115,13 +119,13 @@ def _add_fit_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--hflip", action="store_true", help="augment: random horizontal flips")
 
 
-def _add_checkpoint_args(p: argparse.ArgumentParser) -> None:
+def add_checkpoint_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", type=Path, help="checkpoint (.safetensors, .json or their stem)")
-    _add_data_args(p, default=None)
+    add_data_args(p, default=None)
     p.add_argument("--batch-size", type=int, default=256)
 
 
-def _config(cls: type[BaseModel], **fields) -> BaseModel:
+def make_config(cls: type[BaseModel], **fields) -> BaseModel:
     """Build a config from CLI values, turning validation failures into one-line ConfigErrors."""
     try:
         return cls(**{k: v for k, v in fields.items() if v is not None})
@@ -130,19 +134,19 @@ def _config(cls: type[BaseModel], **fields) -> BaseModel:
         raise ConfigError(f"--{str(err['loc'][0]).replace('_', '-')}: {err['msg']}") from None
 
 
-def _data_config(args, base: DataConfig | None = None, **augment) -> DataConfig:
+def data_config(args, base: DataConfig | None = None, **augment) -> DataConfig:
     fields = base.model_dump() if base else {}
     overrides = {"source": args.data, "limit": args.limit, "val_fraction": args.val_fraction,
                  "image_size": args.image_size, **augment}
     fields.update({k: v for k, v in overrides.items() if v is not None})
-    return _config(DataConfig, **fields)
+    return make_config(DataConfig, **fields)
 
 
 def run_train(args) -> None:
     spec = ModelSpec.parse(args.model, args.model_args)
-    data = load_data(_data_config(args, crop_padding=args.crop_padding or None,
+    data = load_data(data_config(args, crop_padding=args.crop_padding or None,
                                   hflip=args.hflip or None, seed=args.seed))
-    config = _config(FitConfig, epochs=args.epochs, lr=args.lr, optimizer=args.optimizer,
+    config = make_config(FitConfig, epochs=args.epochs, lr=args.lr, optimizer=args.optimizer,
                      momentum=args.momentum, weight_decay=args.weight_decay,
                      batch_size=args.batch_size, schedule=args.schedule, seed=args.seed)
     out = args.out or Path("runs") / spec.name.replace(":", "-")
@@ -157,11 +161,11 @@ def run_train(args) -> None:
               f"top-5 {meta.metrics['test_top5']:.2%}")
 
 
-def _load(args):
+def load_for_command(args):
     model, meta = load_checkpoint(args.checkpoint)
     if meta.data is None and args.data is None:
         raise ConfigError(f"{args.checkpoint} does not say its data set: pass --data")
-    data = load_data(_data_config(args, meta.data))
+    data = load_data(data_config(args, meta.data))
     if data.input_shape != tuple(meta.input_shape):
         raise ConfigError(f"data images are {data.input_shape} but the model expects "
                           f"{tuple(meta.input_shape)}: pass --image-size or other data")
@@ -169,7 +173,7 @@ def _load(args):
 
 
 def run_evaluate(args) -> None:
-    model, _, data = _load(args)
+    model, _, data = load_for_command(args)
     result = evaluate(model, data.loader(args.split, args.batch_size), progress=True)
     if args.json:
         print(json.dumps(result.__dict__, sort_keys=True))
@@ -179,7 +183,7 @@ def run_evaluate(args) -> None:
 
 
 def run_measure(args) -> None:
-    model, meta, data = _load(args)
+    model, meta, data = load_for_command(args)
     row = measure(model, stage=meta.model.name, input_shape=data.input_shape,
                   test=data.loader("test", args.batch_size), latency=not args.no_latency,
                   threads=args.threads)

@@ -3,10 +3,12 @@
 import json
 from collections.abc import Callable, Sequence
 
+import torch
 from rich.console import Console
 from rich.table import Table
+from torch import nn
 
-from .measure import Measurement
+from .measure import Measurement, count_macs
 
 
 def _pct(v: float | None) -> str:
@@ -40,6 +42,12 @@ COLUMNS: tuple[tuple[str, Callable[[Measurement], str]], ...] = (
 )
 
 
+def console() -> Console:
+    """stdout; wide enough for the stage table when it is a file or a pipe (rich assumes 80)."""
+    out = Console()
+    return out if out.is_terminal else Console(width=160)
+
+
 def measurement_table(rows: Sequence[Measurement], title: str = "netshrink") -> Table:
     """A rich table of stages, one row each."""
     table = Table(title=title)
@@ -52,7 +60,7 @@ def measurement_table(rows: Sequence[Measurement], title: str = "netshrink") -> 
 
 def print_measurements(rows: Sequence[Measurement], title: str = "netshrink") -> None:
     """Print the stage table to stdout."""
-    Console().print(measurement_table(rows, title))
+    console().print(measurement_table(rows, title))
 
 
 def measurements_markdown(rows: Sequence[Measurement]) -> str:
@@ -66,3 +74,17 @@ def measurements_markdown(rows: Sequence[Measurement]) -> str:
 def measurements_json(rows: Sequence[Measurement]) -> str:
     """The stage table as JSON, one object a stage."""
     return json.dumps([r.to_json() for r in rows], indent=2) + "\n"
+
+
+def layer_table(model: nn.Module, input_shape: tuple[int, ...], title: str = "layers") -> Table:
+    """Per convolution / linear layer: weight shape, parameters kept, sparsity and MACs."""
+    table = Table(title=title)
+    for name in ("layer", "weight", "params", "non-zero", "sparsity", "MMACs", "sparse MMACs"):
+        table.add_column(name, justify="left" if name in ("layer", "weight") else "right")
+    for row in count_macs(model, input_shape):
+        weight = model.get_submodule(row.name).weight
+        nonzero = int(torch.count_nonzero(weight))
+        table.add_row(row.name, "x".join(map(str, weight.shape)), f"{weight.numel():,}",
+                      f"{nonzero:,}", f"{1 - nonzero / weight.numel():.1%}",
+                      f"{row.macs / 1e6:.3f}", f"{row.sparse_macs / 1e6:.3f}")
+    return table

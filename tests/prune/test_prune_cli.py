@@ -1,0 +1,55 @@
+import json
+
+import pytest
+import torch
+
+from netshrink.checkpoint import load_checkpoint
+from netshrink.cli import main
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    out = tmp_path_factory.mktemp("prune_cli") / "base"
+    assert main(["train", "--model", "lenet300_100", "--data", "digits", "--epochs", "4",
+                 "--batch-size", "64", "--out", str(out)]) == 0
+    return out
+
+
+def _sparsity(path) -> float:
+    model, _ = load_checkpoint(path)
+    weights = [model.fc1.weight, model.fc2.weight, model.fc3.weight]
+    return sum(int((w == 0).sum()) for w in weights) / sum(w.numel() for w in weights)
+
+
+def test_iterative_std_prune_writes_a_sparse_checkpoint(base, tmp_path, capsys):
+    out = tmp_path / "pruned"
+    assert main(["prune", str(base), "--method", "std", "--ratio", "1.0", "--steps", "2",
+                 "--retrain-epochs", "1", "--out", str(out), "--no-latency"]) == 0
+    printed = capsys.readouterr().out
+    assert "pruned (std)" in printed and "fc1" in printed
+    assert 0.5 < _sparsity(out) < 0.85  # |w| < 1 std of roughly uniform/normal weights
+    _, meta = load_checkpoint(out)
+    assert meta.metrics["test_top1"] > 0.8
+
+
+def test_global_prune_and_sensitivity(base, tmp_path):
+    assert main(["prune", str(base), "--method", "global", "--sparsity", "0.9",
+                 "--retrain-epochs", "1", "--out", str(tmp_path / "g"), "--no-latency"]) == 0
+    assert _sparsity(tmp_path / "g") == pytest.approx(0.9, abs=1e-3)
+    assert main(["sensitivity", str(base), "--out", str(tmp_path / "s")]) == 0
+    curves = json.loads((tmp_path / "s" / "sensitivity.json").read_text())["curves"]
+    assert sorted(curves) == ["fc1", "fc2", "fc3"]
+    assert (tmp_path / "s" / "sensitivity.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--method", "std"], "--ratio"),
+    (["--method", "gradual", "--sparsity", "0.9"], "--retrain-epochs"),
+    (["--method", "sparsity", "--sparsity", "1.5"], "sparsity"),
+    (["--method", "std", "--ratio", "1", "--layers", "fc9"], "fc9"),
+])
+def test_prune_mistakes_are_one_line_errors(base, tmp_path, capsys, argv, words):
+    assert main(["prune", str(base), *argv, "--out", str(tmp_path / "x"), "--no-latency"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("netshrink: error:") and words in err
+    assert not (tmp_path / "x.safetensors").exists()
