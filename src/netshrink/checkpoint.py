@@ -3,8 +3,9 @@
 A checkpoint `run/model` is two files: `run/model.safetensors` (the state dict) and
 `run/model.json` (what the weights are: the architecture as a zoo name or import path with its
 JSON arguments, the input shape, the data set, the training settings and the measured accuracy).
-Loading rebuilds the architecture from the sidecar and loads the tensors into it, strictly. A file
-that is a pickle (`torch.save`) is refused before anything parses it.
+Loading rebuilds the architecture from the sidecar, replays the structural edits recorded there
+(filter pruning's kept channels; netshrink.edits), and loads the tensors into it, strictly. A
+file that is a pickle (`torch.save`) is refused before anything parses it.
 """
 
 import json
@@ -18,7 +19,8 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from .data import DataConfig
-from .errors import CorruptFileError
+from .edits import Edit, replay_edits, structural_edits
+from .errors import ConfigError, CorruptFileError, UnsupportedLayerError
 from .files import atomic_write, read_safetensors
 from .models import ModelSpec, build_model
 from .train import FitConfig
@@ -39,6 +41,7 @@ class CheckpointMeta(BaseModel):
     data: DataConfig | None = None
     fit: FitConfig | None = None
     metrics: dict[str, float] = {}
+    edits: list[Edit] = []  # structural edits, replayed on the architecture before the weights
 
 
 def checkpoint_paths(path: str | Path) -> tuple[Path, Path]:
@@ -49,7 +52,9 @@ def checkpoint_paths(path: str | Path) -> tuple[Path, Path]:
 
 
 def save_checkpoint(model: nn.Module, path: str | Path, meta: CheckpointMeta) -> Path:
-    """Write `model`'s state dict and `meta`; each file is replaced atomically. Returns the stem."""
+    """Write `model`'s state dict and `meta`, with the model's structural edits in the sidecar;
+    each file is replaced atomically. Returns the stem."""
+    meta = meta.model_copy(update={"edits": structural_edits(model)})
     weights, sidecar = checkpoint_paths(path)
     weights.parent.mkdir(parents=True, exist_ok=True)
     # safetensors refuses shared or strided storage; a contiguous copy of each tensor is exact.
@@ -67,8 +72,11 @@ def effective_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     it computes; its dense `original` and the parametrization's buffers are not stored, so a
     compressed model's checkpoint is never larger than the dense one.
     """
-    state = {k: v.detach() for k, v in model.state_dict().items()
-             if "parametrizations" not in k.split(".")}
+    state = {
+        k: v.detach()
+        for k, v in model.state_dict().items()
+        if "parametrizations" not in k.split(".")
+    }
     for name, module in model.named_modules():
         if parametrize.is_parametrized(module):
             prefix = f"{name}." if name else ""
@@ -85,26 +93,36 @@ def load_checkpoint(path: str | Path) -> tuple[nn.Module, CheckpointMeta]:
     c, h, w = meta.input_shape
     model = build_model(meta.model, num_classes=meta.num_classes, in_channels=c, input_size=h)
     try:
+        replay_edits(model, meta.edits)
+    except (ConfigError, UnsupportedLayerError) as exc:
+        raise CorruptFileError(
+            f"{sidecar}: its structural edits do not fit the architecture ({exc})"
+        ) from None
+    try:
         model.load_state_dict(tensors, strict=True)
     except RuntimeError as exc:
         first = str(exc).splitlines()[0]
-        raise CorruptFileError(f"{weights}: weights do not fit the architecture in {sidecar.name}"
-                               f" ({first})") from None
+        raise CorruptFileError(
+            f"{weights}: weights do not fit the architecture in {sidecar.name} ({first})"
+        ) from None
     return model.eval(), meta
 
 
 def read_meta(sidecar: Path) -> CheckpointMeta:
     """Parse and validate a checkpoint's JSON sidecar."""
     if not sidecar.is_file():
-        raise CorruptFileError(f"{sidecar}: no such checkpoint sidecar (a checkpoint is a"
-                               " .safetensors file with a .json beside it)")
+        raise CorruptFileError(
+            f"{sidecar}: no such checkpoint sidecar (a checkpoint is a"
+            " .safetensors file with a .json beside it)"
+        )
     try:
         return CheckpointMeta.model_validate(json.loads(sidecar.read_text()))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CorruptFileError(f"{sidecar}: not valid JSON ({exc})") from None
     except ValidationError as exc:
-        raise CorruptFileError(f"{sidecar}: not a netshrink checkpoint sidecar "
-                               f"({_first_error(exc)})") from None
+        raise CorruptFileError(
+            f"{sidecar}: not a netshrink checkpoint sidecar ({_first_error(exc)})"
+        ) from None
 
 
 def _first_error(exc: ValidationError) -> str:

@@ -4,11 +4,17 @@ from torch import nn
 
 from netshrink.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
 from netshrink.errors import ConfigError
-from netshrink.models import ModelSpec, build_model
-from netshrink.prune.magnitude import (GlobalSparsity, LayerSparsity, PruneMagnitudeConfig,
-                                       StdThreshold, prune_magnitude, sparsity_keep)
-from netshrink.prune.mask import bake_masks, get_mask, layer_sparsity, restore_masks
 from netshrink.layers import select_layers
+from netshrink.models import ModelSpec, build_model
+from netshrink.prune.magnitude import (
+    GlobalSparsity,
+    LayerSparsity,
+    PruneMagnitudeConfig,
+    StdThreshold,
+    prune_magnitude,
+    sparsity_keep,
+)
+from netshrink.prune.mask import bake_masks, get_mask, layer_sparsity, restore_masks
 
 
 def _lenet300():
@@ -46,27 +52,36 @@ def test_global_threshold_is_one_magnitude_across_layers():
     total = sum(w.numel() for w in dense.values())
     zeros = sum(int((m.weight == 0).sum()) for _, m in select_layers(model))
     assert zeros == round(0.8 * total)
-    kept_min = min(float(m.weight[m.weight != 0].abs().min()) for _, m in select_layers(model))
+    kept_min = min(float(m.weight.detach()[m.weight != 0].abs().min()) for _, m in select_layers(model))
     pruned_max = max(float(dense[n][m.weight == 0].abs().max()) for n, m in select_layers(model))
     assert kept_min >= pruned_max
 
 
 def test_bias_pruned_only_when_asked_and_layers_filter():
     model = _lenet300()
-    prune_magnitude(model, PruneMagnitudeConfig(threshold=LayerSparsity(sparsity=0.5),
-                                                include_bias=True), layers=["fc2"])
+    prune_magnitude(
+        model,
+        PruneMagnitudeConfig(threshold=LayerSparsity(sparsity=0.5), include_bias=True),
+        layers=["fc2"],
+    )
     assert get_mask(model.fc2, "bias") is not None
     assert int((model.fc2.bias == 0).sum()) == 50
     assert get_mask(model.fc1) is None
-    prune_magnitude(model, PruneMagnitudeConfig(threshold=LayerSparsity(sparsity=0.5)),
-                    layers=lambda name, module: name == "fc3")
+    prune_magnitude(
+        model,
+        PruneMagnitudeConfig(threshold=LayerSparsity(sparsity=0.5)),
+        layers=lambda name, module: name == "fc3",
+    )
     assert get_mask(model.fc3) is not None
     with pytest.raises(ConfigError, match="no layer named fc9"):
-        prune_magnitude(model, PruneMagnitudeConfig(threshold=LayerSparsity(sparsity=0.5)),
-                        layers=["fc9"])
+        prune_magnitude(
+            model, PruneMagnitudeConfig(threshold=LayerSparsity(sparsity=0.5)), layers=["fc9"]
+        )
     with pytest.raises(ConfigError, match="per_layer"):
-        prune_magnitude(model, PruneMagnitudeConfig(threshold=LayerSparsity(sparsity=0.5),
-                                                    per_layer={"fc9": 0.1}))
+        prune_magnitude(
+            model,
+            PruneMagnitudeConfig(threshold=LayerSparsity(sparsity=0.5), per_layer={"fc9": 0.1}),
+        )
 
 
 def test_masks_only_grow_and_std_is_of_the_dense_layer():
@@ -88,11 +103,13 @@ def test_pruned_weights_stay_exactly_zero_through_sgd_momentum_and_weight_decay(
     model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 6 * 6, 5))
     prune_magnitude(model, PruneMagnitudeConfig(threshold=LayerSparsity(sparsity=0.7)))
     zeros = {n: m.weight == 0 for n, m in select_layers(model)}
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=0.01,
-                                nesterov=True)
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=0.1, momentum=0.9, weight_decay=0.01, nesterov=True
+    )
     for _ in range(100):
-        loss = nn.functional.cross_entropy(model(torch.randn(16, 3, 8, 8)),
-                                           torch.randint(0, 5, (16,)))
+        loss = nn.functional.cross_entropy(
+            model(torch.randn(16, 3, 8, 8)), torch.randint(0, 5, (16,))
+        )
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -110,8 +127,9 @@ def test_sparsity_keep_is_exact_with_ties():
 def test_checkpoint_of_a_pruned_model_restores_masks_from_zeros(tmp_path):
     model = _lenet300()
     prune_magnitude(model, PruneMagnitudeConfig(threshold=LayerSparsity(sparsity=0.9)))
-    meta = CheckpointMeta(model=ModelSpec(name="lenet300_100"), input_shape=(1, 28, 28),
-                          num_classes=10)
+    meta = CheckpointMeta(
+        model=ModelSpec(name="lenet300_100"), input_shape=(1, 28, 28), num_classes=10
+    )
     loaded, _ = load_checkpoint(save_checkpoint(model, tmp_path / "pruned", meta))
     restore_masks(loaded, select_layers(loaded))
     assert layer_sparsity(loaded) == pytest.approx(layer_sparsity(model))

@@ -1,7 +1,6 @@
 import json
 
 import pytest
-import torch
 
 from netshrink.checkpoint import load_checkpoint
 from netshrink.cli import main
@@ -10,8 +9,24 @@ from netshrink.cli import main
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
     out = tmp_path_factory.mktemp("prune_cli") / "base"
-    assert main(["train", "--model", "lenet300_100", "--data", "digits", "--epochs", "4",
-                 "--batch-size", "64", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--model",
+                "lenet300_100",
+                "--data",
+                "digits",
+                "--epochs",
+                "4",
+                "--batch-size",
+                "64",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     return out
 
 
@@ -23,8 +38,26 @@ def _sparsity(path) -> float:
 
 def test_iterative_std_prune_writes_a_sparse_checkpoint(base, tmp_path, capsys):
     out = tmp_path / "pruned"
-    assert main(["prune", str(base), "--method", "std", "--ratio", "1.0", "--steps", "2",
-                 "--retrain-epochs", "1", "--out", str(out), "--no-latency"]) == 0
+    assert (
+        main(
+            [
+                "prune",
+                str(base),
+                "--method",
+                "std",
+                "--ratio",
+                "1.0",
+                "--steps",
+                "2",
+                "--retrain-epochs",
+                "1",
+                "--out",
+                str(out),
+                "--no-latency",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "pruned (std)" in printed and "fc1" in printed
     assert 0.5 < _sparsity(out) < 0.85  # |w| < 1 std of roughly uniform/normal weights
@@ -33,8 +66,24 @@ def test_iterative_std_prune_writes_a_sparse_checkpoint(base, tmp_path, capsys):
 
 
 def test_global_prune_and_sensitivity(base, tmp_path):
-    assert main(["prune", str(base), "--method", "global", "--sparsity", "0.9",
-                 "--retrain-epochs", "1", "--out", str(tmp_path / "g"), "--no-latency"]) == 0
+    assert (
+        main(
+            [
+                "prune",
+                str(base),
+                "--method",
+                "global",
+                "--sparsity",
+                "0.9",
+                "--retrain-epochs",
+                "1",
+                "--out",
+                str(tmp_path / "g"),
+                "--no-latency",
+            ]
+        )
+        == 0
+    )
     assert _sparsity(tmp_path / "g") == pytest.approx(0.9, abs=1e-3)
     assert main(["sensitivity", str(base), "--out", str(tmp_path / "s")]) == 0
     curves = json.loads((tmp_path / "s" / "sensitivity.json").read_text())["curves"]
@@ -42,12 +91,15 @@ def test_global_prune_and_sensitivity(base, tmp_path):
     assert (tmp_path / "s" / "sensitivity.png").stat().st_size > 1000
 
 
-@pytest.mark.parametrize("argv, words", [
-    (["--method", "std"], "--ratio"),
-    (["--method", "gradual", "--sparsity", "0.9"], "--retrain-epochs"),
-    (["--method", "sparsity", "--sparsity", "1.5"], "sparsity"),
-    (["--method", "std", "--ratio", "1", "--layers", "fc9"], "fc9"),
-])
+@pytest.mark.parametrize(
+    "argv, words",
+    [
+        (["--method", "std"], "--ratio"),
+        (["--method", "gradual", "--sparsity", "0.9"], "--retrain-epochs"),
+        (["--method", "sparsity", "--sparsity", "1.5"], "sparsity"),
+        (["--method", "std", "--ratio", "1", "--layers", "fc9"], "fc9"),
+    ],
+)
 def test_prune_mistakes_are_one_line_errors(base, tmp_path, capsys, argv, words):
     assert main(["prune", str(base), *argv, "--out", str(tmp_path / "x"), "--no-latency"]) == 2
     err = capsys.readouterr().err

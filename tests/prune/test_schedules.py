@@ -1,14 +1,26 @@
 import pytest
 import torch
 
-from netshrink.data import DataConfig
 from netshrink.errors import ConfigError
 from netshrink.layers import select_layers
 from netshrink.models import ModelSpec, build_model
-from netshrink.prune.gradual import GradualPruner, PruneGradualConfig, cubic_sparsity, prune_gradual
-from netshrink.prune.incremental import PruneIncrementalConfig, incremental_ratios, prune_incremental
-from netshrink.prune.iterative import IterativeStep, PruneIterativeConfig, prune_iterative
-from netshrink.prune.magnitude import LayerSparsity, PruneMagnitudeConfig, StdThreshold
+from netshrink.prune.gradual import (
+    GradualPruner,
+    PruneGradualConfig,
+    cubic_sparsity,
+    prune_gradual,
+)
+from netshrink.prune.incremental import (
+    PruneIncrementalConfig,
+    incremental_ratios,
+    prune_incremental,
+)
+from netshrink.prune.iterative import (
+    IterativeStep,
+    PruneIterativeConfig,
+    prune_iterative,
+)
+from netshrink.prune.magnitude import LayerSparsity, PruneMagnitudeConfig
 from netshrink.prune.mask import layer_sparsity
 from netshrink.train import FitConfig, evaluate, fit
 
@@ -21,8 +33,9 @@ def _trained_lenet300(digits, epochs=5):
 
 
 def test_cubic_schedule_matches_the_formula():
-    config = PruneGradualConfig(initial_sparsity=0.1, final_sparsity=0.9, start_step=20, steps=8,
-                                interval=10)
+    config = PruneGradualConfig(
+        initial_sparsity=0.1, final_sparsity=0.9, start_step=20, steps=8, interval=10
+    )
     assert cubic_sparsity(20, config) == pytest.approx(0.1)
     assert cubic_sparsity(100, config) == pytest.approx(0.9)
     assert cubic_sparsity(0, config) == pytest.approx(0.1)
@@ -39,8 +52,9 @@ def test_gradual_pruner_updates_masks_on_interval_steps_only():
     for step in range(1, 40):
         pruner(step)
         if step == 12:
-            assert layer_sparsity(model)["fc1.weight"] == pytest.approx(cubic_sparsity(10, config),
-                                                                       abs=1e-6)
+            assert layer_sparsity(model)["fc1.weight"] == pytest.approx(
+                cubic_sparsity(10, config), abs=1e-6
+            )
     assert layer_sparsity(model)["fc1.weight"] == pytest.approx(0.8, abs=1e-5)
     assert pruner.sparsity == pytest.approx(0.8)
 
@@ -64,8 +78,10 @@ def test_iterative_prune_retrain_keeps_accuracy_and_logs_steps(digits):
     before = evaluate(model, digits.loader("test", 256)).top1
     log: list[IterativeStep] = []
     config = PruneIterativeConfig(
-        prune=PruneMagnitudeConfig(threshold=LayerSparsity(sparsity=0.8)), steps=2,
-        retrain=FitConfig(epochs=2, lr=0.01, batch_size=64))
+        prune=PruneMagnitudeConfig(threshold=LayerSparsity(sparsity=0.8)),
+        steps=2,
+        retrain=FitConfig(epochs=2, lr=0.01, batch_size=64),
+    )
     prune_iterative(model, digits, config, log=log)
     assert [s.threshold.threshold.sparsity for s in log] == pytest.approx([0.4, 0.8])
     assert layer_sparsity(model)["fc1.weight"] == pytest.approx(0.8, abs=1e-4)

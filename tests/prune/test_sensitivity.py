@@ -4,8 +4,12 @@ import torch
 
 from netshrink.models import ModelSpec, build_model
 from netshrink.prune.mask import get_mask
-from netshrink.prune.sensitivity import (Sensitivity, budget_sparsities, plot_sensitivity,
-                                         sensitivity_analysis)
+from netshrink.prune.sensitivity import (
+    Sensitivity,
+    budget_sparsities,
+    plot_sensitivity,
+    sensitivity_analysis,
+)
 from netshrink.train import FitConfig, fit
 
 
@@ -24,6 +28,7 @@ def test_sensitivity_has_one_curve_per_layer_and_a_plot(digits, tmp_path):
 
 
 def test_budget_sparsities_stop_at_the_first_break():
-    result = Sensitivity(0.9, (0.0, 0.5, 0.8, 0.9),
-                         {"a": [0.9, 0.895, 0.85, 0.9], "b": [0.9, 0.9, 0.9, 0.899]})
+    result = Sensitivity(
+        0.9, (0.0, 0.5, 0.8, 0.9), {"a": [0.9, 0.895, 0.85, 0.9], "b": [0.9, 0.9, 0.9, 0.899]}
+    )
     assert budget_sparsities(result, 0.01) == {"a": 0.5, "b": 0.9}

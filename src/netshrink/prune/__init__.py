@@ -1,19 +1,51 @@
 """Pruning: magnitude thresholds, iterative / incremental / gradual schedules, filter pruning and
 sensitivity analysis. Masks are parametrizations (`weight = dense * mask`)."""
 
+from .filters import FilterPlan, PruneFiltersConfig, mask_filters, plan_filters, prune_filters
 from .gradual import GradualPruner, PruneGradualConfig, cubic_sparsity, prune_gradual
 from .incremental import PruneIncrementalConfig, incremental_ratios, prune_incremental
 from .iterative import PruneIterativeConfig, prune_iterative
-from .magnitude import (GlobalSparsity, LayerSparsity, PruneMagnitudeConfig, StdThreshold,
-                        prune_magnitude)
+from .magnitude import (
+    GlobalSparsity,
+    LayerSparsity,
+    PruneMagnitudeConfig,
+    StdThreshold,
+    prune_magnitude,
+)
 from .mask import Mask, bake_masks, layer_sparsity, restore_masks
-from .sensitivity import (Sensitivity, budget_sparsities, plot_sensitivity,
-                          sensitivity_analysis)
+from .sensitivity import (
+    Sensitivity,
+    budget_sparsities,
+    plot_sensitivity,
+    sensitivity_analysis,
+)
 
 __all__ = [
-    "GlobalSparsity", "GradualPruner", "LayerSparsity", "Mask", "PruneGradualConfig",
-    "PruneIncrementalConfig", "PruneIterativeConfig", "PruneMagnitudeConfig", "Sensitivity",
-    "StdThreshold", "bake_masks", "budget_sparsities", "cubic_sparsity", "incremental_ratios",
-    "layer_sparsity", "plot_sensitivity", "prune_gradual", "prune_incremental",
-    "prune_iterative", "prune_magnitude", "restore_masks", "sensitivity_analysis",
+    "FilterPlan",
+    "PruneFiltersConfig",
+    "mask_filters",
+    "plan_filters",
+    "prune_filters",
+    "GlobalSparsity",
+    "GradualPruner",
+    "LayerSparsity",
+    "Mask",
+    "PruneGradualConfig",
+    "PruneIncrementalConfig",
+    "PruneIterativeConfig",
+    "PruneMagnitudeConfig",
+    "Sensitivity",
+    "StdThreshold",
+    "bake_masks",
+    "budget_sparsities",
+    "cubic_sparsity",
+    "incremental_ratios",
+    "layer_sparsity",
+    "plot_sensitivity",
+    "prune_gradual",
+    "prune_incremental",
+    "prune_iterative",
+    "prune_magnitude",
+    "restore_masks",
+    "sensitivity_analysis",
 ]

@@ -1,6 +1,5 @@
 """`netshrink prune` and `netshrink sensitivity`: the pruning family on the command line."""
 
-import argparse
 from pathlib import Path
 
 from ..checkpoint import save_checkpoint
@@ -10,11 +9,17 @@ from ..layers import select_layers
 from ..measure import measure
 from ..report import console, layer_table, print_measurements
 from ..train import FitConfig, fit
+from .filters import PruneFiltersConfig, prune_filters
 from .gradual import PruneGradualConfig, prune_gradual
 from .incremental import PruneIncrementalConfig, prune_incremental
 from .iterative import PruneIterativeConfig, prune_iterative
-from .magnitude import (GlobalSparsity, LayerSparsity, PruneMagnitudeConfig, StdThreshold,
-                        prune_magnitude)
+from .magnitude import (
+    GlobalSparsity,
+    LayerSparsity,
+    PruneMagnitudeConfig,
+    StdThreshold,
+    prune_magnitude,
+)
 from .mask import restore_masks
 from .sensitivity import budget_sparsities, plot_sensitivity, sensitivity_analysis
 
@@ -24,39 +29,58 @@ METHODS = ("std", "sparsity", "global", "incremental", "gradual", "filters")
 def add_commands(commands) -> None:
     """Register `prune` and `sensitivity` on the top-level sub-command parser."""
     p = commands.add_parser(
-        "prune", help="prune a checkpoint (magnitude, iterative, incremental, gradual, filters)",
+        "prune",
+        help="prune a checkpoint (magnitude, iterative, incremental, gradual, filters)",
         description="Prune a checkpoint and save the result. std: |w| < RATIO * std(W) per layer "
         "(Han et al.); sparsity: per-layer percentile; global: one threshold over all layers; "
         "--steps N > 1 makes any of these iterative with retraining between steps; incremental: "
         "per-layer ratios under an accuracy --budget, no retraining (Al-Hami et al.); gradual: "
         "cubic schedule to --sparsity while training (Zhu & Gupta); filters: remove whole "
-        "channels (Li et al.), --amount or --target-macs.")
+        "channels (Li et al.), --amount or --target-macs.",
+    )
     add_checkpoint_args(p)
     p.add_argument("--method", choices=METHODS, required=True)
     p.add_argument("--ratio", type=float, help="std: threshold = RATIO * std(W)")
     p.add_argument("--sparsity", type=float, help="sparsity/global/gradual: fraction pruned")
     p.add_argument("--steps", type=int, default=1, help="prune in N steps, retraining between")
-    p.add_argument("--budget", type=float, default=0.01,
-                   help="incremental: accuracy loss allowed, as a fraction (0.01 = 1 point)")
+    p.add_argument(
+        "--budget",
+        type=float,
+        default=0.01,
+        help="incremental: accuracy loss allowed, as a fraction (0.01 = 1 point)",
+    )
     p.add_argument("--amount", type=float, help="filters: fraction of channels removed")
     p.add_argument("--target-macs", type=float, help="filters: fraction of MACs to remove")
     p.add_argument("--criterion", choices=("l1", "l2", "bn_scale"), default="l1")
-    p.add_argument("--residual", choices=("group", "skip"), default="group",
-                   help="filters: prune residual groups together, or leave them whole")
-    p.add_argument("--layers", type=lambda s: [n for n in s.split(",") if n],
-                   help="comma-separated layer names (default: every conv and linear layer)")
-    p.add_argument("--retrain-epochs", type=int, default=0,
-                   help="epochs of retraining after pruning (gradual: the training run)")
+    p.add_argument(
+        "--residual",
+        choices=("group", "skip"),
+        default="group",
+        help="filters: prune residual groups together, or leave them whole",
+    )
+    p.add_argument(
+        "--layers",
+        type=lambda s: [n for n in s.split(",") if n],
+        help="comma-separated layer names (default: every conv and linear layer)",
+    )
+    p.add_argument(
+        "--retrain-epochs",
+        type=int,
+        default=0,
+        help="epochs of retraining after pruning (gradual: the training run)",
+    )
     p.add_argument("--retrain-lr", type=float, help="learning rate (default: baseline's / 10)")
     p.add_argument("--no-latency", action="store_true", help="skip latency measurement")
     p.add_argument("--out", type=Path, required=True, help="output checkpoint path (no suffix)")
     p.set_defaults(run=run_prune)
 
     s = commands.add_parser(
-        "sensitivity", help="accuracy of each layer pruned alone at 0..95%% sparsity",
+        "sensitivity",
+        help="accuracy of each layer pruned alone at 0..95%% sparsity",
         description="Prune each layer alone at sparsities 0..95%% and measure validation "
         "accuracy; writes sensitivity.json, sensitivity.png and the per-layer sparsities that "
-        "stay within --budget.")
+        "stay within --budget.",
+    )
     add_checkpoint_args(s)
     s.add_argument("--layers", type=lambda t: [n for n in t.split(",") if n])
     s.add_argument("--budget", type=float, default=0.01)
@@ -68,19 +92,41 @@ def run_prune(args) -> None:
     model, meta, data = load_for_command(args)
     restore_masks(model, select_layers(model))  # a pruned checkpoint stays pruned when retrained
     test = data.loader("test", args.batch_size)
-    rows = [measure(model, stage="before", input_shape=data.input_shape, test=test,
-                    latency=not args.no_latency)]
+    rows = [
+        measure(
+            model,
+            stage="before",
+            input_shape=data.input_shape,
+            test=test,
+            latency=not args.no_latency,
+        )
+    ]
     base_fit = meta.fit or FitConfig()
-    retrain = make_config(FitConfig, **{**base_fit.model_dump(), "epochs": args.retrain_epochs,
-                                        "lr": args.retrain_lr or base_fit.lr / 10})
+    retrain = make_config(
+        FitConfig,
+        **{
+            **base_fit.model_dump(),
+            "epochs": args.retrain_epochs,
+            "lr": args.retrain_lr or base_fit.lr / 10,
+        },
+    )
     _prune(model, data, args, retrain)
     if args.method != "gradual" and args.steps == 1 and retrain.epochs:
         fit(model, data, retrain)
-    rows.append(measure(model, stage=f"pruned ({args.method})", input_shape=data.input_shape,
-                        test=test, latency=not args.no_latency, baseline_bytes=rows[0].size_bytes))
+    rows.append(
+        measure(
+            model,
+            stage=f"pruned ({args.method})",
+            input_shape=data.input_shape,
+            test=test,
+            latency=not args.no_latency,
+            baseline_bytes=rows[0].size_bytes,
+        )
+    )
     metrics = {"test_top1": rows[1].top1, "test_top5": rows[1].top5}
-    out = save_checkpoint(model, args.out, meta.model_copy(update={"fit": retrain,
-                                                                    "metrics": metrics}))
+    out = save_checkpoint(
+        model, args.out, meta.model_copy(update={"fit": retrain, "metrics": metrics})
+    )
     console().print(layer_table(model, data.input_shape, title="pruned layers"))
     print_measurements(rows, title=f"prune --method {args.method}: {out}")
 
@@ -88,8 +134,9 @@ def run_prune(args) -> None:
 def _prune(model, data, args, retrain: FitConfig) -> None:
     if args.method in ("std", "sparsity", "global"):
         config = PruneMagnitudeConfig(threshold=_threshold(args))
-        iterative = make_config(PruneIterativeConfig, prune=config, steps=args.steps,
-                                retrain=retrain)
+        iterative = make_config(
+            PruneIterativeConfig, prune=config, steps=args.steps, retrain=retrain
+        )
         if args.steps > 1:
             prune_iterative(model, data, iterative, layers=args.layers)
         else:
@@ -104,13 +151,21 @@ def _prune(model, data, args, retrain: FitConfig) -> None:
         # prune over the first three quarters of training, then train on at the final sparsity
         steps = 10
         interval = max(1, int(0.75 * total) // steps)
-        config = make_config(PruneGradualConfig, final_sparsity=_required(args, "sparsity"),
-                             steps=steps, interval=interval)
+        config = make_config(
+            PruneGradualConfig,
+            final_sparsity=_required(args, "sparsity"),
+            steps=steps,
+            interval=interval,
+        )
         prune_gradual(model, data, config, retrain, layers=args.layers)
     else:
-        from .filters import PruneFiltersConfig, prune_filters
-        config = make_config(PruneFiltersConfig, amount=args.amount, target_macs=args.target_macs,
-                             criterion=args.criterion, residual=args.residual)
+        config = make_config(
+            PruneFiltersConfig,
+            amount=args.amount,
+            target_macs=args.target_macs,
+            criterion=args.criterion,
+            residual=args.residual,
+        )
         prune_filters(model, config, data.input_shape, layers=args.layers)
 
 
@@ -134,8 +189,11 @@ def run_sensitivity(args) -> None:
     result = sensitivity_analysis(model, data.loader("val", args.batch_size), layers=args.layers)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "sensitivity.json").write_text(result.to_json())
-    png = plot_sensitivity(result, args.out / "sensitivity.png", title=f"{meta.model.name}: "
-                           "pruning sensitivity, one layer at a time")
+    png = plot_sensitivity(
+        result,
+        args.out / "sensitivity.png",
+        title=f"{meta.model.name}: pruning sensitivity, one layer at a time",
+    )
     table = budget_sparsities(result, args.budget)
     print(f"wrote {args.out / 'sensitivity.json'} and {png}")
     print(f"largest sparsity per layer within {args.budget:.1%} of {result.baseline_top1:.2%}:")

@@ -16,7 +16,12 @@ from ..data import DataSplits
 from ..errors import ConfigError
 from ..layers import LayerFilter, select_layers
 from ..train import FitConfig, fit
-from .magnitude import GlobalSparsity, LayerSparsity, PruneMagnitudeConfig, prune_magnitude
+from .magnitude import (
+    GlobalSparsity,
+    LayerSparsity,
+    PruneMagnitudeConfig,
+    prune_magnitude,
+)
 
 
 class PruneGradualConfig(BaseModel):
@@ -54,8 +59,9 @@ class GradualPruner:
     """Call with the global step after each optimizer step; on the schedule's update steps it
     raises the masks of the chosen layers to the scheduled sparsity (masks only ever grow)."""
 
-    def __init__(self, model: nn.Module, config: PruneGradualConfig,
-                 layers: LayerFilter = None) -> None:
+    def __init__(
+        self, model: nn.Module, config: PruneGradualConfig, layers: LayerFilter = None
+    ) -> None:
         self.model, self.config = model, config
         self.layer_names = [name for name, _ in select_layers(model, layers)]
         if not self.layer_names:
@@ -71,17 +77,27 @@ class GradualPruner:
 
     def prune_to(self, sparsity: float) -> None:
         """Raise every chosen layer's masks to `sparsity` now."""
-        threshold = (GlobalSparsity(sparsity=sparsity) if self.config.scope == "global"
-                     else LayerSparsity(sparsity=sparsity))
+        threshold = (
+            GlobalSparsity(sparsity=sparsity)
+            if self.config.scope == "global"
+            else LayerSparsity(sparsity=sparsity)
+        )
         with torch.no_grad():
-            prune_magnitude(self.model, PruneMagnitudeConfig(threshold=threshold),
-                            layers=self.layer_names)
+            prune_magnitude(
+                self.model, PruneMagnitudeConfig(threshold=threshold), layers=self.layer_names
+            )
         self.sparsity = sparsity
 
 
-def prune_gradual(model: nn.Module, data: DataSplits, config: PruneGradualConfig,
-                  fit_config: FitConfig, *, layers: LayerFilter = None,
-                  progress: bool = True) -> nn.Module:
+def prune_gradual(
+    model: nn.Module,
+    data: DataSplits,
+    config: PruneGradualConfig,
+    fit_config: FitConfig,
+    *,
+    layers: LayerFilter = None,
+    progress: bool = True,
+) -> nn.Module:
     """Train `model` with `fit` while its sparsity follows the cubic schedule; returns the model.
 
     The schedule must end within the training run, so that the model trains on at its final
@@ -89,8 +105,10 @@ def prune_gradual(model: nn.Module, data: DataSplits, config: PruneGradualConfig
     """
     total = fit_config.epochs * len(data.loader("train", fit_config.batch_size))
     if config.end_step > total:
-        raise ConfigError(f"the gradual schedule ends at step {config.end_step} but training has "
-                          f"only {total} steps: lower steps or interval, or train longer")
+        raise ConfigError(
+            f"the gradual schedule ends at step {config.end_step} but training has "
+            f"only {total} steps: lower steps or interval, or train longer"
+        )
     pruner = GradualPruner(model, config, layers)
     if config.start_step == 0:  # the hooks start at step 1: apply the initial sparsity now
         pruner(0)

@@ -30,15 +30,22 @@ class PruneIncrementalConfig(BaseModel):
     max_ratio: float = Field(3.0, gt=0)
 
 
-def incremental_ratios(model: nn.Module, calibration: BatchLoader, config: PruneIncrementalConfig,
-                       *, layers: LayerFilter = None, progress: bool = True) -> dict[str, float]:
+def incremental_ratios(
+    model: nn.Module,
+    calibration: BatchLoader,
+    config: PruneIncrementalConfig,
+    *,
+    layers: LayerFilter = None,
+    progress: bool = True,
+) -> dict[str, float]:
     """The per-layer ratio table. Each layer is raised with the earlier layers already pruned at
     their chosen ratios, so the budget holds for the whole model, not for each layer alone."""
     work = copy.deepcopy(model)
     floor = evaluate(work, calibration).top1 - config.budget
     names = [name for name, _ in select_layers(work, layers)]
-    candidates = [round(config.step * i, 6)
-                  for i in range(1, int(config.max_ratio / config.step + 1e-9) + 1)]
+    candidates = [
+        round(config.step * i, 6) for i in range(1, int(config.max_ratio / config.step + 1e-9) + 1)
+    ]
     table: dict[str, float] = {}
     with make_progress(progress) as bar:
         task = bar.add_task("incremental pruning", total=len(names), status="")
@@ -50,8 +57,14 @@ def incremental_ratios(model: nn.Module, calibration: BatchLoader, config: Prune
     return table
 
 
-def prune_incremental(model: nn.Module, calibration: BatchLoader, config: PruneIncrementalConfig,
-                      *, layers: LayerFilter = None, progress: bool = True) -> nn.Module:
+def prune_incremental(
+    model: nn.Module,
+    calibration: BatchLoader,
+    config: PruneIncrementalConfig,
+    *,
+    layers: LayerFilter = None,
+    progress: bool = True,
+) -> nn.Module:
     """Find the per-layer ratios (Al-Hami et al.) and prune `model` with them; returns model."""
     table = incremental_ratios(model, calibration, config, layers=layers, progress=progress)
     kept = {name: ratio for name, ratio in table.items() if ratio > 0}
@@ -62,8 +75,7 @@ def prune_incremental(model: nn.Module, calibration: BatchLoader, config: PruneI
 
 def ratio_table_config(table: dict[str, float]) -> PruneMagnitudeConfig:
     """A magnitude config that applies a per-layer std-ratio table."""
-    return PruneMagnitudeConfig(threshold=StdThreshold(ratio=max(table.values())),
-                                per_layer=table)
+    return PruneMagnitudeConfig(threshold=StdThreshold(ratio=max(table.values())), per_layer=table)
 
 
 def _largest_ratio(model, name, candidates, calibration, floor) -> float:
@@ -80,5 +92,6 @@ def _largest_ratio(model, name, candidates, calibration, floor) -> float:
 
 def _prune(model: nn.Module, name: str, ratio: float) -> None:
     with torch.no_grad():
-        prune_magnitude(model, PruneMagnitudeConfig(threshold=StdThreshold(ratio=ratio)),
-                        layers=[name])
+        prune_magnitude(
+            model, PruneMagnitudeConfig(threshold=StdThreshold(ratio=ratio)), layers=[name]
+        )

@@ -13,7 +13,13 @@ from torch import nn
 from ..data import DataSplits
 from ..layers import LayerFilter
 from ..train import EvalResult, FitConfig, fit
-from .magnitude import GlobalSparsity, LayerSparsity, PruneMagnitudeConfig, StdThreshold, prune_magnitude
+from .magnitude import (
+    GlobalSparsity,
+    LayerSparsity,
+    PruneMagnitudeConfig,
+    StdThreshold,
+    prune_magnitude,
+)
 
 
 class PruneIterativeConfig(BaseModel):
@@ -46,9 +52,15 @@ def step_config(config: PruneMagnitudeConfig, fraction: float) -> PruneMagnitude
     return config.model_copy(update={"threshold": threshold, "per_layer": per_layer})
 
 
-def prune_iterative(model: nn.Module, data: DataSplits, config: PruneIterativeConfig, *,
-                    layers: LayerFilter = None, progress: bool = True,
-                    log: list[IterativeStep] | None = None) -> nn.Module:
+def prune_iterative(
+    model: nn.Module,
+    data: DataSplits,
+    config: PruneIterativeConfig,
+    *,
+    layers: LayerFilter = None,
+    progress: bool = True,
+    log: list[IterativeStep] | None = None,
+) -> nn.Module:
     """Prune to `config.prune` in `config.steps` steps with retraining between; returns model.
 
     Follows Han et al. 2015. Pass a list as `log` to receive each step's threshold and validation

@@ -80,8 +80,9 @@ def global_keep(weights: list[torch.Tensor], sparsity: float) -> list[torch.Tens
     return [k.view_as(w) for k, w in zip(joined.split([w.numel() for w in weights]), weights)]
 
 
-def prune_magnitude(model: nn.Module, config: PruneMagnitudeConfig, *,
-                    layers: LayerFilter = None) -> nn.Module:
+def prune_magnitude(
+    model: nn.Module, config: PruneMagnitudeConfig, *, layers: LayerFilter = None
+) -> nn.Module:
     """Attach magnitude masks to the chosen layers' weights (and biases if asked); returns model.
 
     Follows Han et al. 2015 ("Learning both Weights and Connections"). Masks combine with any
@@ -90,8 +91,10 @@ def prune_magnitude(model: nn.Module, config: PruneMagnitudeConfig, *,
     targets = _targets(model, config, layers)
     unknown = set(config.per_layer) - {name for name, _, _ in targets}
     if unknown:
-        raise ConfigError(f"per_layer names {', '.join(sorted(unknown))}, which are not among the "
-                          "layers being pruned")
+        raise ConfigError(
+            f"per_layer names {', '.join(sorted(unknown))}, which are not among the "
+            "layers being pruned"
+        )
     threshold = config.threshold
     if isinstance(threshold, GlobalSparsity):
         if config.per_layer:
@@ -116,8 +119,9 @@ def _layer_keep(module: nn.Module, tensor: str, threshold, override: float | Non
     return sparsity_keep(weight, sparsity)
 
 
-def _targets(model: nn.Module, config: PruneMagnitudeConfig,
-             layers: LayerFilter) -> list[tuple[str, nn.Module, str]]:
+def _targets(
+    model: nn.Module, config: PruneMagnitudeConfig, layers: LayerFilter
+) -> list[tuple[str, nn.Module, str]]:
     """(layer name, module, tensor name) of every tensor to prune."""
     chosen = select_layers(model, layers)
     if not chosen:

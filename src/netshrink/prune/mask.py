@@ -34,7 +34,9 @@ def get_mask(module: nn.Module, name: str = "weight") -> Mask | None:
 def dense_std(module: nn.Module, name: str = "weight") -> float:
     """The std of the tensor before any pruning: remembered by its mask, else measured now."""
     mask = get_mask(module, name)
-    return float(mask.dense_std) if mask is not None else float(getattr(module, name).detach().std())
+    return (
+        float(mask.dense_std) if mask is not None else float(getattr(module, name).detach().std())
+    )
 
 
 def apply_mask(module: nn.Module, name: str, keep: torch.Tensor) -> Mask:
@@ -49,8 +51,9 @@ def apply_mask(module: nn.Module, name: str, keep: torch.Tensor) -> Mask:
     return mask
 
 
-def restore_masks(model: nn.Module, layers: list[tuple[str, nn.Module]],
-                  names: tuple[str, ...] = ("weight",)) -> None:
+def restore_masks(
+    model: nn.Module, layers: list[tuple[str, nn.Module]], names: tuple[str, ...] = ("weight",)
+) -> None:
     """Re-attach masks to a model loaded from a checkpoint, from its exact zeros.
 
     Checkpoints store what the forward pass computes, never masks; a zero weight is a pruned one.
@@ -71,7 +74,9 @@ def layer_sparsity(model: nn.Module) -> dict[str, float]:
         for name in module.parametrizations:
             if get_mask(module, name) is not None:
                 value = getattr(module, name)
-                report[f"{module_name}.{name}"] = 1 - float(torch.count_nonzero(value)) / value.numel()
+                report[f"{module_name}.{name}"] = (
+                    1 - float(torch.count_nonzero(value)) / value.numel()
+                )
     return report
 
 

@@ -34,9 +34,14 @@ class Sensitivity:
         return json.dumps(asdict(self), indent=2) + "\n"
 
 
-def sensitivity_analysis(model: nn.Module, loader: BatchLoader, *, layers: LayerFilter = None,
-                         sparsities: tuple[float, ...] = DEFAULT_SPARSITIES,
-                         progress: bool = True) -> Sensitivity:
+def sensitivity_analysis(
+    model: nn.Module,
+    loader: BatchLoader,
+    *,
+    layers: LayerFilter = None,
+    sparsities: tuple[float, ...] = DEFAULT_SPARSITIES,
+    progress: bool = True,
+) -> Sensitivity:
     """Prune each chosen layer alone at each sparsity (on a copy) and measure top-1 on `loader`."""
     baseline = evaluate(model, loader).top1
     names = [name for name, _ in select_layers(model, layers)]
@@ -48,8 +53,11 @@ def sensitivity_analysis(model: nn.Module, loader: BatchLoader, *, layers: Layer
             for sparsity in sparsities:
                 trial = copy.deepcopy(model)
                 with torch.no_grad():
-                    prune_magnitude(trial, PruneMagnitudeConfig(
-                        threshold=LayerSparsity(sparsity=sparsity)), layers=[name])
+                    prune_magnitude(
+                        trial,
+                        PruneMagnitudeConfig(threshold=LayerSparsity(sparsity=sparsity)),
+                        layers=[name],
+                    )
                 curves[name].append(evaluate(trial, loader).top1)
                 bar.update(task, advance=1, status=name)
     return Sensitivity(baseline, tuple(sparsities), curves)
@@ -80,10 +88,14 @@ def plot_sensitivity(result: Sensitivity, path: str | Path, title: str = "") -> 
     percent = [100 * s for s in result.sparsities]
     for name, accuracies in result.curves.items():
         ax.plot(percent, [100 * a for a in accuracies], marker="o", markersize=3, label=name)
-    ax.axhline(100 * result.baseline_top1, color="grey", linestyle="--", linewidth=1,
-               label="unpruned")
-    ax.set(xlabel="sparsity of the layer (%)", ylabel="top-1 accuracy (%)",
-           title=title or "Pruning sensitivity, one layer at a time")
+    ax.axhline(
+        100 * result.baseline_top1, color="grey", linestyle="--", linewidth=1, label="unpruned"
+    )
+    ax.set(
+        xlabel="sparsity of the layer (%)",
+        ylabel="top-1 accuracy (%)",
+        title=title or "Pruning sensitivity, one layer at a time",
+    )
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
