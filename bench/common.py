@@ -57,10 +57,14 @@ def _markdown(title, command, date, rows, columns, notes) -> str:
 
 def _update_doc(name: str, section: str) -> None:
     start, end = f"<!-- bench:{name} -->", f"<!-- /bench:{name} -->"
-    text = DOC.read_text() if DOC.exists() else "# Benchmarks\n\nThe latest results, each with the command that made it.\n"
+    text = (
+        DOC.read_text()
+        if DOC.exists()
+        else "# Benchmarks\n\nThe latest results, each with the command that made it.\n"
+    )
     block = f"{start}\n{section}{end}"
     if start in text and end in text:
-        text = text[: text.index(start)] + block + text[text.index(end) + len(end):]
+        text = text[: text.index(start)] + block + text[text.index(end) + len(end) :]
     else:
         text = text.rstrip("\n") + "\n\n" + block + "\n"
     DOC.parent.mkdir(parents=True, exist_ok=True)

@@ -17,9 +17,13 @@ def _saved(tmp_path, name="vgg_small", args=None):
         for m in model.modules():
             if isinstance(m, torch.nn.BatchNorm2d):
                 m.running_mean.normal_()
-    meta = CheckpointMeta(model=spec, input_shape=(1, 28, 28), num_classes=10,
-                          data=DataConfig(source="digits", image_size=28),
-                          metrics={"test_top1": 0.5})
+    meta = CheckpointMeta(
+        model=spec,
+        input_shape=(1, 28, 28),
+        num_classes=10,
+        data=DataConfig(source="digits", image_size=28),
+        metrics={"test_top1": 0.5},
+    )
     return model, save_checkpoint(model, tmp_path / "ckpt", meta), meta
 
 
@@ -45,6 +49,7 @@ def test_a_pickle_is_refused(tmp_path):
     with pytest.raises(CorruptFileError, match="never unpickles"):
         load_checkpoint(stem)
     import pickle
+
     weights.write_bytes(pickle.dumps({"w": [1, 2, 3]}))
     with pytest.raises(CorruptFileError, match="never unpickles"):
         load_checkpoint(stem)
@@ -55,8 +60,11 @@ def test_damaged_weights_raise_corrupt_file_error(tmp_path, damage):
     _, stem, _ = _saved(tmp_path)
     weights = stem.with_name(stem.name + ".safetensors")
     data = weights.read_bytes()
-    damaged = {"truncate": data[: len(data) // 2], "header": b"\xff" * 16 + data[16:],
-               "empty": b""}[damage]
+    damaged = {
+        "truncate": data[: len(data) // 2],
+        "header": b"\xff" * 16 + data[16:],
+        "empty": b"",
+    }[damage]
     weights.write_bytes(damaged)
     with pytest.raises(CorruptFileError, match="ckpt.safetensors"):
         load_checkpoint(stem)

@@ -8,20 +8,27 @@ from netshrink.cli import main
 
 
 def test_missing_data_path_exits_2_with_one_line_naming_it():
-    proc = subprocess.run([sys.executable, "-m", "netshrink.cli", "train", "--data",
-                           "no/such/path"], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "netshrink.cli", "train", "--data", "no/such/path"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "no/such/path" in lines[0]
     assert "Traceback" not in proc.stderr
 
 
-@pytest.mark.parametrize("argv, words", [
-    (["train", "--model", "no_such_model", "--data", "digits"], "no_such_model"),
-    (["train", "--data", "digits", "--epochs", "-1"], "--epochs"),
-    (["train", "--data", "digits", "--model-args", "{bad json"], "JSON"),
-    (["evaluate", "no/such/checkpoint"], "no/such/checkpoint"),
-])
+@pytest.mark.parametrize(
+    "argv, words",
+    [
+        (["train", "--model", "no_such_model", "--data", "digits"], "no_such_model"),
+        (["train", "--data", "digits", "--epochs", "-1"], "--epochs"),
+        (["train", "--data", "digits", "--model-args", "{bad json"], "JSON"),
+        (["evaluate", "no/such/checkpoint"], "no/such/checkpoint"),
+    ],
+)
 def test_user_mistakes_exit_2_with_a_message(capsys, argv, words):
     assert main(argv) == 2
     err = capsys.readouterr().err
@@ -31,8 +38,25 @@ def test_user_mistakes_exit_2_with_a_message(capsys, argv, words):
 
 def test_train_evaluate_measure_round_trip(tmp_path, capsys):
     out = tmp_path / "lenet"
-    assert main(["train", "--model", "lenet300_100", "--data", "digits", "--epochs", "3",
-                 "--batch-size", "64", "--out", str(out), "--json"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--model",
+                "lenet300_100",
+                "--data",
+                "digits",
+                "--epochs",
+                "3",
+                "--batch-size",
+                "64",
+                "--out",
+                str(out),
+                "--json",
+            ]
+        )
+        == 0
+    )
     trained = json.loads(capsys.readouterr().out)
     assert trained["test_top1"] > 0.85
     assert main(["evaluate", str(out), "--json"]) == 0

@@ -19,15 +19,23 @@ from PIL import Image
 from pydantic import ValidationError
 
 from netshrink import data
-from netshrink.data import BatchLoader, DataConfig, ImageSet, load_data, read_cifar10_binary, \
-    read_idx, read_image_folder
+from netshrink.data import (
+    BatchLoader,
+    DataConfig,
+    ImageSet,
+    load_data,
+    read_cifar10_binary,
+    read_idx,
+    read_image_folder,
+)
 from netshrink.errors import ConfigError, DataError
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 IDX_CODES = {"u1": 0x08, "i1": 0x09, "i2": 0x0B, "i4": 0x0C, "f4": 0x0D, "f8": 0x0E}
 needs_fashion = pytest.mark.skipif(
     not all((FASHION / f"{s}.gz").is_file() for s in data._IDX_STEMS),
-    reason=f"Fashion-MNIST is not at {FASHION} (apt-get install -y dataset-fashion-mnist)")
+    reason=f"Fashion-MNIST is not at {FASHION} (apt-get install -y dataset-fashion-mnist)",
+)
 
 
 def write_idx(path: Path, array: np.ndarray, gz: bool = False) -> Path:
@@ -64,18 +72,22 @@ def write_folder(root: Path, counts: dict[str, int], size=(6, 6)) -> None:
 
 def ids_set(n: int, shape=(1, 4, 4)) -> ImageSet:
     """A set whose labels are the example indices, so batches show which examples they hold."""
-    images = torch.randint(0, 256, (n, *shape), generator=torch.Generator().manual_seed(n),
-                           dtype=torch.uint8)
+    images = torch.randint(
+        0, 256, (n, *shape), generator=torch.Generator().manual_seed(n), dtype=torch.uint8
+    )
     return ImageSet(images, torch.arange(n))
 
 
 # ------------------------------------------------------------------------------------------- IDX
 
+
 @settings(max_examples=40, deadline=None)
-@given(arr=st.sampled_from(list(IDX_CODES)).flatmap(
-           lambda t: arrays(np.dtype(t), array_shapes(min_dims=1, max_dims=4, min_side=0,
-                                                       max_side=5))),
-       gz=st.booleans())
+@given(
+    arr=st.sampled_from(list(IDX_CODES)).flatmap(
+        lambda t: arrays(np.dtype(t), array_shapes(min_dims=1, max_dims=4, min_side=0, max_side=5))
+    ),
+    gz=st.booleans(),
+)
 def test_idx_round_trip(arr, gz):
     with tempfile.TemporaryDirectory() as tmp:
         got = read_idx(write_idx(Path(tmp) / "a.idx", arr, gz))
@@ -133,6 +145,7 @@ def test_idx_directory_with_dot_names_and_raw_files(tmp_path):
 
 # --------------------------------------------------------------------------------- Fashion-MNIST
 
+
 @needs_fashion
 def test_fashion_mnist_files():
     for split, n in (("train", 60000), ("t10k", 10000)):
@@ -165,6 +178,7 @@ def test_missing_default_fashion_mnist_says_how_to_install(tmp_path, monkeypatch
 
 # -------------------------------------------------------------------------------------- CIFAR-10
 
+
 @pytest.fixture
 def cifar_dir(tmp_path) -> Path:
     batches = tmp_path / "cifar-10-batches-bin"
@@ -183,8 +197,11 @@ def test_cifar10_binary_batch(tmp_path):
 
 
 def test_cifar10_load_data(cifar_dir):
-    for source in (f"cifar10:{cifar_dir}", f"cifar10:{cifar_dir}/cifar-10-batches-bin",
-                   str(cifar_dir)):
+    for source in (
+        f"cifar10:{cifar_dir}",
+        f"cifar10:{cifar_dir}/cifar-10-batches-bin",
+        str(cifar_dir),
+    ):
         splits = load_data(DataConfig(source=source, val_fraction=0.1))
         assert (len(splits.train), len(splits.val), len(splits.test)) == (90, 10, 20)
         assert splits.input_shape == (3, 32, 32) and len(splits.mean) == 3
@@ -221,6 +238,7 @@ def test_cifar10_python_version_directory(tmp_path):
 
 # --------------------------------------------------------------------------------- image folders
 
+
 def test_image_folder_reads_labels_and_names(tmp_path):
     write_folder(tmp_path, {"cat": 3, "ant": 2, "dog": 4})
     images, labels, names = read_image_folder(tmp_path)
@@ -245,8 +263,9 @@ def test_image_folder_sizes(tmp_path):
 
 def test_image_folder_load_data_split_and_subfolders(tmp_path):
     write_folder(tmp_path / "flat", {"a": 10, "b": 10})
-    splits = load_data(DataConfig(source=f"folder:{tmp_path / 'flat'}", test_fraction=0.25,
-                                  val_fraction=0.2))
+    splits = load_data(
+        DataConfig(source=f"folder:{tmp_path / 'flat'}", test_fraction=0.25, val_fraction=0.2)
+    )
     assert (len(splits.train), len(splits.val), len(splits.test)) == (12, 3, 5)
     assert splits.class_names == ("a", "b") and splits.num_classes == 2
     every = torch.cat([s.images[:, 0, 0, 0] for s in (splits.train, splits.val, splits.test)])
@@ -272,6 +291,7 @@ def test_image_folder_errors(tmp_path):
 
 
 # ---------------------------------------------------------------------------- digits and splits
+
 
 def test_digits():
     splits = load_data(DataConfig(source="digits"))
@@ -309,6 +329,7 @@ def test_normalised_train_epoch_has_zero_mean_unit_std():
 
 # ----------------------------------------------------------------------------------- BatchLoader
 
+
 def test_loader_covers_every_example_once():
     loader = BatchLoader(ids_set(103), 10, mean=[0.5], std=[0.25])
     batches = list(loader)
@@ -321,15 +342,18 @@ def test_loader_covers_every_example_once():
 
 
 def test_loader_shards_for_ddp():
-    ranks = [BatchLoader(ids_set(103), 8, mean=[0], std=[1], shuffle=True, seed=5, rank=r,
-                         world_size=2) for r in (0, 1)]
+    ranks = [
+        BatchLoader(ids_set(103), 8, mean=[0], std=[1], shuffle=True, seed=5, rank=r, world_size=2)
+        for r in (0, 1)
+    ]
     seen = [torch.cat([y for _, y in loader]) for loader in ranks]
     assert [len(loader) for loader in ranks] == [7, 7] and [len(s) for s in seen] == [52, 52]
     assert ranks[0].dataset_size == 52
     assert len(set(seen[0].tolist()) & set(seen[1].tolist())) == 1  # one wrapped example
     assert set(seen[0].tolist()) | set(seen[1].tolist()) == set(range(103))
-    tiny = [list(BatchLoader(ids_set(1), 4, mean=[0], std=[1], rank=r, world_size=3))
-            for r in range(3)]
+    tiny = [
+        list(BatchLoader(ids_set(1), 4, mean=[0], std=[1], rank=r, world_size=3)) for r in range(3)
+    ]
     assert [b[0][1].tolist() for b in tiny] == [[0], [0], [0]]
 
 
@@ -347,8 +371,9 @@ def test_set_epoch_changes_order_reproducibly():
 def test_crop_and_flip_keep_shapes_and_pixels():
     images = ids_set(64, (2, 6, 5)).images
     plain = dict(mean=[0, 0], std=[1 / 255, 1 / 255])  # x equals the pixel values
-    flipped = torch.cat([x for x, _ in BatchLoader(ImageSet(images, torch.arange(64)), 16,
-                                                   hflip=True, **plain)])
+    flipped = torch.cat(
+        [x for x, _ in BatchLoader(ImageSet(images, torch.arange(64)), 16, hflip=True, **plain)]
+    )
     assert flipped.shape == (64, 2, 6, 5)
     same = [torch.allclose(f, o.float(), atol=1e-3) for f, o in zip(flipped, images)]
     mirror = [torch.allclose(f, o.flip(2).float(), atol=1e-3) for f, o in zip(flipped, images)]
@@ -356,9 +381,15 @@ def test_crop_and_flip_keep_shapes_and_pixels():
     loader = BatchLoader(ImageSet(images, torch.arange(64)), 16, crop_padding=2, **plain)
     cropped = torch.cat([x for x, _ in loader]).round().to(torch.uint8)
     padded = torch.nn.functional.pad(images, (2, 2, 2, 2))
-    shifts = [next((dy, dx) for dy in range(5) for dx in range(5)
-                   if torch.equal(padded[i, :, dy:dy + 6, dx:dx + 5], cropped[i]))
-              for i in range(64)]  # StopIteration if some image is not a window of its padding
+    shifts = [
+        next(
+            (dy, dx)
+            for dy in range(5)
+            for dx in range(5)
+            if torch.equal(padded[i, :, dy : dy + 6, dx : dx + 5], cropped[i])
+        )
+        for i in range(64)
+    ]  # StopIteration if some image is not a window of its padding
     assert len(set(shifts)) > 5 and cropped.shape == images.shape
 
 
@@ -375,6 +406,7 @@ def test_splits_loader_defaults():
 
 
 # ---------------------------------------------------------------------------------------- errors
+
 
 def test_missing_path_is_one_line_data_error(tmp_path):
     missing = tmp_path / "nope"
@@ -395,8 +427,14 @@ def test_bad_source_and_fields_are_config_errors(tmp_path):
         load_data(DataConfig(source=str(tmp_path)))
     with pytest.raises(ValidationError):
         DataConfig(val_fraction=1.0)
-    for bad in ({"limit": 0}, {"val_fraction": -0.1}, {"image_size": 0}, {"colour": True},
-                {"test_fraction": 1.0}, {"crop_padding": -1}):
+    for bad in (
+        {"limit": 0},
+        {"val_fraction": -0.1},
+        {"image_size": 0},
+        {"colour": True},
+        {"test_fraction": 1.0},
+        {"crop_padding": -1},
+    ):
         with pytest.raises(ConfigError, match="invalid data config"):
             load_data(bad)
     with pytest.raises(ValidationError):

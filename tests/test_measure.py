@@ -3,8 +3,13 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from netshrink.measure import (count_macs, count_parameters, dense_bytes, measure,
-                               measure_latency)
+from netshrink.measure import (
+    count_macs,
+    count_parameters,
+    dense_bytes,
+    measure,
+    measure_latency,
+)
 from netshrink.models import ModelSpec, build_model
 from netshrink.report import measurements_json, measurements_markdown
 
@@ -29,14 +34,15 @@ def test_lenet300_counts():
 def test_caffe_lenet5_conv_macs():
     model = build_model(ModelSpec(name="lenet5_caffe"))
     macs = {r.name: r.macs for r in count_macs(model, (1, 28, 28))}
-    assert 20 * 25 * 24 * 24 in macs.values()       # conv1: 20 filters of 5x5 at 24x24
-    assert 50 * 20 * 25 * 8 * 8 in macs.values()    # conv2: 50 filters of 20x5x5 at 8x8
+    assert 20 * 25 * 24 * 24 in macs.values()  # conv1: 20 filters of 5x5 at 24x24
+    assert 50 * 20 * 25 * 8 * 8 in macs.values()  # conv2: 50 filters of 20x5x5 at 8x8
     assert sum(macs.values()) == 288_000 + 1_600_000 + 800 * 500 + 500 * 10
 
 
 def test_grouped_and_depthwise_macs():
-    model = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1, groups=8),
-                          nn.Conv2d(8, 16, 3, padding=1, groups=2))
+    model = nn.Sequential(
+        nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.Conv2d(8, 16, 3, padding=1, groups=2)
+    )
     rows = count_macs(model, (8, 10, 10))
     assert [r.macs for r in rows] == [8 * 9 * 100, 16 * 4 * 9 * 100]
 
@@ -63,8 +69,13 @@ def test_batchnorm_statistics_count_as_stored_bytes():
 
 def test_measure_record_and_tables(digits):
     model = build_model(ModelSpec(name="lenet300_100"), input_size=8)
-    row = measure(model, stage="baseline", input_shape=(1, 8, 8),
-                  test=digits.loader("test", 128), baseline_bytes=2 * dense_bytes(model))
+    row = measure(
+        model,
+        stage="baseline",
+        input_shape=(1, 8, 8),
+        test=digits.loader("test", 128),
+        baseline_bytes=2 * dense_bytes(model),
+    )
     assert 0 <= row.top1 <= row.top5 <= 1
     assert row.params == 64 * 300 + 300 + 30_100 + 1010
     assert row.compression_ratio == pytest.approx(2.0)

@@ -1,15 +1,15 @@
+import json
 import math
 import os
 import subprocess
 import sys
-import json
 
 import pytest
 import torch
 
+from netshrink.errors import ConfigError
 from netshrink.models import ModelSpec, build_model
 from netshrink.train import FitConfig, evaluate, fit
-from netshrink.errors import ConfigError
 
 
 def _lenet300(data):
@@ -86,11 +86,26 @@ def test_bad_configs_are_rejected(digits):
 
 def _train_cli(tmp_path, name, launcher):
     out = tmp_path / name
-    args = ["-m", "netshrink.cli", "train", "--model", "lenet300_100", "--data", "digits",
-            "--epochs", "6", "--batch-size", "64", "--lr", "0.05", "--json", "--out", str(out)]
+    args = [
+        "-m",
+        "netshrink.cli",
+        "train",
+        "--model",
+        "lenet300_100",
+        "--data",
+        "digits",
+        "--epochs",
+        "6",
+        "--batch-size",
+        "64",
+        "--lr",
+        "0.05",
+        "--json",
+        "--out",
+        str(out),
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "NETSHRINK_PROGRESS": "0"}
-    proc = subprocess.run([*launcher, *args], capture_output=True, text=True, env=env,
-                          timeout=300)
+    proc = subprocess.run([*launcher, *args], capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     assert len(lines) == 1, proc.stdout  # only rank 0 prints
@@ -98,8 +113,7 @@ def _train_cli(tmp_path, name, launcher):
 
 
 def test_ddp_two_processes_train_to_the_same_band_as_one(tmp_path):
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                "--nproc_per_node=2"]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
     single = _train_cli(tmp_path, "single", [sys.executable])
     ddp = _train_cli(tmp_path, "ddp", torchrun)
     assert single["test_top1"] > 0.9 and ddp["test_top1"] > 0.9

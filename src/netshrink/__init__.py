@@ -6,15 +6,41 @@ The public API, and nothing else; see DESIGN.md for the map.
 from .baseline import cached_baseline, train_model
 from .checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
 from .data import DataConfig, DataSplits, load_data
-from .errors import ConfigError, CorruptFileError, DataError, Error, UnsupportedLayerError
+from .errors import (
+    ConfigError,
+    CorruptFileError,
+    DataError,
+    Error,
+    UnsupportedLayerError,
+)
 from .measure import Measurement, count_macs, count_parameters, measure, measure_latency
 from .models import MODELS, ModelSpec, build_model
 from .train import EvalResult, FitConfig, evaluate, fit
 
 __all__ = [
-    "CheckpointMeta", "ConfigError", "CorruptFileError", "DataConfig", "DataError", "DataSplits",
-    "Error", "EvalResult", "FitConfig", "MODELS", "Measurement", "ModelSpec",
-    "UnsupportedLayerError", "build_model", "cached_baseline", "count_macs", "count_parameters",
-    "evaluate", "fit", "load_checkpoint", "load_data", "measure", "measure_latency",
-    "save_checkpoint", "train_model",
+    "CheckpointMeta",
+    "ConfigError",
+    "CorruptFileError",
+    "DataConfig",
+    "DataError",
+    "DataSplits",
+    "Error",
+    "EvalResult",
+    "FitConfig",
+    "MODELS",
+    "Measurement",
+    "ModelSpec",
+    "UnsupportedLayerError",
+    "build_model",
+    "cached_baseline",
+    "count_macs",
+    "count_parameters",
+    "evaluate",
+    "fit",
+    "load_checkpoint",
+    "load_data",
+    "measure",
+    "measure_latency",
+    "save_checkpoint",
+    "train_model",
 ]

@@ -14,11 +14,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .checkpoint import CheckpointMeta, checkpoint_paths, load_checkpoint, save_checkpoint
+from .checkpoint import (
+    CheckpointMeta,
+    checkpoint_paths,
+    load_checkpoint,
+    save_checkpoint,
+)
 from .data import DataConfig, DataSplits
 from .models import ModelSpec, build_model
 from .train import FitConfig, evaluate, fit, is_main_process
-
 
 _FASHION = DataConfig(source="fashion-mnist")
 _FASHION_AUGMENTED = DataConfig(source="fashion-mnist", crop_padding=2, hflip=True)
@@ -38,8 +42,14 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("NETSHRINK_CACHE") or Path.home() / ".cache" / "netshrink")
 
 
-def train_model(spec: ModelSpec, data: DataSplits, config: FitConfig, *, progress: bool = True,
-                resume: Path | None = None) -> tuple[nn.Module, CheckpointMeta]:
+def train_model(
+    spec: ModelSpec,
+    data: DataSplits,
+    config: FitConfig,
+    *,
+    progress: bool = True,
+    resume: Path | None = None,
+) -> tuple[nn.Module, CheckpointMeta]:
     """Build `spec` for `data`'s input shape, train it with `fit`, and measure it on the test split.
 
     The returned metadata holds the final validation and test accuracy. `resume` is passed to
@@ -52,25 +62,46 @@ def train_model(spec: ModelSpec, data: DataSplits, config: FitConfig, *, progres
     history = fit(model, data, config, progress=progress, resume=resume)
     seconds = time.perf_counter() - start
     test = evaluate(model, data.loader("test", 256), progress=progress, description="test")
-    metrics = {"test_top1": test.top1, "test_top5": test.top5, "test_loss": test.loss,
-               "train_seconds": seconds}
+    metrics = {
+        "test_top1": test.top1,
+        "test_top5": test.top5,
+        "test_loss": test.loss,
+        "train_seconds": seconds,
+    }
     if history.final is not None:
         metrics["val_top1"] = history.final.top1
-    meta = CheckpointMeta(model=spec, input_shape=data.input_shape, num_classes=data.num_classes,
-                          data=data.config, fit=config, metrics=metrics)
+    meta = CheckpointMeta(
+        model=spec,
+        input_shape=data.input_shape,
+        num_classes=data.num_classes,
+        data=data.config,
+        fit=config,
+        metrics=metrics,
+    )
     return model, meta
 
 
 def baseline_key(spec: ModelSpec, data: DataConfig, config: FitConfig) -> str:
     """A short stable hash of everything that determines a trained baseline."""
-    text = json.dumps([spec.model_dump(mode="json"), data.model_dump(mode="json"),
-                       config.model_dump(mode="json")], sort_keys=True)
+    text = json.dumps(
+        [
+            spec.model_dump(mode="json"),
+            data.model_dump(mode="json"),
+            config.model_dump(mode="json"),
+        ],
+        sort_keys=True,
+    )
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def cached_baseline(spec: ModelSpec, data: DataSplits, config: FitConfig, *,
-                    cache_dir: Path | None = None,
-                    progress: bool = True) -> tuple[nn.Module, CheckpointMeta, Path]:
+def cached_baseline(
+    spec: ModelSpec,
+    data: DataSplits,
+    config: FitConfig,
+    *,
+    cache_dir: Path | None = None,
+    progress: bool = True,
+) -> tuple[nn.Module, CheckpointMeta, Path]:
     """Load the baseline for (spec, data, config) from `cache_dir`/baselines, training it if missing.
 
     Returns the model, its metadata and the checkpoint's path (stem).
@@ -80,8 +111,9 @@ def cached_baseline(spec: ModelSpec, data: DataSplits, config: FitConfig, *,
     if all(p.is_file() for p in checkpoint_paths(stem)):
         model, meta = load_checkpoint(stem)
         return model, meta, stem
-    model, meta = train_model(spec, data, config, progress=progress,
-                              resume=stem.with_name(stem.name + ".partial"))
+    model, meta = train_model(
+        spec, data, config, progress=progress, resume=stem.with_name(stem.name + ".partial")
+    )
     if is_main_process():
         save_checkpoint(model, stem, meta)
     return model.eval(), meta, stem

@@ -41,51 +41,82 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="netshrink", description=DESCRIPTION,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="netshrink",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    train = commands.add_parser("train", help="train a model and save a checkpoint",
-                                description="Train a zoo model (or a user's factory) and save a "
-                                "safetensors checkpoint with a JSON sidecar.")
-    train.add_argument("--model", default="lenet5", help="zoo name, e.g. lenet5 or "
-                       "'vgg_small(width=0.5)', or an import path package.module:factory")
-    train.add_argument("--model-args", default=None, metavar="JSON",
-                       help="extra keyword arguments for the model, as a JSON object")
+    train = commands.add_parser(
+        "train",
+        help="train a model and save a checkpoint",
+        description="Train a zoo model (or a user's factory) and save a "
+        "safetensors checkpoint with a JSON sidecar.",
+    )
+    train.add_argument(
+        "--model",
+        default="lenet5",
+        help="zoo name, e.g. lenet5 or "
+        "'vgg_small(width=0.5)', or an import path package.module:factory",
+    )
+    train.add_argument(
+        "--model-args",
+        default=None,
+        metavar="JSON",
+        help="extra keyword arguments for the model, as a JSON object",
+    )
     add_data_args(train)
     _add_fit_args(train)
-    train.add_argument("--out", type=Path, default=None,
-                       help="checkpoint path without suffix (default: runs/MODEL); an interrupted "
-                       "run with the same settings resumes from OUT.train-state")
+    train.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="checkpoint path without suffix (default: runs/MODEL); an interrupted "
+        "run with the same settings resumes from OUT.train-state",
+    )
     train.add_argument("--json", action="store_true", help="print the metrics as JSON")
     train.set_defaults(run=run_train)
 
-    ev = commands.add_parser("evaluate", help="top-1 / top-5 accuracy of a checkpoint",
-                             description="Evaluate a checkpoint on its data set's test split "
-                             "(or on --data).")
+    ev = commands.add_parser(
+        "evaluate",
+        help="top-1 / top-5 accuracy of a checkpoint",
+        description="Evaluate a checkpoint on its data set's test split (or on --data).",
+    )
     add_checkpoint_args(ev)
     ev.add_argument("--split", choices=("test", "val", "train"), default="test")
     ev.add_argument("--json", action="store_true", help="print the result as JSON")
     ev.set_defaults(run=run_evaluate)
 
-    me = commands.add_parser("measure", help="accuracy, size, MACs and latency of a checkpoint",
-                             description="Measure a checkpoint: accuracy, parameters, bytes, MACs "
-                             "(dense and sparse) and latency at batch 1 and 64.")
+    me = commands.add_parser(
+        "measure",
+        help="accuracy, size, MACs and latency of a checkpoint",
+        description="Measure a checkpoint: accuracy, parameters, bytes, MACs "
+        "(dense and sparse) and latency at batch 1 and 64.",
+    )
     add_checkpoint_args(me)
     me.add_argument("--no-latency", action="store_true", help="skip the latency measurement")
     me.add_argument("--threads", type=int, default=None, help="threads for latency")
     me.add_argument("--format", choices=("table", "markdown", "json"), default="table")
     me.set_defaults(run=run_measure)
 
-    demo = commands.add_parser("demo", help="the end-to-end demo (make demo runs this)",
-                               description="Train (or load from the cache) a LeNet-5 baseline on "
-                               "Fashion-MNIST, evaluate it and print the measurement table.")
-    demo.add_argument("--cache", type=Path, default=None,
-                      help="baseline cache directory (default: $NETSHRINK_CACHE or "
-                      "~/.cache/netshrink)")
+    demo = commands.add_parser(
+        "demo",
+        help="the end-to-end demo (make demo runs this)",
+        description="Train (or load from the cache) a LeNet-5 baseline on "
+        "Fashion-MNIST, evaluate it and print the measurement table.",
+    )
+    demo.add_argument(
+        "--cache",
+        type=Path,
+        default=None,
+        help="baseline cache directory (default: $NETSHRINK_CACHE or ~/.cache/netshrink)",
+    )
     demo.set_defaults(run=run_demo)
 
-    from .prune.cli import add_commands as add_prune_commands  # it builds on this module
+    from .prune.cli import (
+        add_commands as add_prune_commands,  # it builds on this module
+    )
 
     add_prune_commands(commands)
     return parser
@@ -93,13 +124,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 def add_data_args(p: argparse.ArgumentParser, default: str | None = "fashion-mnist") -> None:
     g = p.add_argument_group("data")
-    g.add_argument("--data", default=default, help="data set: fashion-mnist, digits, mnist:DIR, "
-                   "cifar10:DIR, folder:DIR or a directory" + (f" (default {default})"
-                                                                if default else ""))
-    g.add_argument("--limit", type=int, default=None,
-                   help="use at most N examples of each split (quick runs)")
-    g.add_argument("--val-fraction", type=float, default=None,
-                   help="fraction of the training file held out for validation (default 0.1)")
+    g.add_argument(
+        "--data",
+        default=default,
+        help="data set: fashion-mnist, digits, mnist:DIR, "
+        "cifar10:DIR, folder:DIR or a directory" + (f" (default {default})" if default else ""),
+    )
+    g.add_argument(
+        "--limit", type=int, default=None, help="use at most N examples of each split (quick runs)"
+    )
+    g.add_argument(
+        "--val-fraction",
+        type=float,
+        default=None,
+        help="fraction of the training file held out for validation (default 0.1)",
+    )
     g.add_argument("--image-size", type=int, default=None, help="resize images to N x N")
 
 
@@ -111,8 +150,12 @@ def _add_fit_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--optimizer", choices=("sgd", "adam"), default=defaults.optimizer)
     g.add_argument("--momentum", type=float, default=defaults.momentum)
     g.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
-    g.add_argument("--batch-size", type=int, default=defaults.batch_size,
-                   help="global batch size (split over processes under torchrun)")
+    g.add_argument(
+        "--batch-size",
+        type=int,
+        default=defaults.batch_size,
+        help="global batch size (split over processes under torchrun)",
+    )
     g.add_argument("--schedule", choices=("cosine", "constant"), default=defaults.schedule)
     g.add_argument("--seed", type=int, default=defaults.seed)
     g.add_argument("--crop-padding", type=int, default=0, help="augment: random crop after padding")
@@ -136,19 +179,35 @@ def make_config(cls: type[BaseModel], **fields) -> BaseModel:
 
 def data_config(args, base: DataConfig | None = None, **augment) -> DataConfig:
     fields = base.model_dump() if base else {}
-    overrides = {"source": args.data, "limit": args.limit, "val_fraction": args.val_fraction,
-                 "image_size": args.image_size, **augment}
+    overrides = {
+        "source": args.data,
+        "limit": args.limit,
+        "val_fraction": args.val_fraction,
+        "image_size": args.image_size,
+        **augment,
+    }
     fields.update({k: v for k, v in overrides.items() if v is not None})
     return make_config(DataConfig, **fields)
 
 
 def run_train(args) -> None:
     spec = ModelSpec.parse(args.model, args.model_args)
-    data = load_data(data_config(args, crop_padding=args.crop_padding or None,
-                                  hflip=args.hflip or None, seed=args.seed))
-    config = make_config(FitConfig, epochs=args.epochs, lr=args.lr, optimizer=args.optimizer,
-                     momentum=args.momentum, weight_decay=args.weight_decay,
-                     batch_size=args.batch_size, schedule=args.schedule, seed=args.seed)
+    data = load_data(
+        data_config(
+            args, crop_padding=args.crop_padding or None, hflip=args.hflip or None, seed=args.seed
+        )
+    )
+    config = make_config(
+        FitConfig,
+        epochs=args.epochs,
+        lr=args.lr,
+        optimizer=args.optimizer,
+        momentum=args.momentum,
+        weight_decay=args.weight_decay,
+        batch_size=args.batch_size,
+        schedule=args.schedule,
+        seed=args.seed,
+    )
     out = args.out or Path("runs") / spec.name.replace(":", "-")
     model, meta = train_model(spec, data, config, resume=out.with_name(out.name + ".train-state"))
     if not is_main_process():
@@ -157,8 +216,10 @@ def run_train(args) -> None:
     if args.json:
         print(json.dumps({"checkpoint": str(out), **meta.metrics}, sort_keys=True))
     else:
-        print(f"checkpoint {out}.safetensors: test top-1 {meta.metrics['test_top1']:.2%}, "
-              f"top-5 {meta.metrics['test_top5']:.2%}")
+        print(
+            f"checkpoint {out}.safetensors: test top-1 {meta.metrics['test_top1']:.2%}, "
+            f"top-5 {meta.metrics['test_top5']:.2%}"
+        )
 
 
 def load_for_command(args):
@@ -167,8 +228,10 @@ def load_for_command(args):
         raise ConfigError(f"{args.checkpoint} does not say its data set: pass --data")
     data = load_data(data_config(args, meta.data))
     if data.input_shape != tuple(meta.input_shape):
-        raise ConfigError(f"data images are {data.input_shape} but the model expects "
-                          f"{tuple(meta.input_shape)}: pass --image-size or other data")
+        raise ConfigError(
+            f"data images are {data.input_shape} but the model expects "
+            f"{tuple(meta.input_shape)}: pass --image-size or other data"
+        )
     return model, meta, data
 
 
@@ -178,15 +241,22 @@ def run_evaluate(args) -> None:
     if args.json:
         print(json.dumps(result.__dict__, sort_keys=True))
     else:
-        print(f"{args.split}: top-1 {result.top1:.2%}  top-5 {result.top5:.2%}  "
-              f"loss {result.loss:.4f}  ({result.count} examples)")
+        print(
+            f"{args.split}: top-1 {result.top1:.2%}  top-5 {result.top5:.2%}  "
+            f"loss {result.loss:.4f}  ({result.count} examples)"
+        )
 
 
 def run_measure(args) -> None:
     model, meta, data = load_for_command(args)
-    row = measure(model, stage=meta.model.name, input_shape=data.input_shape,
-                  test=data.loader("test", args.batch_size), latency=not args.no_latency,
-                  threads=args.threads)
+    row = measure(
+        model,
+        stage=meta.model.name,
+        input_shape=data.input_shape,
+        test=data.loader("test", args.batch_size),
+        latency=not args.no_latency,
+        threads=args.threads,
+    )
     if args.format == "json":
         print(measurements_json([row]), end="")
     elif args.format == "markdown":
@@ -200,8 +270,9 @@ def run_demo(args) -> None:
     data = load_data(data_config)
     model, meta, path = cached_baseline(spec, data, fit_config, cache_dir=args.cache)
     print(f"baseline {spec.name}: {path}.safetensors")
-    row = measure(model, stage="baseline", input_shape=data.input_shape,
-                  test=data.loader("test", 256))
+    row = measure(
+        model, stage="baseline", input_shape=data.input_shape, test=data.loader("test", 256)
+    )
     print_measurements([row], title=f"netshrink demo: {spec.name} on {data_config.source}")
 
 

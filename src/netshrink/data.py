@@ -28,24 +28,62 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from .errors import ConfigError, DataError
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
-FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal",
-                         "Shirt", "Sneaker", "Bag", "Ankle boot")
-CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
-                   "ship", "truck")
+FASHION_MNIST_CLASSES = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
+CIFAR10_CLASSES = (
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
+)
 _DIGITS = tuple(str(i) for i in range(10))
-_SOURCES = ('"fashion-mnist", "fashion-mnist:DIR", "mnist:DIR", "digits", "cifar10:DIR", '
-            '"folder:DIR", or a directory holding one of these')
+_SOURCES = (
+    '"fashion-mnist", "fashion-mnist:DIR", "mnist:DIR", "digits", "cifar10:DIR", '
+    '"folder:DIR", or a directory holding one of these'
+)
 _INSTALL_FASHION = "install it with: apt-get install -y dataset-fashion-mnist"
 # IDX type byte -> big-endian numpy type (0x0A is unassigned in the format)
 _IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
-_IDX_STEMS = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
-              "t10k-labels-idx1-ubyte")
+_IDX_STEMS = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
 _CIFAR_RECORD = 1 + 3 * 32 * 32
 _CIFAR_FILES = tuple(f"data_batch_{i}.bin" for i in range(1, 6)) + ("test_batch.bin",)
-_CIFAR_BINARY_ONLY = ("netshrink reads only the binary version of CIFAR-10 (cifar-10-binary.tar.gz:"
-                      " data_batch_1.bin ... data_batch_5.bin, test_batch.bin), never pickles")
-_IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm",
-                   ".pgm"}
+_CIFAR_BINARY_ONLY = (
+    "netshrink reads only the binary version of CIFAR-10 (cifar-10-binary.tar.gz:"
+    " data_batch_1.bin ... data_batch_5.bin, test_batch.bin), never pickles"
+)
+_IMAGE_SUFFIXES = {
+    ".png",
+    ".jpg",
+    ".jpeg",
+    ".bmp",
+    ".gif",
+    ".webp",
+    ".tif",
+    ".tiff",
+    ".ppm",
+    ".pgm",
+}
 _GRAY_MODES = {"1", "L", "LA", "I", "I;16", "F"}
 _Pair = tuple[np.ndarray, np.ndarray]
 
@@ -56,8 +94,9 @@ def _read_bytes(path: Path) -> bytes:
         data = path.read_bytes()
         return gzip.decompress(data) if data[:2] == b"\x1f\x8b" else data
     except (OSError, EOFError, zlib.error) as exc:
-        raise DataError(f"cannot read {path} ({exc}); check the path, or copy the file again",
-                        ) from exc
+        raise DataError(
+            f"cannot read {path} ({exc}); check the path, or copy the file again",
+        ) from exc
 
 
 def read_idx(path: str | Path) -> np.ndarray:
@@ -71,17 +110,23 @@ def read_idx(path: str | Path) -> np.ndarray:
     path = Path(path)
     data = _read_bytes(path)
     if len(data) < 4 or data[:2] != b"\0\0" or data[2] not in _IDX_DTYPES:
-        raise DataError(f"{path} is not an IDX file (header {data[:4].hex() or 'empty'}); expected "
-                        "MNIST-style files such as train-images-idx3-ubyte[.gz]")
+        raise DataError(
+            f"{path} is not an IDX file (header {data[:4].hex() or 'empty'}); expected "
+            "MNIST-style files such as train-images-idx3-ubyte[.gz]"
+        )
     dtype, start = np.dtype(_IDX_DTYPES[data[2]]), 4 + 4 * data[3]
     dims = struct.unpack(f">{data[3]}I", data[4:start]) if len(data) >= start else None
     size = start + math.prod(dims) * dtype.itemsize if dims is not None else start
     if len(data) < size:  # checked before allocating anything: the header may be garbage
-        raise DataError(f"{path} is truncated: it has {len(data)} bytes, its header calls for "
-                        f"{size}; copy it again")
+        raise DataError(
+            f"{path} is truncated: it has {len(data)} bytes, its header calls for "
+            f"{size}; copy it again"
+        )
     if len(data) > size:
-        raise DataError(f"{path} has {len(data) - size} extra bytes after the {dims} array its "
-                        "header declares; it is damaged or not an IDX file")
+        raise DataError(
+            f"{path} has {len(data) - size} extra bytes after the {dims} array its "
+            "header declares; it is damaged or not an IDX file"
+        )
     values = np.frombuffer(data, dtype, math.prod(dims), start).reshape(dims)
     return values.astype(dtype.newbyteorder("="))
 
@@ -101,8 +146,10 @@ def read_cifar10_binary(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     count, rest = divmod(len(data), _CIFAR_RECORD)
     if rest or not count:
         hint = "" if path.suffix == ".bin" else f"; {_CIFAR_BINARY_ONLY}"
-        raise DataError(f"{path} has {len(data)} bytes, not a whole number of {_CIFAR_RECORD}-byte "
-                        f"CIFAR-10 records: truncated or not a CIFAR-10 batch{hint}")
+        raise DataError(
+            f"{path} has {len(data)} bytes, not a whole number of {_CIFAR_RECORD}-byte "
+            f"CIFAR-10 records: truncated or not a CIFAR-10 batch{hint}"
+        )
     records = np.frombuffer(data, np.uint8).reshape(count, _CIFAR_RECORD)
     labels = records[:, 0].astype(np.int64)
     if labels.max() > 9:
@@ -111,8 +158,10 @@ def read_cifar10_binary(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     return records[:, 1:].reshape(count, 3, 32, 32).copy(), labels
 
 
-def read_image_folder(root: str | Path, image_size: int | None = None,
-                      ) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
+def read_image_folder(
+    root: str | Path,
+    image_size: int | None = None,
+) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
     """Read a folder with one sub-folder of images per class (sorted names -> labels 0..K-1) as
     images uint8 [N, C, H, W], labels int64 [N] and the class names, e.g. `read_image_folder(
     "pets/", 32)`. Images become "L" when all are grayscale, else "RGB", and are resized
@@ -124,10 +173,13 @@ def read_image_folder(root: str | Path, image_size: int | None = None,
     mode = "L" if all(m in _GRAY_MODES for m, _ in headers) else "RGB"
     for file, (_, size) in zip(files, headers):
         if image_size is None and size != headers[0][1]:
-            raise DataError(f"{file} is {size[0]}x{size[1]} but {files[0]} is {headers[0][1][0]}x"
-                            f"{headers[0][1][1]}; set image_size to resize every image")
-    pixels = np.stack([_open_image(f, lambda image: _pixels(image, mode, image_size))
-                       for f in files])
+            raise DataError(
+                f"{file} is {size[0]}x{size[1]} but {files[0]} is {headers[0][1][0]}x"
+                f"{headers[0][1][1]}; set image_size to resize every image"
+            )
+    pixels = np.stack(
+        [_open_image(f, lambda image: _pixels(image, mode, image_size)) for f in files]
+    )
     pixels = pixels[:, None] if mode == "L" else pixels.transpose(0, 3, 1, 2)
     return np.ascontiguousarray(pixels), np.asarray(labels, np.int64), names
 
@@ -137,15 +189,19 @@ def _list_images(root: Path) -> tuple[list[Path], list[int], tuple[str, ...]]:
         raise DataError(f"image folder {root} does not exist or is not a directory")
     names = tuple(sorted(p.name for p in root.iterdir() if p.is_dir() and p.name[0] != "."))
     if not names:
-        raise DataError(f"{root} has no class sub-folders; put each class's images in a folder "
-                        f"named after it, e.g. {root / 'cat' / '001.png'}")
+        raise DataError(
+            f"{root} has no class sub-folders; put each class's images in a folder "
+            f"named after it, e.g. {root / 'cat' / '001.png'}"
+        )
     files: list[Path] = []
     labels: list[int] = []
     for label, name in enumerate(names):
         found = sorted(p for p in (root / name).iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES)
         if not found:
-            raise DataError(f"class folder {root / name} holds no images (.png, .jpg, ...); add "
-                            "some or remove it")
+            raise DataError(
+                f"class folder {root / name} holds no images (.png, .jpg, ...); add "
+                "some or remove it"
+            )
         files += found
         labels += [label] * len(found)
     return files, labels, names
@@ -202,8 +258,10 @@ class ImageSet:
     def __post_init__(self) -> None:
         x, y = self.images, self.labels
         if (x.dtype, x.ndim, y.dtype, y.shape) != (torch.uint8, 4, torch.int64, x.shape[:1]):
-            raise DataError(f"an ImageSet needs uint8 images [N, C, H, W] and int64 labels [N], "
-                            f"not {x.dtype} {tuple(x.shape)} and {y.dtype} {tuple(y.shape)}")
+            raise DataError(
+                f"an ImageSet needs uint8 images [N, C, H, W] and int64 labels [N], "
+                f"not {x.dtype} {tuple(x.shape)} and {y.dtype} {tuple(y.shape)}"
+            )
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -232,21 +290,37 @@ class DataSplits:
         c, h, w = self.train.images.shape[1:]
         return int(c), int(h), int(w)
 
-    def loader(self, split: str, batch_size: int, *, shuffle: bool | None = None,
-               augment: bool | None = None, rank: int = 0, world_size: int = 1,
-               seed: int | None = None, drop_last: bool = False) -> BatchLoader:
+    def loader(
+        self,
+        split: str,
+        batch_size: int,
+        *,
+        shuffle: bool | None = None,
+        augment: bool | None = None,
+        rank: int = 0,
+        world_size: int = 1,
+        seed: int | None = None,
+        drop_last: bool = False,
+    ) -> BatchLoader:
         """A BatchLoader over "train", "val" or "test", e.g. `splits.loader("train", 128)`.
         Shuffling and the config's augmentation default to on for "train" only; seed to the
         config's."""
         if split not in ("train", "val", "test"):
             raise ConfigError(f'unknown split "{split}"; use "train", "val" or "test"')
         augment = split == "train" if augment is None else augment
-        return BatchLoader(getattr(self, split), batch_size, mean=self.mean, std=self.std,
-                           shuffle=split == "train" if shuffle is None else shuffle,
-                           crop_padding=self.config.crop_padding if augment else 0,
-                           hflip=self.config.hflip and augment,
-                           seed=self.config.seed if seed is None else seed,
-                           rank=rank, world_size=world_size, drop_last=drop_last)
+        return BatchLoader(
+            getattr(self, split),
+            batch_size,
+            mean=self.mean,
+            std=self.std,
+            shuffle=split == "train" if shuffle is None else shuffle,
+            crop_padding=self.config.crop_padding if augment else 0,
+            hflip=self.config.hflip and augment,
+            seed=self.config.seed if seed is None else seed,
+            rank=rank,
+            world_size=world_size,
+            drop_last=drop_last,
+        )
 
 
 def load_data(config: DataConfig | Mapping[str, Any]) -> DataSplits:
@@ -261,20 +335,24 @@ def load_data(config: DataConfig | Mapping[str, Any]) -> DataSplits:
     try:
         config = DataConfig.model_validate(config)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'config'}: {e['msg']}"
-                             for e in exc.errors())
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or 'config'}: {e['msg']}" for e in exc.errors()
+        )
         raise ConfigError(f"invalid data config: {problems}") from None
     train, test, names = _read_source(config)
     if test is None:
         train, test = _split(*train, config.test_fraction, _rng(0, 0))
     train, val = _split(*train, config.val_fraction, _rng(config.seed, 1))
-    sets = [_to_set(*_subsample(*xy, config.limit, _rng(config.seed, 2 + i)), config.image_size)
-            for i, xy in enumerate((train, val, test))]
+    sets = [
+        _to_set(*_subsample(*xy, config.limit, _rng(config.seed, 2 + i)), config.image_size)
+        for i, xy in enumerate((train, val, test))
+    ]
     if not len(sets[0]):
         raise DataError(f"{config.source} leaves no training examples; lower val_fraction")
     mean, std = _channel_stats(sets[0].images)
-    return DataSplits(*sets, num_classes=len(names), class_names=names, mean=mean, std=std,
-                      config=config)
+    return DataSplits(
+        *sets, num_classes=len(names), class_names=names, mean=mean, std=std, config=config
+    )
 
 
 def _read_source(config: DataConfig) -> tuple[_Pair, _Pair | None, tuple[str, ...]]:
@@ -324,8 +402,10 @@ def _detect(path: Path) -> str:
         return "cifar10"
     if any(p.is_dir() and p.name[0] != "." for p in path.iterdir()):
         return "folder"
-    raise DataError(f"cannot tell which data set {path} holds (no IDX files, CIFAR-10 .bin "
-                    f"batches or class folders); name its kind: {_SOURCES}")
+    raise DataError(
+        f"cannot tell which data set {path} holds (no IDX files, CIFAR-10 .bin "
+        f"batches or class folders); name its kind: {_SOURCES}"
+    )
 
 
 def _find_idx(directory: Path, stem: str) -> Path | None:
@@ -347,11 +427,14 @@ def _read_idx_dir(path: Path, names: tuple[str, ...] | None):
     for images_file, labels_file in (files[:2], files[2:]):
         images, labels = read_idx(images_file), read_idx(labels_file)
         if images.dtype != np.uint8 or images.ndim != 3:
-            raise DataError(f"{images_file} holds {images.dtype} {images.shape}, not uint8 "
-                            "images [N, H, W]")
+            raise DataError(
+                f"{images_file} holds {images.dtype} {images.shape}, not uint8 images [N, H, W]"
+            )
         if labels.shape != images.shape[:1] or labels.dtype.kind not in "iu" or labels.min() < 0:
-            raise DataError(f"{labels_file} does not hold one label 0..K-1 for each of the "
-                            f"{len(images)} images in {images_file}")
+            raise DataError(
+                f"{labels_file} does not hold one label 0..K-1 for each of the "
+                f"{len(images)} images in {images_file}"
+            )
         pairs.append((images[:, None], labels.astype(np.int64)))
     top = int(max(pairs[0][1].max(), pairs[1][1].max()))
     names = names or tuple(str(i) for i in range(top + 1))
@@ -381,11 +464,15 @@ def _read_folder_dir(path: Path, image_size: int | None):
     images, labels, names = read_image_folder(train_dir, image_size)
     test_images, test_labels, test_names = read_image_folder(test_dir, image_size)
     if test_names != names:
-        raise DataError(f"{test_dir} has classes {test_names} but {train_dir} has {names}; give "
-                        "both the same class folders")
+        raise DataError(
+            f"{test_dir} has classes {test_names} but {train_dir} has {names}; give "
+            "both the same class folders"
+        )
     if test_images.shape[1:] != images.shape[1:]:
-        raise DataError(f"images in {test_dir} are {test_images.shape[1:]} (C, H, W), in "
-                        f"{train_dir} {images.shape[1:]}; set image_size and use one colour mode")
+        raise DataError(
+            f"images in {test_dir} are {test_images.shape[1:]} (C, H, W), in "
+            f"{train_dir} {images.shape[1:]}; set image_size and use one colour mode"
+        )
     return (images, labels), (test_images, test_labels), names
 
 
@@ -394,8 +481,12 @@ def _rng(seed: int, purpose: int) -> np.random.Generator:
     return np.random.default_rng([purpose, seed % 2**64])
 
 
-def _split(images: np.ndarray, labels: np.ndarray, fraction: float, rng: np.random.Generator,
-           ) -> tuple[_Pair, _Pair]:
+def _split(
+    images: np.ndarray,
+    labels: np.ndarray,
+    fraction: float,
+    rng: np.random.Generator,
+) -> tuple[_Pair, _Pair]:
     # (kept, held out), each in file order
     order = rng.permutation(len(labels))
     held = round(len(labels) * fraction)
@@ -403,8 +494,9 @@ def _split(images: np.ndarray, labels: np.ndarray, fraction: float, rng: np.rand
     return (images[kept], labels[kept]), (images[out], labels[out])
 
 
-def _subsample(images: np.ndarray, labels: np.ndarray, limit: int | None,
-               rng: np.random.Generator) -> _Pair:
+def _subsample(
+    images: np.ndarray, labels: np.ndarray, limit: int | None, rng: np.random.Generator
+) -> _Pair:
     if limit is None or len(labels) <= limit:
         return images, labels
     keep = np.sort(rng.permutation(len(labels))[:limit])
@@ -416,8 +508,10 @@ def _to_set(images: np.ndarray, labels: np.ndarray, size: int | None) -> ImageSe
     if size is not None and x.shape[-2:] != (size, size):
         # bilinear, antialiased when shrinking (as PIL does); in chunks, so that a float copy
         # of a whole split is never held at once
-        parts = [F.interpolate(part.float(), size=(size, size), mode="bilinear", antialias=True)
-                 for part in x.split(4096)]
+        parts = [
+            F.interpolate(part.float(), size=(size, size), mode="bilinear", antialias=True)
+            for part in x.split(4096)
+        ]
         x = torch.cat(parts).round_().clamp_(0, 255).to(torch.uint8)
     return ImageSet(x, torch.from_numpy(np.ascontiguousarray(labels, np.int64)))
 
@@ -449,8 +543,9 @@ def _random_crop(x: torch.Tensor, padding: int, gen: torch.Generator) -> torch.T
     dy, dx = torch.randint(0, 2 * padding + 1, (2, b, 1), generator=gen)
     rows = (dy + torch.arange(h))[:, None, :, None]
     cols = (dx + torch.arange(w))[:, None, None, :]
-    return padded[torch.arange(b)[:, None, None, None], torch.arange(c)[None, :, None, None],
-                  rows, cols]
+    return padded[
+        torch.arange(b)[:, None, None, None], torch.arange(c)[None, :, None, None], rows, cols
+    ]
 
 
 class BatchLoader:
@@ -464,16 +559,35 @@ class BatchLoader:
     all ranks take the same number of steps; dataset_size is what one rank sees per epoch.
     """
 
-    def __init__(self, data: ImageSet, batch_size: int, *, mean: Sequence[float],
-                 std: Sequence[float], shuffle: bool = False, crop_padding: int = 0,
-                 hflip: bool = False, seed: int = 0, rank: int = 0, world_size: int = 1,
-                 drop_last: bool = False) -> None:
+    def __init__(
+        self,
+        data: ImageSet,
+        batch_size: int,
+        *,
+        mean: Sequence[float],
+        std: Sequence[float],
+        shuffle: bool = False,
+        crop_padding: int = 0,
+        hflip: bool = False,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        drop_last: bool = False,
+    ) -> None:
         channels = data.images.shape[1]
-        if batch_size < 1 or not 0 <= rank < world_size or crop_padding < 0 \
-                or len(mean) != channels or len(std) != channels or min(std) <= 0:
-            raise ConfigError(f"invalid loader: batch_size {batch_size} (>= 1), rank {rank} of "
-                              f"{world_size}, crop_padding {crop_padding} (>= 0), mean {mean}, "
-                              f"std {std} (one value per channel, {channels}; std > 0)")
+        if (
+            batch_size < 1
+            or not 0 <= rank < world_size
+            or crop_padding < 0
+            or len(mean) != channels
+            or len(std) != channels
+            or min(std) <= 0
+        ):
+            raise ConfigError(
+                f"invalid loader: batch_size {batch_size} (>= 1), rank {rank} of "
+                f"{world_size}, crop_padding {crop_padding} (>= 0), mean {mean}, "
+                f"std {std} (one value per channel, {channels}; std > 0)"
+            )
         self.data, self.batch_size, self.shuffle, self.seed = data, batch_size, shuffle, seed
         self.crop_padding, self.hflip, self.drop_last = crop_padding, hflip, drop_last
         self.rank, self.world_size, self.epoch = rank, world_size, 0
@@ -497,7 +611,7 @@ class BatchLoader:
         # a stream per rank, so that ranks do not crop and flip in lockstep
         gen = torch.Generator().manual_seed(_mix(self.seed, self.epoch, 1 + self.rank))
         for start in range(0, len(self) * self.batch_size, self.batch_size):
-            index = order[start:start + self.batch_size]
+            index = order[start : start + self.batch_size]
             x = self.data.images[index]
             if self.crop_padding:
                 x = _random_crop(x, self.crop_padding, gen)
@@ -516,4 +630,4 @@ class BatchLoader:
         total = self.dataset_size * self.world_size
         if total > n:  # wrap around: DDP needs every rank to take the same number of steps
             order = order.repeat(math.ceil(total / n))[:total]
-        return order[self.rank::self.world_size]
+        return order[self.rank :: self.world_size]

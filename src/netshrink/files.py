@@ -24,8 +24,10 @@ def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
         head = f.read(9)
     size = path.stat().st_size
     if head[:4] == b"PK\x03\x04" or head[:1] == b"\x80":
-        raise CorruptFileError(f"{path}: is a pickle (torch.save) file; netshrink never unpickles."
-                               " Save the state dict with safetensors instead")
+        raise CorruptFileError(
+            f"{path}: is a pickle (torch.save) file; netshrink never unpickles."
+            " Save the state dict with safetensors instead"
+        )
     header_len = int.from_bytes(head[:8], "little") if len(head) >= 8 else -1
     if not 0 < header_len <= min(size - 8, _SAFETENSORS_MAX_HEADER) or head[8:9] != b"{":
         raise CorruptFileError(f"{path}: not a safetensors file (bad header)")

@@ -21,8 +21,12 @@ def unwrap(model: nn.Module) -> nn.Module:
     return model
 
 
-def select_layers(model: nn.Module, layers: LayerFilter = None, *,
-                  types: tuple[type[nn.Module], ...] = DEFAULT_TYPES) -> list[tuple[str, nn.Module]]:
+def select_layers(
+    model: nn.Module,
+    layers: LayerFilter = None,
+    *,
+    types: tuple[type[nn.Module], ...] = DEFAULT_TYPES,
+) -> list[tuple[str, nn.Module]]:
     """(name, module) of the layers a method should act on, in model order.
 
     `layers=None` takes every module of `types`; a predicate is asked about each module of

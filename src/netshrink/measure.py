@@ -89,8 +89,9 @@ def dense_bytes(model: nn.Module) -> int:
     """Bytes of the model stored densely at fp32: parameters plus float buffers (BN statistics)."""
     count = sum(t.numel() for _, t in effective_parameters(model))
     for _, module in _compute_modules(model):
-        count += sum(b.numel() for b in module._buffers.values()
-                     if b is not None and b.is_floating_point())
+        count += sum(
+            b.numel() for b in module._buffers.values() if b is not None and b.is_floating_point()
+        )
     return 4 * count
 
 
@@ -102,14 +103,25 @@ def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> list[LayerMacs
         def record(module, inputs, output):
             weight = module.weight.detach()
             # Each weight is used once per output position: conv at every pixel, linear per token.
-            uses = output[0].numel() // (module.out_channels if isinstance(module, nn.Conv2d)
-                                         else module.out_features)
-            rows.append(LayerMacs(name, type(module).__name__, weight.numel() * uses,
-                                  int(torch.count_nonzero(weight)) * uses))
+            uses = output[0].numel() // (
+                module.out_channels if isinstance(module, nn.Conv2d) else module.out_features
+            )
+            rows.append(
+                LayerMacs(
+                    name,
+                    type(module).__name__,
+                    weight.numel() * uses,
+                    int(torch.count_nonzero(weight)) * uses,
+                )
+            )
+
         return record
 
-    handles = [m.register_forward_hook(hook(n)) for n, m in _compute_modules(model)
-               if isinstance(m, (nn.Conv2d, nn.Linear))]
+    handles = [
+        m.register_forward_hook(hook(n))
+        for n, m in _compute_modules(model)
+        if isinstance(m, (nn.Conv2d, nn.Linear))
+    ]
     try:
         _forward_once(model, torch.zeros(1, *input_shape))
     finally:
@@ -118,8 +130,15 @@ def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> list[LayerMacs
     return rows
 
 
-def measure_latency(model: nn.Module, input_shape: tuple[int, ...], *, batch_size: int = 1,
-                    threads: int | None = None, warmup: int = 3, repeats: int = 20) -> float:
+def measure_latency(
+    model: nn.Module,
+    input_shape: tuple[int, ...],
+    *,
+    batch_size: int = 1,
+    threads: int | None = None,
+    warmup: int = 3,
+    repeats: int = 20,
+) -> float:
     """Median wall time in milliseconds of one forward pass, after warm-up, on `threads` threads."""
     x = torch.randn(batch_size, *input_shape)
     previous = torch.get_num_threads()
@@ -137,16 +156,25 @@ def measure_latency(model: nn.Module, input_shape: tuple[int, ...], *, batch_siz
     return 1000 * statistics.median(times)
 
 
-def measure(model: nn.Module, *, stage: str, input_shape: tuple[int, ...],
-            test: BatchLoader | None = None, size_bytes: int | None = None,
-            baseline_bytes: int | None = None, latency: bool = True,
-            threads: int | None = None) -> Measurement:
+def measure(
+    model: nn.Module,
+    *,
+    stage: str,
+    input_shape: tuple[int, ...],
+    test: BatchLoader | None = None,
+    size_bytes: int | None = None,
+    baseline_bytes: int | None = None,
+    latency: bool = True,
+    threads: int | None = None,
+) -> Measurement:
     """Accuracy (when a test loader is given), size, MACs and latency of `model` as one record.
 
     `size_bytes` defaults to the dense fp32 bytes; `baseline_bytes` (default: the same) is what
     the compression ratio divides.
     """
-    accuracy = evaluate(model, test, progress=True, description=f"{stage}: evaluate") if test else None
+    accuracy = (
+        evaluate(model, test, progress=True, description=f"{stage}: evaluate") if test else None
+    )
     params = count_parameters(model)
     size = size_bytes if size_bytes is not None else dense_bytes(model)
     macs = count_macs(model, input_shape)
@@ -162,8 +190,11 @@ def measure(model: nn.Module, *, stage: str, input_shape: tuple[int, ...],
         macs=sum(r.macs for r in macs),
         sparse_macs=sum(r.sparse_macs for r in macs),
         latency_ms_b1=measure_latency(model, input_shape, threads=threads) if latency else None,
-        latency_ms_b64=(measure_latency(model, input_shape, batch_size=64, threads=threads,
-                                        repeats=10) if latency else None),
+        latency_ms_b64=(
+            measure_latency(model, input_shape, batch_size=64, threads=threads, repeats=10)
+            if latency
+            else None
+        ),
     )
 
 

@@ -9,7 +9,13 @@ from collections.abc import Iterable, Iterator
 from typing import TypeVar
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+)
 
 T = TypeVar("T")
 
@@ -36,11 +42,14 @@ def make_progress(enabled: bool = True) -> Progress:
     )
 
 
-def track(items: Iterable[T], description: str, *, total: int | None = None,
-          enabled: bool = True) -> Iterator[T]:
+def track(
+    items: Iterable[T], description: str, *, total: int | None = None, enabled: bool = True
+) -> Iterator[T]:
     """Iterate over `items` with a progress bar."""
     with make_progress(enabled) as bar:
-        task = bar.add_task(description, total=total if total is not None else len(items), status="")
+        task = bar.add_task(
+            description, total=total if total is not None else len(items), status=""
+        )
         for item in items:
             yield item
             bar.advance(task)

@@ -84,7 +84,13 @@ def layer_table(model: nn.Module, input_shape: tuple[int, ...], title: str = "la
     for row in count_macs(model, input_shape):
         weight = model.get_submodule(row.name).weight
         nonzero = int(torch.count_nonzero(weight))
-        table.add_row(row.name, "x".join(map(str, weight.shape)), f"{weight.numel():,}",
-                      f"{nonzero:,}", f"{1 - nonzero / weight.numel():.1%}",
-                      f"{row.macs / 1e6:.3f}", f"{row.sparse_macs / 1e6:.3f}")
+        table.add_row(
+            row.name,
+            "x".join(map(str, weight.shape)),
+            f"{weight.numel():,}",
+            f"{nonzero:,}",
+            f"{1 - nonzero / weight.numel():.1%}",
+            f"{row.macs / 1e6:.3f}",
+            f"{row.sparse_macs / 1e6:.3f}",
+        )
     return table

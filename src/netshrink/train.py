@@ -27,7 +27,12 @@ from torch.nn.parallel import DistributedDataParallel
 from .data import BatchLoader, DataSplits
 from .errors import ConfigError
 from .progress import make_progress
-from .train_state import clear_train_state, load_train_state, save_train_state, state_paths
+from .train_state import (
+    clear_train_state,
+    load_train_state,
+    save_train_state,
+    state_paths,
+)
 
 # (logits, targets, inputs) -> scalar loss; inputs are there for distillation's teacher.
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -80,8 +85,9 @@ class History:
         return self.epochs[-1].val if self.epochs else None
 
 
-def evaluate(model: nn.Module, loader: BatchLoader, *, progress: bool = False,
-             description: str = "evaluate") -> EvalResult:
+def evaluate(
+    model: nn.Module, loader: BatchLoader, *, progress: bool = False, description: str = "evaluate"
+) -> EvalResult:
     """Top-1, top-5 (top-k for fewer than 5 classes) and mean loss of `model` over `loader`."""
     was_training = model.training
     model.eval()
@@ -105,9 +111,16 @@ def evaluate(model: nn.Module, loader: BatchLoader, *, progress: bool = False,
     return EvalResult(correct1 / seen, correct5 / seen, loss_sum / seen, seen)
 
 
-def fit(model: nn.Module, data: DataSplits, config: FitConfig, *, loss_fn: LossFn | None = None,
-        step_hooks: Sequence[StepHook] = (), progress: bool = True,
-        resume: Path | None = None) -> History:
+def fit(
+    model: nn.Module,
+    data: DataSplits,
+    config: FitConfig,
+    *,
+    loss_fn: LossFn | None = None,
+    step_hooks: Sequence[StepHook] = (),
+    progress: bool = True,
+    resume: Path | None = None,
+) -> History:
     """Train `model` in place on `data.train`, validating on `data.val` after every epoch.
 
     SGD with momentum or Adam, a per-step cosine (or constant) learning rate, weight decay, seeded
@@ -119,8 +132,9 @@ def fit(model: nn.Module, data: DataSplits, config: FitConfig, *, loss_fn: LossF
     torch.manual_seed(config.seed)  # dropout and anything else random in the forward pass
     if config.batch_size % world:
         raise ConfigError(f"batch size {config.batch_size} does not split over {world} processes")
-    train = data.loader("train", config.batch_size // world, rank=rank, world_size=world,
-                        seed=config.seed)
+    train = data.loader(
+        "train", config.batch_size // world, rank=rank, world_size=world, seed=config.seed
+    )
     val = data.loader("val", 256) if len(data.val) else None
     optimizer = _make_optimizer([p for p in model.parameters() if p.requires_grad], config)
     total_steps = max(1, config.epochs * len(train))
@@ -135,15 +149,31 @@ def fit(model: nn.Module, data: DataSplits, config: FitConfig, *, loss_fn: LossF
             start = time.perf_counter()
             train.set_epoch(epoch)
             lr = optimizer.param_groups[0]["lr"]
-            loss, top1 = _train_epoch(net, train, optimizer, scheduler, loss_fn, step_hooks,
-                                      epoch * len(train), lambda: bar.advance(task))
+            loss, top1 = _train_epoch(
+                net,
+                train,
+                optimizer,
+                scheduler,
+                loss_fn,
+                step_hooks,
+                epoch * len(train),
+                lambda: bar.advance(task),
+            )
             result = evaluate(model, val) if val is not None else None
             history.epochs.append(
-                EpochRecord(epoch, loss, top1, result, lr, time.perf_counter() - start))
+                EpochRecord(epoch, loss, top1, result, lr, time.perf_counter() - start)
+            )
             bar.update(task, status=_status(epoch, loss, result))
             if resume is not None and is_main_process():
-                save_train_state(resume, model, optimizer, scheduler, epoch + 1,
-                                 [asdict(r) for r in history.epochs], settings)
+                save_train_state(
+                    resume,
+                    model,
+                    optimizer,
+                    scheduler,
+                    epoch + 1,
+                    [asdict(r) for r in history.epochs],
+                    settings,
+                )
     if resume is not None and is_main_process():
         clear_train_state(resume)
     return history
@@ -154,8 +184,9 @@ def _restore(resume, model, optimizer, scheduler, settings) -> tuple[History, in
     if resume is None or not state_paths(resume)[1].is_file():
         return History(), 0
     done, records = load_train_state(resume, model, optimizer, scheduler, settings)
-    epochs = [EpochRecord(**{**r, "val": EvalResult(**r["val"]) if r["val"] else None})
-              for r in records]
+    epochs = [
+        EpochRecord(**{**r, "val": EvalResult(**r["val"]) if r["val"] else None}) for r in records
+    ]
     return History(epochs), done
 
 
@@ -186,8 +217,13 @@ def _make_optimizer(params, config: FitConfig) -> torch.optim.Optimizer:
         raise ConfigError("the model has no trainable parameters")
     if config.optimizer == "adam":
         return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
-    return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum,
-                           weight_decay=config.weight_decay, nesterov=config.momentum > 0)
+    return torch.optim.SGD(
+        params,
+        lr=config.lr,
+        momentum=config.momentum,
+        weight_decay=config.weight_decay,
+        nesterov=config.momentum > 0,
+    )
 
 
 def _lr_factor(config: FitConfig, total_steps: int) -> Callable[[int], float]:

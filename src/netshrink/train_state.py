@@ -12,21 +12,27 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from .files import atomic_write, read_safetensors
 from .errors import ConfigError, CorruptFileError
+from .files import atomic_write, read_safetensors
 
 
 def state_paths(path: Path) -> tuple[Path, Path]:
     return path.with_name(path.name + ".safetensors"), path.with_name(path.name + ".json")
 
 
-def save_train_state(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
-                     scheduler, epoch: int, history: list[dict], settings: dict) -> None:
+def save_train_state(
+    path: Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler,
+    epoch: int,
+    history: list[dict],
+    settings: dict,
+) -> None:
     """Write the state after `epoch` epochs; each file is replaced atomically."""
     weights, sidecar = state_paths(path)
     opt = optimizer.state_dict()
-    tensors = {f"model/{k}": v.detach().contiguous().clone()
-               for k, v in model.state_dict().items()}
+    tensors = {f"model/{k}": v.detach().contiguous().clone() for k, v in model.state_dict().items()}
     scalars: dict[str, dict] = {}
     for index, slots in opt["state"].items():
         for slot, value in slots.items():
@@ -34,16 +40,22 @@ def save_train_state(path: Path, model: nn.Module, optimizer: torch.optim.Optimi
                 tensors[f"optimizer/{index}/{slot}"] = value.contiguous().clone()
             else:
                 scalars.setdefault(str(index), {})[slot] = value
-    meta = {"epoch": epoch, "settings": settings, "history": history,
-            "param_groups": opt["param_groups"], "optimizer_scalars": scalars,
-            "scheduler": scheduler.state_dict()}
+    meta = {
+        "epoch": epoch,
+        "settings": settings,
+        "history": history,
+        "param_groups": opt["param_groups"],
+        "optimizer_scalars": scalars,
+        "scheduler": scheduler.state_dict(),
+    }
     weights.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(weights, lambda tmp: save_file(tensors, str(tmp)))
     atomic_write(sidecar, lambda tmp: tmp.write_text(json.dumps(meta)))
 
 
-def load_train_state(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler,
-                     settings: dict) -> tuple[int, list[dict]]:
+def load_train_state(
+    path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, settings: dict
+) -> tuple[int, list[dict]]:
     """Restore a saved state into model, optimizer and scheduler; returns (epochs done, history).
 
     A state made with other settings raises ConfigError rather than silently mixing two runs.
@@ -54,8 +66,10 @@ def load_train_state(path: Path, model: nn.Module, optimizer: torch.optim.Optimi
     except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CorruptFileError(f"{sidecar}: unreadable training state ({exc})") from None
     if meta.get("settings") != settings:
-        raise ConfigError(f"{sidecar} was saved by a run with other settings: delete it to start"
-                          " afresh, or run with the same settings to resume")
+        raise ConfigError(
+            f"{sidecar} was saved by a run with other settings: delete it to start"
+            " afresh, or run with the same settings to resume"
+        )
     tensors = read_safetensors(weights)
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model/")})
     state: dict[int, dict] = {}

@@ -149,7 +149,7 @@ def _parse_args_json(args_json: str) -> dict[str, Any]:
         raise ConfigError(f"model arguments {args_json!r} are not valid JSON: {exc}") from exc
     if not isinstance(extra, dict):
         raise ConfigError(
-            f"model arguments {args_json!r} must be a JSON object, e.g. {{\"width\": 0.5}}"
+            f'model arguments {args_json!r} must be a JSON object, e.g. {{"width": 0.5}}'
         )
     return extra
 
