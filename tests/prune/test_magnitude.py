@@ -52,7 +52,9 @@ def test_global_threshold_is_one_magnitude_across_layers():
     total = sum(w.numel() for w in dense.values())
     zeros = sum(int((m.weight == 0).sum()) for _, m in select_layers(model))
     assert zeros == round(0.8 * total)
-    kept_min = min(float(m.weight.detach()[m.weight != 0].abs().min()) for _, m in select_layers(model))
+    kept_min = min(
+        float(m.weight.detach()[m.weight != 0].abs().min()) for _, m in select_layers(model)
+    )
     pruned_max = max(float(dense[n][m.weight == 0].abs().max()) for n, m in select_layers(model))
     assert kept_min >= pruned_max
 
@@ -86,7 +88,7 @@ def test_bias_pruned_only_when_asked_and_layers_filter():
 
 def test_masks_only_grow_and_std_is_of_the_dense_layer():
     model = _lenet300()
-    dense_std = float(model.fc1.weight.std())
+    dense_std = float(model.fc1.weight.detach().std())
     prune_magnitude(model, PruneMagnitudeConfig(threshold=StdThreshold(ratio=0.5)))
     first = model.fc1.weight != 0
     prune_magnitude(model, PruneMagnitudeConfig(threshold=StdThreshold(ratio=1.0)))

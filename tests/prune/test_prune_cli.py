@@ -105,3 +105,85 @@ def test_prune_mistakes_are_one_line_errors(base, tmp_path, capsys, argv, words)
     err = capsys.readouterr().err
     assert err.startswith("netshrink: error:") and words in err
     assert not (tmp_path / "x.safetensors").exists()
+
+
+def test_filter_pruning_a_sparse_checkpoint_keeps_its_zeros(base, tmp_path, capsys):
+    conv = tmp_path / "conv"
+    assert (
+        main(
+            [
+                "train",
+                "--model",
+                "lenet5",
+                "--data",
+                "digits",
+                "--image-size",
+                "28",
+                "--epochs",
+                "2",
+                "--batch-size",
+                "64",
+                "--out",
+                str(conv),
+            ]
+        )
+        == 0
+    )
+    sparse = tmp_path / "sparse"
+    assert (
+        main(
+            [
+                "prune",
+                str(conv),
+                "--method",
+                "sparsity",
+                "--sparsity",
+                "0.5",
+                "--out",
+                str(sparse),
+                "--no-latency",
+            ]
+        )
+        == 0
+    )
+    out = tmp_path / "filters"
+    assert (
+        main(
+            [
+                "prune",
+                str(sparse),
+                "--method",
+                "filters",
+                "--amount",
+                "0.5",
+                "--retrain-epochs",
+                "1",
+                "--out",
+                str(out),
+                "--no-latency",
+            ]
+        )
+        == 0
+    )
+    model, meta = load_checkpoint(out)
+    assert model.conv1.out_channels == 3 and model.conv2.out_channels == 8
+    assert [e.module for e in meta.edits][:2] == ["conv1", "conv2"]
+    assert float((model.fc1.weight == 0).float().mean()) >= 0.5  # retraining kept the zeros
+    capsys.readouterr()
+    assert (
+        main(
+            [
+                "prune",
+                str(base),
+                "--method",
+                "filters",
+                "--amount",
+                "0.5",
+                "--out",
+                str(tmp_path / "x"),
+                "--no-latency",
+            ]
+        )
+        == 2
+    )
+    assert "no convolution" in capsys.readouterr().err

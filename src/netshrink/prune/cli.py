@@ -90,7 +90,6 @@ def add_commands(commands) -> None:
 
 def run_prune(args) -> None:
     model, meta, data = load_for_command(args)
-    restore_masks(model, select_layers(model))  # a pruned checkpoint stays pruned when retrained
     test = data.loader("test", args.batch_size)
     rows = [
         measure(
@@ -110,7 +109,11 @@ def run_prune(args) -> None:
             "lr": args.retrain_lr or base_fit.lr / 10,
         },
     )
+    if args.method == "gradual":  # it retrains while pruning: earlier zeros must stay zero
+        restore_masks(model, select_layers(model))
     _prune(model, data, args, retrain)
+    # after the method (filter surgery needs unmasked layers): earlier zeros stay zero in retraining
+    restore_masks(model, select_layers(model))
     if args.method != "gradual" and args.steps == 1 and retrain.epochs:
         fit(model, data, retrain)
     rows.append(

@@ -154,6 +154,17 @@ def plan_filters(
                 space, _order(model, graph, space, config.criterion), _fixed_amount(space, config)
             )
         )
+    if not ranked:
+        why = "; ".join(f"{name}: {reason}" for name, reason in skipped.items())
+        raise ConfigError(
+            "prune_filters: no selected layer can lose channels "
+            + (
+                f"({why})"
+                if why
+                else "(the model has no convolution; include_linear=True "
+                "prunes hidden Linear neurons)"
+            )
+        )
     if config.amount is not None:
         return _plan_at(ranked, config.amount, config.min_channels, skipped)
     return _search_macs(model, input_shape, ranked, config, skipped)

@@ -57,12 +57,16 @@ def restore_masks(
     """Re-attach masks to a model loaded from a checkpoint, from its exact zeros.
 
     Checkpoints store what the forward pass computes, never masks; a zero weight is a pruned one.
+    Tensors without zeros, or with a mask already, are left alone.
     """
     for _, module in layers:
         for name in names:
             tensor = getattr(module, name, None)
-            if isinstance(tensor, torch.Tensor) and get_mask(module, name) is None:
-                apply_mask(module, name, tensor.detach() != 0)
+            if not isinstance(tensor, torch.Tensor) or get_mask(module, name) is not None:
+                continue
+            keep = tensor.detach() != 0
+            if not keep.all():
+                apply_mask(module, name, keep)
 
 
 def layer_sparsity(model: nn.Module) -> dict[str, float]:
