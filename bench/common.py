@@ -8,8 +8,9 @@ import shlex
 import sys
 from pathlib import Path
 
-from rich.console import Console
 from rich.table import Table
+
+from netshrink.report import console
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -34,7 +35,7 @@ def publish(name: str, title: str, rows: list[dict], columns: list[str], notes: 
         table.add_column(column)
     for row in rows:
         table.add_row(*(_cell(row.get(c)) for c in columns))
-    Console().print(table)
+    console().print(table)
     RESULTS.mkdir(parents=True, exist_ok=True)
     result = {"name": name, "command": command, "date": date, "rows": rows}
     (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
