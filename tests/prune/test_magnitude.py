@@ -137,3 +137,15 @@ def test_checkpoint_of_a_pruned_model_restores_masks_from_zeros(tmp_path):
     assert layer_sparsity(loaded) == pytest.approx(layer_sparsity(model))
     bake_masks(model)
     assert get_mask(model.fc1) is None and int((model.fc1.weight == 0).sum()) == round(0.9 * 235200)
+
+
+def test_batchnorm_is_pruned_only_when_named():
+    model = build_model(ModelSpec(name="vgg_small", args={"width": 0.25}))
+    prune_magnitude(model, PruneMagnitudeConfig(threshold=LayerSparsity(sparsity=0.5)))
+    assert all(get_mask(m) is None for m in model.modules() if isinstance(m, nn.BatchNorm2d))
+    with torch.no_grad():
+        model.features[1].weight.copy_(torch.arange(8.0))
+    prune_magnitude(
+        model, PruneMagnitudeConfig(threshold=LayerSparsity(sparsity=0.5)), layers=["features.1"]
+    )
+    assert torch.equal(model.features[1].weight, torch.tensor([0.0] * 4 + [4, 5, 6, 7]))
