@@ -5,6 +5,7 @@ The public API, and nothing else; see DESIGN.md for the map.
 
 from .baseline import cached_baseline, train_model
 from .checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
+from .codec import pack, unpack
 from .data import DataConfig, DataSplits, load_data
 from .errors import (
     ConfigError,
@@ -41,6 +42,8 @@ __all__ = [
     "load_data",
     "measure",
     "measure_latency",
+    "pack",
+    "unpack",
     "save_checkpoint",
     "train_model",
 ]

@@ -114,11 +114,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.set_defaults(run=run_demo)
 
-    from .prune.cli import (
-        add_commands as add_prune_commands,  # it builds on this module
-    )
+    # each family's commands build on this module's helpers, so they are imported here
+    from .codec.cli import add_commands as add_codec_commands
+    from .prune.cli import add_commands as add_prune_commands
 
     add_prune_commands(commands)
+    add_codec_commands(commands)
     return parser
 
 

@@ -1,0 +1,235 @@
+"""`pack` and `unpack`: a model to one small .nsk file and back (Han et al. 2016, Deep
+Compression's storage stage; Kim et al.'s "synapse code").
+
+What is stored is what the forward pass computes (`effective_state_dict`): a pruned weight is an
+exact zero, a shared weight its centroid. The architecture is a ModelSpec (a zoo name, or an
+import path that unpack imports only when allowed), replayed with the model's structural edits.
+"""
+
+import zlib
+from collections.abc import Collection
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import ValidationError
+from torch import nn
+
+from ..checkpoint import CheckpointMeta, effective_state_dict
+from ..edits import replay_edits, structural_edits
+from ..errors import ConfigError, CorruptFileError, UnsupportedLayerError
+from ..layers import select_layers, unwrap
+from ..models import ModelSpec, build_model
+from ..prune.mask import restore_masks
+from .container import Container, read_container, write_container
+from .encodings import PackConfig, decode_tensor, encode_tensor
+from .header import Header, TensorRecord
+
+AllowImport = bool | Collection[str]
+
+
+def pack(
+    model: nn.Module,
+    path: str | Path,
+    config: PackConfig | None = None,
+    *,
+    meta: CheckpointMeta | None = None,
+    spec: ModelSpec | None = None,
+    input_shape: tuple[int, int, int] | None = None,
+    num_classes: int | None = None,
+    measurement: Any = None,
+) -> Path:
+    """Write `model` (any nn.Module, parametrized or not) to `path` as a .nsk file.
+
+    `meta` (a checkpoint's sidecar) or `spec` / `input_shape` / `num_classes` name the
+    architecture, so that `unpack` can rebuild it; without them the file holds the values and
+    structural edits only and `unpack` needs `model=`. `measurement` (a Measurement or a dict)
+    is stored in the header. The same model and config give the same bytes.
+
+    Example:
+        >>> pack(prune_magnitude(lenet300_100(), config), "model.nsk",
+        ...      spec=ModelSpec(name="lenet300_100"), input_shape=(1, 28, 28), num_classes=10)
+    """
+    config = config or PackConfig()
+    root = unwrap(model)
+    records, payload = _encode_state(root, config)
+    given = {"model": spec, "input_shape": _shape(input_shape), "num_classes": num_classes}
+    header = _header(root, records, meta, given, measurement)
+    path = Path(path)
+    write_container(path, header, payload)
+    return path
+
+
+def _header(root, records, meta, given: dict, measurement) -> Header:
+    from_meta = {}
+    if meta is not None:
+        from_meta = {
+            "model": meta.model,
+            "input_shape": tuple(meta.input_shape),
+            "num_classes": meta.num_classes,
+            "data": meta.data.model_dump(mode="json") if meta.data else None,
+            "fit": meta.fit.model_dump(mode="json") if meta.fit else None,
+            "metrics": dict(meta.metrics),
+        }
+    fields = {**from_meta, **{k: v for k, v in given.items() if v is not None}}
+    try:
+        return Header(
+            **fields,
+            edits=structural_edits(root),
+            measurement=_measurement(measurement),
+            tensors=records,
+        )
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"])
+        raise ConfigError(f"cannot pack: {where}: {err['msg']}") from None
+
+
+def _encode_state(model: nn.Module, config: PackConfig) -> tuple[list[TensorRecord], list[bytes]]:
+    records, payload, offset = [], [], 0
+    for name, tensor in _ordered_state(model).items():
+        try:
+            dtype, tag, encoded = encode_tensor(tensor, config)
+        except ValueError as exc:
+            raise ConfigError(f"cannot pack {name}: {exc}") from None
+        sections = {}
+        for role, (section, data) in encoded.sections.items():
+            update = {"offset": offset, "length": len(data), "crc32": zlib.crc32(data)}
+            sections[role] = section.model_copy(update=update)
+            payload.append(data)
+            offset += len(data)
+        records.append(
+            TensorRecord(
+                name=name,
+                shape=tuple(tensor.shape),
+                dtype=dtype,
+                encoding=tag,
+                params=encoded.params,
+                sections=sections,
+            )
+        )
+    return records, payload
+
+
+def _ordered_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """effective_state_dict in module order (a parametrized tensor where its module is)."""
+    state = effective_state_dict(model)
+    order = []
+    for key in model.state_dict():
+        parts = key.split(".")
+        if "parametrizations" in parts:  # a.parametrizations.weight.original -> a.weight
+            i = parts.index("parametrizations")
+            key = ".".join(parts[:i] + [parts[i + 1]])
+        if key in state and key not in order:
+            order.append(key)
+    return {k: state[k] for k in order + [k for k in state if k not in order]}
+
+
+def _shape(shape) -> tuple[int, ...] | None:
+    return None if shape is None else tuple(int(n) for n in shape)
+
+
+def _measurement(measurement: Any) -> dict | None:
+    if measurement is None or isinstance(measurement, dict):
+        return measurement
+    return measurement.to_json()
+
+
+def unpack(
+    path: str | Path,
+    model: nn.Module | None = None,
+    *,
+    allow_import: AllowImport = False,
+    masks: bool = False,
+) -> nn.Module:
+    """Decode a .nsk file to a model in eval mode (Han et al. 2016; Kim et al.).
+
+    The architecture is rebuilt from the file's ModelSpec, or `model` (a freshly built one) is
+    used instead; the structural edits are replayed, then the values loaded strictly. A file
+    that names an import path (`package.module:factory`) is built only when `allow_import` is
+    True or lists that module: importing runs its code. `masks=True` re-attaches pruning masks
+    from the exact zeros (netshrink.prune.mask.restore_masks); by default weights are plain.
+    Any damage to the file raises CorruptFileError.
+    """
+    return load_packed(path, model, allow_import=allow_import, masks=masks)[0]
+
+
+def load_packed(
+    path: str | Path,
+    model: nn.Module | None = None,
+    *,
+    allow_import: AllowImport = False,
+    masks: bool = False,
+) -> tuple[nn.Module, Header]:
+    """`unpack`, also returning the file's header (architecture, edits, metrics)."""
+    container = read_container(path)
+    tensors = decode_all(container, str(path))  # a damaged file fails before any model is built
+    header = container.header
+    given = model is not None
+    model = unwrap(model) if given else _build(header, path, allow_import)
+    _replay(model, header, path, given)
+    try:
+        model.load_state_dict(tensors, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0]
+        error = ConfigError if given else CorruptFileError
+        raise error(f"{path}: the stored tensors do not fit the model ({first})") from None
+    if masks:
+        restore_masks(model, select_layers(model))
+    return model.eval(), header
+
+
+def decode_all(container: Container, where: str) -> dict[str, torch.Tensor]:
+    """Every tensor of a checked container, by name."""
+    tensors = {}
+    for record, data in zip(container.header.tensors, container.sections):
+        try:
+            tensors[record.name] = decode_tensor(record, {k: bytes(v) for k, v in data.items()})
+        except (ValueError, IndexError, OverflowError) as exc:  # defence in depth
+            raise CorruptFileError(f"{where}: {record.name} does not decode ({exc})") from None
+    return tensors
+
+
+def _build(header: Header, path, allow_import: AllowImport) -> nn.Module:
+    spec = header.model
+    if spec is None:
+        raise ConfigError(
+            f"{path} stores no architecture (it was packed from a module without a ModelSpec): "
+            "build the model yourself and pass it, unpack(path, model=...)"
+        )
+    if ":" in spec.name and not _allowed(spec.name.split(":")[0], allow_import):
+        raise ConfigError(
+            f"{path} builds its model with {spec.name!r}, which imports code; if you trust it, "
+            "allow it: unpack(..., allow_import=True), or --allow-import on the command line"
+        )
+    shape = header.input_shape
+    return build_model(
+        spec,
+        num_classes=header.num_classes,
+        in_channels=shape[0] if shape else None,
+        input_size=shape[1] if shape else None,
+    )
+
+
+def _allowed(module: str, allow_import: AllowImport) -> bool:
+    if isinstance(allow_import, bool):
+        return allow_import
+    if isinstance(allow_import, str):
+        allow_import = [allow_import]
+    return any(module == m or module.startswith(m + ".") for m in allow_import)
+
+
+def _replay(model: nn.Module, header: Header, path, given: bool) -> None:
+    existing = structural_edits(model)
+    if given and existing:
+        if existing == header.edits:
+            return
+        raise ConfigError(
+            f"the model passed to unpack already has {len(existing)} structural edits that "
+            f"differ from the {len(header.edits)} in {path}; pass a freshly built model"
+        )
+    try:
+        replay_edits(model, header.edits)
+    except (ConfigError, UnsupportedLayerError) as exc:
+        error = ConfigError if given else CorruptFileError
+        raise error(f"{path}: its structural edits do not fit the model ({exc})") from None

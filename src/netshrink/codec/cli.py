@@ -1,0 +1,116 @@
+"""`netshrink pack`, `netshrink unpack` and `netshrink inspect`: the compressed file on the command
+line."""
+
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from ..checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
+from ..cli import make_config
+from ..errors import ConfigError, CorruptFileError
+from ..measure import dense_bytes
+from ..report import console
+from .api import load_packed, pack
+from .encodings import PackConfig
+from .summary import print_summary, summarize
+
+
+def add_commands(commands) -> None:
+    """Register `pack`, `unpack` and `inspect` on the top-level sub-command parser."""
+    _add_pack(commands)
+    _add_unpack(commands)
+    i = commands.add_parser(
+        "inspect",
+        help="per-tensor table of a .nsk file",
+        description="Decode a .nsk file and print each tensor's encoding and each stream's "
+        "coder, size, bits per symbol and order-0 entropy bound.",
+    )
+    i.add_argument("file", type=Path, help="the .nsk file")
+    i.set_defaults(run=run_inspect)
+
+
+def _add_pack(commands) -> None:
+    p = commands.add_parser(
+        "pack",
+        help="write a checkpoint as one compressed .nsk file",
+        description="Compress a checkpoint into a .nsk file: pruned tensors as relative indices "
+        "(Deep Compression), few-valued tensors as codebooks, every index stream coded with the "
+        "smallest of bit-packing, canonical Huffman and rANS. See docs/format.md.",
+    )
+    p.add_argument("checkpoint", type=Path, help="checkpoint (.safetensors, .json or their stem)")
+    p.add_argument("-o", "--out", type=Path, required=True, help="output file (model.nsk)")
+    p.add_argument(
+        "--index-bits",
+        default="paper",
+        help="relative-index bits: paper (8 conv / 5 fc), best, or a number 1..16",
+    )
+    p.add_argument("--float16", action="store_true", help="store raw float values at fp16 (lossy)")
+    p.add_argument(
+        "--coders",
+        type=lambda s: tuple(c for c in s.split(",") if c),
+        default=None,
+        help="comma-separated coders to choose from (bits,huffman,ans; default all)",
+    )
+    p.set_defaults(run=run_pack)
+
+
+def _add_unpack(commands) -> None:
+    u = commands.add_parser(
+        "unpack",
+        help="decode a .nsk file to a checkpoint",
+        description="Decode a .nsk file (checksums and sizes checked, nothing unpickled) and "
+        "write it as a checkpoint (safetensors + JSON sidecar).",
+    )
+    u.add_argument("file", type=Path, help="the .nsk file")
+    u.add_argument("-o", "--out", type=Path, required=True, help="checkpoint path (no suffix)")
+    u.add_argument(
+        "--allow-import",
+        nargs="?",
+        const="*",
+        action="append",
+        metavar="MODULE",
+        help="allow building the model from the file's import path (package.module:factory), "
+        "which runs that module's code; give MODULE to allow only that package",
+    )
+    u.set_defaults(run=run_unpack)
+
+
+def run_pack(args) -> None:
+    index_bits = int(args.index_bits) if args.index_bits.isdigit() else args.index_bits
+    fields = {"index_bits": index_bits, "float16": args.float16, "coders": args.coders}
+    config = make_config(PackConfig, **fields)
+    model, meta = load_checkpoint(args.checkpoint)
+    out = pack(model, args.out, config, meta=meta)
+    size = out.stat().st_size
+    dense = dense_bytes(model)
+    console().print(f"{out}: {size:,} bytes ({dense / size:.1f}x smaller than fp32 weights)")
+
+
+def run_unpack(args) -> None:
+    allowed = args.allow_import or []
+    allow = True if "*" in allowed else allowed
+    model, header = load_packed(args.file, allow_import=allow)
+    if header.model is None or header.input_shape is None or header.num_classes is None:
+        raise ConfigError(
+            f"{args.file} does not name its architecture and input shape, so it cannot become a "
+            "checkpoint; decode it in Python with netshrink.unpack(path, model=...)"
+        )
+    try:
+        meta = CheckpointMeta(
+            model=header.model,
+            input_shape=header.input_shape,
+            num_classes=header.num_classes,
+            data=header.data,
+            fit=header.fit,
+            metrics=header.metrics,
+        )
+    except ValidationError as exc:
+        raise CorruptFileError(
+            f"{args.file}: its data or fit settings are invalid ({exc})"
+        ) from None
+    out = save_checkpoint(model, args.out, meta)
+    console().print(f"{out}.safetensors: {len(model.state_dict())} tensors")
+
+
+def run_inspect(args) -> None:
+    print_summary(summarize(args.file))

@@ -1,0 +1,184 @@
+"""The .nsk container: magic, version, a zlib-compressed JSON header, the sections, CRC32s.
+
+    offset  size  field
+    0       8     magic 89 4E 53 4B 0D 0A 1A 0A ("\\x89NSK\\r\\n\\x1a\\n")
+    8       2     format version (uint16 LE) = 1
+    10      2     flags (uint16 LE) = 0
+    12      4     H: header length in bytes (uint32 LE)
+    16      4     CRC32 of the H header bytes (uint32 LE)
+    20      H     header: zlib stream of UTF-8 JSON (netshrink.codec.header.Header)
+    20+H    P     payload: the sections, back to back in the order of their offsets
+    end-4   4     CRC32 of every byte before it (uint32 LE)
+
+Reading checks, in order and before anything is decoded or allocated from the file's claims:
+magic, version, lengths, the header's CRC, its size once inflated, its schema, that the sections
+tile the payload exactly, the size limits (`check_limits`), each section's CRC and the file's.
+"""
+
+import json
+import struct
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from ..errors import ConfigError, CorruptFileError
+from ..files import atomic_write
+from .header import DTYPES, BytesSection, Header, TensorRecord
+from .streams import BitsSection, HuffmanSection
+
+MAGIC = b"\x89NSK\r\n\x1a\n"
+VERSION = 1
+PREFIX = struct.Struct("<8sHHII")
+TRAILER = 4
+MAX_FILE_BYTES = 1 << 32
+MAX_HEADER_BYTES = 64 << 20  # inflated JSON
+MAX_TENSOR_ELEMENTS = 1 << 31
+# Decoded tensors may take at most this many bytes plus EXPANSION bytes per byte of file:
+# generous for any real model (a fully pruned layer codes to almost nothing), fatal to a forged
+# header that claims gigabytes from a few kilobytes.
+DECODED_FLOOR = 64 << 20
+EXPANSION = 4096
+
+
+@dataclass(frozen=True)
+class Container:
+    """A parsed, checked file: its header and each tensor's section bytes by role."""
+
+    header: Header
+    sections: list[dict[str, memoryview]]
+    size: int
+
+
+def write_container(path: Path, header: Header, payload: list[bytes]) -> int:
+    """Write the file atomically; returns its size. The header must already hold the sections'
+    offsets, lengths and CRCs."""
+    text = json.dumps(
+        header.model_dump(mode="json"), sort_keys=True, separators=(",", ":"), allow_nan=False
+    )
+    packed = zlib.compress(text.encode(), 9)
+    body = PREFIX.pack(MAGIC, VERSION, 0, len(packed), zlib.crc32(packed)) + packed
+    body += b"".join(payload)
+    body += struct.pack("<I", zlib.crc32(body))
+    try:
+        check_limits(header, len(body), where=str(path))
+    except CorruptFileError as exc:  # a reader would refuse it: refuse to write it
+        raise ConfigError(f"cannot pack this model: {exc}") from None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda tmp: tmp.write_bytes(body))
+    return len(body)
+
+
+def read_container(path: str | Path) -> Container:
+    """Read and check a .nsk file; anything wrong with it raises CorruptFileError."""
+    path = Path(path)
+    if not path.is_file():
+        raise CorruptFileError(f"{path}: no such file")
+    size = path.stat().st_size
+    if size > MAX_FILE_BYTES:
+        raise CorruptFileError(f"{path}: {size} bytes is past the format's 4 GiB limit")
+    return parse_container(path.read_bytes(), str(path))
+
+
+def parse_container(data: bytes, where: str = "<bytes>") -> Container:
+    """Check and split the bytes of a .nsk file (see the module docstring for the order)."""
+    header_bytes = _prefix(data, where)
+    header = _parse_header(header_bytes, where)
+    payload = memoryview(data)[PREFIX.size + len(header_bytes) : len(data) - TRAILER]
+    _check_tiling(header, len(payload), where)
+    check_limits(header, len(data), where)
+    sections = [
+        {role: payload[s.offset : s.offset + s.length] for role, s in record.sections.items()}
+        for record in header.tensors
+    ]
+    for record, parts in zip(header.tensors, sections):
+        for role, section in record.sections.items():
+            if zlib.crc32(parts[role]) != section.crc32:
+                raise CorruptFileError(f"{where}: the {role} section of {record.name} is corrupt")
+    if zlib.crc32(memoryview(data)[:-TRAILER]) != struct.unpack("<I", data[-TRAILER:])[0]:
+        raise CorruptFileError(f"{where}: file checksum mismatch (the file is damaged)")
+    return Container(header, sections, len(data))
+
+
+def _prefix(data: bytes, where: str) -> bytes:
+    if len(data) < PREFIX.size + TRAILER or data[:8] != MAGIC:
+        hint = " (a pickle: netshrink never unpickles)" if data[:1] == b"\x80" else ""
+        raise CorruptFileError(f"{where}: not a netshrink compressed file{hint}")
+    _, version, flags, length, crc = PREFIX.unpack_from(data)
+    if version != VERSION:
+        raise CorruptFileError(
+            f"{where}: format version {version}; this netshrink reads version {VERSION}"
+            + (" (upgrade netshrink)" if version > VERSION else "")
+        )
+    if flags or PREFIX.size + length + TRAILER > len(data):
+        raise CorruptFileError(f"{where}: truncated or damaged file (bad header length)")
+    header = data[PREFIX.size : PREFIX.size + length]
+    if zlib.crc32(header) != crc:
+        raise CorruptFileError(f"{where}: header checksum mismatch (the file is damaged)")
+    return header
+
+
+def _parse_header(packed: bytes, where: str) -> Header:
+    inflate = zlib.decompressobj()
+    try:
+        text = inflate.decompress(packed, MAX_HEADER_BYTES)
+    except zlib.error as exc:
+        raise CorruptFileError(f"{where}: header is not a zlib stream ({exc})") from None
+    if inflate.unconsumed_tail or not inflate.eof or inflate.unused_data:
+        raise CorruptFileError(f"{where}: header is damaged or over {MAX_HEADER_BYTES} bytes")
+    try:
+        return Header.model_validate_json(text)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = ".".join(str(p) for p in err["loc"]) or "top level"
+        raise CorruptFileError(f"{where}: invalid header at {loc}: {err['msg']}") from None
+    except ConfigError as exc:  # a model spec's own validator
+        raise CorruptFileError(f"{where}: invalid header ({exc})") from None
+
+
+def _check_tiling(header: Header, payload: int, where: str) -> None:
+    spans = sorted((s.offset, s.length) for r in header.tensors for s in r.sections.values())
+    end = 0
+    for offset, length in spans:
+        if offset != end:
+            raise CorruptFileError(f"{where}: sections overlap or leave gaps in the payload")
+        end += length
+    if end != payload:
+        raise CorruptFileError(f"{where}: sections cover {end} of {payload} payload bytes")
+
+
+def check_limits(header: Header, file_size: int, where: str) -> None:
+    """Refuse a header whose tensors would decode to more than the file can honestly hold, and
+    any section whose count cannot fit its length, before anything is allocated."""
+    budget = DECODED_FLOOR + EXPANSION * file_size
+    names = [record.name for record in header.tensors]
+    if len(set(names)) != len(names):
+        raise CorruptFileError(f"{where}: a tensor name appears twice")
+    total = 0
+    for record in header.tensors:
+        numel = record.numel
+        if numel > MAX_TENSOR_ELEMENTS:
+            raise CorruptFileError(f"{where}: {record.name} claims {numel} elements")
+        total += numel * DTYPES[record.dtype][1].itemsize
+        for role, section in record.sections.items():
+            _check_section(record, role, section, where)
+    if total > budget:
+        raise CorruptFileError(
+            f"{where}: tensors claim {total} bytes, more than a {file_size}-byte file can hold"
+        )
+
+
+def _check_section(record: TensorRecord, role: str, section, where: str) -> None:
+    if section.count > record.numel:
+        raise CorruptFileError(f"{where}: {record.name} {role} holds more entries than elements")
+    if isinstance(section, BytesSection):
+        expected = section.count * DTYPES[section.dtype][1].itemsize
+    elif isinstance(section, BitsSection):
+        expected = (section.count * section.width + 7) // 8
+    else:
+        expected = section.length
+    if section.length != expected or (
+        isinstance(section, HuffmanSection) and section.count > 8 * section.length
+    ):
+        raise CorruptFileError(f"{where}: {record.name} {role} length does not fit its count")

@@ -1,0 +1,268 @@
+"""Tensor encodings, chosen per tensor from its values alone, so that they fit whatever the
+compression methods produce (a pruning mask, a weight-sharing codebook, or both):
+
+- `dense`: every value, at the tensor's dtype (or float16 on request);
+- `sparse`: the non-zeros' positions as relative indices (Han et al. 2016), their values either
+  raw or, when at most 256 distinct non-zeros remain (weight sharing, fixed point), as a
+  codebook: centroids plus an index stream (Kim et al.'s "synapse code" holds the same parts);
+- `codebook`: few distinct values and few zeros: centroids plus one index per element.
+
+A pruned weight is an exact zero (a pruning mask's output is one), so masks need no section of
+their own. Every applicable encoding is tried and the smallest kept. `ENCODINGS` is the registry:
+a plain dict from the header's tag to the encode and decode functions; fixed point and PQ / RQ
+join it with their own tags.
+"""
+
+from collections.abc import Callable
+from typing import Literal, NamedTuple
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from ..errors import CorruptFileError
+from . import relative
+from .header import DTYPES, FLOAT_DTYPES, BytesSection, EncodingTag, Section, TensorRecord
+from .streams import CODERS, StreamSection, decode_stream, encode_stream
+
+MAX_CENTROIDS = 256
+SECTION_COST = 16  # bytes a section adds to the header, roughly: tiny tensors stay dense
+
+
+class PackConfig(BaseModel):
+    """How `pack` stores values.
+
+    `index_bits`: relative-index bits, "paper" (8 for conv weights, 5 for the rest: Deep
+    Compression), "best" (the b that codes smallest) or a number 1..16. `float16`: store raw
+    float32 values at half precision (lossy). `coders` / `encodings`: restrict the choice
+    (benchmarks; raw bit-packing and dense always stay available).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    index_bits: Literal["paper", "best"] | int = Field("paper", union_mode="left_to_right")
+    float16: bool = False
+    coders: tuple[Literal["bits", "huffman", "ans"], ...] = CODERS
+    encodings: tuple[EncodingTag, ...] = ("dense", "sparse", "codebook")
+
+    @field_validator("index_bits")
+    @classmethod
+    def _check_bits(cls, bits: str | int) -> str | int:
+        if isinstance(bits, int) and not 1 <= bits <= relative.MAX_BITS:
+            raise ValueError(f"index_bits must be 'paper', 'best' or 1..{relative.MAX_BITS}")
+        return bits
+
+
+Sections = dict[str, tuple[Section, bytes]]
+
+
+class Encoded(NamedTuple):
+    params: dict[str, int]
+    sections: Sections
+
+    @property
+    def cost(self) -> int:
+        return sum(len(b) + SECTION_COST for _, b in self.sections.values())
+
+
+class Encoding(NamedTuple):
+    encode: Callable[[np.ndarray, tuple[int, ...], str, PackConfig], Encoded | None]
+    decode: Callable[[TensorRecord, dict[str, bytes]], np.ndarray]
+
+
+def _bytes(values: np.ndarray, dtype: str) -> tuple[BytesSection, bytes]:
+    data = np.ascontiguousarray(values, dtype=DTYPES[dtype][1]).tobytes()
+    return BytesSection(count=values.size, dtype=dtype), data
+
+
+def _stream(symbols: np.ndarray, config: PackConfig) -> tuple[StreamSection, bytes]:
+    return encode_stream(symbols, ("bits", *config.coders))
+
+
+def _store_dtype(dtype: str, config: PackConfig) -> str:
+    return "float16" if config.float16 and dtype == "float32" else dtype
+
+
+def encode_dense(values, shape, dtype, config) -> Encoded:
+    """Every value, little-endian at the tensor's dtype (float16 if `config.float16`)."""
+    return Encoded({}, {"values": _bytes(values, _store_dtype(dtype, config))})
+
+
+def decode_dense(record: TensorRecord, data: dict[str, bytes]) -> np.ndarray:
+    """The flat values of a dense record."""
+    values = _section(record, "values", BytesSection)
+    if values.count != record.numel:
+        raise CorruptFileError(f"{record.name}: {values.count} values for {record.numel} elements")
+    if values.dtype != record.dtype and not (
+        values.dtype in FLOAT_DTYPES and record.dtype in FLOAT_DTYPES
+    ):
+        raise CorruptFileError(f"{record.name}: values stored as {values.dtype}")
+    return _read_bytes(values, data["values"])
+
+
+def codebook(values: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """(centroids sorted by value, index of each value) when `values` holds at most 256
+    distinct finite values (compared bit for bit), else None."""
+    if values.size == 0 or not np.isfinite(values).all():
+        return None
+    bits = values.view(f"u{values.itemsize}")
+    if np.unique(bits[:4096]).size > MAX_CENTROIDS:  # a cheap refusal for dense float weights
+        return None
+    unique, index = np.unique(bits, return_inverse=True)
+    if unique.size > MAX_CENTROIDS:
+        return None
+    centroids = unique.view(values.dtype)
+    order = np.argsort(centroids, kind="stable")
+    rank = np.empty_like(order)
+    rank[order] = np.arange(order.size)
+    return centroids[order], rank[index.ravel()]
+
+
+def _codebook_sections(values: np.ndarray, dtype: str, config: PackConfig) -> Sections | None:
+    found = codebook(values)
+    if found is None:
+        return None
+    centroids, index = found
+    return {"centroids": _bytes(centroids, dtype), "codes": _stream(index, config)}
+
+
+def encode_codebook(values, shape, dtype, config) -> Encoded | None:
+    """Centroids plus one code per element, when at most 256 distinct values (else None)."""
+    if dtype not in FLOAT_DTYPES:
+        return None
+    sections = _codebook_sections(values, dtype, config)
+    return None if sections is None else Encoded({}, sections)
+
+
+def decode_codebook(record: TensorRecord, data: dict[str, bytes]) -> np.ndarray:
+    """The flat values of a codebook record: `centroids[codes]`."""
+    return _decode_codes(record, data, record.numel)
+
+
+def _decode_codes(record: TensorRecord, data: dict[str, bytes], count: int) -> np.ndarray:
+    centroids = _section(record, "centroids", BytesSection)
+    codes = _section(record, "codes", StreamSection)
+    if codes.count != count or centroids.count > MAX_CENTROIDS or (count and not centroids.count):
+        raise CorruptFileError(f"{record.name}: codebook sizes do not match the tensor")
+    if centroids.dtype not in FLOAT_DTYPES:
+        raise CorruptFileError(f"{record.name}: centroids stored as {centroids.dtype}")
+    index = decode_stream(codes, data["codes"])
+    if index.size and index.max() >= centroids.count:
+        raise CorruptFileError(f"{record.name}: codebook index past its {centroids.count} entries")
+    return _read_bytes(centroids, data["centroids"])[index]
+
+
+def encode_sparse(values, shape, dtype, config) -> Encoded | None:
+    """Relative indices of the non-zeros (Han et al. 2016) and their values, raw or as a
+    codebook, whichever is smaller; None for a tensor without zeros."""
+    if dtype not in FLOAT_DTYPES:
+        return None
+    nonzero = values != 0  # NaN is kept; -0.0 is a pruned weight
+    if nonzero.all():
+        return None
+    positions = np.flatnonzero(nonzero)
+    bits, index = _index_stream(config, shape, positions)
+    kept = values[positions]
+    raw = _bytes(kept, _store_dtype(dtype, config))
+    shared = _codebook_sections(kept, dtype, config)
+    if shared is not None and sum(len(b) for _, b in shared.values()) + SECTION_COST < len(raw[1]):
+        return Encoded({"index_bits": bits}, {"index": index, **shared})
+    return Encoded({"index_bits": bits}, {"index": index, "values": raw})
+
+
+def _index_stream(config: PackConfig, shape: tuple[int, ...], positions: np.ndarray):
+    """(b, coded relative-index stream): b as configured, or for "best" the smallest of the
+    likely candidates once coded (ties to the smaller b)."""
+    if config.index_bits == "paper":
+        candidates = [relative.paper_bits(shape)]
+    elif config.index_bits == "best":
+        candidates = relative.likely_bits(positions)
+    else:
+        candidates = [config.index_bits]
+    coded = [(b, _stream(relative.encode_positions(positions, b), config)) for b in candidates]
+    return min(coded, key=lambda c: (len(c[1][1]), c[0]))
+
+
+def decode_sparse(record: TensorRecord, data: dict[str, bytes]) -> np.ndarray:
+    """The flat values of a sparse record: zeros, with the stored values at the decoded
+    positions."""
+    bits = record.params.get("index_bits", 0)
+    if set(record.params) != {"index_bits"} or not 1 <= bits <= relative.MAX_BITS:
+        raise CorruptFileError(f"{record.name}: sparse encoding needs index_bits in 1..16")
+    index = _section(record, "index", StreamSection)
+    positions = relative.decode_positions(decode_stream(index, data["index"]), bits, record.numel)
+    if "values" in record.sections:
+        values = _section(record, "values", BytesSection)
+        if values.count != positions.size:
+            raise CorruptFileError(f"{record.name}: {values.count} values, {positions.size} slots")
+        kept = _read_bytes(values, data["values"])
+    else:
+        kept = _decode_codes(record, data, positions.size)
+    out = np.zeros(record.numel, dtype=kept.dtype)
+    out[positions] = kept
+    return out
+
+
+def _section(record: TensorRecord, role: str, kind) -> Section:
+    section = record.sections.get(role)
+    if not isinstance(section, kind):
+        raise CorruptFileError(f"{record.name}: no {role} section of the right kind")
+    return section
+
+
+def _read_bytes(section: BytesSection, data: bytes) -> np.ndarray:
+    if section.dtype == "bool" and np.frombuffer(data, dtype=np.uint8).max(initial=0) > 1:
+        raise CorruptFileError("a bool section holds bytes other than 0 and 1")
+    return np.frombuffer(data, dtype=DTYPES[section.dtype][1], count=section.count).copy()
+
+
+ENCODINGS: dict[EncodingTag, Encoding] = {
+    "dense": Encoding(encode_dense, decode_dense),
+    "sparse": Encoding(encode_sparse, decode_sparse),
+    "codebook": Encoding(encode_codebook, decode_codebook),
+}
+ROLES: dict[EncodingTag, tuple[frozenset[str], ...]] = {
+    "dense": (frozenset({"values"}),),
+    "sparse": (frozenset({"index", "values"}), frozenset({"index", "centroids", "codes"})),
+    "codebook": (frozenset({"centroids", "codes"}),),
+}
+
+
+def encode_tensor(tensor: torch.Tensor, config: PackConfig) -> tuple[str, str, Encoded]:
+    """(dtype name, encoding tag, encoded parts) of the smallest encoding of `tensor`."""
+    dtype = dtype_name(tensor.dtype)
+    values = _numpy(tensor)
+    best = None
+    for tag in ("dense", *(t for t in config.encodings if t != "dense")):
+        encoded = ENCODINGS[tag].encode(values, tuple(tensor.shape), dtype, config)
+        if encoded is not None and (best is None or encoded.cost < best[1].cost):
+            best = (tag, encoded)
+    return dtype, best[0], best[1]
+
+
+def decode_tensor(record: TensorRecord, data: dict[str, bytes]) -> torch.Tensor:
+    """The tensor a record describes, from its sections' bytes (CRCs already checked)."""
+    if frozenset(record.sections) not in ROLES[record.encoding]:
+        raise CorruptFileError(f"{record.name}: wrong sections for a {record.encoding} tensor")
+    if record.encoding != "dense" and record.dtype not in FLOAT_DTYPES:
+        raise CorruptFileError(f"{record.name}: {record.encoding} needs a float tensor")
+    flat = ENCODINGS[record.encoding].decode(record, data)
+    torch_dtype, np_dtype = DTYPES[record.dtype]
+    if record.dtype == "bfloat16":
+        return torch.from_numpy(flat.astype(np_dtype)).view(torch.bfloat16).reshape(record.shape)
+    return torch.from_numpy(flat.astype(np_dtype)).to(torch_dtype).reshape(record.shape)
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """The header's name for a torch dtype; ValueError for one the format cannot hold."""
+    for name, (torch_dtype, _) in DTYPES.items():
+        if torch_dtype == dtype:
+            return name
+    raise ValueError(f"tensors of dtype {dtype} cannot be packed")
+
+
+def _numpy(tensor: torch.Tensor) -> np.ndarray:
+    flat = tensor.detach().cpu().contiguous().reshape(-1)
+    if flat.dtype == torch.bfloat16:
+        flat = flat.view(torch.int16)
+    return flat.numpy()

@@ -1,0 +1,136 @@
+"""What a .nsk file holds, tensor by tensor and stream by stream: `netshrink inspect`.
+
+For every integer stream it gives the bits a symbol it takes and its order-0 entropy bound (the
+empirical entropy of its symbols), so the coder's overhead is visible per stream.
+"""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.table import Table
+
+from ..report import console
+from .api import decode_all
+from .container import PREFIX, TRAILER, read_container
+from .header import DTYPES, BytesSection, Header, TensorRecord
+from .streams import decode_stream, entropy_bits
+
+
+@dataclass(frozen=True)
+class SectionSummary:
+    role: str
+    kind: str  # the coder (bits, huffman, ans) or the stored dtype of raw values
+    count: int
+    nbytes: int
+    entropy_bytes: float | None  # order-0 bound of an integer stream; None for raw values
+
+
+@dataclass(frozen=True)
+class TensorSummary:
+    name: str
+    shape: tuple[int, ...]
+    encoding: str
+    numel: int
+    nonzero: int
+    sections: list[SectionSummary]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(s.nbytes for s in self.sections)
+
+    @property
+    def bits_per_weight(self) -> float:
+        return 8 * self.nbytes / max(self.numel, 1)
+
+
+@dataclass(frozen=True)
+class FileSummary:
+    path: Path
+    size: int
+    header_bytes: int
+    header: Header
+    tensors: list[TensorSummary]
+
+    @property
+    def dense_bytes(self) -> int:
+        """The same tensors stored densely at their own dtypes (fp32 for weights)."""
+        return sum(r.numel * DTYPES[r.dtype][1].itemsize for r in self.header.tensors)
+
+
+def summarize(path: str | Path) -> FileSummary:
+    """Read and fully decode a .nsk file, and describe every tensor and stream in it."""
+    container = read_container(path)
+    tensors = decode_all(container, str(path))
+    rows = []
+    for record, data in zip(container.header.tensors, container.sections):
+        sections = [_section(role, s, bytes(data[role])) for role, s in record.sections.items()]
+        nonzero = int((tensors[record.name] != 0).sum())
+        rows.append(
+            TensorSummary(
+                record.name, record.shape, _label(record), record.numel, nonzero, sections
+            )
+        )
+    payload = sum(t.nbytes for t in rows)
+    header_bytes = container.size - PREFIX.size - TRAILER - payload
+    return FileSummary(Path(path), container.size, header_bytes, container.header, rows)
+
+
+def _section(role: str, section, data: bytes) -> SectionSummary:
+    if isinstance(section, BytesSection):
+        return SectionSummary(role, section.dtype, section.count, len(data), None)
+    bound = entropy_bits(decode_stream(section, data)) / 8
+    return SectionSummary(role, section.kind, section.count, len(data), bound)
+
+
+def _label(record: TensorRecord) -> str:
+    parts = [record.encoding]
+    if "index_bits" in record.params:
+        parts.append(f"b={record.params['index_bits']}")
+    if "centroids" in record.sections:
+        parts.append(f"k={record.sections['centroids'].count}")
+    return " ".join(parts)
+
+
+COLUMNS = (
+    "tensor", "shape", "non-zero", "encoding", "section", "coder", "symbols", "bytes",
+    "bits/weight", "bits/symbol", "entropy bits/symbol",
+)  # fmt: skip
+
+
+def summary_table(summary: FileSummary) -> Table:
+    """One row per section; the tensor's own columns fill its first row."""
+    table = Table(title=f"{summary.path}: {summary.size:,} bytes")
+    for name in COLUMNS:
+        table.add_column(name, justify="left" if name in ("tensor", "encoding") else "right")
+    for t in summary.tensors:
+        shape = "x".join(map(str, t.shape)) or "scalar"
+        first = [t.name, shape, f"{t.nonzero:,}", t.encoding]
+        for i, s in enumerate(t.sections):
+            per_symbol = [f"{8 * s.nbytes / s.count:.3f}", _bound(s)] if s.count else ["-", "-"]
+            table.add_row(
+                *(first if i == 0 else [""] * 4),
+                s.role,
+                s.kind,
+                f"{s.count:,}",
+                f"{s.nbytes:,}",
+                f"{t.bits_per_weight:.3f}" if i == 0 else "",
+                *per_symbol,
+            )
+    return table
+
+
+def _bound(s: SectionSummary) -> str:
+    return "-" if s.entropy_bytes is None else f"{8 * s.entropy_bytes / s.count:.3f}"
+
+
+def print_summary(summary: FileSummary) -> None:
+    """The per-tensor table, then the totals against the dense tensors."""
+    out = console()
+    out.print(summary_table(summary))
+    h = summary.header
+    model = h.model.name if h.model else "none (unpack needs model=)"
+    out.print(
+        f"model {model}; {len(h.edits)} structural edits; header {summary.header_bytes:,} bytes; "
+        f"dense {summary.dense_bytes:,} bytes -> {summary.size:,} bytes "
+        f"({summary.dense_bytes / summary.size:.1f}x)"
+    )
