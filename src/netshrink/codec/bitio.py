@@ -24,13 +24,14 @@ def pack_fields(values: np.ndarray, widths: np.ndarray | int) -> tuple[bytes, in
     """
     values = np.asarray(values, dtype=np.uint64)
     widths = np.broadcast_to(np.asarray(widths, dtype=np.int64), values.shape)
+    # zero-width fields hold nothing; dropped, they can neither shift by 64 nor sit past the end
+    values, widths = values[widths > 0], widths[widths > 0]
     ends = np.cumsum(widths)
     total = int(ends[-1]) if ends.size else 0
     if total == 0:
         return b"", 0
     starts = ends - widths
-    # left-align each field in the 64-bit window that begins at its first 32-bit word; a
-    # zero-width field shifts by 64, which numpy defines as 0
+    # left-align each field in the 64-bit window that begins at its first 32-bit word
     window = values << (64 - widths - (starts & 31)).astype(np.uint64)
     word = starts >> 5
     # fields are in order and never overlap: OR together those that begin in the same word
