@@ -117,8 +117,10 @@ def build_parser() -> argparse.ArgumentParser:
     # each family's commands build on this module's helpers, so they are imported here
     from .codec.cli import add_commands as add_codec_commands
     from .prune.cli import add_commands as add_prune_commands
+    from .share.cli import add_commands as add_share_commands
 
     add_prune_commands(commands)
+    add_share_commands(commands)
     add_codec_commands(commands)
     return parser
 

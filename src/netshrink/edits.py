@@ -1,5 +1,5 @@
-"""Structural edits: what a structural method (filter pruning; SVD later) did to the module tree,
-recorded so that a file can rebuild the model without storing code or pickles.
+"""Structural edits: what a structural method (filter pruning, SVD factorization) did to the
+module tree, recorded so that a file can rebuild the model without storing code or pickles.
 
 A decoded model is the architecture, then its edits replayed in order, then the tensor values
 (DESIGN.md, "Structure and values in the file"). Each edit is a small frozen pydantic model with
@@ -48,7 +48,18 @@ class KeepChannels(BaseModel):
         return keep
 
 
-Edit = Annotated[Union[KeepChannels], Field(discriminator="kind")]
+class FactorLayer(BaseModel):
+    """Replace the Linear or Conv2d named `module` by its rank-`rank` factors, an nn.Sequential
+    of two layers under the same name (SVD; netshrink.share.svd)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kind: Literal["factor"] = "factor"
+    module: str
+    rank: int = Field(ge=1)
+
+
+Edit = Annotated[Union[KeepChannels, FactorLayer], Field(discriminator="kind")]
 
 
 def structural_edits(model: nn.Module) -> list[Edit]:
@@ -76,7 +87,7 @@ def replay_edits(model: nn.Module, edits: Iterable[Edit]) -> nn.Module:
     root = unwrap(model)
     modules = _check_all(root, edits)
     for edit, module in zip(edits, modules):
-        _apply(module, edit)
+        _apply(root, module, edit)
     record_edits(root, edits)
     return model
 
@@ -89,6 +100,10 @@ def _check_all(root: nn.Module, edits: list[Edit]) -> list[nn.Module]:
     modules = []
     for number, edit in enumerate(edits):
         module = _lookup(root, edit, number)
+        if isinstance(edit, FactorLayer):
+            _check_factor(module, edit, number)
+            modules.append(module)
+            continue
         key = (edit.module, "in" if edit.dim == "in" else "out")
         try:
             size = channel_count(module, edit.dim)  # also checks the layer type, every time
@@ -107,6 +122,15 @@ def _check_all(root: nn.Module, edits: list[Edit]) -> list[nn.Module]:
     return modules
 
 
+def _check_factor(module: nn.Module, edit: FactorLayer, number: int) -> None:
+    from netshrink.share.svd import check_factorable
+
+    try:
+        check_factorable(module)
+    except UnsupportedLayerError as exc:
+        raise UnsupportedLayerError(f"structural edit {number} ({edit.module}): {exc}") from None
+
+
 def _lookup(root: nn.Module, edit: Edit, number: int) -> nn.Module:
     try:
         return root.get_submodule(edit.module)
@@ -117,9 +141,14 @@ def _lookup(root: nn.Module, edit: Edit, number: int) -> nn.Module:
         ) from None
 
 
-def _apply(module: nn.Module, edit: Edit) -> None:
+def _apply(root: nn.Module, module: nn.Module, edit: Edit) -> None:
     from netshrink.prune import surgery
 
+    if isinstance(edit, FactorLayer):
+        from netshrink.share.svd import factored_layers
+
+        root.set_submodule(edit.module, factored_layers(module, edit.rank))
+        return
     match edit.dim:
         case "out":
             surgery.keep_out_channels(module, edit.keep)

@@ -1,0 +1,169 @@
+"""Weight-sharing parametrizations: a weight rebuilt from a small trainable codebook and fixed
+indices, times the pruning mask it carries (DESIGN.md, "compression as parametrizations").
+
+- `ScalarCodebook`: `weight = centroids[indices] * mask` (Han et al. 2016, k-means sharing);
+- `VectorCodebook`: the sum of product-quantized stages (Gong et al. 2014, PQ and RQ);
+- `SignCodebook`: `weight = scale * sign * mask`, one scale per layer or output channel, signs in
+  {-1, +1} or, ternary, {-1, 0, +1} (Gong et al. 2014, binarization).
+
+The codebook is the only trainable tensor: `attach` freezes the dense `original` underneath, so
+the ordinary `fit` updates each shared value by the sum of its members' gradients while indices
+and zeros stay fixed. Each reports what it needs to store through `storage_bits`, which
+`netshrink.measure.storage_report` reads.
+"""
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from ..errors import ConfigError, UnsupportedLayerError
+from ..layers import LayerFilter, select_layers
+from ..measure import FLOAT_BITS, index_bits, scalar_index_bits
+from ..prune.mask import Mask
+from .vq import Axis, decode_tensors
+
+
+class ScalarCodebook(nn.Module):
+    """`weight = centroids[indices] * mask`: k shared values, a log2(k)-bit index per weight."""
+
+    def __init__(self, centroids: torch.Tensor, indices: torch.Tensor, mask: torch.Tensor) -> None:
+        super().__init__()
+        self.centroids = nn.Parameter(centroids)
+        self.register_buffer("indices", indices)
+        self.register_buffer("mask", mask)
+
+    def forward(self, original: torch.Tensor) -> torch.Tensor:
+        return self.centroids[self.indices] * self.mask
+
+    def storage_bits(self, position_bits: int) -> tuple[str, int, int]:
+        k = self.centroids.numel()
+        codes = scalar_index_bits(self.mask.bool(), index_bits(k), position_bits)
+        return "kmeans", codes, k * FLOAT_BITS
+
+
+class VectorCodebook(nn.Module):
+    """The weight viewed as a matrix (out, rest), rebuilt from `codebooks` (stages, segments, k,
+    segment) and `indices` (stages, segments, vectors) along `axis`, times `mask`."""
+
+    def __init__(
+        self, codebooks: torch.Tensor, indices: torch.Tensor, mask: torch.Tensor, axis: Axis
+    ) -> None:
+        super().__init__()
+        self.codebooks = nn.Parameter(codebooks)
+        self.register_buffer("indices", indices)
+        self.register_buffer("mask", mask)
+        self.axis = axis
+
+    def forward(self, original: torch.Tensor) -> torch.Tensor:
+        shape = (self.mask.shape[0], self.mask[0].numel())
+        matrix = decode_tensors(self.codebooks, self.indices, self.axis, shape)
+        return matrix.reshape(self.mask.shape) * self.mask
+
+    def storage_bits(self, position_bits: int) -> tuple[str, int, int]:
+        stages, _, k, _ = self.codebooks.shape
+        codes = self.indices.numel() * index_bits(k)
+        if not bool(self.mask.bool().all()):
+            codes += self.mask.numel()  # the pruned positions, as a bitmap
+        return ("pq" if stages == 1 else "rq"), codes, self.codebooks.numel() * FLOAT_BITS
+
+
+class SignCodebook(nn.Module):
+    """`weight = scales * signs * mask`, `scales` one per layer (shape (1,)) or per output
+    channel; `signs` in {-1, +1}, or {-1, 0, +1} when `ternary`."""
+
+    def __init__(
+        self, scales: torch.Tensor, signs: torch.Tensor, mask: torch.Tensor, ternary: bool
+    ) -> None:
+        super().__init__()
+        self.scales = nn.Parameter(scales)
+        self.register_buffer("signs", signs)
+        self.register_buffer("mask", mask)
+        self.ternary = ternary
+
+    def forward(self, original: torch.Tensor) -> torch.Tensor:
+        shape = (-1,) + (1,) * (self.signs.dim() - 1)
+        return self.scales.reshape(shape) * self.signs * self.mask
+
+    def storage_bits(self, position_bits: int) -> tuple[str, int, int]:
+        codes = scalar_index_bits(self.mask.bool(), 2 if self.ternary else 1, position_bits)
+        return ("ternary" if self.ternary else "binary"), codes, self.scales.numel() * FLOAT_BITS
+
+
+SHARED = (ScalarCodebook, VectorCodebook, SignCodebook)
+
+
+def take_weight(
+    module: nn.Module, layer: str, name: str = "weight"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(value, keep) of `module.<name>`, leaving the tensor unparametrized with that value.
+
+    A pruning Mask or an earlier sharing is replaced rather than stacked: its value is baked in
+    and its mask returned, so pruned weights stay pruned. A tensor without a mask treats its
+    exact zeros as pruned (a checkpoint stores no masks). Other parametrizations (fixed point)
+    are refused: share before quantizing.
+    """
+    keep = None
+    if parametrize.is_parametrized(module, name):
+        chain = list(module.parametrizations[name])
+        others = [type(p).__name__ for p in chain if not isinstance(p, (Mask, *SHARED))]
+        if others:
+            raise UnsupportedLayerError(
+                f"layer {layer}: {name} is parametrized by {', '.join(others)}; apply weight "
+                "sharing before quantization, or start from the checkpoint"
+            )
+        keep = torch.stack([p.mask.bool() for p in chain]).all(0)
+        _own_class(module)
+        parametrize.remove_parametrizations(module, name, leave_parametrized=True)
+        getattr(module, name).requires_grad_(True)  # a frozen original becomes a plain weight
+    value = getattr(module, name).detach().clone()
+    if keep is None:
+        keep = value != 0
+    return value, keep
+
+
+def _own_class(module: nn.Module) -> None:
+    """Give a parametrized module a class of its own. `copy.deepcopy` shares the class that
+    parametrize injects between a module and its copy, and removing a parametrization deletes a
+    property from that class: without this, sharing a copy would break the original."""
+    cls = type(module)
+    body = {k: v for k, v in vars(cls).items() if k not in ("__dict__", "__weakref__")}
+    module.__class__ = type(cls.__name__, cls.__bases__, body)
+
+
+def attach(module: nn.Module, parametrization: nn.Module, name: str = "weight") -> None:
+    """Register a codebook on `module.<name>` and freeze the dense original beneath it, so that
+    no optimizer updates (or decays) a tensor the forward pass no longer reads."""
+    parametrize.register_parametrization(module, name, parametrization)
+    module.parametrizations[name].original.requires_grad_(False)
+
+
+def shared_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """(name, parametrization) of every weight-sharing codebook in `model`, by `layer.tensor`."""
+    found = []
+    for module_name, module in model.named_modules():
+        if parametrize.is_parametrized(module):
+            for name, chain in module.parametrizations.items():
+                found += [(f"{module_name}.{name}", p) for p in chain if isinstance(p, SHARED)]
+    return found
+
+
+def chosen_layers(
+    model: nn.Module, layers: LayerFilter, per_layer: dict | None = None, what: str = "share"
+) -> list[tuple[str, nn.Module]]:
+    """The Conv2d and Linear layers that `layers` names (default: all), checked for a method."""
+    chosen = select_layers(model, layers)
+    if not chosen:
+        raise ConfigError(f"no layers to {what}: the filter matched no convolution or linear layer")
+    for name, module in chosen:
+        if not isinstance(module, (nn.Conv2d, nn.Linear)):
+            raise UnsupportedLayerError(
+                f"layer {name} is a {type(module).__name__}: weight sharing takes Conv2d and "
+                "Linear layers; leave it out of the layer list"
+            )
+    unknown = set(per_layer or {}) - {name for name, _ in chosen}
+    if unknown:
+        raise ConfigError(
+            f"per_layer names {', '.join(sorted(unknown))}, which are not among the layers to "
+            f"{what}; layers are: {', '.join(n for n, _ in chosen)}"
+        )
+    return chosen

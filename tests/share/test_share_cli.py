@@ -1,0 +1,103 @@
+"""`netshrink share` end to end on a digits checkpoint: each method writes a checkpoint that
+loads, prints the per-layer storage table, and user mistakes are one-line ConfigErrors."""
+
+import argparse
+
+import pytest
+import torch
+
+from netshrink.checkpoint import load_checkpoint
+from netshrink.cli import main
+from netshrink.errors import ConfigError
+from netshrink.share.cli import add_commands, kmeans_config
+
+
+def share(argv):
+    """Run `netshrink share ARGV` through the sub-command that share.cli registers."""
+    parser = argparse.ArgumentParser(prog="netshrink")
+    add_commands(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["share", *argv])
+    args.run(args)
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    out = tmp_path_factory.mktemp("share_cli") / "base"
+    argv = ["train", "--model", "lenet300_100", "--data", "digits", "--epochs", "3"]
+    assert main(argv + ["--batch-size", "64", "--out", str(out)]) == 0
+    return out
+
+
+def test_kmeans_with_bits_by_type_and_layer_and_finetuning(base, tmp_path, capsys):
+    out = tmp_path / "km"
+    share(
+        [
+            str(base),
+            "--method",
+            "kmeans",
+            "--bits",
+            "fc=3,fc3=4",
+            "--finetune-epochs",
+            "1",
+            "--out",
+            str(out),
+            "--no-latency",
+        ]
+    )
+    text = capsys.readouterr().out
+    assert "shared layers" in text and "kmeans" in text and "shared (kmeans)" in text
+    model, meta = load_checkpoint(out)
+    for name, k in (("fc1", 8), ("fc2", 8), ("fc3", 16)):
+        assert torch.unique(getattr(model, name).weight).numel() <= k
+    assert meta.fit.epochs == 1 and 0 < meta.metrics["test_top1"] <= 1
+
+
+def test_svd_and_pq_write_loadable_checkpoints(base, tmp_path):
+    share(
+        [
+            str(base),
+            "--method",
+            "svd",
+            "--energy",
+            "0.9",
+            "--out",
+            str(tmp_path / "svd"),
+            "--no-latency",
+        ]
+    )
+    model, meta = load_checkpoint(tmp_path / "svd")
+    assert [e.kind for e in meta.edits] == ["factor"] * 3
+    assert model(torch.zeros(1, 1, 8, 8)).shape == (1, 10)
+    share(
+        [
+            str(base),
+            "--method",
+            "pq",
+            "--k",
+            "4",
+            "--segment",
+            "2",
+            "--axis",
+            "columns",
+            "--layers",
+            "fc2",
+            "--out",
+            str(tmp_path / "pq"),
+            "--no-latency",
+        ]
+    )
+    model, _ = load_checkpoint(tmp_path / "pq")
+    assert torch.unique(model.fc2.weight[:2].T, dim=0).shape[0] <= 4
+
+
+def test_mistakes_are_config_errors(base, tmp_path):
+    with pytest.raises(ConfigError, match="exactly one of --rank"):
+        share([str(base), "--method", "svd", "--out", str(tmp_path / "x")])
+    with pytest.raises(ConfigError, match="--k"):
+        share([str(base), "--method", "rq", "--k", "0", "--out", str(tmp_path / "x")])
+    with pytest.raises(ConfigError, match="conv=8,fc=5"):
+        kmeans_config("conv=eight", "linear", 0)
+    assert (
+        kmeans_config("conv=8,fc=5", "linear", 0).bits_for("conv1", torch.nn.Conv2d(1, 1, 1)) == 8
+    )
+    assert kmeans_config("6", "density", 1).bits == 6
