@@ -149,3 +149,14 @@ def test_batchnorm_is_pruned_only_when_named():
         model, PruneMagnitudeConfig(threshold=LayerSparsity(sparsity=0.5)), layers=["features.1"]
     )
     assert torch.equal(model.features[1].weight, torch.tensor([0.0] * 4 + [4, 5, 6, 7]))
+
+
+def test_baking_a_deep_copy_leaves_the_original_working():
+    import copy
+
+    model = _lenet300()
+    prune_magnitude(model, PruneMagnitudeConfig(threshold=LayerSparsity(sparsity=0.5)))
+    twin = copy.deepcopy(model)
+    bake_masks(twin)
+    assert get_mask(twin.fc1) is None and get_mask(model.fc1) is not None
+    assert torch.equal(model.fc1.weight, twin.fc1.weight)

@@ -90,5 +90,18 @@ def bake_masks(model: nn.Module) -> nn.Module:
         if parametrize.is_parametrized(module):
             for name in list(module.parametrizations):
                 if get_mask(module, name) is not None and len(module.parametrizations[name]) == 1:
-                    parametrize.remove_parametrizations(module, name, leave_parametrized=True)
+                    unparametrize(module, name)
     return model
+
+
+def unparametrize(module: nn.Module, name: str) -> None:
+    """`remove_parametrizations(..., leave_parametrized=True)`, safe on a deep copy.
+
+    `copy.deepcopy` shares the class that parametrize injects between a module and its copy, and
+    removing a parametrization deletes a property from that class: without a class of its own,
+    unparametrizing a copy would break the original.
+    """
+    cls = type(module)
+    body = {k: v for k, v in vars(cls).items() if k not in ("__dict__", "__weakref__")}
+    module.__class__ = type(cls.__name__, cls.__bases__, body)
+    parametrize.remove_parametrizations(module, name, leave_parametrized=True)

@@ -19,7 +19,7 @@ from torch.nn.utils import parametrize
 from ..errors import ConfigError, UnsupportedLayerError
 from ..layers import LayerFilter, select_layers
 from ..measure import FLOAT_BITS, index_bits, scalar_index_bits
-from ..prune.mask import Mask
+from ..prune.mask import Mask, unparametrize
 from .vq import Axis, decode_tensors
 
 
@@ -112,22 +112,12 @@ def take_weight(
                 "sharing before quantization, or start from the checkpoint"
             )
         keep = torch.stack([p.mask.bool() for p in chain]).all(0)
-        _own_class(module)
-        parametrize.remove_parametrizations(module, name, leave_parametrized=True)
+        unparametrize(module, name)
         getattr(module, name).requires_grad_(True)  # a frozen original becomes a plain weight
     value = getattr(module, name).detach().clone()
     if keep is None:
         keep = value != 0
     return value, keep
-
-
-def _own_class(module: nn.Module) -> None:
-    """Give a parametrized module a class of its own. `copy.deepcopy` shares the class that
-    parametrize injects between a module and its copy, and removing a parametrization deletes a
-    property from that class: without this, sharing a copy would break the original."""
-    cls = type(module)
-    body = {k: v for k, v in vars(cls).items() if k not in ("__dict__", "__weakref__")}
-    module.__class__ = type(cls.__name__, cls.__bases__, body)
 
 
 def attach(module: nn.Module, parametrization: nn.Module, name: str = "weight") -> None:
