@@ -5,7 +5,7 @@
 Cases (the weight-sharing issue's table):
 
 - kmeans: Caffe LeNet-5 and LeNet-300-100 pruned as bench/prune.py prunes them (iterative std
-  thresholds, 3 steps x 3 epochs at lr 0.01), then per-layer k-means (conv 8 / fc 5 bits, then 4
+  thresholds: bench/pipeline.py), then per-layer k-means (conv 8 / fc 5 bits, then 4
   bits everywhere, linear init) and 2 epochs of centroid fine-tuning (Han et al. 2016);
 - gong: Gong et al. 2014's comparison on the fully connected layers of LeNet-300-100 and the
   small VGG, no retraining: top-1 against compression rate for KM, PQ along x and y, RQ,
@@ -18,8 +18,6 @@ are cached next to the baselines (share-bench/), keyed by what made them.
 
 import argparse
 import copy
-import hashlib
-import json
 import statistics
 import sys
 import time
@@ -30,23 +28,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import DOC, publish  # noqa: E402
-from netshrink.baseline import BASELINES, baseline_key, cached_baseline, default_cache_dir  # noqa: E402
-from netshrink.checkpoint import (  # noqa: E402
-    CheckpointMeta,
-    checkpoint_paths,
-    load_checkpoint,
-    save_checkpoint,
-)
-from netshrink.data import load_data  # noqa: E402
 from netshrink.layers import select_layers  # noqa: E402
 from netshrink.measure import dense_bytes, storage_bytes, storage_report  # noqa: E402
-from netshrink.prune import (  # noqa: E402
-    PruneIterativeConfig,
-    PruneMagnitudeConfig,
-    StdThreshold,
-    prune_iterative,
-    restore_masks,
-)
 from netshrink.share import (  # noqa: E402
     FactorSvdConfig,
     ShareBinaryConfig,
@@ -61,6 +44,7 @@ from netshrink.share import (  # noqa: E402
     share_rq,
 )
 from netshrink.train import FitConfig, evaluate, fit  # noqa: E402
+from pipeline import baseline, pruned_baseline  # noqa: E402
 
 COLUMNS = [
     "case",
@@ -77,10 +61,6 @@ COLUMNS = [
     "speed-up",
     "inertia ratio",
 ]
-PRUNE_RATIOS = {
-    "lenet300_100": {"fc1": 1.9, "fc2": 1.75, "fc3": 1.25},
-    "lenet5_caffe": {"conv1": 1.0, "conv2": 1.5, "fc1": 2.0, "fc2": 1.25},
-}
 BITS = {
     "lenet300_100": [("fc 5 bits", {"fc_bits": 5}), ("4 bits", {"bits": 4})],
     "lenet5_caffe": [
@@ -101,53 +81,17 @@ TIE = 0.001  # 10 of the 10,000 test images: closer than this, an ordering is no
 
 
 def _baseline(name: str):
-    spec, data_config, fit_config = BASELINES[name]
-    data = load_data(data_config)
-    model, _, _ = cached_baseline(spec, data, fit_config, progress=False)
-    return model.eval(), data
+    model, data, _ = baseline(name)
+    return model, data
 
 
 def _top1(model, data) -> float:
     return evaluate(model, data.loader("test", 512)).top1
 
 
-def pruned_model(name: str, seed: int):
-    """The dense baseline, the model bench/prune.py's iterative case makes of it, and the data."""
-    dense, data = _baseline(name)
-    spec, data_config, base_fit = BASELINES[name]
-    ratios = PRUNE_RATIOS[name]
-    config = PruneIterativeConfig(
-        prune=PruneMagnitudeConfig(
-            threshold=StdThreshold(ratio=max(ratios.values())), per_layer=ratios
-        ),
-        steps=3,
-        retrain=FitConfig(epochs=3, lr=0.01, batch_size=base_fit.batch_size, seed=seed),
-    )
-    text = json.dumps([baseline_key(spec, data_config, base_fit), config.model_dump(mode="json")])
-    stem = (
-        default_cache_dir()
-        / "share-bench"
-        / f"{name}-{hashlib.sha256(text.encode()).hexdigest()[:16]}"
-    )
-    if all(p.is_file() for p in checkpoint_paths(stem)):
-        model, _ = load_checkpoint(stem)
-    else:
-        model = prune_iterative(copy.deepcopy(dense), data, config, progress=False)
-        meta = CheckpointMeta(
-            model=spec,
-            input_shape=data.input_shape,
-            num_classes=data.num_classes,
-            data=data_config,
-            fit=config.retrain,
-        )
-        save_checkpoint(model, stem, meta)
-    restore_masks(model, select_layers(model))
-    return dense, model.eval(), data
-
-
 def kmeans_rows(name: str, seeds: list[int]) -> list[dict]:
     """The pruned model, then each bit setting: k-means, then centroid fine-tuning."""
-    dense, pruned, data = pruned_model(name, seeds[0])
+    dense, pruned, data = pruned_baseline(name, seeds[0])
     dense_size, pruned_top1 = dense_bytes(dense), _top1(pruned, data)
     rows = [
         {
