@@ -20,6 +20,7 @@ from ..errors import ConfigError, UnsupportedLayerError
 from ..layers import LayerFilter, select_layers
 from ..measure import FLOAT_BITS, index_bits, scalar_index_bits
 from ..prune.mask import Mask, unparametrize
+from .gather import gather_rows
 from .vq import Axis, decode_tensors
 
 
@@ -33,7 +34,7 @@ class ScalarCodebook(nn.Module):
         self.register_buffer("mask", mask)
 
     def forward(self, original: torch.Tensor) -> torch.Tensor:
-        return self.centroids[self.indices] * self.mask
+        return gather_rows(self.centroids, self.indices) * self.mask
 
     def storage_bits(self, position_bits: int) -> tuple[str, int, int]:
         k = self.centroids.numel()

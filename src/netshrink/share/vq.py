@@ -21,6 +21,7 @@ from typing import Literal
 import torch
 
 from ..errors import ConfigError
+from .gather import gather_rows
 
 Axis = Literal["rows", "columns"]
 _CHUNK = 1 << 22  # distance-matrix elements per batch of segments: bounds the memory (32 MiB)
@@ -139,7 +140,9 @@ def residual_quantize(
 
 def _gather(codebooks: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
     """(segments, k, d), (segments, n) -> the chosen sub-vectors (segments, n, d)."""
-    return codebooks[torch.arange(codebooks.shape[0]).unsqueeze(1), indices]
+    segments, k, d = codebooks.shape
+    offsets = torch.arange(segments, device=indices.device).unsqueeze(1) * k
+    return gather_rows(codebooks.reshape(segments * k, d), indices + offsets)
 
 
 def decode(codes: VectorCodes, shape: tuple[int, int]) -> torch.Tensor:
