@@ -68,9 +68,9 @@ def test_pruned_model_round_trips_and_is_small(tmp_path):
     prune_magnitude(model, PruneMagnitudeConfig(threshold=StdThreshold(ratio=1.5)))
     path = pack(model, tmp_path / "p.nsk", spec=spec, input_shape=MNIST, num_classes=10)
     assert _same_outputs(model, unpack(path), MNIST)
-    plain = unpack(path)
+    plain = unpack(path, bake=True)
     assert get_mask(plain.fc1) is None
-    masked = unpack(path, masks=True)
+    masked = unpack(path)
     assert torch.equal(get_mask(masked.fc1).mask.bool(), get_mask(model.fc1).mask.bool())
     # ~13% of fc1 kept: fp32 values plus ~4.2-bit relative indices, far below 32 bits a weight
     summary = summarize(path)
@@ -176,3 +176,20 @@ def test_shared_and_factored_models_round_trip(tmp_path):
     assert _same_outputs(model, restored, MNIST)
     fc1 = next(t for t in summarize(path).tensors if t.name == "fc1.weight")
     assert "k=" in fc1.encoding and fc1.bits_per_weight < 4  # 32 shared values and the zeros
+
+
+def test_shared_model_comes_back_with_its_codebooks(tmp_path):
+    from netshrink.share import ScalarCodebook, ShareKmeansConfig, share_kmeans
+
+    model, spec = _built("lenet300_100", {}, MNIST)
+    prune_magnitude(model, PruneMagnitudeConfig(threshold=StdThreshold(ratio=1.0)))
+    share_kmeans(model, ShareKmeansConfig(bits=4), progress=False)
+    path = pack(model, tmp_path / "s.nsk", spec=spec, input_shape=MNIST, num_classes=10)
+    restored = unpack(path)
+    book = restored.fc1.parametrizations.weight[0]
+    assert isinstance(book, ScalarCodebook) and book.centroids.numel() <= 16
+    weight = model.fc1.weight.detach()
+    assert torch.equal(book.centroids.detach(), torch.unique(weight[weight != 0]))
+    assert torch.equal(book.mask.bool(), model.fc1.weight.detach() != 0)
+    assert _same_outputs(model, restored, MNIST)
+    assert not restored.fc1.parametrizations.weight.original.requires_grad

@@ -18,9 +18,10 @@ from torch import nn
 from ..checkpoint import CheckpointMeta, effective_state_dict
 from ..edits import replay_edits, structural_edits
 from ..errors import ConfigError, CorruptFileError, UnsupportedLayerError
-from ..layers import select_layers, unwrap
+from ..layers import unwrap
 from ..models import ModelSpec, build_model
 from ..prune.mask import restore_masks
+from ..share.codebooks import restore_codebook
 from .container import Container, read_container, write_container
 from .encodings import PackConfig, decode_tensor, encode_tensor
 from .header import Header, TensorRecord
@@ -140,18 +141,19 @@ def unpack(
     model: nn.Module | None = None,
     *,
     allow_import: AllowImport = False,
-    masks: bool = False,
+    bake: bool = False,
 ) -> nn.Module:
     """Decode a .nsk file to a model in eval mode (Han et al. 2016; Kim et al.).
 
     The architecture is rebuilt from the file's ModelSpec, or `model` (a freshly built one) is
     used instead; the structural edits are replayed, then the values loaded strictly. A file
     that names an import path (`package.module:factory`) is built only when `allow_import` is
-    True or lists that module: importing runs its code. `masks=True` re-attaches pruning masks
-    from the exact zeros (netshrink.prune.mask.restore_masks); by default weights are plain.
+    True or lists that module: importing runs its code. The model comes back parametrized as it
+    was packed: a sparse weight gets its pruning mask, a codebook-coded one its ScalarCodebook
+    (so retraining keeps zeros and shared values); `bake=True` gives plain weights instead.
     Any damage to the file raises CorruptFileError.
     """
-    return load_packed(path, model, allow_import=allow_import, masks=masks)[0]
+    return load_packed(path, model, allow_import=allow_import, bake=bake)[0]
 
 
 def load_packed(
@@ -159,7 +161,7 @@ def load_packed(
     model: nn.Module | None = None,
     *,
     allow_import: AllowImport = False,
-    masks: bool = False,
+    bake: bool = False,
 ) -> tuple[nn.Module, Header]:
     """`unpack`, also returning the file's header (architecture, edits, metrics)."""
     container = read_container(path)
@@ -174,9 +176,22 @@ def load_packed(
         first = str(exc).splitlines()[0]
         error = ConfigError if given else CorruptFileError
         raise error(f"{path}: the stored tensors do not fit the model ({first})") from None
-    if masks:
-        restore_masks(model, select_layers(model))
+    if not bake:
+        _reparametrize(model, header)
     return model.eval(), header
+
+
+def _reparametrize(model: nn.Module, header: Header) -> None:
+    """Masks on sparse layer weights and codebooks on codebook-coded ones, as they were packed."""
+    for record in header.tensors:
+        owner, _, tensor = record.name.rpartition(".")
+        module = model.get_submodule(owner) if owner else model
+        if tensor != "weight" or not isinstance(module, (nn.Conv2d, nn.Linear)):
+            continue
+        if "centroids" in record.sections:
+            restore_codebook(module, tensor)
+        elif record.encoding == "sparse":
+            restore_masks(model, [(owner, module)])
 
 
 def decode_all(container: Container, where: str) -> dict[str, torch.Tensor]:

@@ -128,6 +128,18 @@ def attach(module: nn.Module, parametrization: nn.Module, name: str = "weight") 
     module.parametrizations[name].original.requires_grad_(False)
 
 
+def restore_codebook(module: nn.Module, name: str = "weight") -> None:
+    """Re-attach a ScalarCodebook to a tensor whose non-zero values are a codebook (a decoded
+    file stores the values, not the parametrization): its distinct non-zeros become the
+    centroids and its zeros the mask, so centroid fine-tuning can go on."""
+    value = getattr(module, name).detach()
+    keep = value != 0
+    centroids, inverse = torch.unique(value[keep], return_inverse=True)
+    indices = torch.zeros(value.shape, dtype=torch.long, device=value.device)
+    indices[keep] = inverse
+    attach(module, ScalarCodebook(centroids, indices, keep.to(value.dtype)), name)
+
+
 def shared_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """(name, parametrization) of every weight-sharing codebook in `model`, by `layer.tensor`."""
     found = []
