@@ -73,13 +73,19 @@ def effective_parameters(model: nn.Module) -> Iterator[tuple[str, torch.Tensor]]
     """
     for module_name, module in _compute_modules(model):
         prefix = f"{module_name}." if module_name else ""
-        names = set(module._parameters)
-        if parametrize.is_parametrized(module):
-            names |= set(module.parametrizations.keys())
-        for name in sorted(names):
-            value = getattr(module, name)
-            if isinstance(value, torch.Tensor):
-                yield prefix + name, value.detach()
+        for name, value in _own_parameters(module):
+            yield prefix + name, value
+
+
+def _own_parameters(module: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
+    """A module's own parameters as its forward pass sees them, parametrized ones evaluated."""
+    names = set(module._parameters)
+    if parametrize.is_parametrized(module):
+        names |= set(module.parametrizations.keys())
+    for name in sorted(names):
+        value = getattr(module, name)
+        if isinstance(value, torch.Tensor):
+            yield name, value.detach()
 
 
 def count_parameters(model: nn.Module) -> ParamCount:
@@ -301,13 +307,7 @@ def storage_bytes(model: nn.Module) -> int:
 
 
 def _stored_tensors(module: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
-    names = set(module._parameters)
-    if parametrize.is_parametrized(module):
-        names |= set(module.parametrizations.keys())
-    for name in sorted(names):
-        value = getattr(module, name)
-        if isinstance(value, torch.Tensor):
-            yield name, value.detach()
+    yield from _own_parameters(module)
     for name, buffer in module._buffers.items():
         if buffer is not None and buffer.is_floating_point():
             yield name, buffer
