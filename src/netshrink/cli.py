@@ -12,7 +12,7 @@ from .baseline import BASELINES, cached_baseline, train_model
 from .checkpoint import load_checkpoint, save_checkpoint
 from .data import DataConfig, load_data
 from .errors import ConfigError, Error
-from .measure import measure
+from .measure import measure, storage_bytes
 from .models import ModelSpec
 from .report import measurements_json, measurements_markdown, print_measurements
 from .train import FitConfig, evaluate, is_main_process
@@ -236,6 +236,28 @@ def load_for_command(args):
             f"{tuple(meta.input_shape)}: pass --image-size or other data"
         )
     return model, meta, data
+
+
+def retrain_config(
+    meta, *, epochs: int, lr: float | None, lr_divisor: float, **fields
+) -> FitConfig:
+    """The checkpoint's own training settings for `epochs` more, at `lr` or its rate / divisor."""
+    base = meta.fit or FitConfig()
+    lr = lr or base.lr / lr_divisor
+    return make_config(FitConfig, **{**base.model_dump(), "epochs": epochs, "lr": lr, **fields})
+
+
+def measure_stage(model, stage: str, data, args, baseline_bytes: int | None = None):
+    """A stage's row: accuracy on the test split, what it must really store, MACs, latency."""
+    return measure(
+        model,
+        stage=stage,
+        input_shape=data.input_shape,
+        test=data.loader("test", args.batch_size),
+        size_bytes=storage_bytes(model),
+        baseline_bytes=baseline_bytes,
+        latency=not args.no_latency,
+    )
 
 
 def run_evaluate(args) -> None:

@@ -3,10 +3,9 @@
 from pathlib import Path
 
 from ..checkpoint import save_checkpoint
-from ..cli import add_checkpoint_args, load_for_command, make_config
+from ..cli import add_checkpoint_args, load_for_command, make_config, measure_stage, retrain_config
 from ..errors import ConfigError
 from ..layers import select_layers
-from ..measure import measure
 from ..report import console, layer_table, print_measurements
 from ..train import FitConfig, fit
 from .filters import PruneFiltersConfig, prune_filters
@@ -90,25 +89,8 @@ def add_commands(commands) -> None:
 
 def run_prune(args) -> None:
     model, meta, data = load_for_command(args)
-    test = data.loader("test", args.batch_size)
-    rows = [
-        measure(
-            model,
-            stage="before",
-            input_shape=data.input_shape,
-            test=test,
-            latency=not args.no_latency,
-        )
-    ]
-    base_fit = meta.fit or FitConfig()
-    retrain = make_config(
-        FitConfig,
-        **{
-            **base_fit.model_dump(),
-            "epochs": args.retrain_epochs,
-            "lr": args.retrain_lr or base_fit.lr / 10,
-        },
-    )
+    rows = [measure_stage(model, "before", data, args)]
+    retrain = retrain_config(meta, epochs=args.retrain_epochs, lr=args.retrain_lr, lr_divisor=10)
     if args.method == "gradual":  # it retrains while pruning: earlier zeros must stay zero
         restore_masks(model, select_layers(model))
     _prune(model, data, args, retrain)
@@ -116,16 +98,7 @@ def run_prune(args) -> None:
     restore_masks(model, select_layers(model))
     if args.method != "gradual" and args.steps == 1 and retrain.epochs:
         fit(model, data, retrain)
-    rows.append(
-        measure(
-            model,
-            stage=f"pruned ({args.method})",
-            input_shape=data.input_shape,
-            test=test,
-            latency=not args.no_latency,
-            baseline_bytes=rows[0].size_bytes,
-        )
-    )
+    rows.append(measure_stage(model, f"pruned ({args.method})", data, args, rows[0].size_bytes))
     metrics = {"test_top1": rows[1].top1, "test_top5": rows[1].top5}
     out = save_checkpoint(
         model, args.out, meta.model_copy(update={"fit": retrain, "metrics": metrics})

@@ -14,13 +14,19 @@ from pathlib import Path
 from rich.table import Table
 
 from ..checkpoint import save_checkpoint
-from ..cli import add_checkpoint_args, load_for_command, make_config
+from ..cli import (
+    add_checkpoint_args,
+    load_for_command,
+    make_config,
+    measure_stage,
+    retrain_config,
+)
 from ..errors import ConfigError
 from ..layers import select_layers
-from ..measure import dense_bytes, measure, storage_bytes, storage_report
+from ..measure import dense_bytes, storage_report
 from ..prune.mask import restore_masks
 from ..report import console, print_measurements
-from ..train import FitConfig, fit
+from ..train import fit
 from .kmeans import Init
 from .product import SharePqConfig, ShareRqConfig, share_pq, share_rq
 from .scalar import ShareBinaryConfig, ShareKmeansConfig, share_binary, share_kmeans
@@ -94,25 +100,17 @@ def add_commands(commands) -> None:
 
 def run_share(args) -> None:
     model, meta, data = load_for_command(args)
-    test = data.loader("test", args.batch_size)
     restore_masks(model, select_layers(model))  # a checkpoint's zeros are pruned weights
     dense = dense_bytes(model)
-    rows = [_measure(model, "before", data, test, args, dense)]
+    rows = [measure_stage(model, "before", data, args, dense)]
     share_model(model, args)
-    base = meta.fit or FitConfig()
     divisor = 10 if args.method == "svd" else FINETUNE_LR_DIVISOR
-    finetune = make_config(
-        FitConfig,
-        **{
-            **base.model_dump(),
-            "epochs": args.finetune_epochs,
-            "lr": args.finetune_lr or base.lr / divisor,
-            "seed": args.seed,
-        },
+    finetune = retrain_config(
+        meta, epochs=args.finetune_epochs, lr=args.finetune_lr, lr_divisor=divisor, seed=args.seed
     )
     if finetune.epochs:
         fit(model, data, finetune)
-    rows.append(_measure(model, f"shared ({args.method})", data, test, args, dense))
+    rows.append(measure_stage(model, f"shared ({args.method})", data, args, dense))
     metrics = {"test_top1": rows[1].top1, "test_top5": rows[1].top5}
     update = {"metrics": metrics} | ({"fit": finetune} if finetune.epochs else {})
     out = save_checkpoint(model, args.out, meta.model_copy(update=update))
@@ -191,15 +189,3 @@ def storage_table(model, title: str = "layers") -> Table:
                 f"{row.ratio:.1f}x",
             )
     return table
-
-
-def _measure(model, stage, data, test, args, dense):
-    return measure(
-        model,
-        stage=stage,
-        input_shape=data.input_shape,
-        test=test,
-        size_bytes=storage_bytes(model),
-        baseline_bytes=dense,
-        latency=not args.no_latency,
-    )
