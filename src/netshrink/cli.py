@@ -120,10 +120,12 @@ def build_parser() -> argparse.ArgumentParser:
     from .prune.cli import add_commands as add_prune_commands
     from .quant.cli import add_commands as add_quant_commands
     from .share.cli import add_commands as add_share_commands
+    from .train_side_cli import add_commands as add_train_side_commands
 
     add_prune_commands(commands)
     add_share_commands(commands)
     add_quant_commands(commands)
+    add_train_side_commands(commands)
     add_export_commands(commands)
     add_codec_commands(commands)
     return parser
