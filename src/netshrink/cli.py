@@ -8,7 +8,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ValidationError
 
-from .baseline import BASELINES, cached_baseline, train_model
+from .baseline import train_model
 from .checkpoint import load_checkpoint, save_checkpoint
 from .data import DataConfig, load_data
 from .errors import ConfigError, Error
@@ -20,8 +20,9 @@ from .train import FitConfig, evaluate, is_main_process
 DESCRIPTION = """\
 netshrink compresses convolutional image classifiers for embedded devices.
 
-Start with `netshrink demo` (trains a LeNet-5 baseline on Fashion-MNIST and measures it), or train
-your own baseline with `netshrink train`, then `netshrink evaluate` / `netshrink measure` it.
+Start with `netshrink demo` (Deep Compression of a LeNet-5 on Fashion-MNIST), run a recipe of your
+own with `netshrink run recipe.yaml` (see recipes/), or one method at a time: `netshrink train`,
+`prune`, `share`, `quantize`, `pack`, ... each with --help.
 Data: fashion-mnist | digits | mnist:DIR | cifar10:DIR | folder:DIR | a directory to detect.
 """
 
@@ -103,9 +104,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser(
         "demo",
         help="the end-to-end demo (make demo runs this)",
-        description="Train (or load from the cache) a LeNet-5 baseline on "
-        "Fashion-MNIST, evaluate it and print the measurement table.",
+        description="Run recipes/deep-compression-lenet5.yaml: a LeNet-5 baseline on "
+        "Fashion-MNIST (trained once, then cached), pruned, shared and packed into one file, "
+        "with the stage table and the report in --out.",
     )
+    demo.add_argument("--out", type=Path, default=Path("runs/demo"), help="run directory")
     demo.add_argument(
         "--cache",
         type=Path,
@@ -113,6 +116,30 @@ def build_parser() -> argparse.ArgumentParser:
         help="baseline cache directory (default: $NETSHRINK_CACHE or ~/.cache/netshrink)",
     )
     demo.set_defaults(run=run_demo)
+
+    run = commands.add_parser(
+        "run",
+        help="run a recipe: baseline, stages, one packed file and a report (resumable)",
+        description="Run a recipe (YAML; see recipes/): the baseline, each stage measured and "
+        "saved, the packed .nsk file and report.md / report.json / plots in --out. Run it "
+        "again after an interruption and it resumes after the last finished stage.",
+    )
+    run.add_argument("recipe", type=Path, help="recipe file (.yaml)")
+    run.add_argument("--out", type=Path, help="run directory (default runs/<recipe name>)")
+    run.add_argument("--restart", action="store_true", help="forget an earlier run in --out")
+    run.add_argument("--no-latency", action="store_true", help="skip latency measurement")
+    run.add_argument("--cache", type=Path, help="baseline cache (default ~/.cache/netshrink)")
+    run.set_defaults(run=run_recipe_command)
+
+    report = commands.add_parser(
+        "report",
+        help="re-render a run's report.md and plots from its files",
+        description="Re-render report.md and the PNG plots of a run directory from its "
+        "report.json and model.nsk.",
+    )
+    report.add_argument("directory", type=Path, help="a run directory (netshrink run --out)")
+    report.add_argument("--allow-import", action="store_true", help="build import-path models")
+    report.set_defaults(run=run_report)
 
     # each family's commands build on this module's helpers, so they are imported here
     from .codec.cli import add_commands as add_codec_commands
@@ -296,15 +323,43 @@ def run_measure(args) -> None:
         print_measurements([row], title=str(args.checkpoint))
 
 
+DEMO_RECIPE = "deep-compression-lenet5.yaml"
+
+
 def run_demo(args) -> None:
-    spec, data_config, fit_config = BASELINES["lenet5"]
-    data = load_data(data_config)
-    model, meta, path = cached_baseline(spec, data, fit_config, cache_dir=args.cache)
-    print(f"baseline {spec.name}: {path}.safetensors")
-    row = measure(
-        model, stage="baseline", input_shape=data.input_shape, test=data.loader("test", 256)
-    )
-    print_measurements([row], title=f"netshrink demo: {spec.name} on {data_config.source}")
+    for folder in (Path("recipes"), Path(__file__).resolve().parents[2] / "recipes"):
+        if (folder / DEMO_RECIPE).is_file():
+            args.recipe, args.restart, args.no_latency = folder / DEMO_RECIPE, False, False
+            return run_recipe_command(args)
+    raise ConfigError(f"recipes/{DEMO_RECIPE} not found: run the demo from the repository root")
+
+
+def run_recipe_command(args) -> None:
+    from .pipeline import clear_run, run_recipe
+    from .recipe import load_recipe
+
+    recipe = load_recipe(args.recipe)
+    out = args.out or Path("runs") / recipe.name
+    if args.restart:
+        clear_run(out)
+    try:
+        run_recipe(
+            recipe,
+            out,
+            recipe_text=args.recipe.read_text(),
+            cache_dir=args.cache,
+            latency=not args.no_latency,
+        )
+    except KeyboardInterrupt:
+        print(f"interrupted: `netshrink run {args.recipe} --out {out}` resumes it", file=sys.stderr)
+        raise
+
+
+def run_report(args) -> None:
+    from .report import render_report
+
+    for path in render_report(args.directory, allow_import=args.allow_import):
+        print(path)
 
 
 if __name__ == "__main__":

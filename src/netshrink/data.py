@@ -376,6 +376,12 @@ def _read_source(config: DataConfig) -> tuple[_Pair, _Pair | None, tuple[str, ..
     return _read_idx_dir(path, {"fashion-mnist": FASHION_MNIST_CLASSES, "mnist": _DIGITS}.get(kind))
 
 
+def source_path(source: str) -> Path | None:
+    """The directory a data source reads (None for scikit-learn's digits), without reading it;
+    ConfigError for a source that names nothing netshrink knows."""
+    return _parse_source(source)[1]
+
+
 def _parse_source(source: str) -> tuple[str, Path | None]:
     # (kind, directory); kind "auto" means: tell from the files
     if source in ("digits", "fashion-mnist"):

@@ -20,3 +20,7 @@ class CorruptFileError(Error):
 
 class UnsupportedLayerError(Error):
     """A compression method met a layer it cannot handle; the message names the layer."""
+
+
+class BudgetError(Error):
+    """A recipe stage lost more accuracy than its budget allows; the stages before it are kept."""

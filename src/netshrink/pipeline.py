@@ -1,0 +1,384 @@
+"""Run a recipe: baseline, stages, one packed file and a report, resumable per stage.
+
+    run_dir/
+      recipe.yaml        the recipe as run
+      state.json         the finished stages: key, checkpoint, measurement
+      stages/NN-name.*   a checkpoint after each stage (safetensors + JSON)
+      model.nsk          the packed model
+      report.json, report.md, *.png
+
+After each stage the model is saved and the next stage starts from the checkpoint read back
+(masks and scalar codebooks re-attached as they were). A resumed run therefore continues from
+exactly what an uninterrupted one continues from, and with every stage seeded by its position
+it writes the same file byte for byte. A stage's key hashes the data, the baseline and every
+stage up to it, so editing stage 3 of a recipe re-runs stages 3 onward and keeps 1 and 2. Every
+file is written atomically: an interrupted run never leaves a truncated checkpoint, state,
+`.nsk` or report. Under torchrun every process runs the stages and only rank 0 writes.
+
+The accuracy the report gives for the packed file is measured on the model decoded from it.
+"""
+
+import hashlib
+import json
+import shutil
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import yaml
+from pydantic import BaseModel, ConfigDict
+from torch import nn
+
+from .baseline import cached_baseline
+from .checkpoint import CheckpointMeta, checkpoint_paths, load_checkpoint, save_checkpoint
+from .codec import pack, unpack
+from .data import DataSplits, load_data
+from .errors import BudgetError, ConfigError
+from .files import atomic_write
+from .layers import select_layers
+from .measure import Measurement, dense_bytes, measure, storage_bytes
+from .prune import restore_masks
+from .prune.mask import get_mask
+from .quant.quantize import weight_quant
+from .recipe import Recipe
+from .report import console, print_measurements
+from .share.codebooks import ScalarCodebook, restore_codebook
+from .stages import StageContext, finetune
+from .train import _init_distributed, evaluate, is_main_process
+
+STATE_FORMAT = "netshrink-run"
+KEY_VERSION = 1  # bump when a stage's meaning changes, so old checkpoints are not reused
+
+
+class StageRecord(BaseModel):
+    """A finished stage as state.json and report.json keep it. `masked` / `shared`: the layers
+    whose weights carried a pruning mask / a scalar codebook, re-attached when it is read back."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str
+    method: str
+    key: str | None
+    checkpoint: str | None
+    measurement: dict
+    val_top1: float | None
+    seconds: float
+    masked: list[str] = []
+    shared: list[str] = []
+
+
+@dataclass
+class RunResult:
+    """What `run_recipe` made: the run directory, the packed file, the stage records (baseline
+    first, the packed file last) and the model decoded from the file."""
+
+    directory: Path
+    file: Path
+    stages: list[StageRecord]
+    model: nn.Module
+
+    @property
+    def measurements(self) -> list[Measurement]:
+        return [Measurement(**record.measurement) for record in self.stages]
+
+
+def run_recipe(
+    recipe: Recipe,
+    directory: str | Path,
+    *,
+    recipe_text: str | None = None,
+    cache_dir: Path | None = None,
+    latency: bool = True,
+    progress: bool = True,
+) -> RunResult:
+    """Run `recipe` into `directory`, resuming after its last finished stage when the directory
+    holds an earlier run of the same recipe (stages whose key changed are run again).
+
+    Example:
+        >>> result = run_recipe(load_recipe("recipes/deep-compression-lenet5.yaml"), "runs/dc")
+        >>> result.file, result.stages[-1].measurement["top1"]
+    """
+    directory = Path(directory)
+    _init_distributed()
+    data = load_data(recipe.data)
+    done = _finished(directory, recipe)
+    if is_main_process():
+        directory.mkdir(parents=True, exist_ok=True)
+        text = recipe_text or yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False)
+        atomic_write(directory / "recipe.yaml", lambda tmp: tmp.write_text(text))
+    records, ctx = _baseline(recipe, data, directory, done, cache_dir, latency, progress)
+    run = _Run(recipe, data, directory, ctx, records, latency)
+    for index, stage in enumerate(recipe.stages, start=1):
+        key = stage_key(recipe, index)
+        if index < len(done) and done[index].key == key:
+            records.append(done[index])
+            continue
+        run.stage(index, stage, key)
+    return run.pack()
+
+
+def stage_key(recipe: Recipe, index: int) -> str:
+    """A hash of everything that decides the model after stage `index` (0: the baseline)."""
+    parts = [
+        KEY_VERSION,
+        recipe.seed,
+        recipe.data.model_dump(mode="json"),
+        recipe.baseline.model_dump(mode="json"),
+        [stage.model_dump(mode="json") for stage in recipe.stages[:index]],
+    ]
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _finished(directory: Path, recipe: Recipe) -> list[StageRecord]:
+    """The finished stages of an earlier run in `directory` that this recipe can reuse: the
+    longest prefix whose keys match and whose checkpoints are all there."""
+    path = directory / "state.json"
+    if not path.is_file():
+        return []
+    try:
+        state = json.loads(path.read_text())
+        records = [StageRecord.model_validate(r) for r in state["stages"]]
+    except (ValueError, KeyError, TypeError):
+        return []  # not ours or from another version: start afresh rather than guess
+    reusable = []
+    for index, record in enumerate(records):
+        stem = directory / (record.checkpoint or "")
+        if index > len(recipe.stages) or record.key != stage_key(recipe, index):
+            break
+        if not all(p.is_file() for p in checkpoint_paths(stem)):
+            break
+        reusable.append(record)
+    return reusable
+
+
+def _baseline(recipe, data, directory, done, cache_dir, latency, progress):
+    """Stage 0: the baseline trained (or loaded from the cache) or read from a checkpoint, saved
+    into the run, measured; then read back like every stage, so every run starts alike."""
+    key = stage_key(recipe, 0)
+    stem = directory / "stages" / "00-baseline"
+    if done and done[0].key == key:
+        record = done[0]
+    else:
+        start = time.perf_counter()
+        if recipe.baseline.checkpoint is not None:
+            model, meta = load_checkpoint(recipe.baseline.checkpoint)
+        else:
+            spec, fit_config = recipe.baseline.spec, recipe.baseline.fit
+            model, meta, _ = cached_baseline(
+                spec, data, fit_config, cache_dir=cache_dir, progress=progress
+            )
+        if tuple(meta.input_shape) != data.input_shape:
+            raise ConfigError(
+                f"the baseline takes {tuple(meta.input_shape)} images but the data gives "
+                f"{data.input_shape}: set data.image_size"
+            )
+        meta = meta.model_copy(update={"data": data.config})
+        record = _finish(model, meta, "baseline", "baseline", key, stem, data, None, latency, start)
+        _save_state(directory, [record])
+    model, meta = _read_back(directory, record)
+    ctx = StageContext(data, model, meta.fit or recipe.baseline.fit, progress)
+    _announce(0, len(recipe.stages), "baseline", record)
+    return [record], ctx
+
+
+class _Run:
+    """The state a run carries from stage to stage."""
+
+    def __init__(self, recipe, data, directory, ctx, records, latency):
+        self.recipe, self.data, self.directory = recipe, data, directory
+        self.ctx, self.records, self.latency = ctx, records, latency
+        self.baseline_bytes = dense_bytes(ctx.baseline)
+
+    def stage(self, index: int, stage, key: str) -> None:
+        """Run one stage from the previous stage's checkpoint, check its budget, save it."""
+        model, meta = _read_back(self.directory, self.records[-1])
+        torch.manual_seed(self.recipe.seed + index)
+        start = time.perf_counter()
+        console().rule(f"stage {index}/{len(self.recipe.stages)}: {stage.title} ({stage.method})")
+        model = stage.apply(model, self.ctx)
+        finetune(model, stage, self.ctx)
+        stem = self.directory / "stages" / f"{index:02d}-{stage.title}"
+        record = _finish(
+            model,
+            meta,
+            stage.title,
+            stage.method,
+            key,
+            stem,
+            self.data,
+            self.baseline_bytes,
+            self.latency,
+            start,
+            save=False,
+        )
+        self._check_budget(stage, record)
+        _save(model, meta, stem)
+        self.records.append(record)
+        _save_state(self.directory, self.records)
+        _announce(index, len(self.recipe.stages), stage.title, record)
+
+    def _check_budget(self, stage, record: StageRecord) -> None:
+        base = self.records[0].val_top1
+        if stage.budget is None or base is None or record.val_top1 is None:
+            return
+        lost = 100 * (base - record.val_top1)
+        if lost > stage.budget:
+            raise BudgetError(
+                f"stage {stage.title} left validation top-1 at {record.val_top1:.2%}, "
+                f"{lost:.2f} pt below the baseline's {base:.2%} (budget {stage.budget:g} pt). "
+                "Fine-tune it longer or compress it less; the stages before it are saved, so "
+                "running the edited recipe again starts from them"
+            )
+
+    def pack(self) -> RunResult:
+        """Pack the last stage's model, measure the model decoded from the file, report."""
+        model, meta = _read_back(self.directory, self.records[-1])
+        path = self.directory / "model.nsk"
+        start = time.perf_counter()
+        if is_main_process():
+            pack(model, path, self.recipe.pack, meta=meta)
+        _sync()
+        decoded = unpack(path, allow_import=True)  # the recipe's own model, just written
+        row = measure(
+            decoded,
+            stage="packed (.nsk)",
+            input_shape=self.data.input_shape,
+            test=self.data.loader("test", 256),
+            size_bytes=path.stat().st_size,
+            baseline_bytes=self.baseline_bytes,
+            latency=self.latency,
+        )
+        record = StageRecord(
+            name="packed",
+            method="pack",
+            key=None,
+            checkpoint=None,
+            measurement=row.to_json(),
+            val_top1=_val_top1(decoded, self.data),
+            seconds=time.perf_counter() - start,
+        )
+        stages = [*self.records, record]
+        if is_main_process():
+            _write_report(self.directory, self.recipe, stages, path, row, self.ctx.notes)
+            print_measurements(
+                [Measurement(**r.measurement) for r in stages], title=f"{self.recipe.name}: {path}"
+            )
+        return RunResult(self.directory, path, stages, decoded)
+
+
+def _finish(
+    model, meta, name, method, key, stem, data, baseline_bytes, latency, start, *, save=True
+) -> StageRecord:
+    """Measure a stage's model (test split; validation top-1 for budgets) and, with `save`,
+    write its checkpoint; the record names what to re-attach when it is read back."""
+    row = measure(
+        model,
+        stage=name,
+        input_shape=data.input_shape,
+        test=data.loader("test", 256),
+        size_bytes=storage_bytes(model),
+        baseline_bytes=baseline_bytes,
+        latency=latency,
+    )
+    if save:
+        _save(model, meta, stem)
+    layers = select_layers(model)
+    return StageRecord(
+        name=name,
+        method=method,
+        key=key,
+        checkpoint=str(stem.relative_to(stem.parent.parent)),
+        measurement=row.to_json(),
+        val_top1=_val_top1(model, data),
+        seconds=time.perf_counter() - start,
+        masked=[n for n, m in layers if get_mask(m) is not None],
+        shared=[n for n, m in layers if _has_codebook(m)],
+    )
+
+
+def _save(model: nn.Module, meta: CheckpointMeta, stem: Path) -> None:
+    if is_main_process():
+        save_checkpoint(model, stem, meta)
+    _sync()
+
+
+def _read_back(directory: Path, record: StageRecord) -> tuple[nn.Module, CheckpointMeta]:
+    """A stage's checkpoint as the next stage starts from it: masks and scalar codebooks
+    re-attached where the stage had them (a checkpoint stores values, not parametrizations)."""
+    model, meta = load_checkpoint(directory / record.checkpoint)
+    for name in record.shared:
+        module = model.get_submodule(name)
+        if weight_quant(module) is None:  # a fixed-point grid is its own codebook
+            restore_codebook(module)
+    restore_masks(model, [(n, model.get_submodule(n)) for n in record.masked])
+    return model.eval(), meta
+
+
+def _has_codebook(module: nn.Module) -> bool:
+    chain = getattr(getattr(module, "parametrizations", None), "weight", None)
+    return chain is not None and any(isinstance(p, ScalarCodebook) for p in chain)
+
+
+def _val_top1(model: nn.Module, data: DataSplits) -> float | None:
+    return evaluate(model, data.loader("val", 256)).top1 if len(data.val) else None
+
+
+def _save_state(directory: Path, records: list[StageRecord]) -> None:
+    if not is_main_process():
+        return
+    state = {"format": STATE_FORMAT, "stages": [r.model_dump(mode="json") for r in records]}
+    text = json.dumps(state, indent=2) + "\n"
+    atomic_write(directory / "state.json", lambda tmp: tmp.write_text(text))
+
+
+def _announce(index: int, total: int, name: str, record: StageRecord) -> None:
+    m = record.measurement
+    top1 = "-" if m["top1"] is None else f"{m['top1']:.2%}"
+    console().print(
+        f"stage {index}/{total} {name}: test top-1 {top1}, {m['size_bytes']:,} bytes "
+        f"({m['compression_ratio']:.1f}x), {record.seconds:.1f} s"
+    )
+
+
+def _write_report(directory, recipe, stages, path, row, notes) -> None:
+    from .report import render_report
+
+    report = {
+        "format": "netshrink-report",
+        "version": 1,
+        "name": recipe.name,
+        "recipe": "recipe.yaml",
+        "model": recipe.baseline.model or str(recipe.baseline.checkpoint),
+        "data": recipe.data.source,
+        "date": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "stages": [
+            {k: v for k, v in r.model_dump(mode="json").items() if k not in ("masked", "shared")}
+            for r in stages
+        ],
+        "final": {
+            "file": path.name,
+            "bytes": path.stat().st_size,
+            "top1": row.top1,
+            "top5": row.top5,
+        },
+        "sensitivity": notes.get("sensitivity"),
+    }
+    text = json.dumps(report, indent=2) + "\n"
+    atomic_write(directory / "report.json", lambda tmp: tmp.write_text(text))
+    render_report(directory, allow_import=True)  # the recipe's own model
+
+
+def _sync() -> None:
+    """Wait until rank 0 has written what the others are about to read (under torchrun)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def clear_run(directory: Path) -> None:
+    """Forget an earlier run in `directory` (`netshrink run --restart`)."""
+    for name in ("state.json", "model.nsk", "report.json", "report.md"):
+        (directory / name).unlink(missing_ok=True)
+    shutil.rmtree(directory / "stages", ignore_errors=True)

@@ -1,0 +1,215 @@
+"""Recipes: a model and a data set taken through a chain of compression stages, in YAML.
+
+    name: deep-compression-lenet5
+    data: {source: fashion-mnist}
+    baseline: {model: lenet5, train: {epochs: 20, lr: 0.05}}
+    stages:
+      - method: prune_iterative
+        config: {prune: {threshold: {kind: std, ratio: 1.5}}, steps: 3}
+      - method: share_kmeans
+        config: {conv_bits: 8, fc_bits: 5}
+        finetune: {epochs: 2, lr: 0.001}
+        budget: 1.0
+    pack: {coders: [huffman, ans]}
+
+Every field is validated by the config model the method itself uses (netshrink.stages lists
+the methods), so a recipe cannot say anything a method would refuse. A bad recipe is a
+ConfigError naming the field and its line in the file, raised before any training starts.
+`netshrink.pipeline.run_recipe` runs a recipe.
+"""
+
+from pathlib import Path
+from typing import Annotated
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .checkpoint import checkpoint_paths
+from .codec import PackConfig
+from .data import DataConfig, source_path
+from .errors import ConfigError, Error
+from .models import MODELS, ModelSpec
+from .stages import Stage
+from .train import FitConfig
+
+
+class BaselineConfig(BaseModel):
+    """Where the pipeline starts: `model` trained with `train` (cached by what made it, so the
+    second run loads it), or a `checkpoint` of yours. `model` is a zoo name with optional
+    arguments, `vgg_small(width=0.5)`, or an import path `package.module:factory`."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    model: str | None = None
+    train: FitConfig | None = None
+    checkpoint: Path | None = None
+
+    @field_validator("model")
+    @classmethod
+    def _model(cls, text: str | None) -> str | None:
+        if text is not None:
+            spec = _parse_spec(text)
+            if ":" not in spec.name and spec.name not in MODELS:
+                raise ValueError(f"unknown model {spec.name!r}; the zoo has {', '.join(MODELS)}")
+        return text
+
+    @field_validator("checkpoint")
+    @classmethod
+    def _checkpoint(cls, path: Path | None) -> Path | None:
+        if path is not None and not all(p.is_file() for p in checkpoint_paths(path)):
+            raise ValueError(f"no checkpoint at {path} (its .safetensors and .json)")
+        return path
+
+    @model_validator(mode="after")
+    def _one_start(self):
+        if self.checkpoint is not None and (self.model is not None or self.train is not None):
+            raise ValueError("give either checkpoint, or model (and train), not both")
+        if self.checkpoint is None and self.model is None:
+            raise ValueError("give model (to train a baseline) or checkpoint (to start from one)")
+        return self
+
+    @property
+    def spec(self) -> ModelSpec:
+        return _parse_spec(self.model)
+
+    @property
+    def fit(self) -> FitConfig:
+        return self.train or FitConfig()
+
+
+class Recipe(BaseModel):
+    """A whole pipeline: the data, the baseline, the stages in order, and how to pack the file.
+    `seed` seeds every stage (stage i starts from seed + i), so a run is reproducible and a
+    resumed run equals an uninterrupted one."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field("recipe", min_length=1)
+    seed: int = 0
+    data: DataConfig = DataConfig()
+    baseline: BaselineConfig
+    stages: list[Annotated[Stage, Field(discriminator="method")]] = []
+    pack: PackConfig = PackConfig()
+
+    @field_validator("data")
+    @classmethod
+    def _data(cls, data: DataConfig) -> DataConfig:
+        try:
+            path = source_path(data.source)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+        if path is not None and not path.exists():
+            raise ValueError(f"data source {data.source!r}: {path} does not exist")
+        return data
+
+    @model_validator(mode="after")
+    def _unique_names(self):
+        titles = [stage.title for stage in self.stages]
+        repeated = sorted({t for t in titles if titles.count(t) > 1})
+        if repeated:
+            raise ValueError(
+                f"stages named {', '.join(repeated)} more than once: give each a distinct name"
+            )
+        return self
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    """Read and validate a recipe file; ConfigError naming the field and line when it is wrong.
+
+    Example:
+        >>> recipe = load_recipe("recipes/deep-compression-lenet5.yaml")
+        >>> [stage.method for stage in recipe.stages]
+        ['prune_iterative', 'share_kmeans']
+    """
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read recipe {path}: {exc.strerror}") from None
+    return parse_recipe(text, str(path), default_name=path.stem)
+
+
+def parse_recipe(text: str, where: str = "recipe", *, default_name: str = "recipe") -> Recipe:
+    """`load_recipe` on a string; `where` names it in error messages."""
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        fields = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(
+            f"{where}{line}: not valid YAML ({getattr(exc, 'problem', exc)})"
+        ) from None
+    if not isinstance(fields, dict):
+        raise ConfigError(f"{where}: a recipe is a mapping with baseline, stages, ...")
+    fields.setdefault("name", default_name)
+    try:
+        return Recipe.model_validate(fields)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc.errors()[0], root, where)) from None
+    except Error as exc:  # a config model's own check (a model name, ...) that raised ours
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def _parse_spec(text: str) -> ModelSpec:
+    try:
+        return ModelSpec.parse(text)
+    except ConfigError as exc:
+        raise ValueError(str(exc)) from None
+
+
+def _describe(error: dict, root: yaml.Node | None, where: str) -> str:
+    """'FILE line N: stages[1].config.bits: MESSAGE' for one pydantic error."""
+    field, line = _locate(root, error["loc"])
+    message = error["msg"].removeprefix("Value error, ")
+    if error["type"] == "extra_forbidden":
+        message = "unknown field (a typo?)"
+    elif error["type"] == "union_tag_invalid":
+        message = f"unknown method {error['input'].get('method')!r}; " + _methods_hint()
+    elif error["type"] == "union_tag_not_found":
+        message = "a stage needs a method; " + _methods_hint()
+    at = f" line {line}" if line else ""
+    return f"{where}{at}: {field or 'recipe'}: {message}"
+
+
+def _locate(node: yaml.Node | None, loc: tuple) -> tuple[str, int | None]:
+    """The dotted field name and the 1-based line of a pydantic error location, walking the
+    YAML node tree; a step pydantic adds itself (a union's tag) matches no key and is skipped."""
+    parts: list[str] = []
+    for key in loc:
+        if isinstance(node, yaml.MappingNode):
+            found = next((v for k, v in node.value if k.value == str(key)), None)
+            if found is None:
+                if _is_tag(node, str(key)):
+                    continue
+                parts.append(str(key))  # a missing field: point at its parent
+                break
+            parts.append(str(key))
+            node = found
+        elif isinstance(node, yaml.SequenceNode) and isinstance(key, int):
+            if key >= len(node.value):
+                break
+            parts[-1:] = [f"{parts[-1]}[{key}]"] if parts else [f"[{key}]"]
+            node = node.value[key]
+        else:
+            parts.append(str(key))
+    return ".".join(parts), (node.start_mark.line + 1 if node is not None else None)
+
+
+def _is_tag(node: yaml.MappingNode, key: str) -> bool:
+    """Whether `key` is the tag of a tagged union (`method: quantize`, `kind: std`) that
+    pydantic put in the error's path: a value of the mapping, not one of its keys."""
+    return any(isinstance(v, yaml.ScalarNode) and v.value == key for _, v in node.value)
+
+
+def _methods_hint() -> str:
+    return "use one of " + ", ".join(sorted(_STAGE_TAGS))
+
+
+def _stage_tags() -> set[str]:
+    from typing import get_args
+
+    return {get_args(cls.model_fields["method"].annotation)[0] for cls in get_args(Stage)}
+
+
+_STAGE_TAGS = _stage_tags()

@@ -1,0 +1,120 @@
+"""The recipe pipeline end to end on digits: files, the decoded-file accuracy, resume after a
+SIGKILL with identical bytes, budgets."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from netshrink.codec import unpack
+from netshrink.data import load_data
+from netshrink.errors import BudgetError
+from netshrink.pipeline import run_recipe
+from netshrink.recipe import parse_recipe
+from netshrink.train import evaluate
+
+TINY = """\
+name: tiny
+data: {source: digits}
+baseline:
+  model: lenet300_100
+  train: {epochs: 3, lr: 0.05, batch_size: 64}
+stages:
+  - method: prune_magnitude
+    name: prune
+    config: {threshold: {kind: std, ratio: 1.0}}
+    finetune: {epochs: 1}
+  - method: share_kmeans
+    config: {bits: 4}
+    finetune: {epochs: 1, lr: 0.001}
+  - method: qat
+    config: {quant: {weights: 6, activations: 8}, fit: {epochs: 25, lr: 0.001, batch_size: 32}}
+"""
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, cache):
+    out = tmp_path_factory.mktemp("run") / "tiny"
+    return run_recipe(parse_recipe(TINY), out, cache_dir=cache, latency=False, progress=False)
+
+
+def test_a_run_writes_the_file_the_checkpoints_and_the_report(finished):
+    out = finished.directory
+    for name in ("model.nsk", "state.json", "report.json", "report.md", "recipe.yaml"):
+        assert (out / name).is_file(), name
+    assert [r.name for r in finished.stages] == [
+        "baseline",
+        "prune",
+        "share_kmeans",
+        "qat",
+        "packed",
+    ]
+    assert len(list((out / "stages").glob("*.safetensors"))) == 4
+    packed = finished.stages[-1].measurement
+    assert packed["size_bytes"] == (out / "model.nsk").stat().st_size
+    assert packed["compression_ratio"] > 5  # 4-bit shared, pruned, 6-bit fixed point
+    report = json.loads((out / "report.json").read_text())
+    assert report["final"]["bytes"] == packed["size_bytes"]
+    assert not list(out.rglob("*.tmp"))
+
+
+def test_the_reported_accuracy_is_that_of_the_decoded_file(finished):
+    data = load_data(parse_recipe(TINY).data)
+    model = unpack(finished.directory / "model.nsk")
+    independent = evaluate(model, data.loader("test", 100))
+    report = json.loads((finished.directory / "report.json").read_text())
+    assert report["final"]["top1"] == independent.top1
+    assert independent.top1 > 0.85  # digits: the baseline reaches ~94%
+
+
+def test_a_killed_run_resumes_and_writes_the_identical_file(finished, tmp_path, cache):
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text(TINY)
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "netshrink.cli", "run", str(recipe), "--out", str(out)]
+    command += ["--cache", str(cache), "--no-latency"]
+    env = {**os.environ, "NETSHRINK_PROGRESS": "0"}
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    state = out / "state.json"
+    while process.poll() is None:  # kill it as soon as stage 2 of 3 is on disk
+        if state.is_file() and len(json.loads(state.read_text())["stages"]) == 3:
+            os.kill(process.pid, signal.SIGKILL)
+            break
+        time.sleep(0.005)
+    process.wait(timeout=120)
+    assert process.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    assert not (out / "model.nsk").exists()
+    kept = {p: p.stat().st_mtime_ns for p in (out / "stages").glob("0[0-2]-*.safetensors")}
+    assert len(kept) == 3
+
+    resumed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert (out / "model.nsk").read_bytes() == (finished.directory / "model.nsk").read_bytes()
+    assert {p: p.stat().st_mtime_ns for p in kept} == kept  # stages 0-2 were not run again
+
+
+def test_a_stage_over_its_budget_stops_the_run_and_an_edited_recipe_resumes(tmp_path, cache):
+    harsh = TINY.split("  - method: share_kmeans")[0] + (
+        "  - method: share_binary\n    budget: 0.5\n"
+    )
+    out = tmp_path / "run"
+    with pytest.raises(BudgetError, match="share_binary .* below the baseline"):
+        run_recipe(parse_recipe(harsh), out, cache_dir=cache, latency=False, progress=False)
+    state = json.loads((out / "state.json").read_text())
+    assert [s["name"] for s in state["stages"]] == ["baseline", "prune"]
+    pruned = (out / "stages" / "01-prune.safetensors").stat().st_mtime_ns
+
+    relaxed = harsh.replace("budget: 0.5", "budget: 100")
+    result = run_recipe(parse_recipe(relaxed), out, cache_dir=cache, latency=False, progress=False)
+    assert [r.name for r in result.stages] == ["baseline", "prune", "share_binary", "packed"]
+    assert (out / "stages" / "01-prune.safetensors").stat().st_mtime_ns == pruned
