@@ -197,7 +197,10 @@ class _Run:
         model, meta = _read_back(self.directory, self.records[-1])
         torch.manual_seed(self.recipe.seed + index)
         start = time.perf_counter()
-        console().rule(f"stage {index}/{len(self.recipe.stages)}: {stage.title} ({stage.method})")
+        if is_main_process():
+            console().rule(
+                f"stage {index}/{len(self.recipe.stages)}: {stage.title} ({stage.method})"
+            )
         model = stage.apply(model, self.ctx)
         finetune(model, stage, self.ctx)
         stem = self.directory / "stages" / f"{index:02d}-{stage.title}"
@@ -335,6 +338,8 @@ def _save_state(directory: Path, records: list[StageRecord]) -> None:
 
 
 def _announce(index: int, total: int, name: str, record: StageRecord) -> None:
+    if not is_main_process():
+        return
     m = record.measurement
     top1 = "-" if m["top1"] is None else f"{m['top1']:.2%}"
     console().print(
