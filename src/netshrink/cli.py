@@ -356,7 +356,7 @@ def run_recipe_command(args) -> None:
 
 
 def run_report(args) -> None:
-    from .report import render_report
+    from .run_report import render_report
 
     for path in render_report(args.directory, allow_import=args.allow_import):
         print(path)

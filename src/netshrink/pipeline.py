@@ -349,7 +349,7 @@ def _announce(index: int, total: int, name: str, record: StageRecord) -> None:
 
 
 def _write_report(directory, recipe, stages, path, row, notes) -> None:
-    from .report import render_report
+    from .run_report import render_report
 
     report = {
         "format": "netshrink-report",
