@@ -4,9 +4,11 @@ Names are the model's own module names; a DistributedDataParallel wrapper is loo
 `module.` prefix never appears in a config or a recipe.
 """
 
+import copy
 from collections.abc import Callable, Iterable
 
 from torch import nn
+from torch.nn.utils import parametrize
 
 from .errors import ConfigError
 
@@ -19,6 +21,27 @@ def unwrap(model: nn.Module) -> nn.Module:
     if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
         return model.module
     return model
+
+
+def copy_model(model: nn.Module) -> nn.Module:
+    """`copy.deepcopy(model)`, with every parametrized module of the copy given a class of its own.
+
+    torch's parametrize gives each parametrized module a class of its own, which deepcopy shares
+    between a module and its copy; registering or removing a parametrization on the copy would
+    then add or delete a property on the original's class too, and break the original.
+    """
+    copied = copy.deepcopy(model)
+    for module in copied.modules():
+        if parametrize.is_parametrized(module):
+            own_class(module)
+    return copied
+
+
+def own_class(module: nn.Module) -> None:
+    """Give `module` a copy of its class, so that changing the class leaves other modules alone."""
+    cls = type(module)
+    body = {k: v for k, v in vars(cls).items() if k not in ("__dict__", "__weakref__")}
+    module.__class__ = type(cls.__name__, cls.__bases__, body)
 
 
 def select_layers(

@@ -401,3 +401,16 @@ def test_pack_and_unpack_give_back_the_same_fixed_point_model(trained, qmodel, i
     float_size = (tmp_path / "float.nsk").stat().st_size
     # 8-bit weights (16-bit biases) as integers, against float32: about a quarter
     assert fixed_size < float_size / 3
+
+
+def test_quantizing_a_pruned_model_leaves_the_original_working(digits):
+    """deepcopy shares parametrize's injected class: the copy must get its own (copy_model)."""
+    from netshrink.prune import PruneMagnitudeConfig, StdThreshold, prune_magnitude
+
+    model = build_model(ModelSpec(name="lenet300_100"), num_classes=10, in_channels=1, input_size=8)
+    prune_magnitude(model, PruneMagnitudeConfig(threshold=StdThreshold(ratio=1.0)))
+    x = torch.randn(4, 1, 8, 8)
+    before = model(x)
+    qmodel = quantize(model, digits, QuantConfig())
+    assert type(qmodel.fc1) is not type(model.fc1)
+    assert torch.equal(model(x), before)  # the original still runs, unchanged

@@ -32,7 +32,6 @@ scratch plan; c_source the written files. This module is the public API and the 
 
 from __future__ import annotations
 
-import copy
 import math
 import re
 import shutil
@@ -45,6 +44,7 @@ from torch import fx
 from torch.fx.passes.shape_prop import ShapeProp
 
 from ..errors import ConfigError
+from ..layers import copy_model
 from ..quant.fixed import to_integers
 from ..quant.quantize import fixed_point_formats
 from .c_graph import Builder
@@ -86,7 +86,7 @@ def export_c(
     if not re.fullmatch(r"[A-Za-z_]\w*", name):
         raise ConfigError(f"the C export's name must be a C identifier, not {name!r}")
     formats = fixed_point_formats(qmodel)
-    graph_module = copy.deepcopy(qmodel).eval()
+    graph_module = copy_model(qmodel).eval()
     builder = Builder(graph_module, formats, name)
     builder.check_supported()
     with torch.no_grad():

@@ -11,7 +11,6 @@ model is never changed.
 
 from __future__ import annotations
 
-import copy
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -27,7 +26,7 @@ from torch.nn.utils import parametrize
 
 from ..errors import ConfigError, CorruptFileError, UnsupportedLayerError
 from ..files import atomic_write
-from ..layers import unwrap
+from ..layers import copy_model, unwrap
 from ..prune.mask import unparametrize
 
 INPUT_NAME = "input"
@@ -63,7 +62,7 @@ class OnnxAgreement:
 def effective_copy(model: nn.Module) -> nn.Module:
     """A deep copy of `model` in eval mode with every parametrization removed, its computed value
     kept as a plain tensor; the original keeps its parametrizations (see `unparametrize`)."""
-    plain = copy.deepcopy(unwrap(model)).eval()
+    plain = copy_model(unwrap(model)).eval()
     for module in plain.modules():
         if parametrize.is_parametrized(module):
             for name in list(module.parametrizations):

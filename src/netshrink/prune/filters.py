@@ -9,7 +9,6 @@ are recorded on the model so a checkpoint can replay them. `mask_filters` zeroes
 channels instead, giving the equivalent masked model for comparison.
 """
 
-import copy
 import math
 from dataclasses import dataclass
 from typing import Literal
@@ -20,7 +19,7 @@ from torch import nn
 
 from netshrink.edits import KeepChannels, replay_edits
 from netshrink.errors import ConfigError, UnsupportedLayerError
-from netshrink.layers import LayerFilter, unwrap
+from netshrink.layers import LayerFilter, copy_model, unwrap
 from netshrink.measure import count_macs
 from netshrink.prune.channel_graph import (
     ChannelGraph,
@@ -325,7 +324,7 @@ def _search_macs(
     base = _macs(model, input_shape)
 
     def saved(plan: FilterPlan) -> float:
-        pruned = copy.deepcopy(model)
+        pruned = copy_model(model)
         replay_edits(pruned, plan.edits())
         return 1 - _macs(pruned, input_shape) / base
 

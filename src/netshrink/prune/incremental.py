@@ -6,14 +6,12 @@ kept within budget is the layer's. No gradient step is taken: the result is a pe
 table, applied as an ordinary magnitude config.
 """
 
-import copy
-
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from ..data import BatchLoader
-from ..layers import LayerFilter, select_layers
+from ..layers import LayerFilter, copy_model, select_layers
 from ..progress import make_progress
 from ..train import evaluate
 from .magnitude import PruneMagnitudeConfig, StdThreshold, prune_magnitude
@@ -40,7 +38,7 @@ def incremental_ratios(
 ) -> dict[str, float]:
     """The per-layer ratio table. Each layer is raised with the earlier layers already pruned at
     their chosen ratios, so the budget holds for the whole model, not for each layer alone."""
-    work = copy.deepcopy(model)
+    work = copy_model(model)
     floor = evaluate(work, calibration).top1 - config.budget
     names = [name for name, _ in select_layers(work, layers)]
     candidates = [
@@ -82,7 +80,7 @@ def _largest_ratio(model, name, candidates, calibration, floor) -> float:
     """The largest candidate ratio for `name` whose accuracy stays >= floor (0.0 if none)."""
     best = 0.0
     for ratio in candidates:
-        trial = copy.deepcopy(model)
+        trial = copy_model(model)
         _prune(trial, name, ratio)
         if evaluate(trial, calibration).top1 < floor:
             break

@@ -9,6 +9,8 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from ..layers import own_class
+
 
 class Mask(nn.Module):
     """`weight = dense * mask`; `dense_std` keeps the std of the dense tensor when it was first
@@ -101,7 +103,5 @@ def unparametrize(module: nn.Module, name: str) -> None:
     removing a parametrization deletes a property from that class: without a class of its own,
     unparametrizing a copy would break the original.
     """
-    cls = type(module)
-    body = {k: v for k, v in vars(cls).items() if k not in ("__dict__", "__weakref__")}
-    module.__class__ = type(cls.__name__, cls.__bases__, body)
+    own_class(module)
     parametrize.remove_parametrizations(module, name, leave_parametrized=True)

@@ -5,7 +5,6 @@ curves show which layers tolerate pruning. `budget_sparsities` turns them into a
 the largest sparsity at which each layer alone stays within an accuracy budget.
 """
 
-import copy
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -14,7 +13,7 @@ import torch
 from torch import nn
 
 from ..data import BatchLoader
-from ..layers import LayerFilter, select_layers
+from ..layers import LayerFilter, copy_model, select_layers
 from ..progress import make_progress
 from ..train import evaluate
 from .magnitude import LayerSparsity, PruneMagnitudeConfig, prune_magnitude
@@ -51,7 +50,7 @@ def sensitivity_analysis(
         for name in names:
             curves[name] = []
             for sparsity in sparsities:
-                trial = copy.deepcopy(model)
+                trial = copy_model(model)
                 with torch.no_grad():
                     prune_magnitude(
                         trial,

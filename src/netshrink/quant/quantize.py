@@ -10,7 +10,6 @@ GraphModule keeping the module names), whose formats are recorded as one structu
 (netshrink.edits.FixedPointFormats): checkpoints and files rebuild it without pickles.
 """
 
-import copy
 from collections.abc import Iterable, Mapping
 from typing import Annotated
 
@@ -31,7 +30,7 @@ from ..edits import (
     structural_edits,
 )
 from ..errors import ConfigError
-from ..layers import unwrap
+from ..layers import copy_model, unwrap
 from ..prune.channel_graph import trace
 from .calibrate import CalibrationMethod, RangeObserver
 from .fixed import FixedPoint, Rounding, format_for, frac_for_range
@@ -80,7 +79,7 @@ def quantize(
     root = unwrap(model)
     if is_quantized(root):
         raise ConfigError("the model is already fixed point; quantize its float original")
-    root = fold_batchnorm(copy.deepcopy(root).eval())
+    root = fold_batchnorm(copy_model(root).eval())
     batches = calibration_batches(calibration, config.calibration_images)
     graph_module = _traced(root)
     ShapeProp(graph_module).propagate(batches[0][:1])
