@@ -118,3 +118,17 @@ def test_a_stage_over_its_budget_stops_the_run_and_an_edited_recipe_resumes(tmp_
     result = run_recipe(parse_recipe(relaxed), out, cache_dir=cache, latency=False, progress=False)
     assert [r.name for r in result.stages] == ["baseline", "prune", "share_binary", "packed"]
     assert (out / "stages" / "01-prune.safetensors").stat().st_mtime_ns == pruned
+
+
+def test_a_sensitivity_stage_reaches_the_report_also_when_the_run_is_resumed(tmp_path, cache):
+    text = TINY.split("  - method: prune_magnitude")[0] + (
+        "  - method: sensitivity\n    sparsities: [0.0, 0.5, 0.9]\n"
+        "  - method: prune_magnitude\n    config: {threshold: {kind: std, ratio: 0.5}}\n"
+    )
+    out = tmp_path / "run"
+    for _ in range(2):  # the second run reuses every stage
+        run_recipe(parse_recipe(text), out, cache_dir=cache, latency=False, progress=False)
+        report = json.loads((out / "report.json").read_text())
+        assert report["sensitivity"]["sparsities"] == [0.0, 0.5, 0.9]
+        assert set(report["sensitivity"]["curves"]) == {"fc1", "fc2", "fc3"}
+        assert (out / "sensitivity.png").is_file()

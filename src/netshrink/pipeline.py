@@ -68,6 +68,7 @@ class StageRecord(BaseModel):
     seconds: float
     masked: list[str] = []
     shared: list[str] = []
+    notes: dict = {}  # what the stage left for the report (a sensitivity's curves)
 
 
 @dataclass
@@ -201,6 +202,7 @@ class _Run:
             console().rule(
                 f"stage {index}/{len(self.recipe.stages)}: {stage.title} ({stage.method})"
             )
+        self.ctx.notes = {}
         model = stage.apply(model, self.ctx)
         finetune(model, stage, self.ctx)
         stem = self.directory / "stages" / f"{index:02d}-{stage.title}"
@@ -217,6 +219,7 @@ class _Run:
             start,
             save=False,
         )
+        record = record.model_copy(update={"notes": self.ctx.notes})
         self._check_budget(stage, record)
         _save(model, meta, stem)
         self.records.append(record)
@@ -265,7 +268,7 @@ class _Run:
         )
         stages = [*self.records, record]
         if is_main_process():
-            _write_report(self.directory, self.recipe, stages, path, row, self.ctx.notes)
+            _write_report(self.directory, self.recipe, stages, path, row)
             print_measurements(
                 [Measurement(**r.measurement) for r in stages], title=f"{self.recipe.name}: {path}"
             )
@@ -348,7 +351,7 @@ def _announce(index: int, total: int, name: str, record: StageRecord) -> None:
     )
 
 
-def _write_report(directory, recipe, stages, path, row, notes) -> None:
+def _write_report(directory, recipe, stages, path, row) -> None:
     from .run_report import render_report
 
     report = {
@@ -360,7 +363,11 @@ def _write_report(directory, recipe, stages, path, row, notes) -> None:
         "data": recipe.data.source,
         "date": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "stages": [
-            {k: v for k, v in r.model_dump(mode="json").items() if k not in ("masked", "shared")}
+            {
+                k: v
+                for k, v in r.model_dump(mode="json").items()
+                if k not in ("masked", "shared", "notes")
+            }
             for r in stages
         ],
         "final": {
@@ -369,7 +376,9 @@ def _write_report(directory, recipe, stages, path, row, notes) -> None:
             "top1": row.top1,
             "top5": row.top5,
         },
-        "sensitivity": notes.get("sensitivity"),
+        "sensitivity": next(
+            (r.notes["sensitivity"] for r in reversed(stages) if "sensitivity" in r.notes), None
+        ),
     }
     text = json.dumps(report, indent=2) + "\n"
     atomic_write(directory / "report.json", lambda tmp: tmp.write_text(text))
