@@ -165,3 +165,23 @@ def test_quantized_layers_are_refused(digits):
     qmodel = quantize(_model(digits, epochs=0), digits, QuantConfig())
     with pytest.raises(UnsupportedLayerError, match="fc1.*float model"):
         Projector(qmodel).add("fc1", SparseSupport())
+
+
+def test_a_layer_on_levels_ends_as_a_codebook_and_is_counted_as_one(digits):
+    from netshrink.measure import storage_report
+
+    model = _model(digits)
+    config = CompressiveConfig(
+        global_sparsity=0.6,
+        budget=100,
+        constraint=Levels(count=4),
+        prune_fit=QUICK,
+        layer_fit=QUICK,
+    )
+    result = train_compressive(model, digits, config, progress=False)
+    rows = {row.name: row for row in storage_report(model)}
+    for name, target in result.constrained.items():
+        weight = model.get_submodule(name).weight
+        assert target.contains(weight)
+        assert rows[f"{name}.weight"].method == "kmeans"
+        assert rows[f"{name}.weight"].bits < weight.numel() * 4  # not fp32 values

@@ -129,6 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--restart", action="store_true", help="forget an earlier run in --out")
     run.add_argument("--no-latency", action="store_true", help="skip latency measurement")
     run.add_argument("--cache", type=Path, help="baseline cache (default ~/.cache/netshrink)")
+    run.add_argument("--threads", type=int, help="torch threads (default: torch's, the cores)")
     run.set_defaults(run=run_recipe_command)
 
     report = commands.add_parser(
@@ -340,6 +341,10 @@ def run_recipe_command(args) -> None:
 
     recipe = load_recipe(args.recipe)
     out = args.out or Path("runs") / recipe.name
+    if getattr(args, "threads", None):
+        import torch
+
+        torch.set_num_threads(args.threads)
     if args.restart:
         clear_run(out)
     try:

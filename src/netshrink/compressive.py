@@ -43,8 +43,9 @@ from .data import DataSplits
 from .errors import UnsupportedLayerError
 from .layers import LayerFilter, select_layers
 from .prune.magnitude import GlobalSparsity, PruneMagnitudeConfig, prune_magnitude, sparsity_keep
-from .prune.mask import Mask, apply_mask, get_mask
+from .prune.mask import Mask, apply_mask, get_mask, unparametrize
 from .prune.sensitivity import sensitivity_analysis
+from .share.codebooks import restore_codebook
 from .share.kmeans import kmeans_1d
 from .train import FitConfig, evaluate, fit
 
@@ -197,11 +198,18 @@ class Projector:
         return {n: s.contains(self.model.get_submodule(n).weight) for n, s in self.sets.items()}
 
     def finish(self) -> None:
-        """Close each constrained layer's mask on its zeros (a sparse model is a masked one)."""
-        for name in self.sets:
+        """Close each constrained layer's mask on its zeros (a sparse model is a masked one); a
+        layer on a few levels becomes a scalar codebook over them, so that its size is counted
+        (and fine-tuning goes on) as for weight sharing."""
+        for name, target in self.sets.items():
             module = self.model.get_submodule(name)
             with torch.no_grad():
-                apply_mask(module, "weight", module.weight != 0)
+                if target.levels is None:
+                    apply_mask(module, "weight", module.weight != 0)
+                    continue
+                if parametrize.is_parametrized(module, "weight"):
+                    unparametrize(module, "weight")
+                restore_codebook(module)  # its distinct non-zeros are the levels
 
 
 def _dense_weight(module: nn.Module, name: str) -> torch.Tensor:

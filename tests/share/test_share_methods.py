@@ -149,7 +149,7 @@ def test_mistakes_are_netshrink_errors(pruned):
             return torch.round(x * 256) / 256
 
     parametrize.register_parametrization(pruned.fc3, "weight", FixedPoint())
-    with pytest.raises(UnsupportedLayerError, match="FixedPoint.*before quantization"):
+    with pytest.raises(UnsupportedLayerError, match="FixedPoint.*before quantizing"):
         share_kmeans(pruned, ShareKmeansConfig(), layers=["fc3"], progress=False)
     with pytest.raises(ValueError):
         ShareKmeansConfig(bits=0)

@@ -109,8 +109,8 @@ def take_weight(
         others = [type(p).__name__ for p in chain if not isinstance(p, (Mask, *SHARED))]
         if others:
             raise UnsupportedLayerError(
-                f"layer {layer}: {name} is parametrized by {', '.join(others)}; apply weight "
-                "sharing before quantization, or start from the checkpoint"
+                f"layer {layer}: {name} is parametrized by {', '.join(others)}; share the "
+                "weights before quantizing them (quantize keeps shared values on its grid)"
             )
         keep = torch.stack([p.mask.bool() for p in chain]).all(0)
         unparametrize(module, name)
