@@ -111,3 +111,13 @@ def test_finetune_takes_the_baselines_settings_it_does_not_give():
     )
     lr_unset = parse_recipe(GOOD.replace("epochs: 1, lr: 0.001", "epochs: 1")).stages[1]
     assert lr_unset.finetune_config(base).lr == pytest.approx(0.005)
+
+
+def test_the_recipe_seed_fills_every_seed_a_stage_leaves_unset():
+    from netshrink.pipeline import with_seed
+
+    recipe = parse_recipe(GOOD.replace("config: {bits: 4}", "config: {bits: 4, seed: 3}"))
+    share = with_seed(recipe.stages[1], 11)
+    assert share.config.seed == 3  # given in the recipe: kept
+    assert share.finetune.seed == 11
+    assert with_seed(recipe.stages[1], 11).finetune_config(recipe.baseline.fit).seed == 11

@@ -133,6 +133,19 @@ def stage_key(recipe: Recipe, index: int) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def with_seed(config: BaseModel, seed: int) -> BaseModel:
+    """`config` with every `seed` field it leaves unset, at any depth (the order of a training,
+    a k-means start), set to the recipe's `seed`: one number changes every random choice."""
+    update = {}
+    for name in type(config).model_fields:
+        value = getattr(config, name)
+        if name == "seed" and name not in config.model_fields_set:
+            update[name] = seed
+        elif isinstance(value, BaseModel):
+            update[name] = with_seed(value, seed)
+    return config.model_copy(update=update) if update else config
+
+
 def _finished(directory: Path, recipe: Recipe) -> list[StageRecord]:
     """The finished stages of an earlier run in `directory` that this recipe can reuse: the
     longest prefix whose keys match and whose checkpoints are all there."""
@@ -203,6 +216,7 @@ class _Run:
                 f"stage {index}/{len(self.recipe.stages)}: {stage.title} ({stage.method})"
             )
         self.ctx.notes = {}
+        stage = with_seed(stage, self.recipe.seed)
         model = stage.apply(model, self.ctx)
         finetune(model, stage, self.ctx)
         stem = self.directory / "stages" / f"{index:02d}-{stage.title}"

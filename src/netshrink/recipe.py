@@ -79,8 +79,10 @@ class BaselineConfig(BaseModel):
 
 class Recipe(BaseModel):
     """A whole pipeline: the data, the baseline, the stages in order, and how to pack the file.
-    `seed` seeds every stage (stage i starts from seed + i), so a run is reproducible and a
-    resumed run equals an uninterrupted one."""
+    `seed` becomes every `seed` field a stage leaves unset (training order, k-means start) and
+    stage i also starts torch's generator at seed + i, so a run is reproducible, a resumed run
+    equals an uninterrupted one, and another seed is another run. The baseline keeps its own
+    `train.seed`: it is what the cache is keyed by."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
