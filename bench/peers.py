@@ -1,0 +1,322 @@
+"""Peers side by side: netshrink against the tools a user would pick instead, on the same
+models, data and machine, in one run.
+
+    .venv-peers/bin/python bench/peers.py [--quick] [--seeds 0 1 2] [--threads 1]
+
+Run it in the peers' own environment (docs/peers.md: `.venv-peers`, never a dependency of
+netshrink); a peer that does not import is left out and named in the notes. Models: the cached
+Fashion-MNIST baselines of bench/pipeline.py, LeNet-300-100 and the Caffe LeNet-5. Cases:
+
+- PyTorch by hand: `torch.nn.utils.prune.global_unstructured` L1 to each sparsity + fine-tuning,
+  then the fp32 state dict or torch.ao int8 static PTQ, saved with `torch.save`; ONNX Runtime's
+  static int8 of the same pruned model;
+- post-training int8 of the dense model: torch.ao, ONNX Runtime, NNCF, Brevitas, torchao and
+  netshrink's 8/8 fixed point, all on the same 1,024 calibration images;
+- filter pruning of the Caffe LeNet-5's convolutions: Torch-Pruning and netshrink, same fine-tuning;
+- netshrink: the Deep Compression recipe run by `netshrink.pipeline.run_recipe`.
+
+Every file is also compressed with zip (DEFLATE, level 9) and xz (preset 9); a tool's size is
+the smallest of the three. Top-1 is measured on what the file holds (the decoded .nsk, the
+exported ONNX under ONNX Runtime, the quantized PyTorch model). `--quick` is a smoke run (one
+seed, one setting, one epoch) that prints the tables and writes nothing. Otherwise writes
+bench/results/peers.json and the peers section of docs/benchmarks.md.
+"""
+
+import argparse
+import importlib
+import lzma
+import statistics
+import sys
+import time
+import warnings
+import zipfile
+from collections import defaultdict
+from dataclasses import dataclass
+from io import BytesIO
+from pathlib import Path
+
+import torch
+from rich.table import Table
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import peers_netshrink as ns  # noqa: E402
+import peers_tables as tables  # noqa: E402
+import peers_tools as tools  # noqa: E402
+from common import publish  # noqa: E402
+from netshrink.baseline import BASELINES, cached_baseline  # noqa: E402
+from netshrink.measure import dense_bytes  # noqa: E402
+from netshrink.report import console  # noqa: E402
+from netshrink.train import FitConfig  # noqa: E402
+from pipeline import baseline  # noqa: E402
+
+MODELS = {"lenet300_100": "LeNet-300-100", "lenet5_caffe": "Caffe LeNet-5"}
+PEERS = {
+    "NNCF": "nncf",
+    "Brevitas": "brevitas",
+    "torchao": "torchao",
+    "Torch-Pruning": "torch_pruning",
+}
+HAND_LR, FILTER_LR = 0.005, 0.01
+COLUMNS = ["model", "tool", "pipeline", "seeds", "top-1", "loss pt", "file bytes", "zip bytes",
+           "xz bytes", "ratio", "MACs removed", "seconds"]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Settings:
+    seeds: tuple[int, ...] = (0, 1, 2)
+    sparsities: tuple[float, ...] = (0.8, 0.9, 0.95)
+    amounts: tuple[float, ...] = (0.4, 0.5, 0.6)
+    epochs: int = 3
+    quick: bool = False
+
+
+QUICK = Settings(seeds=(0,), sparsities=(0.9,), amounts=(0.5,), epochs=1, quick=True)
+
+
+def available() -> tuple[set[str], list[str]]:
+    """The peers that import here, and a note for each that does not."""
+    found, missing = set(), []
+    for tool, module in PEERS.items():
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                importlib.import_module(module)
+            found.add(tool)
+        except Exception as exc:  # an install that breaks on import is as absent as none
+            missing.append(
+                f"{tool} left out: `import {module}` failed ({type(exc).__name__}: {exc})."
+            )
+    return found, missing
+
+
+def sizes(raw: bytes) -> dict[str, int]:
+    buffer = BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED, compresslevel=9) as archive:
+        archive.writestr("model", raw)
+    return {
+        "file": len(raw),
+        "zip": len(buffer.getvalue()),
+        "xz": len(lzma.compress(raw, preset=9)),
+    }
+
+
+def summarize(model: str, ref: tuple[float, int], key: tuple, results: list) -> dict:
+    """One row: medians over the seeds of top-1, each size, MACs removed and seconds."""
+    (tool, pipeline, kind), (fp32_top1, fp32_bytes) = key, ref
+    size = [sizes(r.raw) for r in results]
+    median = {k: round(statistics.median(s[k] for s in size)) for k in ("file", "zip", "xz")}
+    stored = min(median, key=median.get)
+    top1 = statistics.median(r.top1 for r in results)
+    macs = [r.macs_removed for r in results if r.macs_removed is not None]
+    return {
+        "model": MODELS[model], "tool": tool, "pipeline": pipeline, "kind": kind,
+        "seeds": len(results), "top-1": top1, "loss pt": round(100 * (fp32_top1 - top1), 2),
+        "file bytes": median["file"], "zip bytes": median["zip"], "xz bytes": median["xz"],
+        "smallest": median[stored], "stored as": stored, "ratio": fp32_bytes / median[stored],
+        "MACs removed": statistics.median(macs) if macs else None,
+        "seconds": round(statistics.median(r.seconds for r in results), 2),
+        "top-1 per seed": [r.top1 for r in results],
+        "smallest bytes per seed": [min(s.values()) for s in size],
+    }  # fmt: skip
+
+
+class Run:
+    """One model's cases; `add` files each Result under (tool, pipeline, kind)."""
+
+    def __init__(self, name: str, settings: Settings, peers: set[str]) -> None:
+        self.name, self.settings, self.peers = name, settings, peers
+        self.model, self.data, base_fit = baseline(name)
+        spec, _, fit_config = BASELINES[name]
+        self.meta = cached_baseline(spec, self.data, fit_config, progress=False)[1]
+        self.batch_size = base_fit.batch_size
+        self.calibration = tools.calibration_batches(self.data)
+        self.results: dict[tuple, list] = defaultdict(list)
+
+    def add(self, tool: str, pipeline: str, kind: str, result) -> None:
+        self.results[(tool, pipeline, kind)].append(result)
+        console().print(f"  {MODELS[self.name]} | {tool} | {pipeline}: top-1 {result.top1:.4f}, "
+                        f"{len(result.raw):,} B, {result.seconds:.1f} s")  # fmt: skip
+
+    def fit_config(self, lr: float, seed: int) -> FitConfig:
+        epochs = self.settings.epochs
+        return FitConfig(epochs=epochs, lr=lr, batch_size=self.batch_size, seed=seed)
+
+    def rows(self) -> list[dict]:
+        ref = (tools.top1(self.model, self.data), dense_bytes(self.model))
+        return [summarize(self.name, ref, key, rs) for key, rs in self.results.items()]
+
+
+def ptq_cases(run: Run) -> None:
+    """Post-training int8 of the dense model by every tool (deterministic: run once)."""
+    model, data, calib = run.model, run.data, run.calibration
+    run.add(
+        "PyTorch",
+        "fp32 state dict (the dense baseline)",
+        "reference",
+        tools.torch_fp32(model, data),
+    )
+    run.add(
+        "PyTorch",
+        "torch.ao int8 static PTQ (FX, x86)",
+        "ptq",
+        tools.torch_ao_int8(model, data, calib),
+    )
+    run.add(
+        "ONNX Runtime",
+        "int8 static PTQ (QDQ, per channel)",
+        "ptq",
+        tools.ort_int8(model, data, calib),
+    )
+    if "NNCF" in run.peers:
+        run.add(
+            "NNCF",
+            "int8 PTQ (nncf.quantize, ONNX backend)",
+            "ptq",
+            tools.nncf_int8(model, data, calib),
+        )
+    if "Brevitas" in run.peers:
+        run.add("Brevitas", "int8 PTQ (graph quantize + calibration, QCDQ ONNX)", "ptq",
+                tools.brevitas_int8(model, data, calib))  # fmt: skip
+    if "torchao" in run.peers:
+        run.add("torchao", "int8 weights + dynamic int8 activations (Linear layers)", "ptq",
+                tools.torchao_int8(model, data))  # fmt: skip
+    run.add("netshrink", "8/8 fixed point PTQ, packed .nsk", "ptq",
+            ns.ptq8(model, run.meta, data, calib))  # fmt: skip
+
+
+def hand_cases(run: Run, seed: int) -> None:
+    """PyTorch by hand at each sparsity: fp32, torch.ao int8 and ONNX Runtime int8 files."""
+    epochs = run.settings.epochs
+    for sparsity in run.settings.sparsities:
+        config = run.fit_config(HAND_LR, seed)
+        pruned, seconds = tools.torch_prune(run.model, run.data, sparsity, config)
+        label = f"global L1 {sparsity:.0%} + {epochs} ep"
+        run.add("PyTorch", f"{label}, fp32", "size", tools.torch_fp32(pruned, run.data, seconds))
+        run.add("PyTorch", f"{label}, torch.ao int8", "size",
+                tools.torch_ao_int8(pruned, run.data, run.calibration, seconds))  # fmt: skip
+        run.add("ONNX Runtime", f"{label} (PyTorch), ORT int8", "size",
+                tools.ort_int8(pruned, run.data, run.calibration, seconds))  # fmt: skip
+
+
+def filter_cases(run: Run, seed: int) -> None:
+    """Filter pruning of every convolution at each amount, Torch-Pruning and netshrink."""
+    epochs = run.settings.epochs
+    for amount in run.settings.amounts:
+        config = run.fit_config(FILTER_LR, seed)
+        label = f"{amount:.0%} of conv filters (L1) + {epochs} ep"
+        if "Torch-Pruning" in run.peers:
+            run.add("Torch-Pruning", label, "filters",
+                    tools.tp_filters(run.model, run.data, amount, config))  # fmt: skip
+        run.add("netshrink", f"{label}, packed .nsk", "filters",
+                ns.filters(run.model, run.meta, run.data, amount, config))  # fmt: skip
+
+
+def run_model(name: str, settings: Settings, peers: set[str]) -> list[dict]:
+    run = Run(name, settings, peers)
+    console().rule(f"{MODELS[name]}")
+    ptq_cases(run)
+    recipe, source = ns.deep_compression_recipe(name)
+    recipe = ns.quick_recipe(recipe) if settings.quick else recipe
+    for seed in settings.seeds:
+        hand_cases(run, seed)
+        has_conv = any(isinstance(m, torch.nn.Conv2d) for m in run.model.modules())
+        if has_conv and seed == settings.seeds[0]:  # the first seed only: it keeps the run short
+            filter_cases(run, seed)
+        run.add("netshrink", f"Deep Compression recipe ({source})", "size",
+                ns.deep_compression(recipe, seed))  # fmt: skip
+    return run.rows()
+
+
+def versions() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = []
+    for package in ("torch", "onnxruntime", "nncf", "brevitas", "torchao", "torch-pruning"):
+        try:
+            found.append(f"{package} {version(package)}")
+        except PackageNotFoundError:
+            pass
+    return ", ".join(found)
+
+
+def method_note(settings: Settings) -> str:
+    seeds = ", ".join(map(str, settings.seeds))
+    return (
+        "Top-1 on the 10,000 Fashion-MNIST test images, measured on what each file holds; loss pt "
+        "against the dense baseline. Every file is also compressed with zip (DEFLATE -9) and xz "
+        "(-9); `ratio` is the dense fp32 weights' bytes over the smallest of the three. Pipelines "
+        f"that train run once per seed ({seeds}) and show medians (per-seed values in the JSON); "
+        "post-training int8 is deterministic and runs once. PyTorch by hand: global L1 pruning + "
+        f"{settings.epochs} epochs at lr {HAND_LR:g} (masks on), `prune.remove`, then the fp32 "
+        "state dict or torch.ao int8 (FX, x86 qconfig), or ONNX Runtime int8 of the same model. "
+        "Filter pruning (first seed only): both tools remove the same fraction of each conv's "
+        "filters (L1; Torch-Pruning scores the whole coupled group) and fine-tune "
+        f"{settings.epochs} epochs at lr {FILTER_LR:g}. netshrink's Deep Compression: "
+        "`run_recipe` with the recipe's `seed` (it reaches "
+        "every stage's training); its seconds include the recipe's per-stage measurements. "
+        "All PTQ tools calibrate on the same 1,024 training images. Seconds: wall time of the "
+        f"pipeline, evaluation excluded, torch on {torch.get_num_threads()} thread(s) on a shared "
+        f"2-core machine. Versions: {versions()}. Setup and the peers left out: docs/peers.md."
+    )
+
+
+def notes(rows: list[dict], settings: Settings, missing: list[str], seconds: float) -> str:
+    size, verdicts = tables.size_table(rows)
+    parts = [
+        method_note(settings),
+        *missing,
+        "### (1) Size at equal accuracy: each tool's smallest file within the loss bound",
+        size,
+        "Goal: netshrink's smallest file within a bound >= 3x smaller than the best peer's within "
+        "the same bound, at no more loss than that file (else: met only within the bound).",
+        "\n".join(f"- {v}" for v in verdicts),
+        "### (2) Accuracy at the peer's int8 size",
+        tables.int8_size_table(rows),
+        "### (4) Post-training int8: top-1 (loss), file bytes",
+        tables.ptq_table(rows),
+        "### Filter pruning (Caffe LeNet-5 convolutions): MACs removed at <= 1 pt",
+        tables.filter_table(rows),
+        "### (6) Wall time of each pipeline, seconds",
+        tables.time_table(rows),
+        f"Whole run: {seconds:.0f} s.",
+    ]
+    return "\n\n".join(p for p in parts if p)
+
+
+def show(rows: list[dict], text: str) -> None:
+    """--quick: the tables on the terminal, nothing written."""
+    table = Table(title="Peers side by side (quick: not published)")
+    for column in COLUMNS:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*("-" if row.get(c) is None else f"{row[c]:.4g}" if isinstance(row[c], float)
+                        else str(row[c]) for c in COLUMNS))  # fmt: skip
+    console().print(table)
+    print(text)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="smoke run; prints, writes nothing")
+    parser.add_argument("--seeds", type=int, nargs="+", default=None)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    warnings.filterwarnings("ignore")  # the peers' deprecation notices would drown the progress
+    settings = QUICK if args.quick else Settings()
+    if args.seeds:
+        settings = Settings(**{**settings.__dict__, "seeds": tuple(args.seeds)})
+    start = time.perf_counter()
+    peers, missing = available()
+    rows = [row for name in args.models for row in run_model(name, settings, peers)]
+    text = notes(rows, settings, missing, time.perf_counter() - start)
+    if settings.quick:
+        show(rows, text)
+    else:
+        publish("peers", "Peers side by side (bench/peers.py)", rows, COLUMNS, text)
+
+
+if __name__ == "__main__":
+    main()

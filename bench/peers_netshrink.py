@@ -1,0 +1,103 @@
+"""netshrink's side of bench/peers.py: the Deep Compression recipe, 8/8 post-training fixed
+point and filter pruning, each written to a .nsk file whose decoded model is what is measured."""
+
+import copy
+import tempfile
+from pathlib import Path
+
+from netshrink.codec import PackConfig, pack, unpack
+from netshrink.pipeline import run_recipe
+from netshrink.prune.filters import PruneFiltersConfig, prune_filters
+from netshrink.quant import QuantConfig, quantize
+from netshrink.recipe import Recipe, load_recipe, parse_recipe
+from netshrink.train import FitConfig, fit
+from peers_tools import Result, Timer, macs, top1
+
+ROOT = Path(__file__).resolve().parent.parent
+PACK = PackConfig(index_bits="best", coders=("huffman", "ans"))
+
+# Deep Compression on the Caffe LeNet-5 as bench/pipeline.py and bench/codec.py run it: the
+# per-layer std ratios of Han et al. 2015 in 3 steps of 4 epochs at lr 0.02, then k-means at
+# conv 8 / fc 5 bits with 2 epochs of centroid fine-tuning. Used when recipes/ has none.
+CAFFE_RECIPE = """\
+name: deep-compression-lenet5-caffe
+data: {source: fashion-mnist}
+baseline: {model: lenet5_caffe, train: {epochs: 12, lr: 0.05}}
+stages:
+  - method: prune_iterative
+    name: prune
+    config:
+      prune: {threshold: {kind: std, ratio: 2.0}, per_layer: {conv1: 1.0, conv2: 1.5, fc1: 2.0, fc2: 1.25}}
+      steps: 3
+      retrain: {epochs: 4, lr: 0.02}
+  - method: share_kmeans
+    name: share
+    config: {conv_bits: 8, fc_bits: 5, init: linear}
+    finetune: {epochs: 2, lr: 0.0005}
+    budget: 1.0
+pack: {index_bits: best, coders: [huffman, ans]}
+"""
+
+
+def deep_compression_recipe(name: str) -> tuple[Recipe, str]:
+    """The recipe for `name` and where it came from: a deep-compression recipe in recipes/
+    whose baseline is `name`, else the Caffe LeNet-5 recipe above."""
+    for path in sorted((ROOT / "recipes").glob("deep-compression-*.yaml")):
+        recipe = load_recipe(path)
+        if recipe.baseline.model == name:
+            return recipe, str(path.relative_to(ROOT))
+    if name == "lenet5_caffe":
+        return parse_recipe(CAFFE_RECIPE, "bench/peers_netshrink.py"), "bench/peers_netshrink.py"
+    raise ValueError(f"no Deep Compression recipe for {name}")
+
+
+def quick_recipe(recipe: Recipe) -> Recipe:
+    """The recipe cut for a smoke run: one pruning step of one epoch, one fine-tuning epoch."""
+    fields = recipe.model_dump(mode="json")
+    for stage in fields["stages"]:
+        if stage["method"] == "prune_iterative":
+            stage["config"]["steps"] = 1
+            stage["config"]["retrain"]["epochs"] = 1
+        if stage.get("finetune"):
+            stage["finetune"]["epochs"] = 1
+        stage["budget"] = None
+    return Recipe.model_validate(fields)
+
+
+def deep_compression(recipe: Recipe, seed: int) -> Result:
+    """`run_recipe` on the recipe with `seed` (it reaches every stage's training and k-means);
+    the packed file's bytes and the top-1 of the model decoded from it (the last record)."""
+    recipe = recipe.model_copy(update={"seed": seed})
+    with tempfile.TemporaryDirectory() as work, Timer() as timer:
+        result = run_recipe(recipe, work, latency=False, progress=False)
+        raw = result.file.read_bytes()
+    return Result(result.stages[-1].measurement["top1"], raw, timer.seconds)
+
+
+def _packed(model, meta, data, seconds: float, macs_removed: float | None = None) -> Result:
+    """Pack `model`, decode the file, measure the decoded model."""
+    with tempfile.TemporaryDirectory() as work:
+        with Timer() as timer:
+            path = pack(model, Path(work) / "model.nsk", PACK, meta=meta)
+            raw = path.read_bytes()
+        decoded = unpack(path)
+        return Result(top1(decoded, data), raw, seconds + timer.seconds, macs_removed)
+
+
+def ptq8(model, meta, data, calibration) -> Result:
+    """netshrink 8-bit dynamic fixed point (weights and activations, min-max ranges, one
+    power-of-two scale per layer) on the same calibration batches, packed."""
+    with Timer() as timer:
+        quantized = quantize(model, calibration, QuantConfig())
+    return _packed(quantized, meta, data, timer.seconds)
+
+
+def filters(model, meta, data, amount: float, fit_config: FitConfig) -> Result:
+    """netshrink filter pruning (Li et al.'s filter L1 norm) removing `amount` of every conv's
+    filters, the same fine-tuning as the Torch-Pruning case, packed."""
+    pruned = copy.deepcopy(model)
+    with Timer() as timer:
+        prune_filters(pruned, PruneFiltersConfig(amount=amount), data.input_shape)
+        fit(pruned, data, fit_config, progress=False)
+    removed = 1 - macs(pruned, data.input_shape) / macs(model, data.input_shape)
+    return _packed(pruned.eval(), meta, data, timer.seconds, removed)
