@@ -130,6 +130,9 @@ def stage_key(recipe: Recipe, index: int) -> str:
         recipe.baseline.model_dump(mode="json"),
         [stage.model_dump(mode="json") for stage in recipe.stages[:index]],
     ]
+    if recipe.baseline.checkpoint is not None:  # a checkpoint retrained in place is another start
+        weights = checkpoint_paths(recipe.baseline.checkpoint)[0]
+        parts.append(hashlib.sha256(weights.read_bytes()).hexdigest())
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
 
