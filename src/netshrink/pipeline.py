@@ -97,6 +97,7 @@ def run_recipe(
 ) -> RunResult:
     """Run `recipe` into `directory`, resuming after its last finished stage when the directory
     holds an earlier run of the same recipe (stages whose key changed are run again).
+    `progress=False`: no bars, no stage lines, no table (the files are written all the same).
 
     Example:
         >>> result = run_recipe(load_recipe("recipes/deep-compression-lenet5.yaml"), "runs/dc")
@@ -197,7 +198,8 @@ def _baseline(recipe, data, directory, done, cache_dir, latency, progress):
         _save_state(directory, [record])
     model, meta = _read_back(directory, record)
     ctx = StageContext(data, model, meta.fit or recipe.baseline.fit, progress)
-    _announce(0, len(recipe.stages), "baseline", record)
+    if progress:
+        _announce(0, len(recipe.stages), "baseline", record)
     return [record], ctx
 
 
@@ -214,7 +216,7 @@ class _Run:
         model, meta = _read_back(self.directory, self.records[-1])
         torch.manual_seed(self.recipe.seed + index)
         start = time.perf_counter()
-        if is_main_process():
+        if is_main_process() and self.ctx.progress:
             console().rule(
                 f"stage {index}/{len(self.recipe.stages)}: {stage.title} ({stage.method})"
             )
@@ -241,7 +243,8 @@ class _Run:
         _save(model, meta, stem)
         self.records.append(record)
         _save_state(self.directory, self.records)
-        _announce(index, len(self.recipe.stages), stage.title, record)
+        if self.ctx.progress:
+            _announce(index, len(self.recipe.stages), stage.title, record)
 
     def _check_budget(self, stage, record: StageRecord) -> None:
         base = self.records[0].val_top1
@@ -286,6 +289,7 @@ class _Run:
         stages = [*self.records, record]
         if is_main_process():
             _write_report(self.directory, self.recipe, stages, path, row)
+        if is_main_process() and self.ctx.progress:
             print_measurements(
                 [Measurement(**r.measurement) for r in stages], title=f"{self.recipe.name}: {path}"
             )
