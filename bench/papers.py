@@ -1,0 +1,262 @@
+"""The papers at CPU scale: each paper's pipeline on Fashion-MNIST, one row a stage, beside the
+paper's own figure (its model and data set differ: read the `paper` column as context).
+
+    python bench/papers.py [--cases deep-compression kim ristretto gong] [--threads N]
+
+Cases:
+
+- deep-compression: Han et al. 2016 on LeNet-300-100 and LeNet-5 (recipes/deep-compression-*.yaml)
+  and on the Caffe LeNet-5 (20-50-500, the model of the paper's 39x; its recipe is built below),
+  each run end to end by netshrink.pipeline.run_recipe: baseline, prune, share, packed file;
+- kim: Kim et al.'s table 3 shape on the small VGG (recipes/hierarchical-kim.yaml): baseline,
+  SP (synapse pruning), SP+SG (+ grouping), SP+SG+SQ (+ dynamic fixed point), the packed file;
+- ristretto: dynamic fixed point of the cached LeNet-5 and Caffe LeNet-5 baselines at 8/8, 4/8,
+  8/4 and 4/4 bits (weights / layer outputs), no retraining (Gysel et al.);
+- gong: Gong et al. 2014's KM / PQ / RQ / binary / SVD comparison on LeNet-300-100's FC layers
+  (bench/share.py's points, no retraining): each family's best top-1 at >= 10x and >= 20x.
+
+Writes bench/results/papers.json and the papers section of docs/benchmarks.md.
+"""
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import ROOT, publish  # noqa: E402
+from netshrink.layers import select_layers  # noqa: E402
+from netshrink.measure import dense_bytes, storage_bytes  # noqa: E402
+from netshrink.pipeline import run_recipe  # noqa: E402
+from netshrink.quant import QuantConfig, quantize  # noqa: E402
+from netshrink.recipe import Recipe, load_recipe, parse_recipe  # noqa: E402
+from netshrink.train import evaluate  # noqa: E402
+from pipeline import baseline  # noqa: E402
+
+CASES = ("deep-compression", "kim", "ristretto", "gong")
+COLUMNS = ["case", "model", "stage", "top-1", "top-5", "loss pt", "ratio", "bytes", "paper", "s"]
+LABELS = {
+    "lenet300_100": "LeNet-300-100",
+    "lenet5": "LeNet-5",
+    "lenet5_caffe": "Caffe LeNet-5",
+    "vgg_small": "small VGG",
+}
+
+# Deep Compression on the Caffe LeNet-5: bench/pipeline.py's pruning (iterative std thresholds)
+# and the paper's bits. The baseline is written exactly as the cached one (same key).
+CAFFE_RECIPE = """
+name: deep-compression-lenet5-caffe
+data: {source: fashion-mnist}
+baseline: {model: lenet5_caffe, train: {epochs: 12, lr: 0.05}}
+stages:
+  - method: prune_iterative
+    name: prune
+    config:
+      prune:
+        threshold: {kind: std, ratio: 2.0}
+        per_layer: {conv1: 1.0, conv2: 1.5, fc1: 2.0, fc2: 1.25}
+      steps: 3
+      retrain: {epochs: 4, lr: 0.02}
+  - method: share_kmeans
+    name: share
+    config: {conv_bits: 8, fc_bits: 5, init: linear}
+    finetune: {epochs: 2, lr: 0.001}
+pack: {index_bits: best, coders: [huffman, ans]}
+"""
+
+# The papers' figures by stage name (Han et al. 2015 / 2016, MNIST; Kim et al.'s own model).
+HAN_PRUNE = "12x by pruning, no loss (Han et al. 2015, MNIST)"
+PAPER = {
+    "deep-compression-lenet300": {
+        "baseline": "top-1 error 1.64% (MNIST)",
+        "prune": HAN_PRUNE,
+        "packed": "40x, no loss: error 1.58% (MNIST)",
+    },
+    "deep-compression-lenet5": {
+        "prune": HAN_PRUNE + " on Caffe LeNet-5",
+        "packed": "39x on Caffe LeNet-5 (431k weights), no loss (MNIST)",
+    },
+    "deep-compression-lenet5-caffe": {
+        "baseline": "top-1 error 0.80% (MNIST)",
+        "prune": HAN_PRUNE,
+        "packed": "39x, no loss: error 0.74% (MNIST)",
+    },
+    "hierarchical-kim": {
+        "baseline": "Kim et al. table 3: baseline",
+        "prune": "table 3: SP",
+        "group": "table 3: SP+SG",
+        "fixed-point": "table 3: SP+SG+SQ",
+        "packed": "table 3 stores the same stages in its synapse code",
+    },
+}
+RISTRETTO = "Gysel et al. 2016/2018: LeNet 4-bit weights / 4-bit layer outputs within ~0.3-1 pt, after fine-tuning"
+# (weights, activations, range calibration); min-max is Ristretto's (the integer length covers
+# the largest value), MSE is what bench/quant.py's PTQ 4/4 uses
+BITS = ((8, 8, "minmax"), (4, 8, "minmax"), (8, 4, "minmax"), (4, 4, "minmax"), (4, 4, "mse"))
+GONG = {
+    "KM": "Gong et al. 2014: plain k-means already a good size / accuracy balance",
+    "PQ": "PQ: the best of the methods at equal rate",
+    "RQ": "RQ: below KM and PQ",
+    "binary": "binarization: 32x, larger loss",
+    "SVD": "SVD (factorization): clearly below vector quantization",
+}
+GONG_RATES = (10, 20)
+
+
+def recipe_rows(case: str, recipe: Recipe, text: str) -> list[dict]:
+    """Run `recipe` into a temporary directory; one row a stage (baseline first, packed last)."""
+    papers = PAPER.get(recipe.name, {})
+    with tempfile.TemporaryDirectory(prefix=f"netshrink-{recipe.name}-") as directory:
+        result = run_recipe(recipe, directory, recipe_text=text, latency=False, progress=False)
+    base = result.stages[0].measurement["top1"]
+    rows = []
+    for record in result.stages:
+        m = record.measurement
+        stage = record.name if record.name == record.method else f"{record.name} ({record.method})"
+        rows.append(
+            {
+                "case": case,
+                "model": LABELS[recipe.baseline.model],
+                "stage": stage,
+                "top-1": m["top1"],
+                "top-5": m["top5"],
+                "loss pt": round(100 * (base - m["top1"]), 2),
+                "ratio": round(m["compression_ratio"], 2),
+                "bytes": m["size_bytes"],
+                "paper": papers.get(record.name),
+                "s": round(record.seconds, 1),
+            }
+        )
+    return rows
+
+
+def file_recipe_rows(case: str, stem: str) -> list[dict]:
+    path = ROOT / "recipes" / f"{stem}.yaml"
+    return recipe_rows(case, load_recipe(path), path.read_text())
+
+
+def deep_compression_rows() -> list[dict]:
+    rows = file_recipe_rows("deep-compression", "deep-compression-lenet300")
+    rows += file_recipe_rows("deep-compression", "deep-compression-lenet5")
+    recipe = parse_recipe(CAFFE_RECIPE, "papers.py CAFFE_RECIPE")
+    return rows + recipe_rows("deep-compression", recipe, CAFFE_RECIPE)
+
+
+def ristretto_rows(name: str) -> list[dict]:
+    """The fp32 baseline, then each (weights, activations) bit pair, post-training only."""
+    model, data, _ = baseline(name)
+    fp32 = evaluate(model, data.loader("test", 500))
+    common = {"case": "ristretto", "model": LABELS[name]}
+    rows = [
+        {**common, "stage": "fp32 baseline", "top-1": fp32.top1, "top-5": fp32.top5}
+        | {"ratio": 1.0, "bytes": dense_bytes(model)}
+    ]
+    for weights, activations, calibrate in BITS:
+        start = time.perf_counter()
+        config = QuantConfig(weights=weights, activations=activations, calibrate=calibrate)
+        qmodel = quantize(model, data, config)
+        result = evaluate(qmodel, data.loader("test", 500))
+        rows.append(
+            {
+                **common,
+                "stage": f"fixed point w{weights}/a{activations}, {calibrate} ranges, no training",
+                "top-1": result.top1,
+                "top-5": result.top5,
+                "loss pt": round(100 * (fp32.top1 - result.top1), 2),
+                "ratio": round(dense_bytes(qmodel) / storage_bytes(qmodel), 2),
+                "bytes": storage_bytes(qmodel),
+                "paper": RISTRETTO
+                if (weights, activations, calibrate) == (4, 4, "minmax")
+                else None,
+                "s": round(time.perf_counter() - start, 1),
+            }
+        )
+    return rows
+
+
+def gong_rows() -> list[dict]:
+    """bench/share.py's Gong et al. points for LeNet-300-100; each family's best at each rate."""
+    from share import gong_points
+
+    start = time.perf_counter()
+    reference, points = gong_points("lenet300_100")
+    seconds = round(time.perf_counter() - start, 1)
+    model, _, _ = baseline("lenet300_100")
+    fc_bytes = sum(4 * m.weight.numel() for _, m in select_layers(model))
+    common = {"case": "gong", "model": "LeNet-300-100 FC weights"}
+    rows = [{**common, "stage": "fp32 (no compression)", "top-1": reference, "ratio": 1.0}]
+    rows[0] |= {"bytes": fc_bytes, "s": seconds}
+    for rate in GONG_RATES:
+        for family, claim in GONG.items():
+            reached = [p for p in points if p["family"].startswith(family) and p["rate"] >= rate]
+            if not reached:
+                continue
+            best = max(reached, key=lambda p: p["top-1"])
+            rows.append(
+                {
+                    **common,
+                    "stage": f"{family} best at >= {rate}x: {best['family']} {best['setting']}",
+                    "top-1": best["top-1"],
+                    "loss pt": round(100 * (reference - best["top-1"]), 2),
+                    "ratio": best["rate"],
+                    "bytes": round(fc_bytes / best["rate"]),
+                    "paper": claim,
+                }
+            )
+    return rows
+
+
+def run_cases(cases: list[str]) -> list[dict]:
+    rows = []
+    if "deep-compression" in cases:
+        rows += deep_compression_rows()
+    if "kim" in cases:
+        rows += file_recipe_rows("kim", "hierarchical-kim")
+    if "ristretto" in cases:
+        rows += ristretto_rows("lenet5") + ristretto_rows("lenet5_caffe")
+    if "gong" in cases:
+        rows += gong_rows()
+    return [{k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()} for r in rows]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cases", nargs="+", choices=CASES, default=list(CASES))
+    parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    start = time.perf_counter()
+    rows = run_cases(args.cases)
+    notes = _notes(args.threads, time.perf_counter() - start)
+    publish("papers", "The papers at CPU scale (bench/papers.py)", rows, COLUMNS, notes)
+
+
+def _notes(threads: int, total: float) -> str:
+    return (
+        "Fashion-MNIST, the 10,000 test images; the `paper` column is the paper's own figure on "
+        "its own data (MNIST for Han et al. and Gysel et al., ImageNet for Gong et al., Kim et "
+        "al.'s own model), context rather than a target. `loss pt`: top-1 points below the "
+        "row's baseline (the case's first row for its model). Recipe rows (deep-compression, "
+        "kim) come from netshrink.pipeline.run_recipe from the cached baselines: `bytes` is what "
+        "a stage stores (netshrink.measure.storage_bytes: no entropy coding), on the packed row "
+        "the .nsk file itself, whose accuracy is that of the model decoded from it; `ratio`: "
+        "dense fp32 bytes over `bytes`; `s`: the stage's time, measurement included. The "
+        "LeNet-5 recipe uses the classic 62k-weight LeNet-5, the paper's 39x is for the Caffe "
+        "LeNet-5 (third group). ristretto: power-of-two scale per layer, ranges calibrated on "
+        "1,024 training images (min-max as Ristretto; the last row MSE, as bench/quant.py's PTQ "
+        "4/4), no fine-tuning (Ristretto fine-tunes); bytes: the weights at their bits. kim: "
+        "the rows follow Kim et al.'s table 3 (its model and numbers are not restated). gong: "
+        "bench/share.py's points (FC weights only, codebooks and indices counted, no "
+        "retraining; PQ = PQ-x or PQ-y, SVD with or without the output layer kept); `s` on "
+        "its first row: all the points; its claims paraphrase Gong et al.'s "
+        f"ImageNet findings (16-24x within 1% top-5 loss). Torch on {threads} thread(s); "
+        f"whole run {total:.0f} s."
+    )
+
+
+if __name__ == "__main__":
+    main()
