@@ -6,7 +6,7 @@ paper's own figure (its model and data set differ: read the `paper` column as co
 Cases:
 
 - deep-compression: Han et al. 2016 on LeNet-300-100 and LeNet-5 (recipes/deep-compression-*.yaml)
-  and on the Caffe LeNet-5 (20-50-500, the model of the paper's 39x; its recipe is built below),
+  and on the Caffe LeNet-5 (20-50-500, the model of the paper's 39x; deep-compression-lenet5-caffe),
   each run end to end by netshrink.pipeline.run_recipe: baseline, prune, share, packed file;
 - kim: Kim et al.'s table 3 shape on the small VGG (recipes/hierarchical-kim.yaml): baseline,
   SP (synapse pruning), SP+SG (+ grouping), SP+SG+SQ (+ dynamic fixed point), the packed file;
@@ -33,7 +33,7 @@ from netshrink.layers import select_layers  # noqa: E402
 from netshrink.measure import dense_bytes, storage_bytes  # noqa: E402
 from netshrink.pipeline import run_recipe  # noqa: E402
 from netshrink.quant import QuantConfig, quantize  # noqa: E402
-from netshrink.recipe import Recipe, load_recipe, parse_recipe  # noqa: E402
+from netshrink.recipe import Recipe, load_recipe  # noqa: E402
 from netshrink.train import evaluate  # noqa: E402
 from pipeline import baseline  # noqa: E402
 
@@ -45,28 +45,6 @@ LABELS = {
     "lenet5_caffe": "Caffe LeNet-5",
     "vgg_small": "small VGG",
 }
-
-# Deep Compression on the Caffe LeNet-5: bench/pipeline.py's pruning (iterative std thresholds)
-# and the paper's bits. The baseline is written exactly as the cached one (same key).
-CAFFE_RECIPE = """
-name: deep-compression-lenet5-caffe
-data: {source: fashion-mnist}
-baseline: {model: lenet5_caffe, train: {epochs: 12, lr: 0.05}}
-stages:
-  - method: prune_iterative
-    name: prune
-    config:
-      prune:
-        threshold: {kind: std, ratio: 2.0}
-        per_layer: {conv1: 1.0, conv2: 1.5, fc1: 2.0, fc2: 1.25}
-      steps: 3
-      retrain: {epochs: 4, lr: 0.02}
-  - method: share_kmeans
-    name: share
-    config: {conv_bits: 8, fc_bits: 5, init: linear}
-    finetune: {epochs: 2, lr: 0.001}
-pack: {index_bits: best, coders: [huffman, ans]}
-"""
 
 # The papers' figures by stage name (Han et al. 2015 / 2016, MNIST; Kim et al.'s own model).
 HAN_PRUNE = "12x by pruning, no loss (Han et al. 2015, MNIST)"
@@ -142,8 +120,7 @@ def file_recipe_rows(case: str, stem: str) -> list[dict]:
 def deep_compression_rows() -> list[dict]:
     rows = file_recipe_rows("deep-compression", "deep-compression-lenet300")
     rows += file_recipe_rows("deep-compression", "deep-compression-lenet5")
-    recipe = parse_recipe(CAFFE_RECIPE, "papers.py CAFFE_RECIPE")
-    return rows + recipe_rows("deep-compression", recipe, CAFFE_RECIPE)
+    return rows + file_recipe_rows("deep-compression", "deep-compression-lenet5-caffe")
 
 
 def ristretto_rows(name: str) -> list[dict]:

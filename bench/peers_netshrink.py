@@ -9,45 +9,21 @@ from netshrink.codec import PackConfig, pack, unpack
 from netshrink.pipeline import run_recipe
 from netshrink.prune.filters import PruneFiltersConfig, prune_filters
 from netshrink.quant import QuantConfig, quantize
-from netshrink.recipe import Recipe, load_recipe, parse_recipe
+from netshrink.recipe import Recipe, load_recipe
 from netshrink.train import FitConfig, fit
 from peers_tools import Result, Timer, macs, top1
 
 ROOT = Path(__file__).resolve().parent.parent
 PACK = PackConfig(index_bits="best", coders=("huffman", "ans"))
 
-# Deep Compression on the Caffe LeNet-5 as bench/pipeline.py and bench/codec.py run it: the
-# per-layer std ratios of Han et al. 2015 in 3 steps of 4 epochs at lr 0.02, then k-means at
-# conv 8 / fc 5 bits with 2 epochs of centroid fine-tuning. Used when recipes/ has none.
-CAFFE_RECIPE = """\
-name: deep-compression-lenet5-caffe
-data: {source: fashion-mnist}
-baseline: {model: lenet5_caffe, train: {epochs: 12, lr: 0.05}}
-stages:
-  - method: prune_iterative
-    name: prune
-    config:
-      prune: {threshold: {kind: std, ratio: 2.0}, per_layer: {conv1: 1.0, conv2: 1.5, fc1: 2.0, fc2: 1.25}}
-      steps: 3
-      retrain: {epochs: 4, lr: 0.02}
-  - method: share_kmeans
-    name: share
-    config: {conv_bits: 8, fc_bits: 5, init: linear}
-    finetune: {epochs: 2, lr: 0.0005}
-    budget: 1.0
-pack: {index_bits: best, coders: [huffman, ans]}
-"""
-
 
 def deep_compression_recipe(name: str) -> tuple[Recipe, str]:
-    """The recipe for `name` and where it came from: a deep-compression recipe in recipes/
-    whose baseline is `name`, else the Caffe LeNet-5 recipe above."""
+    """The recipe for `name` and where it came from: the deep-compression recipe in recipes/
+    whose baseline is `name`."""
     for path in sorted((ROOT / "recipes").glob("deep-compression-*.yaml")):
         recipe = load_recipe(path)
         if recipe.baseline.model == name:
             return recipe, str(path.relative_to(ROOT))
-    if name == "lenet5_caffe":
-        return parse_recipe(CAFFE_RECIPE, "bench/peers_netshrink.py"), "bench/peers_netshrink.py"
     raise ValueError(f"no Deep Compression recipe for {name}")
 
 
