@@ -45,6 +45,7 @@ from .prune.mask import get_mask
 from .quant.quantize import weight_quant
 from .recipe import Recipe
 from .report import console, print_measurements
+from .run_report import FinalRecord, ReportStage, RunReport, render_report
 from .share.codebooks import ScalarCodebook, restore_codebook
 from .stages import StageContext, finetune
 from .train import _init_distributed, evaluate, is_main_process
@@ -194,7 +195,8 @@ def _baseline(recipe, data, directory, done, cache_dir, latency, progress):
                 f"{data.input_shape}: set data.image_size"
             )
         meta = meta.model_copy(update={"data": data.config})
-        record = _finish(model, meta, "baseline", "baseline", key, stem, data, None, latency, start)
+        record = _finish(model, "baseline", "baseline", key, stem, data, None, latency, start)
+        _save(model, meta, stem)
         _save_state(directory, [record])
     model, meta = _read_back(directory, record)
     ctx = StageContext(data, model, meta.fit or recipe.baseline.fit, progress)
@@ -227,7 +229,6 @@ class _Run:
         stem = self.directory / "stages" / f"{index:02d}-{stage.title}"
         record = _finish(
             model,
-            meta,
             stage.title,
             stage.method,
             key,
@@ -236,7 +237,6 @@ class _Run:
             self.baseline_bytes,
             self.latency,
             start,
-            save=False,
         )
         record = record.model_copy(update={"notes": self.ctx.notes})
         self._check_budget(stage, record)
@@ -286,21 +286,17 @@ class _Run:
             val_top1=_val_top1(decoded, self.data),
             seconds=time.perf_counter() - start,
         )
-        stages = [*self.records, record]
+        result = RunResult(self.directory, path, [*self.records, record], decoded)
         if is_main_process():
-            _write_report(self.directory, self.recipe, stages, path, row)
+            _write_report(self.directory, self.recipe, result.stages, path, row)
         if is_main_process() and self.ctx.progress:
-            print_measurements(
-                [Measurement(**r.measurement) for r in stages], title=f"{self.recipe.name}: {path}"
-            )
-        return RunResult(self.directory, path, stages, decoded)
+            print_measurements(result.measurements, title=f"{self.recipe.name}: {path}")
+        return result
 
 
-def _finish(
-    model, meta, name, method, key, stem, data, baseline_bytes, latency, start, *, save=True
-) -> StageRecord:
-    """Measure a stage's model (test split; validation top-1 for budgets) and, with `save`,
-    write its checkpoint; the record names what to re-attach when it is read back."""
+def _finish(model, name, method, key, stem, data, baseline_bytes, latency, start) -> StageRecord:
+    """Measure a stage's model (test split; validation top-1 for budgets) into its record, which
+    names its checkpoint `stem` and what to re-attach when that is read back."""
     row = measure(
         model,
         stage=name,
@@ -310,8 +306,6 @@ def _finish(
         baseline_bytes=baseline_bytes,
         latency=latency,
     )
-    if save:
-        _save(model, meta, stem)
     layers = select_layers(model)
     return StageRecord(
         name=name,
@@ -373,35 +367,23 @@ def _announce(index: int, total: int, name: str, record: StageRecord) -> None:
 
 
 def _write_report(directory, recipe, stages, path, row) -> None:
-    from .run_report import render_report
-
-    report = {
-        "format": "netshrink-report",
-        "version": 1,
-        "name": recipe.name,
-        "recipe": "recipe.yaml",
-        "model": recipe.baseline.model or str(recipe.baseline.checkpoint),
-        "data": recipe.data.source,
-        "date": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "stages": [
-            {
-                k: v
-                for k, v in r.model_dump(mode="json").items()
-                if k not in ("masked", "shared", "notes")
-            }
-            for r in stages
-        ],
-        "final": {
-            "file": path.name,
-            "bytes": path.stat().st_size,
-            "top1": row.top1,
-            "top5": row.top5,
-        },
-        "sensitivity": next(
+    """report.json in run_report's schema (a stage's own fields beyond it are left out), then
+    report.md and the plots from it."""
+    report = RunReport(
+        format="netshrink-report",
+        version=1,
+        name=recipe.name,
+        recipe="recipe.yaml",
+        model=recipe.baseline.model or str(recipe.baseline.checkpoint),
+        data=recipe.data.source,
+        date=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        stages=[ReportStage.model_validate(r.model_dump()) for r in stages],
+        final=FinalRecord(file=path.name, bytes=path.stat().st_size, top1=row.top1, top5=row.top5),
+        sensitivity=next(
             (r.notes["sensitivity"] for r in reversed(stages) if "sensitivity" in r.notes), None
         ),
-    }
-    text = json.dumps(report, indent=2) + "\n"
+    )
+    text = report.model_dump_json(indent=2) + "\n"
     atomic_write(directory / "report.json", lambda tmp: tmp.write_text(text))
     render_report(directory, allow_import=True)  # the recipe's own model
 

@@ -19,7 +19,7 @@ ConfigError naming the field and its line in the file, raised before any trainin
 """
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -209,8 +209,6 @@ def _methods_hint() -> str:
 
 
 def _stage_tags() -> set[str]:
-    from typing import get_args
-
     return {get_args(cls.model_fields["method"].annotation)[0] for cls in get_args(Stage)}
 
 

@@ -19,7 +19,7 @@ from .measure import TensorStorage
 from .report import format_size
 
 if TYPE_CHECKING:
-    from .run_report import RunReport, StageRecord
+    from .run_report import ReportStage, RunReport
 
 DPI = 110
 MAX_WEIGHT_PLOTS = 12
@@ -51,7 +51,7 @@ def save_png(path: Path, draw: Callable, *args) -> Path:
     return path
 
 
-def _stage_top1(stage: "StageRecord") -> float | None:
+def _stage_top1(stage: "ReportStage") -> float | None:
     return stage.measurement.top1 if stage.measurement.top1 is not None else stage.val_top1
 
 

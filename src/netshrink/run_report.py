@@ -33,7 +33,7 @@ class _Record(BaseModel):
     model_config = ConfigDict(frozen=True, extra="ignore")
 
 
-class StageRecord(_Record):
+class ReportStage(_Record):
     """One stage of a run: its Measurement, validation top-1, wall time and checkpoint stem."""
 
     name: str
@@ -63,7 +63,7 @@ class RunReport(_Record):
     model: str
     data: str
     date: str
-    stages: list[StageRecord] = Field(min_length=1)
+    stages: list[ReportStage] = Field(min_length=1)
     final: FinalRecord
     sensitivity: dict | None = None  # a Sensitivity as a dict; built lazily (see _sensitivity)
 
@@ -146,7 +146,7 @@ def render_report(run_dir: Path, *, allow_import: bool = False) -> list[Path]:
     return [md, *written]
 
 
-def _baseline_model(run_dir: Path, stage: StageRecord, allow_import: bool) -> nn.Module | None:
+def _baseline_model(run_dir: Path, stage: ReportStage, allow_import: bool) -> nn.Module | None:
     """The baseline checkpoint for the weight histograms' overlay, or None when it cannot load."""
     from .checkpoint import checkpoint_paths, load_checkpoint, read_meta
 
@@ -194,7 +194,7 @@ def report_markdown(report: RunReport, model: nn.Module, images: Sequence[str]) 
     return "\n".join(lines)
 
 
-def _timing_markdown(stages: Sequence[StageRecord]) -> str:
+def _timing_markdown(stages: Sequence[ReportStage]) -> str:
     rows = ["| stage | method | val top-1 | seconds |", "| --- | --- | ---: | ---: |"]
     for s in stages:
         seconds = "-" if s.seconds is None else f"{s.seconds:.1f}"

@@ -36,6 +36,8 @@ from .prune import (
     prune_magnitude,
     restore_masks,
     sensitivity_analysis,
+    spread_over,
+    training_steps,
 )
 from .prune.sensitivity import DEFAULT_SPARSITIES
 from .quant import QuantConfig, quantize
@@ -124,9 +126,7 @@ def _gradual_schedule(config: PruneGradualConfig, fit_config: FitConfig, data: D
     """The config with `interval` spread over the training, when the recipe does not set it."""
     if "interval" in config.model_fields_set:
         return config
-    total = fit_config.epochs * len(data.loader("train", fit_config.batch_size))
-    interval = max(1, int(GRADUAL_SHARE * total) // config.steps)
-    return config.model_copy(update={"interval": interval})
+    return spread_over(config, training_steps(data, fit_config), GRADUAL_SHARE)
 
 
 class PruneMagnitudeStage(_Stage):

@@ -34,7 +34,7 @@ from .distill import DistillConfig, distill
 from .errors import ConfigError
 from .measure import dense_bytes
 from .models import ModelSpec, build_model
-from .prune.gradual import GradualPruner, PruneGradualConfig
+from .prune.gradual import GradualPruner, PruneGradualConfig, spread_over, training_steps
 from .report import console, print_measurements
 from .train import FitConfig
 
@@ -166,15 +166,10 @@ def _pruner(model, data, fit_config: FitConfig, sparsity: float | None) -> list:
     """Gradual pruning to `sparsity` over the first 70% of the steps (Zhu & Gupta), or none."""
     if sparsity is None:
         return []
-    steps = fit_config.epochs * len(data.loader("train", fit_config.batch_size))
+    steps = training_steps(data, fit_config)
     updates = max(1, min(20, steps // 2))
-    config = make_config(
-        PruneGradualConfig,
-        final_sparsity=sparsity,
-        steps=updates,
-        interval=max(1, int(0.7 * steps) // updates),
-    )
-    return [GradualPruner(model, config)]
+    config = make_config(PruneGradualConfig, final_sparsity=sparsity, steps=updates)
+    return [GradualPruner(model, spread_over(config, steps, 0.7))]
 
 
 def run_compressive(args) -> None:

@@ -2,7 +2,14 @@
 sensitivity analysis. Masks are parametrizations (`weight = dense * mask`)."""
 
 from .filters import FilterPlan, PruneFiltersConfig, mask_filters, plan_filters, prune_filters
-from .gradual import GradualPruner, PruneGradualConfig, cubic_sparsity, prune_gradual
+from .gradual import (
+    GradualPruner,
+    PruneGradualConfig,
+    cubic_sparsity,
+    prune_gradual,
+    spread_over,
+    training_steps,
+)
 from .incremental import PruneIncrementalConfig, incremental_ratios, prune_incremental
 from .iterative import PruneIterativeConfig, prune_iterative
 from .magnitude import (
@@ -43,6 +50,8 @@ __all__ = [
     "layer_sparsity",
     "plot_sensitivity",
     "prune_gradual",
+    "spread_over",
+    "training_steps",
     "prune_incremental",
     "prune_iterative",
     "prune_magnitude",

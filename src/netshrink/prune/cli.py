@@ -9,7 +9,7 @@ from ..layers import select_layers
 from ..report import console, layer_table, print_measurements
 from ..train import FitConfig, fit
 from .filters import PruneFiltersConfig, prune_filters
-from .gradual import PruneGradualConfig, prune_gradual
+from .gradual import PruneGradualConfig, prune_gradual, spread_over, training_steps
 from .incremental import PruneIncrementalConfig, prune_incremental
 from .iterative import PruneIterativeConfig, prune_iterative
 from .magnitude import (
@@ -121,18 +121,14 @@ def _prune(model, data, args, retrain: FitConfig) -> None:
         config = make_config(PruneIncrementalConfig, budget=args.budget)
         prune_incremental(model, data.loader("val", 256), config, layers=args.layers)
     elif args.method == "gradual":
-        total = retrain.epochs * len(data.loader("train", retrain.batch_size))
+        total = training_steps(data, retrain)
         if total < 2:
             raise ConfigError("gradual pruning happens while training: give --retrain-epochs")
         # prune over the first three quarters of training, then train on at the final sparsity
-        steps = 10
-        interval = max(1, int(0.75 * total) // steps)
         config = make_config(
-            PruneGradualConfig,
-            final_sparsity=_required(args, "sparsity"),
-            steps=steps,
-            interval=interval,
+            PruneGradualConfig, final_sparsity=_required(args, "sparsity"), steps=10
         )
+        config = spread_over(config, total, 0.75)
         prune_gradual(model, data, config, retrain, layers=args.layers)
     else:
         config = make_config(

@@ -48,6 +48,18 @@ class PruneGradualConfig(BaseModel):
         return self.start_step + self.steps * self.interval
 
 
+def training_steps(data: DataSplits, fit_config: FitConfig) -> int:
+    """Optimizer steps of a `fit` with `fit_config` on `data`: what a schedule is spread over."""
+    return fit_config.epochs * len(data.loader("train", fit_config.batch_size))
+
+
+def spread_over(config: PruneGradualConfig, total_steps: int, share: float) -> PruneGradualConfig:
+    """`config` with `interval` chosen so that its `steps` updates end after `share` of a
+    training of `total_steps` steps; the model then trains on at its final sparsity (Zhu &
+    Gupta stop pruning well before the end)."""
+    return config.model_copy(update={"interval": max(1, int(share * total_steps) // config.steps)})
+
+
 def cubic_sparsity(step: int, config: PruneGradualConfig) -> float:
     """The schedule's sparsity at `step` (flat before the start and after the end)."""
     s_i, s_f = config.initial_sparsity, config.final_sparsity
@@ -103,7 +115,7 @@ def prune_gradual(
     The schedule must end within the training run, so that the model trains on at its final
     sparsity (Zhu & Gupta end pruning before the learning rate has decayed).
     """
-    total = fit_config.epochs * len(data.loader("train", fit_config.batch_size))
+    total = training_steps(data, fit_config)
     if config.end_step > total:
         raise ConfigError(
             f"the gradual schedule ends at step {config.end_step} but training has "
