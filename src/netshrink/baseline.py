@@ -34,6 +34,8 @@ BASELINES: dict[str, tuple[ModelSpec, DataConfig, FitConfig]] = {
     "lenet5": (ModelSpec(name="lenet5"), _FASHION, FitConfig(epochs=20, lr=0.05)),
     "lenet5_caffe": (ModelSpec(name="lenet5_caffe"), _FASHION, FitConfig(epochs=12, lr=0.05)),
     "vgg_small": (ModelSpec(name="vgg_small"), _FASHION_AUGMENTED, FitConfig(epochs=12, lr=0.05)),
+    # For filter pruning across residual blocks (bench/peers.py); 28x28 input, no resizing.
+    "resnet20": (ModelSpec(name="resnet20"), _FASHION_AUGMENTED, FitConfig(epochs=10, lr=0.05)),
 }
 
 
