@@ -5,11 +5,13 @@ command, the date, one row a case with its numbers and its target), and the same
 import datetime
 import json
 import shlex
+import statistics
 import sys
 from pathlib import Path
 
 from rich.table import Table
 
+from netshrink.measure import measure_latency
 from netshrink.report import console
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -57,16 +59,33 @@ def _markdown(title, command, date, rows, columns, notes) -> str:
 
 
 def _update_doc(name: str, section: str) -> None:
-    start, end = f"<!-- bench:{name} -->", f"<!-- /bench:{name} -->"
     text = (
         DOC.read_text()
         if DOC.exists()
         else "# Benchmarks\n\nThe latest results, each with the command that made it.\n"
     )
+    DOC.parent.mkdir(parents=True, exist_ok=True)
+    DOC.write_text(replace_block(text, name, section))
+
+
+def replace_block(text: str, name: str, section: str) -> str:
+    """`text` with the block between the `<!-- bench:NAME -->` markers replaced by `section`
+    (appended at the end when the markers are missing)."""
+    start, end = f"<!-- bench:{name} -->", f"<!-- /bench:{name} -->"
     block = f"{start}\n{section}{end}"
     if start in text and end in text:
-        text = text[: text.index(start)] + block + text[text.index(end) + len(end) :]
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    DOC.parent.mkdir(parents=True, exist_ok=True)
-    DOC.write_text(text)
+        return text[: text.index(start)] + block + text[text.index(end) + len(end) :]
+    return text.rstrip("\n") + "\n\n" + block + "\n"
+
+
+def latency_ratio(dense, pruned, input_shape, *, batch_size: int = 1, threads: int = 1) -> float:
+    """dense / pruned median latency, the two measured alternately so that drift hits both."""
+    times: dict[int, list[float]] = {id(dense): [], id(pruned): []}
+    for _ in range(5):
+        for model in (dense, pruned):
+            times[id(model)].append(
+                measure_latency(
+                    model, input_shape, batch_size=batch_size, threads=threads, repeats=20
+                )
+            )
+    return statistics.median(times[id(dense)]) / statistics.median(times[id(pruned)])

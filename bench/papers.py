@@ -1,7 +1,7 @@
 """The papers at CPU scale: each paper's pipeline on Fashion-MNIST, one row a stage, beside the
 paper's own figure (its model and data set differ: read the `paper` column as context).
 
-    python bench/papers.py [--cases deep-compression kim ristretto gong] [--threads N]
+    python bench/papers.py [--cases deep-compression kim ristretto gong] [--seeds 0 1 2] [--threads N]
 
 Cases:
 
@@ -19,6 +19,7 @@ Writes bench/results/papers.json and the papers section of docs/benchmarks.md.
 """
 
 import argparse
+import statistics
 import sys
 import tempfile
 import time
@@ -28,6 +29,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import readme  # noqa: E402
 from common import ROOT, publish  # noqa: E402
 from netshrink.layers import select_layers  # noqa: E402
 from netshrink.measure import dense_bytes, storage_bytes  # noqa: E402
@@ -38,7 +40,19 @@ from netshrink.train import evaluate  # noqa: E402
 from pipeline import baseline  # noqa: E402
 
 CASES = ("deep-compression", "kim", "ristretto", "gong")
-COLUMNS = ["case", "model", "stage", "top-1", "top-5", "loss pt", "ratio", "bytes", "paper", "s"]
+COLUMNS = [
+    "case",
+    "model",
+    "stage",
+    "seeds",
+    "top-1",
+    "top-5",
+    "loss pt",
+    "ratio",
+    "bytes",
+    "paper",
+    "s",
+]
 LABELS = {
     "lenet300_100": "LeNet-300-100",
     "lenet5": "LeNet-5",
@@ -85,9 +99,28 @@ GONG = {
 GONG_RATES = (10, 20)
 
 
-def recipe_rows(case: str, recipe: Recipe, text: str) -> list[dict]:
-    """Run `recipe` into a temporary directory; one row a stage (baseline first, packed last)."""
+def recipe_rows(case: str, recipe: Recipe, text: str, seeds: tuple[int, ...]) -> list[dict]:
+    """Run `recipe` once per seed; one row a stage (baseline first, packed last), each number
+    the median over the seeds (the per-seed top-1 and bytes kept beside it)."""
+    runs = [_stage_rows(case, recipe, text, seed) for seed in seeds]
+    rows = []
+    for stage_rows in zip(*runs, strict=True):
+        row = dict(stage_rows[0])
+        for field in ("top-1", "top-5", "loss pt", "ratio", "bytes", "s"):
+            row[field] = statistics.median(r[field] for r in stage_rows)
+        row["seeds"] = len(stage_rows)
+        row["top-1 per seed"] = [r["top-1"] for r in stage_rows]
+        row["bytes per seed"] = [r["bytes"] for r in stage_rows]
+        rows.append(row)
+    return rows
+
+
+def _stage_rows(case: str, recipe: Recipe, text: str, seed: int) -> list[dict]:
+    """One run of `recipe` with `seed` (it reaches every stage's training and k-means) into a
+    temporary directory."""
     papers = PAPER.get(recipe.name, {})
+    if seed != recipe.seed:
+        recipe, text = recipe.model_copy(update={"seed": seed}), None
     with tempfile.TemporaryDirectory(prefix=f"netshrink-{recipe.name}-") as directory:
         result = run_recipe(recipe, directory, recipe_text=text, latency=False, progress=False)
     base = result.stages[0].measurement["top1"]
@@ -112,15 +145,18 @@ def recipe_rows(case: str, recipe: Recipe, text: str) -> list[dict]:
     return rows
 
 
-def file_recipe_rows(case: str, stem: str) -> list[dict]:
+def file_recipe_rows(case: str, stem: str, seeds: tuple[int, ...]) -> list[dict]:
     path = ROOT / "recipes" / f"{stem}.yaml"
-    return recipe_rows(case, load_recipe(path), path.read_text())
+    return recipe_rows(case, load_recipe(path), path.read_text(), seeds)
 
 
-def deep_compression_rows() -> list[dict]:
-    rows = file_recipe_rows("deep-compression", "deep-compression-lenet300")
-    rows += file_recipe_rows("deep-compression", "deep-compression-lenet5")
-    return rows + file_recipe_rows("deep-compression", "deep-compression-lenet5-caffe")
+def deep_compression_rows(seeds: tuple[int, ...]) -> list[dict]:
+    stems = (
+        "deep-compression-lenet300",
+        "deep-compression-lenet5",
+        "deep-compression-lenet5-caffe",
+    )
+    return [row for stem in stems for row in file_recipe_rows("deep-compression", stem, seeds)]
 
 
 def ristretto_rows(name: str) -> list[dict]:
@@ -187,38 +223,50 @@ def gong_rows() -> list[dict]:
     return rows
 
 
-def run_cases(cases: list[str]) -> list[dict]:
+def run_cases(cases: list[str], seeds: tuple[int, ...]) -> list[dict]:
     rows = []
     if "deep-compression" in cases:
-        rows += deep_compression_rows()
+        rows += deep_compression_rows(seeds)
     if "kim" in cases:
-        rows += file_recipe_rows("kim", "hierarchical-kim")
+        rows += file_recipe_rows("kim", "hierarchical-kim", seeds)
     if "ristretto" in cases:
         rows += ristretto_rows("lenet5") + ristretto_rows("lenet5_caffe")
     if "gong" in cases:
         rows += gong_rows()
-    return [{k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()} for r in rows]
+    return [{k: _rounded(v) for k, v in r.items()} for r in rows]
+
+
+def _rounded(value):
+    if isinstance(value, list):
+        return [_rounded(v) for v in value]
+    return round(value, 4) if isinstance(value, float) else value
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", nargs="+", choices=CASES, default=list(CASES))
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
+                        help="seeds of the recipe cases (medians over them)")  # fmt: skip
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
-    rows = run_cases(args.cases)
-    notes = _notes(args.threads, time.perf_counter() - start)
+    seeds = tuple(args.seeds)
+    rows = run_cases(args.cases, seeds)
+    notes = _notes(args.threads, seeds, time.perf_counter() - start)
     publish("papers", "The papers at CPU scale (bench/papers.py)", rows, COLUMNS, notes)
+    readme.refresh()
 
 
-def _notes(threads: int, total: float) -> str:
+def _notes(threads: int, seeds: tuple[int, ...], total: float) -> str:
     return (
         "Fashion-MNIST, the 10,000 test images; the `paper` column is the paper's own figure on "
         "its own data (MNIST for Han et al. and Gysel et al., ImageNet for Gong et al., Kim et "
         "al.'s own model), context rather than a target. `loss pt`: top-1 points below the "
         "row's baseline (the case's first row for its model). Recipe rows (deep-compression, "
-        "kim) come from netshrink.pipeline.run_recipe from the cached baselines: `bytes` is what "
+        f"kim) come from netshrink.pipeline.run_recipe from the cached baselines, run with the "
+        f"recipe seed set to each of {', '.join(map(str, seeds))}: every number is the median "
+        "over those runs (per-seed top-1 and bytes in the JSON); `bytes` is what "
         "a stage stores (netshrink.measure.storage_bytes: no entropy coding), on the packed row "
         "the .nsk file itself, whose accuracy is that of the model decoded from it; `ratio`: "
         "dense fp32 bytes over `bytes`; `s`: the stage's time, measurement included. The "

@@ -1,4 +1,4 @@
-"""netshrink's side of bench/peers.py: the Deep Compression recipe, 8/8 post-training fixed
+"""netshrink's side of bench/peers.py: a recipe from recipes/ per model, 8/8 post-training fixed
 point and filter pruning, each written to a .nsk file whose decoded model is what is measured."""
 
 import copy
@@ -11,20 +11,30 @@ from netshrink.prune.filters import PruneFiltersConfig, prune_filters
 from netshrink.quant import QuantConfig, quantize
 from netshrink.recipe import Recipe, load_recipe
 from netshrink.train import FitConfig, fit
-from peers_tools import Result, Timer, macs, top1
+from peers_tools import Result, Timer, filter_result, top1
 
 ROOT = Path(__file__).resolve().parent.parent
 PACK = PackConfig(index_bits="best", coders=("huffman", "ans"))
 
 
-def deep_compression_recipe(name: str) -> tuple[Recipe, str]:
-    """The recipe for `name` and where it came from: the deep-compression recipe in recipes/
-    whose baseline is `name`."""
-    for path in sorted((ROOT / "recipes").glob("deep-compression-*.yaml")):
-        recipe = load_recipe(path)
-        if recipe.baseline.model == name:
-            return recipe, str(path.relative_to(ROOT))
-    raise ValueError(f"no Deep Compression recipe for {name}")
+# netshrink's pipeline for each model: the recipe of the paper that model comes from (Deep
+# Compression's LeNets; Kim et al.'s hierarchical pipeline for the VGG).
+RECIPES = {
+    "lenet300_100": "deep-compression-lenet300",
+    "lenet5_caffe": "deep-compression-lenet5-caffe",
+    "vgg_small": "hierarchical-kim",
+}
+
+
+def recipe_for(name: str) -> tuple[Recipe, str]:
+    """The recipe netshrink runs on the baseline `name`, and its path."""
+    if name not in RECIPES:
+        raise ValueError(f"no netshrink recipe for {name}: add one to RECIPES")
+    path = ROOT / "recipes" / f"{RECIPES[name]}.yaml"
+    recipe = load_recipe(path)
+    if recipe.baseline.model != name:
+        raise ValueError(f"{path} compresses {recipe.baseline.model}, not {name}")
+    return recipe, str(path.relative_to(ROOT))
 
 
 def quick_recipe(recipe: Recipe) -> Recipe:
@@ -40,7 +50,7 @@ def quick_recipe(recipe: Recipe) -> Recipe:
     return Recipe.model_validate(fields)
 
 
-def deep_compression(recipe: Recipe, seed: int) -> Result:
+def recipe_file(recipe: Recipe, seed: int) -> Result:
     """`run_recipe` on the recipe with `seed` (it reaches every stage's training and k-means);
     the packed file's bytes and the top-1 of the model decoded from it (the last record)."""
     recipe = recipe.model_copy(update={"seed": seed})
@@ -50,14 +60,13 @@ def deep_compression(recipe: Recipe, seed: int) -> Result:
     return Result(result.stages[-1].measurement["top1"], raw, timer.seconds)
 
 
-def _packed(model, meta, data, seconds: float, macs_removed: float | None = None) -> Result:
-    """Pack `model`, decode the file, measure the decoded model."""
+def _packed(model, meta, seconds: float):
+    """Pack `model`; (the file's bytes, the model decoded from it, seconds with the packing)."""
     with tempfile.TemporaryDirectory() as work:
         with Timer() as timer:
             path = pack(model, Path(work) / "model.nsk", PACK, meta=meta)
             raw = path.read_bytes()
-        decoded = unpack(path)
-        return Result(top1(decoded, data), raw, seconds + timer.seconds, macs_removed)
+        return raw, unpack(path), seconds + timer.seconds
 
 
 def ptq8(model, meta, data, calibration) -> Result:
@@ -65,7 +74,8 @@ def ptq8(model, meta, data, calibration) -> Result:
     power-of-two scale per layer) on the same calibration batches, packed."""
     with Timer() as timer:
         quantized = quantize(model, calibration, QuantConfig())
-    return _packed(quantized, meta, data, timer.seconds)
+    raw, decoded, seconds = _packed(quantized, meta, timer.seconds)
+    return Result(top1(decoded, data), raw, seconds)
 
 
 def filters(model, meta, data, amount: float, fit_config: FitConfig) -> Result:
@@ -75,5 +85,5 @@ def filters(model, meta, data, amount: float, fit_config: FitConfig) -> Result:
     with Timer() as timer:
         prune_filters(pruned, PruneFiltersConfig(amount=amount), data.input_shape)
         fit(pruned, data, fit_config, progress=False)
-    removed = 1 - macs(pruned, data.input_shape) / macs(model, data.input_shape)
-    return _packed(pruned.eval(), meta, data, timer.seconds, removed)
+    raw, decoded, seconds = _packed(pruned.eval(), meta, timer.seconds)
+    return filter_result(model, decoded.eval(), data, raw, seconds)

@@ -1,6 +1,6 @@
 """The derived tables of bench/peers.py, computed from its measured rows (never typed in) and
 rendered as Markdown: (1) size at equal accuracy and the 3x goal, (2) accuracy at the peers'
-int8 size, (4) post-training int8, filter pruning, (6) wall time."""
+int8 size, (3) filter pruning, (4) post-training int8, (6) wall time."""
 
 BOUNDS = (0.5, 1.0)
 GOAL = 3.0
@@ -63,10 +63,18 @@ def _verdict(model: str, bound: float, best: dict, ours: list[dict]) -> str:
         return f"{head}: {said}; netshrink has no file within the bound: goal **missed**."
     ratio = peer["smallest"] / within["smallest"]
     higher = within["loss pt"] > peer["loss pt"]
-    verdict = "missed" if ratio < GOAL else "met only within the bound" if higher else "met"
+    verdict = goal_verdict(peer, within)
     return (f"{head}: {said}; netshrink ({within['pipeline']}) {within['smallest']:,} B at "
             f"{_pt(within['loss pt'])} pt{' (more loss than the peer)' if higher else ''}: "
             f"{ratio:.2f}x smaller; goal >= {GOAL:g}x **{verdict}**.")  # fmt: skip
+
+
+def goal_verdict(peer: dict, ours: dict) -> str:
+    """ "met" when netshrink's file is >= GOAL x smaller at no more loss than the peer's; "met
+    only within the bound" when smaller enough but with more loss; else "missed"."""
+    if peer["smallest"] / ours["smallest"] < GOAL:
+        return "missed"
+    return "met only within the bound" if ours["loss pt"] > peer["loss pt"] else "met"
 
 
 def int8_size_table(rows: list[dict]) -> str:
@@ -110,14 +118,23 @@ def time_table(rows: list[dict]) -> str:
 
 
 def filter_table(rows: list[dict]) -> str:
-    """Filter pruning: per tool, the most MACs removed at <= 1 pt loss."""
+    """(3) Filter pruning: per tool, the most MACs removed at <= 1 pt loss, with its latency."""
     lines = []
     for model in _models(rows):
         mine = [r for r in rows if r["model"] == model and r["kind"] == "filters"]
         for tool in dict.fromkeys(r["tool"] for r in mine):
             inside = [r for r in mine if r["tool"] == tool and r["loss pt"] <= 1.0]
             best = max(inside, key=lambda r: r["MACs removed"]) if inside else None
-            lines.append([model, tool, best["pipeline"] if best else "none within 1 pt",
-                          f"{best['MACs removed']:.1%}" if best else "-",
-                          _pt(best["loss pt"]) if best else "-"])  # fmt: skip
-    return _table(["model", "tool", "pipeline", "MACs removed at <= 1 pt", "loss pt"], lines)
+            if best is None:
+                lines.append([model, tool, "none within 1 pt", "-", "-", "-", "-", "-"])
+                continue
+            lines.append([model, tool, best["pipeline"], f"{best['MACs removed']:.1%}",
+                          _pt(best["loss pt"]), _ratio(best.get("latency ratio @1")),
+                          _ratio(best.get("latency ratio @64")), _bytes(best)])  # fmt: skip
+    header = ["model", "tool", "pipeline", "MACs removed at <= 1 pt", "loss pt",
+              "latency ratio @1", "latency ratio @64", "bytes (stored as)"]  # fmt: skip
+    return _table(header, lines)
+
+
+def _ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}x"

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
+from common import latency_ratio
 from netshrink.export.onnx import export_onnx, onnx_session
 from netshrink.measure import count_macs
 from netshrink.train import FitConfig, evaluate, fit
@@ -29,12 +30,14 @@ TEST_BATCH = 500
 
 @dataclass(frozen=True)
 class Result:
-    """What one pipeline made: the file's bytes, its top-1, seconds, and MACs removed (filters)."""
+    """What one pipeline made: the file's bytes, its top-1, seconds, and for filter pruning the
+    MACs removed and the dense / pruned latency ratio at batch 1 and 64 (one thread)."""
 
     top1: float
     raw: bytes
     seconds: float
     macs_removed: float | None = None
+    latency_ratio: dict[int, float] | None = None
 
 
 class Timer:
@@ -189,6 +192,19 @@ def macs(model, input_shape) -> int:
     return sum(row.macs for row in count_macs(model, input_shape))
 
 
+LATENCY_BATCHES = (1, 64)
+
+
+def filter_result(dense, pruned, data, raw: bytes, seconds: float) -> Result:
+    """A filter-pruned model's Result: top-1, MACs removed and the latency ratios against the
+    dense model, on one thread (a device's core; two threads on this 2-core machine measure
+    contention)."""
+    shape = data.input_shape
+    removed = 1 - macs(pruned, shape) / macs(dense, shape)
+    ratios = {b: latency_ratio(dense, pruned, shape, batch_size=b) for b in LATENCY_BATCHES}
+    return Result(top1(pruned, data), raw, seconds, removed, ratios)
+
+
 def tp_filters(model, data, amount: float, fit_config: FitConfig) -> Result:
     """Torch-Pruning: `MetaPruner` with L1 `MagnitudeImportance` removes `amount` of every
     conv's filters (the classifier layers' outputs kept), then fine-tuning; saved with
@@ -204,8 +220,7 @@ def tp_filters(model, data, amount: float, fit_config: FitConfig) -> Result:
         pruner.step()
         fit(pruned, data, fit_config, progress=False)
         raw = saved(tp.state_dict(pruned))
-    removed = 1 - macs(pruned, data.input_shape) / macs(model, data.input_shape)
-    return Result(top1(pruned, data), raw, timer.seconds, removed)
+    return filter_result(model, pruned.eval(), data, raw, timer.seconds)
 
 
 def calibration_batches(data, batches: int = 4, size: int = 256) -> list[torch.Tensor]:

@@ -24,11 +24,11 @@ import torch.nn.utils.prune as torch_prune
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import DOC, publish  # noqa: E402
+from common import DOC, latency_ratio, publish  # noqa: E402
 from netshrink.baseline import BASELINES  # noqa: E402
 from netshrink.checkpoint import effective_state_dict  # noqa: E402
 from netshrink.layers import select_layers  # noqa: E402
-from netshrink.measure import count_macs, measure_latency  # noqa: E402
+from netshrink.measure import count_macs  # noqa: E402
 from netshrink.models import build_model  # noqa: E402
 from netshrink.prune import (  # noqa: E402
     PruneGradualConfig,
@@ -153,7 +153,10 @@ def filters(name: str, target_macs: float, seed: int) -> dict:
         progress=False,
     )
     macs = [sum(r.macs for r in count_macs(m, data.input_shape)) for m in (dense, model)]
-    latency = {batch: _latency_ratio(dense, model, data.input_shape, batch) for batch in (1, 64)}
+    latency = {
+        batch: latency_ratio(dense, model, data.input_shape, batch_size=batch, threads=2)
+        for batch in (1, 64)
+    }
     return {
         "top-1 dense": _top1(dense, data),
         "top-1 pruned": _top1(model, data),
@@ -163,17 +166,6 @@ def filters(name: str, target_macs: float, seed: int) -> dict:
         "latency ratio @1": latency[1],
         "latency ratio @64": latency[64],
     }
-
-
-def _latency_ratio(dense, pruned, input_shape, batch_size: int) -> float:
-    """dense / pruned median latency, the two measured alternately so that drift hits both."""
-    times = {id(dense): [], id(pruned): []}
-    for _ in range(5):
-        for m in (dense, pruned):
-            times[id(m)].append(
-                measure_latency(m, input_shape, batch_size=batch_size, threads=2, repeats=20)
-            )
-    return statistics.median(times[id(dense)]) / statistics.median(times[id(pruned)])
 
 
 @dataclass(frozen=True)

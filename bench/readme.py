@@ -1,0 +1,154 @@
+"""The README's "How it compares" section, rebuilt from the benchmarks' results (never typed in).
+
+    python bench/readme.py
+
+Reads bench/results/peers.json, peers_filters.json and papers.json (written by bench/peers.py and
+bench/papers.py, which call `refresh` after publishing) and rewrites the block between the
+`<!-- bench:readme -->` markers of README.md: a few headline rows of each, with the commands and
+dates that measured them. The full tables stay in docs/benchmarks.md.
+"""
+
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import RESULTS, ROOT, replace_block  # noqa: E402
+from peers_tables import (  # noqa: E402
+    BOUNDS,
+    GOAL,
+    US,
+    _bytes,
+    _pt,
+    _ratio,
+    _smallest,
+    _table,
+    goal_verdict,
+)
+
+README = ROOT / "README.md"
+
+
+def _load(name: str) -> dict | None:
+    path = RESULTS / f"{name}.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _source(result: dict) -> str:
+    return f"`{result['command']}`, {result['date']}"
+
+
+def size_rows(rows: list[dict]) -> list[list]:
+    """Per model and loss bound: netshrink's smallest file beside the best peer's."""
+    lines = []
+    for model in dict.fromkeys(r["model"] for r in rows):
+        mine = [r for r in rows if r["model"] == model]
+        for bound in BOUNDS:
+            ours = _smallest([r for r in mine if r["tool"] == US], bound)
+            peer = _smallest([r for r in mine if r["tool"] != US], bound)
+            ratio = peer["smallest"] / ours["smallest"] if ours and peer else None
+            lines.append([
+                model, f"<= {bound:g} pt",
+                f"{_bytes(ours)}, {_pt(ours['loss pt'])} pt" if ours else "none",
+                f"{peer['tool']}: {_bytes(peer)}, {_pt(peer['loss pt'])} pt" if peer else "none",
+                f"{ratio:.2f}x" if ratio else "-",
+                _emphasis(goal_verdict(peer, ours)) if ratio else "not assessed",
+            ])  # fmt: skip
+    return lines
+
+
+def _emphasis(verdict: str) -> str:
+    return f"**{verdict}**" if verdict == "missed" else verdict
+
+
+def ptq_rows(rows: list[dict]) -> tuple[list[list], list[str]]:
+    """Post-training int8 of the dense model: each tool's loss and file per model; the models."""
+    ptq = [r for r in rows if r["kind"] == "ptq"]
+    models = list(dict.fromkeys(r["model"] for r in ptq))
+    index = {(r["tool"], r["model"]): r for r in ptq}
+    return [
+        [tool, *(f"{_pt(index[tool, m]['loss pt'])} pt, {index[tool, m]['file bytes']:,} B"
+                 if (tool, m) in index else "-" for m in models)]
+        for tool in dict.fromkeys(r["tool"] for r in ptq)
+    ], models  # fmt: skip
+
+
+def filter_rows(rows: list[dict]) -> list[list]:
+    """Per model and tool, the most MACs removed at <= 1 pt loss, with the latency ratio."""
+    lines = []
+    for model in dict.fromkeys(r["model"] for r in rows):
+        for tool in dict.fromkeys(r["tool"] for r in rows if r["model"] == model):
+            inside = [r for r in rows if r["model"] == model and r["tool"] == tool
+                      and r["kind"] == "filters" and r["loss pt"] <= 1.0]  # fmt: skip
+            best = max(inside, key=lambda r: r["MACs removed"]) if inside else None
+            lines.append([model, tool] + ([f"{best['MACs removed']:.1%}", _pt(best["loss pt"]),
+                          _ratio(best.get("latency ratio @1"))] if best else ["none", "-", "-"]))  # fmt: skip
+    return lines
+
+
+def paper_rows(rows: list[dict]) -> list[list]:
+    """The rows that carry a paper's figure on a finished result: packed files and Kim's stages."""
+    keep = [r for r in rows if r.get("paper") and r.get("loss pt") is not None
+            and (r["stage"].startswith("packed") or r["case"] == "kim")]  # fmt: skip
+    return [[r["model"], r["stage"], f"{r['ratio']:.1f}x", _pt(r["loss pt"]), r["paper"]]
+            for r in keep]  # fmt: skip
+
+
+def section() -> str:
+    """The README block's Markdown from whichever results exist."""
+    parts = ["## How it compares", ""]
+    peers, filters, papers = _load("peers"), _load("peers_filters"), _load("papers")
+    if peers:
+        parts += [
+            "**Size at equal accuracy** (Fashion-MNIST): netshrink's smallest file within each "
+            f"top-1 loss bound beside the best peer's (PyTorch by hand, ONNX Runtime, NNCF, "
+            f"Brevitas, torchao; zip / xz applied where smaller). Goal: >= {GOAL:g}x smaller. "
+            f"Measured by {_source(peers)}.",
+            "",
+            _table(
+                ["model", "bound", "netshrink", "best peer", "smaller by", f"goal {GOAL:g}x"],
+                size_rows(peers["rows"]),
+            ),  # fmt: skip
+            "",
+        ]
+        lines, models = ptq_rows(peers["rows"])
+        parts += [
+            "**Post-training int8** of the dense model, no retraining: top-1 loss and file bytes.",
+            "",
+            _table(["tool", *models], lines),
+            "",
+        ]
+    if filters:
+        parts += [
+            "**Filter pruning** with the same fine-tuning: the most MACs removed at <= 1 pt, and "
+            f"dense / pruned latency at batch 1 on one thread. Measured by {_source(filters)}.",
+            "",
+            _table(
+                ["model", "tool", "MACs removed", "loss pt", "latency ratio"],
+                filter_rows(filters["rows"]),
+            ),  # fmt: skip
+            "",
+        ]
+    if papers:
+        parts += [
+            "**The papers at CPU scale** (Fashion-MNIST here; the papers' own figures, mostly "
+            f"MNIST, as context). Measured by {_source(papers)}.",
+            "",
+            _table(["model", "stage", "ratio", "loss pt", "paper"], paper_rows(papers["rows"])),
+            "",
+        ]
+    parts.append(
+        "Every table in full, with its method notes: [docs/benchmarks.md](docs/benchmarks.md)."
+    )
+    return "\n".join(parts) + "\n"
+
+
+def refresh() -> None:
+    """Rewrite README.md's `bench:readme` block from the current results."""
+    README.write_text(replace_block(README.read_text(), "readme", section()))
+
+
+if __name__ == "__main__":
+    refresh()
+    print(section())
