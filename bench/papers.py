@@ -1,7 +1,8 @@
 """The papers at CPU scale: each paper's pipeline on Fashion-MNIST, one row a stage, beside the
 paper's own figure (its model and data set differ: read the `paper` column as context).
 
-    python bench/papers.py [--cases deep-compression kim ristretto gong] [--seeds 0 1 2] [--threads N]
+    python bench/papers.py [--cases deep-compression kim ristretto gong] [--seeds 0 1 2]
+                           [--threads N]
 
 Cases:
 

@@ -8,8 +8,8 @@ Run it in the peers' own environment (docs/peers.md: `.venv-peers`, never a depe
 netshrink); a peer that does not import is left out and named in the notes. Models: the cached
 Fashion-MNIST baselines (netshrink.baseline.BASELINES). Two parts, each its own section of
 docs/benchmarks.md and its own JSON: `size` (LeNet-300-100, the Caffe LeNet-5 and the small VGG:
-tables 1, 2, 4 and 6 of the issue) and `filters` (the Caffe LeNet-5, the small VGG and ResNet-20: table 3).
-Cases of the size part:
+tables 1, 2, 4 and 6 of the issue) and `filters` (the Caffe LeNet-5, the small VGG and ResNet-20:
+table 3). Cases of the size part:
 
 - PyTorch by hand: `torch.nn.utils.prune.global_unstructured` L1 to each sparsity + fine-tuning,
   then the fp32 state dict or torch.ao int8 static PTQ, saved with `torch.save`; ONNX Runtime's

@@ -82,8 +82,11 @@ def filter_rows(rows: list[dict]) -> list[list]:
             inside = [r for r in rows if r["model"] == model and r["tool"] == tool
                       and r["kind"] == "filters" and r["loss pt"] <= 1.0]  # fmt: skip
             best = max(inside, key=lambda r: r["MACs removed"]) if inside else None
-            lines.append([model, tool] + ([f"{best['MACs removed']:.1%}", _pt(best["loss pt"]),
-                          _ratio(best.get("latency ratio @1"))] if best else ["none", "-", "-"]))  # fmt: skip
+            if best is None:
+                lines.append([model, tool, "none", "-", "-"])
+                continue
+            lines.append([model, tool, f"{best['MACs removed']:.1%}", _pt(best["loss pt"]),
+                          _ratio(best.get("latency ratio @1"))])  # fmt: skip
     return lines
 
 
