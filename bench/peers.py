@@ -244,7 +244,7 @@ def size_model(name: str, settings: Settings, peers: set[str]) -> Run:
     for seed in seeds:
         hand_cases(run, seed)
         run.add("netshrink", f"{recipe.name} recipe ({source})", "size",
-                ns.recipe_file, recipe, seed)  # fmt: skip
+                ns.packed_recipe, recipe, seed)  # fmt: skip
     return run
 
 

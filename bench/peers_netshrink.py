@@ -51,7 +51,7 @@ def quick_recipe(recipe: Recipe) -> Recipe:
     return Recipe.model_validate(fields)
 
 
-def recipe_file(recipe: Recipe, seed: int) -> Result:
+def packed_recipe(recipe: Recipe, seed: int) -> Result:
     """`run_recipe` on the recipe with `seed` (it reaches every stage's training and k-means);
     the packed file's bytes and the top-1 of the model decoded from it (the last record)."""
     recipe = recipe.model_copy(update={"seed": seed})
