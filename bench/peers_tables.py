@@ -117,20 +117,28 @@ def time_table(rows: list[dict]) -> str:
     return _pivot(rows, lambda r: r["kind"] != "reference", lambda r: f"{r['seconds']:.1f}")
 
 
-def filter_table(rows: list[dict]) -> str:
-    """(3) Filter pruning: per tool, the most MACs removed at <= 1 pt loss, with its latency."""
-    lines = []
+def most_macs_removed(rows: list[dict], bound: float = 1.0) -> list[tuple[str, str, dict | None]]:
+    """(model, tool, its filter-pruning row removing the most MACs within `bound` pt, or None)
+    for every model and tool with filter-pruning rows."""
+    found = []
     for model in _models(rows):
         mine = [r for r in rows if r["model"] == model and r["kind"] == "filters"]
         for tool in dict.fromkeys(r["tool"] for r in mine):
-            inside = [r for r in mine if r["tool"] == tool and r["loss pt"] <= 1.0]
-            best = max(inside, key=lambda r: r["MACs removed"]) if inside else None
-            if best is None:
-                lines.append([model, tool, "none within 1 pt", "-", "-", "-", "-", "-"])
-                continue
-            lines.append([model, tool, best["pipeline"], f"{best['MACs removed']:.1%}",
-                          _pt(best["loss pt"]), _ratio(best.get("latency ratio @1")),
-                          _ratio(best.get("latency ratio @64")), _bytes(best)])  # fmt: skip
+            inside = [r for r in mine if r["tool"] == tool and r["loss pt"] <= bound]
+            found.append((model, tool, max(inside, key=lambda r: r["MACs removed"], default=None)))
+    return found
+
+
+def filter_table(rows: list[dict]) -> str:
+    """(3) Filter pruning: per tool, the most MACs removed at <= 1 pt loss, with its latency."""
+    lines = []
+    for model, tool, best in most_macs_removed(rows):
+        if best is None:
+            lines.append([model, tool, "none within 1 pt", "-", "-", "-", "-", "-"])
+            continue
+        lines.append([model, tool, best["pipeline"], f"{best['MACs removed']:.1%}",
+                      _pt(best["loss pt"]), _ratio(best.get("latency ratio @1")),
+                      _ratio(best.get("latency ratio @64")), _bytes(best)])  # fmt: skip
     header = ["model", "tool", "pipeline", "MACs removed at <= 1 pt", "loss pt",
               "latency ratio @1", "latency ratio @64", "bytes (stored as)"]  # fmt: skip
     return _table(header, lines)

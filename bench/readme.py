@@ -25,6 +25,7 @@ from peers_tables import (  # noqa: E402
     _smallest,
     _table,
     goal_verdict,
+    most_macs_removed,
 )
 
 README = ROOT / "README.md"
@@ -76,18 +77,11 @@ def ptq_rows(rows: list[dict]) -> tuple[list[list], list[str]]:
 
 def filter_rows(rows: list[dict]) -> list[list]:
     """Per model and tool, the most MACs removed at <= 1 pt loss, with the latency ratio."""
-    lines = []
-    for model in dict.fromkeys(r["model"] for r in rows):
-        for tool in dict.fromkeys(r["tool"] for r in rows if r["model"] == model):
-            inside = [r for r in rows if r["model"] == model and r["tool"] == tool
-                      and r["kind"] == "filters" and r["loss pt"] <= 1.0]  # fmt: skip
-            best = max(inside, key=lambda r: r["MACs removed"]) if inside else None
-            if best is None:
-                lines.append([model, tool, "none", "-", "-"])
-                continue
-            lines.append([model, tool, f"{best['MACs removed']:.1%}", _pt(best["loss pt"]),
-                          _ratio(best.get("latency ratio @1"))])  # fmt: skip
-    return lines
+    return [
+        [model, tool, f"{best['MACs removed']:.1%}", _pt(best["loss pt"]),
+         _ratio(best.get("latency ratio @1"))] if best else [model, tool, "none", "-", "-"]
+        for model, tool, best in most_macs_removed(rows)
+    ]  # fmt: skip
 
 
 def paper_rows(rows: list[dict]) -> list[list]:

@@ -76,3 +76,12 @@ def test_help_names_the_commands(capsys):
     text = capsys.readouterr().out
     for command in ("train", "evaluate", "measure", "demo"):
         assert command in text
+
+
+@pytest.mark.parametrize("value, words", [("0", "must be >= 1"), ("two", "not an integer")])
+def test_a_bad_thread_count_is_a_usage_error_not_a_traceback(capsys, value, words):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["run", "recipes/deep-compression-lenet5.yaml", "--threads", value])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "argument --threads" in err and words in err

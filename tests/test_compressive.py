@@ -19,6 +19,7 @@ from netshrink.compressive import (
     train_compressive,
 )
 from netshrink.errors import UnsupportedLayerError
+from netshrink.measure import storage_report
 from netshrink.models import ModelSpec, build_model
 from netshrink.prune import GlobalSparsity, PruneMagnitudeConfig, prune_magnitude
 from netshrink.prune.mask import get_mask
@@ -168,8 +169,6 @@ def test_quantized_layers_are_refused(digits):
 
 
 def test_a_layer_on_levels_ends_as_a_codebook_and_is_counted_as_one(digits):
-    from netshrink.measure import storage_report
-
     model = _model(digits)
     config = CompressiveConfig(
         global_sparsity=0.6,

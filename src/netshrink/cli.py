@@ -27,6 +27,17 @@ Data: fashion-mnist | digits | mnist:DIR | cifar10:DIR | folder:DIR | a director
 """
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (a thread count, say), else a one-line usage error."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be >= 1")
+    return value
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `netshrink` command; returns the exit status."""
     args = build_parser().parse_args(argv)
@@ -97,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_checkpoint_args(me)
     me.add_argument("--no-latency", action="store_true", help="skip the latency measurement")
-    me.add_argument("--threads", type=int, default=None, help="threads for latency")
+    me.add_argument("--threads", type=positive_int, default=None, help="threads for latency")
     me.add_argument("--format", choices=("table", "markdown", "json"), default="table")
     me.set_defaults(run=run_measure)
 
@@ -129,7 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--restart", action="store_true", help="forget an earlier run in --out")
     run.add_argument("--no-latency", action="store_true", help="skip latency measurement")
     run.add_argument("--cache", type=Path, help="baseline cache (default ~/.cache/netshrink)")
-    run.add_argument("--threads", type=int, help="torch threads (default: torch's, the cores)")
+    run.add_argument(
+        "--threads", type=positive_int, help="torch threads (default: torch's, the cores)"
+    )
     run.set_defaults(run=run_recipe_command)
 
     report = commands.add_parser(
@@ -341,7 +354,7 @@ def run_recipe_command(args) -> None:
 
     recipe = load_recipe(args.recipe)
     out = args.out or Path("runs") / recipe.name
-    if getattr(args, "threads", None):
+    if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
