@@ -85,3 +85,13 @@ def test_a_bad_thread_count_is_a_usage_error_not_a_traceback(capsys, value, word
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert "argument --threads" in err and words in err
+
+
+def test_demo_runs_the_demo_recipe_through_the_run_command(monkeypatch, tmp_path):
+    import netshrink.pipeline
+
+    ran = {}
+    monkeypatch.setattr(netshrink.pipeline, "run_recipe",
+                        lambda recipe, out, **kw: ran.update(name=recipe.name, out=out))  # fmt: skip
+    assert main(["demo", "--out", str(tmp_path / "demo")]) == 0
+    assert ran == {"name": "deep-compression-lenet5", "out": tmp_path / "demo"}

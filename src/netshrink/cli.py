@@ -344,6 +344,7 @@ def run_demo(args) -> None:
     for folder in (Path("recipes"), Path(__file__).resolve().parents[2] / "recipes"):
         if (folder / DEMO_RECIPE).is_file():
             args.recipe, args.restart, args.no_latency = folder / DEMO_RECIPE, False, False
+            args.threads = None  # torch's default: the demo uses every core
             return run_recipe_command(args)
     raise ConfigError(f"recipes/{DEMO_RECIPE} not found: run the demo from the repository root")
 
