@@ -212,7 +212,12 @@ def test_build_errors() -> None:
     with pytest.raises(ConfigError, match="vgg_small.*width"):
         build_model(ModelSpec.parse("vgg_small(width='wide')"))
     with pytest.raises(ConfigError, match="no_such_pkg_xyz.nets:make"):
-        build_model(ModelSpec.parse("no_such_pkg_xyz.nets:make"))
+        _trusted(ModelSpec.parse("no_such_pkg_xyz.nets:make"))
+
+
+def _trusted(spec: ModelSpec, **data_args):
+    """build_model with the spec's own factory allowed, as when the user typed its name."""
+    return build_model(spec, allow_import=[spec.name], **data_args)
 
 
 USER_MODULE = textwrap.dedent(
@@ -247,7 +252,7 @@ def user_module(tmp_path, monkeypatch) -> str:
 def test_build_from_import_path(user_module: str) -> None:
     spec = ModelSpec.parse(f"{user_module}:make_net", '{"hidden": 16}')
     # make_net takes num_classes but not in_channels/input_size: only num_classes is passed.
-    model = build_model(spec, num_classes=5, in_channels=3, input_size=32)
+    model = _trusted(spec, num_classes=5, in_channels=3, input_size=32)
     assert model(torch.zeros(2, 3, 4, 4)).shape == (2, 5)
     assert model[2].in_features == 16
 
@@ -256,17 +261,28 @@ def test_build_from_import_path_passes_all_to_var_keyword(user_module: str) -> N
     import importlib
 
     spec = ModelSpec.parse(f"{user_module}:make_any(depth=2)")
-    build_model(spec, num_classes=5, in_channels=3, input_size=None)
+    _trusted(spec, num_classes=5, in_channels=3, input_size=None)
     seen = importlib.import_module(user_module).make_any.seen
     assert seen == {"depth": 2, "num_classes": 5, "in_channels": 3}
 
 
 def test_build_from_import_path_errors(user_module: str) -> None:
     with pytest.raises(ConfigError, match="not a torch.nn.Module"):
-        build_model(ModelSpec.parse(f"{user_module}:not_a_model"))
+        _trusted(ModelSpec.parse(f"{user_module}:not_a_model"))
     with pytest.raises(ConfigError, match="has no callable 'missing'"):
-        build_model(ModelSpec.parse(f"{user_module}:missing"))
+        _trusted(ModelSpec.parse(f"{user_module}:missing"))
     with pytest.raises(ConfigError, match="strict.*width"):
-        build_model(ModelSpec.parse(f"{user_module}:strict"), num_classes=3)
+        _trusted(ModelSpec.parse(f"{user_module}:strict"), num_classes=3)
     with pytest.raises(ConfigError, match="make_net.*hidden"):
-        build_model(ModelSpec.parse(f"{user_module}:make_net"))
+        _trusted(ModelSpec.parse(f"{user_module}:make_net"))
+
+
+def test_an_import_path_is_built_only_when_named_exactly(user_module: str) -> None:
+    """The import policy: no factory runs unless its exact 'module:callable' is allowed."""
+    spec = ModelSpec.parse(f"{user_module}:make_any")
+    refusals = ((), [f"{user_module}:make_net"], True, [user_module], "nsk_user_nets:make_any")
+    for refused in refusals:
+        with pytest.raises(ConfigError, match="allow"):
+            build_model(spec, allow_import=refused)
+    assert user_module not in sys.modules  # refused before anything was imported
+    assert isinstance(build_model(spec, allow_import=[spec.name]), torch.nn.Identity)

@@ -1,22 +1,17 @@
 """`netshrink distill` and `netshrink compressive` end to end on a digits checkpoint: each writes
 a checkpoint that loads and prints its tables; user mistakes are one-line ConfigErrors."""
 
-import argparse
-
 import pytest
 import torch
 
 from netshrink.checkpoint import load_checkpoint
-from netshrink.cli import main
+from netshrink.cli import build_parser, main
 from netshrink.errors import ConfigError
-from netshrink.train_side_cli import add_commands
 
 
 def run(argv):
     """Run `netshrink ARGV` through the sub-commands that train_side_cli registers."""
-    parser = argparse.ArgumentParser(prog="netshrink")
-    add_commands(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     args.run(args)
 
 

@@ -22,6 +22,7 @@ from .checkpoint import (
 )
 from .data import DataConfig, DataSplits
 from .models import ModelSpec, build_model
+from .models.registry import AllowImport
 from .train import FitConfig, evaluate, fit, is_main_process
 
 _FASHION = DataConfig(source="fashion-mnist")
@@ -51,15 +52,23 @@ def train_model(
     *,
     progress: bool = True,
     resume: Path | None = None,
+    allow_import: AllowImport = (),
 ) -> tuple[nn.Module, CheckpointMeta]:
     """Build `spec` for `data`'s input shape, train it with `fit`, and measure it on the test split.
 
     The returned metadata holds the final validation and test accuracy. `resume` is passed to
-    `fit`: an interrupted training continues from its last completed epoch.
+    `fit`: an interrupted training continues from its last completed epoch. A spec naming an
+    import path is built only when `allow_import` lists it (netshrink.models.registry).
     """
     torch.manual_seed(config.seed)
     c, h, _ = data.input_shape
-    model = build_model(spec, num_classes=data.num_classes, in_channels=c, input_size=h)
+    model = build_model(
+        spec,
+        num_classes=data.num_classes,
+        in_channels=c,
+        input_size=h,
+        allow_import=allow_import,
+    )
     start = time.perf_counter()
     history = fit(model, data, config, progress=progress, resume=resume)
     seconds = time.perf_counter() - start
@@ -103,6 +112,7 @@ def cached_baseline(
     *,
     cache_dir: Path | None = None,
     progress: bool = True,
+    allow_import: AllowImport = (),
 ) -> tuple[nn.Module, CheckpointMeta, Path]:
     """Load the baseline for (spec, data, config) from `cache_dir`/baselines, training it if missing.
 
@@ -111,10 +121,15 @@ def cached_baseline(
     directory = (cache_dir or default_cache_dir()) / "baselines"
     stem = directory / f"{spec.name.replace(':', '-')}-{baseline_key(spec, data.config, config)}"
     if all(p.is_file() for p in checkpoint_paths(stem)):
-        model, meta = load_checkpoint(stem)
+        model, meta = load_checkpoint(stem, allow_import=allow_import)
         return model, meta, stem
     model, meta = train_model(
-        spec, data, config, progress=progress, resume=stem.with_name(stem.name + ".partial")
+        spec,
+        data,
+        config,
+        progress=progress,
+        resume=stem.with_name(stem.name + ".partial"),
+        allow_import=allow_import,
     )
     if is_main_process():
         save_checkpoint(model, stem, meta)

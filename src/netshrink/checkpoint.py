@@ -14,16 +14,17 @@ from typing import Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, ValidationError
-from safetensors.torch import save_file
 from torch import nn
 from torch.nn.utils import parametrize
 
 from .data import DataConfig
 from .edits import Edit, replay_edits, structural_edits
 from .errors import ConfigError, CorruptFileError, UnsupportedLayerError
-from .files import atomic_write, read_safetensors
+from .files import atomic_write, read_safetensors, write_safetensors
 from .models import ModelSpec, build_model
+from .models.registry import AllowImport
 from .train import FitConfig
+from .untrusted import build_skeleton, check_skeleton
 
 FORMAT = "netshrink-checkpoint"
 
@@ -59,7 +60,7 @@ def save_checkpoint(model: nn.Module, path: str | Path, meta: CheckpointMeta) ->
     weights.parent.mkdir(parents=True, exist_ok=True)
     # safetensors refuses shared or strided storage; a contiguous copy of each tensor is exact.
     tensors = {k: v.contiguous().clone() for k, v in effective_state_dict(model).items()}
-    atomic_write(weights, lambda tmp: save_file(tensors, str(tmp), metadata={"format": FORMAT}))
+    write_safetensors(weights, tensors, metadata={"format": FORMAT})
     text = json.dumps(meta.model_dump(mode="json"), indent=2, sort_keys=True) + "\n"
     atomic_write(sidecar, lambda tmp: tmp.write_text(text))
     return weights.with_suffix("")
@@ -85,13 +86,23 @@ def effective_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return state
 
 
-def load_checkpoint(path: str | Path) -> tuple[nn.Module, CheckpointMeta]:
-    """Rebuild the model a checkpoint describes and load its weights (in eval mode)."""
+def load_checkpoint(
+    path: str | Path, *, allow_import: AllowImport = ()
+) -> tuple[nn.Module, CheckpointMeta]:
+    """Rebuild the model a checkpoint describes and load its weights (in eval mode).
+
+    A sidecar naming an import path (`package.module:factory`) is built only when that exact
+    name is in `allow_import` (netshrink.models.registry's import policy)."""
     weights, sidecar = checkpoint_paths(path)
     meta = read_meta(sidecar)
+    # safetensors checks that every tensor's bytes are in the file: loading takes at most its size
     tensors = read_safetensors(weights)
-    c, h, w = meta.input_shape
-    model = build_model(meta.model, num_classes=meta.num_classes, in_channels=c, input_size=h)
+    # the sidecar's sizes are only claims: build on the meta device and compare before allocating
+    skeleton = build_skeleton(
+        lambda: _build(meta, sidecar, allow_import), meta.edits, str(sidecar), "its model spec"
+    )
+    check_skeleton(skeleton, {k: tuple(v.shape) for k, v in tensors.items()}, str(weights))
+    model = _build(meta, sidecar, allow_import)
     try:
         model = replay_edits(model, meta.edits)
     except (ConfigError, UnsupportedLayerError) as exc:
@@ -106,6 +117,18 @@ def load_checkpoint(path: str | Path) -> tuple[nn.Module, CheckpointMeta]:
             f"{weights}: weights do not fit the architecture in {sidecar.name} ({first})"
         ) from None
     return model.eval(), meta
+
+
+def _build(meta: CheckpointMeta, sidecar: Path, allow_import: AllowImport) -> nn.Module:
+    c, h, _ = meta.input_shape
+    return build_model(
+        meta.model,
+        num_classes=meta.num_classes,
+        in_channels=c,
+        input_size=h,
+        allow_import=allow_import,
+        where=str(sidecar),
+    )
 
 
 def load_effective_state_dict(model: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
@@ -136,6 +159,12 @@ def load_effective_state_dict(model: nn.Module, tensors: dict[str, torch.Tensor]
 
 def read_meta(sidecar: Path) -> CheckpointMeta:
     """Parse and validate a checkpoint's JSON sidecar."""
+    packed = sidecar.with_suffix("")  # a checkpoint named model.nsk has the sidecar model.nsk.json
+    if not sidecar.is_file() and packed.suffix == ".nsk" and packed.is_file():
+        raise ConfigError(
+            f"{packed} is a compressed .nsk file, not a checkpoint: decode it with "
+            f"`netshrink unpack {packed} -o CKPT` first"
+        )
     if not sidecar.is_file():
         raise CorruptFileError(
             f"{sidecar}: no such checkpoint sidecar (a checkpoint is a"

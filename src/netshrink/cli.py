@@ -9,11 +9,13 @@ from pathlib import Path
 from pydantic import BaseModel, ValidationError
 
 from .baseline import train_model
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import checkpoint_paths, load_checkpoint, save_checkpoint
 from .data import DataConfig, load_data
 from .errors import ConfigError, Error
+from .files import os_error_line, refuse_overwrite_input
 from .measure import measure, storage_bytes
 from .models import ModelSpec
+from .models.registry import allowed_imports
 from .report import measurements_json, measurements_markdown, print_measurements
 from .train import FitConfig, evaluate, is_main_process
 
@@ -38,6 +40,28 @@ def positive_int(text: str) -> int:
     return value
 
 
+def import_path(text: str) -> str:
+    """argparse type for --allow-import: an exact 'package.module:factory', else a usage error."""
+    try:
+        allowed_imports([text])
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix(f"--allow-import {text!r}: "))
+    return text
+
+
+def add_allow_import(p: argparse.ArgumentParser) -> None:
+    """The one import rule of every command (netshrink.models.registry, docs/security.md)."""
+    p.add_argument(
+        "--allow-import",
+        type=import_path,
+        action="append",
+        default=[],
+        metavar="PACKAGE.MODULE:FACTORY",
+        help="build models named by this exact import path, which runs its code (repeatable); "
+        "without it a file, recipe or run directory may only name zoo models",
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `netshrink` command; returns the exit status."""
     args = build_parser().parse_args(argv)
@@ -45,6 +69,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.run(args)
     except Error as exc:
         print(f"netshrink: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a full disk, a read-only folder, -o naming a directory: not a bug
+        print(f"netshrink: error: {os_error_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("netshrink: interrupted", file=sys.stderr)
@@ -152,7 +179,6 @@ def build_parser() -> argparse.ArgumentParser:
         "report.json and model.nsk.",
     )
     report.add_argument("directory", type=Path, help="a run directory (netshrink run --out)")
-    report.add_argument("--allow-import", action="store_true", help="build import-path models")
     report.set_defaults(run=run_report)
 
     # each family's commands build on this module's helpers, so they are imported here
@@ -169,6 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_side_commands(commands)
     add_export_commands(commands)
     add_codec_commands(commands)
+    for command in commands.choices.values():
+        add_allow_import(command)
     return parser
 
 
@@ -259,7 +287,13 @@ def run_train(args) -> None:
         seed=args.seed,
     )
     out = args.out or Path("runs") / spec.name.replace(":", "-")
-    model, meta = train_model(spec, data, config, resume=out.with_name(out.name + ".train-state"))
+    model, meta = train_model(
+        spec,
+        data,
+        config,
+        resume=out.with_name(out.name + ".train-state"),
+        allow_import=[*args.allow_import, spec.name] if ":" in spec.name else args.allow_import,
+    )
     if not is_main_process():
         return
     out = save_checkpoint(model, out, meta)
@@ -272,8 +306,13 @@ def run_train(args) -> None:
         )
 
 
+def refuse_overwriting_checkpoint(out: Path, *inputs: str | Path) -> None:
+    """ConfigError when the checkpoint a command writes (`--out`) is one that it reads."""
+    refuse_overwrite_input(checkpoint_paths(out), [p for i in inputs for p in checkpoint_paths(i)])
+
+
 def load_for_command(args):
-    model, meta = load_checkpoint(args.checkpoint)
+    model, meta = load_checkpoint(args.checkpoint, allow_import=args.allow_import)
     if meta.data is None and args.data is None:
         raise ConfigError(f"{args.checkpoint} does not say its data set: pass --data")
     data = load_data(data_config(args, meta.data))
@@ -350,7 +389,7 @@ def run_demo(args) -> None:
 
 
 def run_recipe_command(args) -> None:
-    from .pipeline import clear_run, run_recipe
+    from .pipeline import run_recipe
     from .recipe import load_recipe
 
     recipe = load_recipe(args.recipe)
@@ -359,8 +398,6 @@ def run_recipe_command(args) -> None:
         import torch
 
         torch.set_num_threads(args.threads)
-    if args.restart:
-        clear_run(out)
     try:
         run_recipe(
             recipe,
@@ -368,6 +405,8 @@ def run_recipe_command(args) -> None:
             recipe_text=args.recipe.read_text(),
             cache_dir=args.cache,
             latency=not args.no_latency,
+            allow_import=args.allow_import,
+            restart=args.restart,
         )
     except KeyboardInterrupt:
         print(f"interrupted: `netshrink run {args.recipe} --out {out}` resumes it", file=sys.stderr)

@@ -25,6 +25,12 @@ from torch import fx, nn
 from netshrink.errors import ConfigError, UnsupportedLayerError
 from netshrink.layers import unwrap
 
+# Bounds a file's edit list must keep (docs/format.md, "Checks and limits"): real lists hold a
+# few edits a layer, and replaying stays linear in the model's size.
+MAX_EDITS = 10_000
+MAX_EDITS_PER_MODULE = 16
+MAX_KEEP = 1 << 20  # indices in one KeepChannels
+
 
 class KeepChannels(BaseModel):
     """Keep the channels `keep` (sorted, unique) along `dim` of the module named `module`.
@@ -39,7 +45,7 @@ class KeepChannels(BaseModel):
     kind: Literal["keep_channels"] = "keep_channels"
     module: str
     dim: Literal["out", "in", "depthwise", "batchnorm"]
-    keep: tuple[int, ...]
+    keep: Annotated[tuple[int, ...], Field(max_length=MAX_KEEP)]
 
     @field_validator("keep")
     @classmethod
@@ -138,7 +144,8 @@ def replay_edits(model: nn.Module, edits: Iterable[Edit]) -> nn.Module:
     Every channel, factor and fold edit is checked first (module present and of the right type,
     indices in range of the size it will have when its turn comes), so a bad list raises
     ConfigError or UnsupportedLayerError and leaves the model untouched; a fixed-point edit is
-    checked against the traced graph before it changes anything.
+    checked against the traced graph before it changes anything. A list may name one module at
+    most `MAX_EDITS_PER_MODULE` times and hold one fixed-point edit, so replay stays linear.
     """
     edits = list(edits)
     root = unwrap(model)
@@ -150,48 +157,91 @@ def replay_edits(model: nn.Module, edits: Iterable[Edit]) -> nn.Module:
 
 
 def _check_all(root: nn.Module, edits: list[Edit]) -> list[nn.Module]:
-    # Import here: netshrink.prune's package may import modules that import this one.
-    from netshrink.prune.surgery import channel_count
-
-    sizes: dict[tuple[str, str], int] = {}
+    _check_counts(edits)
+    sizes: dict[tuple[str, str], int] = {}  # channel counts as earlier edits in the list left them
+    replaced: dict[str, int] = {}  # module name -> the edit that factored or folded it away
     modules = []
     for number, edit in enumerate(edits):
+        for name in _names(edit):
+            if name in replaced:
+                raise ConfigError(
+                    f"structural edit {number} names {name!r}, which edit {replaced[name]} "
+                    "already factored or folded away; the edits are not a valid sequence"
+                )
         if isinstance(edit, FixedPointFormats):
             modules.append(None)  # checked against the traced graph when applied
             continue
         if isinstance(edit, FoldBatchNorm):
             modules.append(_check_fold(root, edit, number))
+            replaced[edit.bn] = number
             continue
         module = _lookup(root, edit, number)
         if isinstance(edit, FactorLayer):
-            _check_factor(module, edit, number)
-            modules.append(module)
-            continue
-        key = (edit.module, "in" if edit.dim == "in" else "out")
-        try:
-            size = channel_count(module, edit.dim)  # also checks the layer type, every time
-        except UnsupportedLayerError as exc:
-            raise UnsupportedLayerError(
-                f"structural edit {number} ({edit.module}): {exc}"
-            ) from None
-        size = sizes.get(key, size)  # an earlier edit in this list may already have cut it
-        if edit.keep[-1] >= size:
-            raise ConfigError(
-                f"structural edit {number} keeps index {edit.keep[-1]} of {edit.module}'s "
-                f"{edit.dim!r} channels, but it has {size}; the edits do not fit this model"
-            )
-        sizes[key] = len(edit.keep)
+            _check_factor(module, edit, number, sizes)
+            replaced[edit.module] = number
+        else:
+            _check_keep(module, edit, number, sizes)
         modules.append(module)
     return modules
 
 
-def _check_factor(module: nn.Module, edit: FactorLayer, number: int) -> None:
+def _names(edit: Edit) -> tuple[str, ...]:
+    if isinstance(edit, FoldBatchNorm):
+        return (edit.conv, edit.bn)
+    return () if isinstance(edit, FixedPointFormats) else (edit.module,)
+
+
+def _check_counts(edits: list[Edit]) -> None:
+    if len(edits) > MAX_EDITS:
+        raise ConfigError(f"{len(edits)} structural edits, more than the {MAX_EDITS} allowed")
+    per_module: dict[str, int] = {}
+    for edit in edits:
+        for name in set(_names(edit)):
+            per_module[name] = per_module.get(name, 0) + 1
+    busiest = max(per_module, key=per_module.get, default=None)
+    if busiest is not None and per_module[busiest] > MAX_EDITS_PER_MODULE:
+        raise ConfigError(
+            f"{per_module[busiest]} structural edits name {busiest!r}, more than the "
+            f"{MAX_EDITS_PER_MODULE} allowed for one module"
+        )
+    if sum(isinstance(e, FixedPointFormats) for e in edits) > 1:
+        raise ConfigError("more than one fixed-point edit; a model has one set of formats")
+
+
+def _check_keep(module: nn.Module, edit: KeepChannels, number: int, sizes: dict) -> None:
+    from netshrink.prune.surgery import channel_count  # netshrink.prune imports this module
+
+    key = (edit.module, "in" if edit.dim == "in" else "out")
+    try:
+        size = channel_count(module, edit.dim)  # also checks the layer type, every time
+    except UnsupportedLayerError as exc:
+        raise UnsupportedLayerError(f"structural edit {number} ({edit.module}): {exc}") from None
+    size = sizes.get(key, size)  # an earlier edit in this list may already have cut it
+    if edit.keep[-1] >= size:
+        raise ConfigError(
+            f"structural edit {number} keeps index {edit.keep[-1]} of {edit.module}'s "
+            f"{edit.dim!r} channels, but it has {size}; the edits do not fit this model"
+        )
+    sizes[key] = len(edit.keep)
+
+
+def _check_factor(module: nn.Module, edit: FactorLayer, number: int, sizes: dict) -> None:
+    from netshrink.prune.surgery import channel_count
     from netshrink.share.svd import check_factorable
 
     try:
         check_factorable(module)
     except UnsupportedLayerError as exc:
         raise UnsupportedLayerError(f"structural edit {number} ({edit.module}): {exc}") from None
+    rows = sizes.get((edit.module, "out"), channel_count(module, "out"))
+    cols = sizes.get((edit.module, "in"), channel_count(module, "in"))
+    if isinstance(module, nn.Conv2d):
+        cols *= module.kernel_size[0] * module.kernel_size[1]
+    if edit.rank > min(rows, cols):  # a larger rank only grows the layer: never written
+        raise ConfigError(
+            f"structural edit {number} factors {edit.module} at rank {edit.rank}, but its "
+            f"{rows}x{cols} weight has rank at most {min(rows, cols)}"
+        )
 
 
 def _check_fold(root: nn.Module, edit: FoldBatchNorm, number: int) -> nn.Module:

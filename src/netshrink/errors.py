@@ -14,6 +14,11 @@ class ConfigError(Error):
     """A configuration, recipe, model name or argument is invalid."""
 
 
+class ImportNotAllowedError(ConfigError):
+    """A file, recipe or spec names a model factory (`package.module:factory`) that the user did
+    not allow by its exact name; importing it would run code the user never chose."""
+
+
 class CorruptFileError(Error):
     """A checkpoint or compressed file is truncated, tampered with, or not what it claims to be."""
 
@@ -24,3 +29,12 @@ class UnsupportedLayerError(Error):
 
 class BudgetError(Error):
     """A recipe stage lost more accuracy than its budget allows; the stages before it are kept."""
+
+
+class DirectoryInUseError(Error):
+    """Another netshrink process is running in the same run directory; the message names it."""
+
+
+class LimitError(CorruptFileError):
+    """A file would decode to more memory than its size allows (or than the cap the user set);
+    the message names the field and how to raise the cap for a file the user trusts."""

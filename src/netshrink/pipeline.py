@@ -22,6 +22,7 @@ import hashlib
 import json
 import shutil
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -37,9 +38,10 @@ from .checkpoint import CheckpointMeta, checkpoint_paths, load_checkpoint, save_
 from .codec import pack, unpack
 from .data import DataSplits, load_data
 from .errors import BudgetError, ConfigError
-from .files import atomic_write
+from .files import atomic_write, directory_lock
 from .layers import select_layers
 from .measure import Measurement, dense_bytes, measure, storage_bytes
+from .models.registry import AllowImport, allowed_imports
 from .prune import restore_masks
 from .prune.mask import get_mask
 from .quant.quantize import weight_quant
@@ -95,10 +97,16 @@ def run_recipe(
     cache_dir: Path | None = None,
     latency: bool = True,
     progress: bool = True,
+    allow_import: AllowImport = (),
+    restart: bool = False,
 ) -> RunResult:
     """Run `recipe` into `directory`, resuming after its last finished stage when the directory
     holds an earlier run of the same recipe (stages whose key changed are run again).
     `progress=False`: no bars, no stage lines, no table (the files are written all the same).
+    A recipe is a file like any other: a baseline named by an import path
+    (`package.module:factory`) is built only when `allow_import` lists that exact name.
+    `restart=True` forgets the earlier run first. The directory is locked while the run works
+    in it: a second run there raises DirectoryInUseError at once.
 
     Example:
         >>> result = run_recipe(load_recipe("recipes/deep-compression-lenet5.yaml"), "runs/dc")
@@ -106,21 +114,26 @@ def run_recipe(
     """
     directory = Path(directory)
     _init_distributed()
-    data = load_data(recipe.data)
-    done = _finished(directory, recipe)
-    if is_main_process():
-        directory.mkdir(parents=True, exist_ok=True)
-        text = recipe_text or yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False)
-        atomic_write(directory / "recipe.yaml", lambda tmp: tmp.write_text(text))
-    records, ctx = _baseline(recipe, data, directory, done, cache_dir, latency, progress)
-    run = _Run(recipe, data, directory, ctx, records, latency)
-    for index, stage in enumerate(recipe.stages, start=1):
-        key = stage_key(recipe, index)
-        if index < len(done) and done[index].key == key:
-            records.append(done[index])
-            continue
-        run.stage(index, stage, key)
-    return run.pack()
+    # one run at a time in a directory: two would overwrite each other's stages and state
+    with directory_lock(directory) if is_main_process() else nullcontext():
+        if restart and is_main_process():
+            _forget_run(directory)
+        _sync()
+        trust = allowed_imports(allow_import)
+        data = load_data(recipe.data)
+        done = _finished(directory, recipe)
+        if is_main_process():
+            text = recipe_text or yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False)
+            atomic_write(directory / "recipe.yaml", lambda tmp: tmp.write_text(text))
+        records, ctx = _baseline(recipe, data, directory, done, cache_dir, latency, progress, trust)
+        run = _Run(recipe, data, directory, ctx, records, latency, trust)
+        for index, stage in enumerate(recipe.stages, start=1):
+            key = stage_key(recipe, index)
+            if index < len(done) and done[index].key == key:
+                records.append(done[index])
+                continue
+            run.stage(index, stage, key)
+        return run.pack()
 
 
 def stage_key(recipe: Recipe, index: int) -> str:
@@ -173,7 +186,7 @@ def _finished(directory: Path, recipe: Recipe) -> list[StageRecord]:
     return reusable
 
 
-def _baseline(recipe, data, directory, done, cache_dir, latency, progress):
+def _baseline(recipe, data, directory, done, cache_dir, latency, progress, allow_import):
     """Stage 0: the baseline trained (or loaded from the cache) or read from a checkpoint, saved
     into the run, measured; then read back like every stage, so every run starts alike."""
     key = stage_key(recipe, 0)
@@ -183,11 +196,16 @@ def _baseline(recipe, data, directory, done, cache_dir, latency, progress):
     else:
         start = time.perf_counter()
         if recipe.baseline.checkpoint is not None:
-            model, meta = load_checkpoint(recipe.baseline.checkpoint)
+            model, meta = load_checkpoint(recipe.baseline.checkpoint, allow_import=allow_import)
         else:
             spec, fit_config = recipe.baseline.spec, recipe.baseline.fit
             model, meta, _ = cached_baseline(
-                spec, data, fit_config, cache_dir=cache_dir, progress=progress
+                spec,
+                data,
+                fit_config,
+                cache_dir=cache_dir,
+                progress=progress,
+                allow_import=allow_import,
             )
         if tuple(meta.input_shape) != data.input_shape:
             raise ConfigError(
@@ -198,7 +216,7 @@ def _baseline(recipe, data, directory, done, cache_dir, latency, progress):
         record = _finish(model, "baseline", "baseline", key, stem, data, None, latency, start)
         _save(model, meta, stem)
         _save_state(directory, [record])
-    model, meta = _read_back(directory, record)
+    model, meta = _read_back(directory, record, allow_import)
     ctx = StageContext(data, model, meta.fit or recipe.baseline.fit, progress)
     if progress:
         _announce(0, len(recipe.stages), "baseline", record)
@@ -208,14 +226,15 @@ def _baseline(recipe, data, directory, done, cache_dir, latency, progress):
 class _Run:
     """The state a run carries from stage to stage."""
 
-    def __init__(self, recipe, data, directory, ctx, records, latency):
+    def __init__(self, recipe, data, directory, ctx, records, latency, allow_import):
         self.recipe, self.data, self.directory = recipe, data, directory
         self.ctx, self.records, self.latency = ctx, records, latency
+        self.allow_import = allow_import
         self.baseline_bytes = dense_bytes(ctx.baseline)
 
     def stage(self, index: int, stage, key: str) -> None:
         """Run one stage from the previous stage's checkpoint, check its budget, save it."""
-        model, meta = _read_back(self.directory, self.records[-1])
+        model, meta = _read_back(self.directory, self.records[-1], self.allow_import)
         torch.manual_seed(self.recipe.seed + index)
         start = time.perf_counter()
         if is_main_process() and self.ctx.progress:
@@ -261,13 +280,13 @@ class _Run:
 
     def pack(self) -> RunResult:
         """Pack the last stage's model, measure the model decoded from the file, report."""
-        model, meta = _read_back(self.directory, self.records[-1])
+        model, meta = _read_back(self.directory, self.records[-1], self.allow_import)
         path = self.directory / "model.nsk"
         start = time.perf_counter()
         if is_main_process():
             pack(model, path, self.recipe.pack, meta=meta)
         _sync()
-        decoded = unpack(path, allow_import=True)  # the recipe's own model, just written
+        decoded = unpack(path, allow_import=self.allow_import)
         row = measure(
             decoded,
             stage="packed (.nsk)",
@@ -288,7 +307,7 @@ class _Run:
         )
         result = RunResult(self.directory, path, [*self.records, record], decoded)
         if is_main_process():
-            _write_report(self.directory, self.recipe, result.stages, path, row)
+            _write_report(self.directory, self.recipe, result.stages, path, row, self.allow_import)
         if is_main_process() and self.ctx.progress:
             print_measurements(result.measurements, title=f"{self.recipe.name}: {path}")
         return result
@@ -326,10 +345,12 @@ def _save(model: nn.Module, meta: CheckpointMeta, stem: Path) -> None:
     _sync()
 
 
-def _read_back(directory: Path, record: StageRecord) -> tuple[nn.Module, CheckpointMeta]:
+def _read_back(
+    directory: Path, record: StageRecord, allow_import: AllowImport
+) -> tuple[nn.Module, CheckpointMeta]:
     """A stage's checkpoint as the next stage starts from it: masks and scalar codebooks
     re-attached where the stage had them (a checkpoint stores values, not parametrizations)."""
-    model, meta = load_checkpoint(directory / record.checkpoint)
+    model, meta = load_checkpoint(directory / record.checkpoint, allow_import=allow_import)
     for name in record.shared:
         module = model.get_submodule(name)
         if weight_quant(module) is None:  # a fixed-point grid is its own codebook
@@ -366,7 +387,7 @@ def _announce(index: int, total: int, name: str, record: StageRecord) -> None:
     )
 
 
-def _write_report(directory, recipe, stages, path, row) -> None:
+def _write_report(directory, recipe, stages, path, row, allow_import) -> None:
     """report.json in run_report's schema (a stage's own fields beyond it are left out), then
     report.md and the plots from it."""
     report = RunReport(
@@ -385,7 +406,7 @@ def _write_report(directory, recipe, stages, path, row) -> None:
     )
     text = report.model_dump_json(indent=2) + "\n"
     atomic_write(directory / "report.json", lambda tmp: tmp.write_text(text))
-    render_report(directory, allow_import=True)  # the recipe's own model
+    render_report(directory, allow_import=allow_import)
 
 
 def _sync() -> None:
@@ -395,7 +416,15 @@ def _sync() -> None:
 
 
 def clear_run(directory: Path) -> None:
-    """Forget an earlier run in `directory` (`netshrink run --restart`)."""
+    """Forget an earlier run in `directory` (what `run_recipe(..., restart=True)` does first);
+    DirectoryInUseError while a run is going on there, whose files this would pull from under
+    it."""
+    if directory.is_dir() and is_main_process():
+        with directory_lock(directory):
+            _forget_run(directory)
+
+
+def _forget_run(directory: Path) -> None:
     for name in ("state.json", "model.nsk", "report.json", "report.md"):
         (directory / name).unlink(missing_ok=True)
     shutil.rmtree(directory / "stages", ignore_errors=True)

@@ -18,6 +18,7 @@ ConfigError naming the field and its line in the file, raised before any trainin
 `netshrink.pipeline.run_recipe` runs a recipe.
 """
 
+import re
 from pathlib import Path
 from typing import Annotated, get_args
 
@@ -31,6 +32,9 @@ from .errors import ConfigError, Error
 from .models import MODELS, ModelSpec
 from .stages import Stage
 from .train import FitConfig
+
+# `netshrink run` writes into runs/NAME: one plain folder name, so no name leads out of runs/
+_RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 
 
 class BaselineConfig(BaseModel):
@@ -86,12 +90,22 @@ class Recipe(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    name: str = Field("recipe", min_length=1)
+    name: str = "recipe"
     seed: int = 0
     data: DataConfig = DataConfig()
     baseline: BaselineConfig
     stages: list[Annotated[Stage, Field(discriminator="method")]] = []
     pack: PackConfig = PackConfig()
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, name: str) -> str:
+        if not _RUN_NAME.fullmatch(name):
+            raise ValueError(
+                f"{name!r} cannot name a run folder: give `name:` of 1 to 100 letters, digits, "
+                "'.', '_' or '-', starting with a letter or digit"
+            )
+        return name
 
     @field_validator("data")
     @classmethod

@@ -4,7 +4,7 @@ PNG plots (netshrink.report_plots), re-rendered from the run directory's files a
 """
 
 import json
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -108,13 +108,13 @@ def _sensitivity(report: RunReport, where: Path):
         ) from None
 
 
-def render_report(run_dir: Path, *, allow_import: bool = False) -> list[Path]:
+def render_report(run_dir: Path, *, allow_import: Collection[str] = ()) -> list[Path]:
     """Write `report.md` and its plots into `run_dir`, from `report.json`, the final `.nsk` file
     and the baseline checkpoint alone; returns the paths written, each replaced atomically.
 
     The per-layer table and the weight plots are of the model decoded from the file (DESIGN.md:
-    what is stored is what is claimed). `allow_import` is passed to `unpack` for a model named by
-    an import path: building it runs that code.
+    what is stored is what is claimed). `allow_import` (exact `package.module:factory` names) is
+    passed to `unpack` for a model named by an import path: building it runs that code.
 
     Example:
         >>> render_report(Path("runs/deep-compression-lenet5"))  # doctest: +SKIP
@@ -146,17 +146,17 @@ def render_report(run_dir: Path, *, allow_import: bool = False) -> list[Path]:
     return [md, *written]
 
 
-def _baseline_model(run_dir: Path, stage: ReportStage, allow_import: bool) -> nn.Module | None:
-    """The baseline checkpoint for the weight histograms' overlay, or None when it cannot load."""
-    from .checkpoint import checkpoint_paths, load_checkpoint, read_meta
+def _baseline_model(
+    run_dir: Path, stage: ReportStage, allow_import: Collection[str]
+) -> nn.Module | None:
+    """The baseline checkpoint for the weight histograms' overlay, or None when it cannot load
+    (a model nobody allowed to import included)."""
+    from .checkpoint import load_checkpoint
 
     if stage.checkpoint is None:
         return None
     try:
-        meta = read_meta(checkpoint_paths(run_dir / stage.checkpoint)[1])
-        if ":" in meta.model.name and not allow_import:
-            return None  # building it would import code nobody allowed
-        return load_checkpoint(run_dir / stage.checkpoint)[0]
+        return load_checkpoint(run_dir / stage.checkpoint, allow_import=allow_import)[0]
     except Error:
         return None  # the overlay is a comparison only: the report stands without it
 

@@ -26,6 +26,7 @@ from .cli import (
     load_for_command,
     make_config,
     measure_stage,
+    refuse_overwriting_checkpoint,
     retrain_config,
 )
 from .compressive import CompressiveConfig, Levels, LowRank, SparseSupport, train_compressive
@@ -100,7 +101,8 @@ def _add_training(p, *, epochs: int, help_epochs: str = "epochs of distillation"
 
 
 def run_distill(args) -> None:
-    teacher, t_meta = load_checkpoint(args.teacher)
+    refuse_overwriting_checkpoint(args.out, args.teacher, args.student)  # a zoo name is no file
+    teacher, t_meta = load_checkpoint(args.teacher, allow_import=args.allow_import)
     data = load_data(data_config(args, t_meta.data))
     student, s_meta = _student(args, data, t_meta)
     base = t_meta.fit or FitConfig()
@@ -143,11 +145,17 @@ def run_distill(args) -> None:
 def _student(args, data, t_meta) -> tuple[torch.nn.Module, CheckpointMeta]:
     """A checkpoint's model, or a fresh zoo model for `data` seeded by --seed."""
     if all(p.is_file() for p in checkpoint_paths(args.student)):
-        return load_checkpoint(args.student)
+        return load_checkpoint(args.student, allow_import=args.allow_import)
     spec = ModelSpec.parse(args.student, args.student_args)
     torch.manual_seed(args.seed)
     c, h, _ = data.input_shape
-    model = build_model(spec, num_classes=data.num_classes, in_channels=c, input_size=h)
+    model = build_model(  # the user typed this name: that names the factory they trust
+        spec,
+        num_classes=data.num_classes,
+        in_channels=c,
+        input_size=h,
+        allow_import=[*args.allow_import, spec.name],
+    )
     meta = CheckpointMeta(
         model=spec, input_shape=data.input_shape, num_classes=data.num_classes, data=data.config
     )
@@ -173,6 +181,7 @@ def _pruner(model, data, fit_config: FitConfig, sparsity: float | None) -> list:
 
 
 def run_compressive(args) -> None:
+    refuse_overwriting_checkpoint(args.out, args.checkpoint)
     model, meta, data = load_for_command(args)
     dense = dense_bytes(model)
     rows = [measure_stage(model, "before", data, args, dense)]

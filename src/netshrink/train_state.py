@@ -9,11 +9,10 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 from torch import nn
 
 from .errors import ConfigError, CorruptFileError
-from .files import atomic_write, read_safetensors
+from .files import atomic_write, read_safetensors, write_safetensors
 
 
 def state_paths(path: Path) -> tuple[Path, Path]:
@@ -49,7 +48,7 @@ def save_train_state(
         "scheduler": scheduler.state_dict(),
     }
     weights.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(weights, lambda tmp: save_file(tensors, str(tmp)))
+    write_safetensors(weights, tensors)
     atomic_write(sidecar, lambda tmp: tmp.write_text(json.dumps(meta)))
 
 

@@ -1,14 +1,13 @@
 """`netshrink pack / unpack / inspect`: a checkpoint survives the round trip, inspect prints the
 per-tensor table, and a damaged file is one line on stderr and exit status 2."""
 
-import argparse
 import sys
 
 import pytest
 import torch
 
 from netshrink.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
-from netshrink.codec.cli import add_commands
+from netshrink.cli import build_parser
 from netshrink.data import DataConfig
 from netshrink.errors import Error
 from netshrink.models import ModelSpec, build_model
@@ -17,9 +16,7 @@ from netshrink.prune import PruneMagnitudeConfig, StdThreshold, prune_magnitude
 
 def _main(argv: list[str]) -> int:
     """What netshrink.cli.main does with these sub-commands registered."""
-    parser = argparse.ArgumentParser(prog="netshrink")
-    add_commands(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     try:
         args.run(args)
     except Error as exc:
@@ -94,13 +91,19 @@ def test_unpack_imports_a_factory_only_with_allow_import(tmp_path, monkeypatch, 
     monkeypatch.delitem(sys.modules, "nsk_cli_factory", raising=False)
     spec = ModelSpec(name="nsk_cli_factory:make")
     meta = CheckpointMeta(model=spec, input_shape=(1, 4, 4), num_classes=3)
-    stem = save_checkpoint(build_model(spec, num_classes=3, input_size=4), tmp_path / "c", meta)
+    model = build_model(spec, num_classes=3, input_size=4, allow_import=[spec.name])
+    stem = save_checkpoint(model, tmp_path / "c", meta)
     packed = tmp_path / "c.nsk"
-    assert _main(["pack", str(stem), "-o", str(packed)]) == 0
+    assert _main(["pack", str(stem), "-o", str(packed)]) == 2  # the checkpoint names it too
+    assert _main(["pack", str(stem), "-o", str(packed), "--allow-import", spec.name]) == 0
     out = str(tmp_path / "back")
     assert _main(["unpack", str(packed), "-o", out]) == 2
     assert "--allow-import" in capsys.readouterr().err
-    assert _main(["unpack", str(packed), "-o", out, "--allow-import", "other_pkg"]) == 2
-    assert _main(["unpack", str(packed), "-o", out, "--allow-import", "nsk_cli_factory"]) == 0
-    assert _main(["unpack", str(packed), "-o", out, "--allow-import"]) == 0
-    assert load_checkpoint(tmp_path / "back")[1].model == spec
+    other = ["--allow-import", "other_pkg:make"]
+    assert _main(["unpack", str(packed), "-o", out, *other]) == 2
+    for prefix in ("nsk_cli_factory", "*"):  # a module or a wildcard is a usage error
+        with pytest.raises(SystemExit, match="2"):
+            _main(["unpack", str(packed), "-o", out, "--allow-import", prefix])
+    assert "exact factory" in capsys.readouterr().err
+    assert _main(["unpack", str(packed), "-o", out, "--allow-import", "nsk_cli_factory:make"]) == 0
+    assert load_checkpoint(tmp_path / "back", allow_import=[spec.name])[1].model == spec

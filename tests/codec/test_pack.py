@@ -155,12 +155,14 @@ def test_an_import_path_is_built_only_when_allowed(tmp_path, monkeypatch):
     model = nn.Linear(4, 3)
     spec = ModelSpec(name="nsk_codec_factory:make", args={"width": 4})
     path = pack(model, tmp_path / "i.nsk", spec=spec, num_classes=3)
-    for refused in (False, ["other_pkg"], ["nsk_codec"]):
+    # Only the exact factory is trusted: not True, not its module or package, not a sibling.
+    refusals = ((), ["other_pkg:make"], ["nsk_codec_factory:other"], True, ["nsk_codec_factory"])
+    for refused in refusals:
         with pytest.raises(ConfigError, match="allow"):
             unpack(path, allow_import=refused)
     assert "nsk_codec_factory" not in sys.modules  # refused before anything was imported
-    for allowed in (True, ["nsk_codec_factory"]):
-        assert torch.equal(unpack(path, allow_import=allowed).weight, model.weight)
+    restored = unpack(path, allow_import=["nsk_codec_factory:make"])
+    assert torch.equal(restored.weight, model.weight)
 
 
 def test_shared_and_factored_models_round_trip(tmp_path):

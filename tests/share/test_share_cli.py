@@ -1,22 +1,18 @@
 """`netshrink share` end to end on a digits checkpoint: each method writes a checkpoint that
 loads, prints the per-layer storage table, and user mistakes are one-line ConfigErrors."""
 
-import argparse
-
 import pytest
 import torch
 
 from netshrink.checkpoint import load_checkpoint
-from netshrink.cli import main
+from netshrink.cli import build_parser, main
 from netshrink.errors import ConfigError
-from netshrink.share.cli import add_commands, kmeans_config
+from netshrink.share.cli import kmeans_config
 
 
 def share(argv):
     """Run `netshrink share ARGV` through the sub-command that share.cli registers."""
-    parser = argparse.ArgumentParser(prog="netshrink")
-    add_commands(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["share", *argv])
+    args = build_parser().parse_args(["share", *argv])
     args.run(args)
 
 

@@ -7,7 +7,6 @@ import path that unpack imports only when allowed), replayed with the model's st
 """
 
 import zlib
-from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -20,14 +19,21 @@ from ..edits import replay_edits, structural_edits
 from ..errors import ConfigError, CorruptFileError, UnsupportedLayerError
 from ..layers import unwrap
 from ..models import ModelSpec, build_model
+from ..models.registry import AllowImport
 from ..prune.mask import restore_masks
 from ..quant.quantize import weight_quant
 from ..share.codebooks import restore_codebook
+from ..untrusted import (
+    MAX_DECODED_BYTES,
+    build_skeleton,
+    check_budget,
+    check_skeleton,
+    decode_budget,
+    model_bytes,
+)
 from .container import Container, read_container, write_container
 from .encodings import PackConfig, decode_tensor, encode_tensor
 from .header import Header, TensorRecord
-
-AllowImport = bool | Collection[str]
 
 
 def pack(
@@ -71,20 +77,33 @@ def _header(root, records, meta, given: dict, measurement) -> Header:
             "num_classes": meta.num_classes,
             "data": meta.data.model_dump(mode="json") if meta.data else None,
             "fit": meta.fit.model_dump(mode="json") if meta.fit else None,
-            "metrics": dict(meta.metrics),
+            "metrics": _without_timing(meta.metrics),
         }
     fields = {**from_meta, **{k: v for k, v in given.items() if v is not None}}
     try:
         return Header(
             **fields,
             edits=structural_edits(root),
-            measurement=_measurement(measurement),
+            measurement=_without_timing(_measurement(measurement)),
             tensors=records,
         )
     except ValidationError as exc:
         err = exc.errors()[0]
         where = ".".join(str(p) for p in err["loc"])
         raise ConfigError(f"cannot pack: {where}: {err['msg']}") from None
+
+
+# Wall-clock readings (a training's seconds, a latency) differ between two runs of one recipe and
+# seed: they stay out of the file, so that the same model packs to the same bytes. Checkpoint
+# sidecars, state.json and report.json keep them.
+_TIMING_WORDS = {"seconds", "latency", "time", "timestamp", "date", "duration"}
+
+
+def _without_timing(values: dict | None) -> dict | None:
+    """`values` less every key with a timing word in it (`train_seconds`, `latency_ms_b1`)."""
+    if values is None:
+        return None
+    return {k: v for k, v in values.items() if not _TIMING_WORDS & set(k.lower().split("_"))}
 
 
 def _encode_state(model: nn.Module, config: PackConfig) -> tuple[list[TensorRecord], list[bytes]]:
@@ -141,34 +160,45 @@ def unpack(
     path: str | Path,
     model: nn.Module | None = None,
     *,
-    allow_import: AllowImport = False,
+    allow_import: AllowImport = (),
     bake: bool = False,
+    max_decoded_bytes: int | None = MAX_DECODED_BYTES,
 ) -> nn.Module:
     """Decode a .nsk file to a model in eval mode (Han et al. 2016; Kim et al.).
 
     The architecture is rebuilt from the file's ModelSpec, or `model` (a freshly built one) is
     used instead; the structural edits are replayed, then the values loaded strictly. A file
-    that names an import path (`package.module:factory`) is built only when `allow_import` is
-    True or lists that module: importing runs its code. The model comes back parametrized as it
-    was packed: a sparse weight gets its pruning mask, a codebook-coded one its ScalarCodebook
+    that names an import path (`package.module:factory`) is built only when `allow_import`
+    lists that exact name: importing runs its code (netshrink.models.registry's policy). The
+    model comes back parametrized as it was packed: a sparse weight gets its pruning mask, a
+    codebook-coded one its ScalarCodebook
     (so retraining keeps zeros and shared values); `bake=True` gives plain weights instead.
-    Any damage to the file raises CorruptFileError.
+    Any damage to the file raises CorruptFileError. Nothing is allocated from a size the file
+    states before it is checked: the architecture is first built on the meta device and must
+    hold exactly the stored tensors, and the tensors, the decoders' working arrays and the model
+    must fit `64 MiB + 4096 * file size` bytes and `max_decoded_bytes` (default 2 GiB; None
+    lifts it for a file you trust), else LimitError (netshrink.untrusted).
     """
-    return load_packed(path, model, allow_import=allow_import, bake=bake)[0]
+    return load_packed(
+        path, model, allow_import=allow_import, bake=bake, max_decoded_bytes=max_decoded_bytes
+    )[0]
 
 
 def load_packed(
     path: str | Path,
     model: nn.Module | None = None,
     *,
-    allow_import: AllowImport = False,
+    allow_import: AllowImport = (),
     bake: bool = False,
+    max_decoded_bytes: int | None = MAX_DECODED_BYTES,
 ) -> tuple[nn.Module, Header]:
     """`unpack`, also returning the file's header (architecture, edits, metrics)."""
-    container = read_container(path)
-    tensors = decode_all(container, str(path))  # a damaged file fails before any model is built
+    container = read_container(path, max_decoded_bytes)
     header = container.header
     given = model is not None
+    if not given:  # the file's own architecture: sized by the file, so checked before it is built
+        _check_architecture(container, path, allow_import, max_decoded_bytes)
+    tensors = decode_all(container, str(path))  # a damaged file fails before any model is built
     model = unwrap(model) if given else _build(header, path, allow_import)
     model = _replay(model, header, path, given)
     try:
@@ -206,6 +236,21 @@ def decode_all(container: Container, where: str) -> dict[str, torch.Tensor]:
     return tensors
 
 
+def _check_architecture(
+    container: Container, path, allow_import: AllowImport, max_decoded_bytes: int | None
+) -> None:
+    """Build the file's model and replay its edits on the meta device (no memory), then check
+    that its state is exactly the stored tensors and that it fits the decode budget."""
+    header, where = container.header, str(path)
+    skeleton = build_skeleton(
+        lambda: _build(header, path, allow_import), header.edits, where, "its model spec"
+    )
+    check_skeleton(skeleton, {r.name: r.shape for r in header.tensors}, where)
+    needed = container.decoded_bytes + model_bytes(skeleton)
+    budget = decode_budget(container.size, max_decoded_bytes)
+    check_budget(needed, budget, where, "the model (model, num_classes, input_shape) and tensors")
+
+
 def _build(header: Header, path, allow_import: AllowImport) -> nn.Module:
     spec = header.model
     if spec is None:
@@ -213,26 +258,15 @@ def _build(header: Header, path, allow_import: AllowImport) -> nn.Module:
             f"{path} stores no architecture (it was packed from a module without a ModelSpec): "
             "build the model yourself and pass it, unpack(path, model=...)"
         )
-    if ":" in spec.name and not _allowed(spec.name.split(":")[0], allow_import):
-        raise ConfigError(
-            f"{path} builds its model with {spec.name!r}, which imports code; if you trust it, "
-            "allow it: unpack(..., allow_import=True), or --allow-import on the command line"
-        )
     shape = header.input_shape
     return build_model(
         spec,
         num_classes=header.num_classes,
         in_channels=shape[0] if shape else None,
         input_size=shape[1] if shape else None,
+        allow_import=allow_import,
+        where=str(path),
     )
-
-
-def _allowed(module: str, allow_import: AllowImport) -> bool:
-    if isinstance(allow_import, bool):
-        return allow_import
-    if isinstance(allow_import, str):
-        allow_import = [allow_import]
-    return any(module == m or module.startswith(m + ".") for m in allow_import)
 
 
 def _replay(model: nn.Module, header: Header, path, given: bool) -> nn.Module:

@@ -10,6 +10,7 @@ an OR), and read back through a table of 64-bit windows.
 import numpy as np
 
 MAX_FIELD_BITS = 32
+CHUNK_FIELDS = 1 << 16  # fields read at once by unpack_fields
 
 
 def packed_size(total_bits: int) -> int:
@@ -67,7 +68,12 @@ def read_fields(windows: np.ndarray, starts: np.ndarray, width: int) -> np.ndarr
 
 def unpack_fields(data: bytes, width: int, count: int, start_bit: int = 0) -> np.ndarray:
     """`count` fields of `width` bits each, from bit `start_bit` of `data` (int64 array)."""
-    if count == 0:
-        return np.zeros(0, dtype=np.int64)
-    starts = start_bit + np.arange(count, dtype=np.int64) * width
-    return read_fields(windows64(data), starts, width)
+    out = np.zeros(count, dtype=np.int64)
+    if count == 0 or width == 0:
+        return out
+    windows = windows64(data)
+    # chunk by chunk, so the working arrays stay small next to the output, whatever `count` is
+    for first in range(0, count, CHUNK_FIELDS):
+        starts = np.arange(first, min(first + CHUNK_FIELDS, count), dtype=np.int64)
+        out[first : first + starts.size] = read_fields(windows, start_bit + starts * width, width)
+    return out

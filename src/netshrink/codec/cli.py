@@ -1,15 +1,18 @@
 """`netshrink pack`, `netshrink unpack` and `netshrink inspect`: the compressed file on the command
 line."""
 
+import argparse
 from pathlib import Path
 
 from pydantic import ValidationError
 
-from ..checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
+from ..checkpoint import CheckpointMeta, checkpoint_paths, load_checkpoint, save_checkpoint
 from ..cli import make_config
 from ..errors import ConfigError, CorruptFileError
+from ..files import refuse_overwrite_input
 from ..measure import dense_bytes
 from ..report import console
+from ..untrusted import MAX_DECODED_BYTES
 from .api import load_packed, pack
 from .encodings import PackConfig
 from .summary import print_summary, summarize
@@ -26,7 +29,30 @@ def add_commands(commands) -> None:
         "coder, size, bits per symbol and order-0 entropy bound.",
     )
     i.add_argument("file", type=Path, help="the .nsk file")
+    _add_max_decoded(i)
     i.set_defaults(run=run_inspect)
+
+
+def _add_max_decoded(p) -> None:
+    p.add_argument(
+        "--max-decoded",
+        type=_megabytes,
+        default=MAX_DECODED_BYTES,
+        metavar="MB",
+        help=f"most memory (MiB) the file may decode to; default {MAX_DECODED_BYTES >> 20}. "
+        "Raise it only for a large file you trust",
+    )
+
+
+def _megabytes(text: str) -> int:
+    """argparse type for --max-decoded: a positive number of MiB, as bytes."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < 1 << 40:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of MiB")
+    return int(value * (1 << 20))
 
 
 def _add_pack(commands) -> None:
@@ -63,15 +89,7 @@ def _add_unpack(commands) -> None:
     )
     u.add_argument("file", type=Path, help="the .nsk file")
     u.add_argument("-o", "--out", type=Path, required=True, help="checkpoint path (no suffix)")
-    u.add_argument(
-        "--allow-import",
-        nargs="?",
-        const="*",
-        action="append",
-        metavar="MODULE",
-        help="allow building the model from the file's import path (package.module:factory), "
-        "which runs that module's code; give MODULE to allow only that package",
-    )
+    _add_max_decoded(u)
     u.set_defaults(run=run_unpack)
 
 
@@ -79,7 +97,8 @@ def run_pack(args) -> None:
     index_bits = int(args.index_bits) if args.index_bits.isdigit() else args.index_bits
     fields = {"index_bits": index_bits, "float16": args.float16, "coders": args.coders}
     config = make_config(PackConfig, **fields)
-    model, meta = load_checkpoint(args.checkpoint)
+    refuse_overwrite_input([args.out], checkpoint_paths(args.checkpoint))
+    model, meta = load_checkpoint(args.checkpoint, allow_import=args.allow_import)
     out = pack(model, args.out, config, meta=meta)
     size = out.stat().st_size
     dense = dense_bytes(model)
@@ -87,9 +106,10 @@ def run_pack(args) -> None:
 
 
 def run_unpack(args) -> None:
-    allowed = args.allow_import or []
-    allow = True if "*" in allowed else allowed
-    model, header = load_packed(args.file, allow_import=allow)
+    refuse_overwrite_input(checkpoint_paths(args.out), [args.file])
+    model, header = load_packed(
+        args.file, allow_import=args.allow_import, max_decoded_bytes=args.max_decoded
+    )
     if header.model is None or header.input_shape is None or header.num_classes is None:
         raise ConfigError(
             f"{args.file} does not name its architecture and input shape, so it cannot become a "
@@ -113,4 +133,4 @@ def run_unpack(args) -> None:
 
 
 def run_inspect(args) -> None:
-    print_summary(summarize(args.file))
+    print_summary(summarize(args.file, args.max_decoded))

@@ -23,8 +23,10 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from ..errors import ConfigError, CorruptFileError
+from ..errors import ConfigError, CorruptFileError, LimitError
 from ..files import atomic_write
+from ..untrusted import MAX_DECODED_BYTES, check_budget, decode_budget
+from .encodings import working_bytes
 from .header import DTYPES, BytesSection, Header, TensorRecord
 from .streams import BitsSection, HuffmanSection
 
@@ -33,13 +35,10 @@ VERSION = 1
 PREFIX = struct.Struct("<8sHHII")
 TRAILER = 4
 MAX_FILE_BYTES = 1 << 32
-MAX_HEADER_BYTES = 64 << 20  # inflated JSON
+# Inflated JSON: parsing takes up to ~40 bytes of memory a byte (empty objects in `data`), so
+# 4 MiB stays under 200 MB; a real header holds a few hundred bytes a tensor plus its edits.
+MAX_HEADER_BYTES = 4 << 20
 MAX_TENSOR_ELEMENTS = 1 << 31
-# Decoded tensors may take at most this many bytes plus EXPANSION bytes per byte of file:
-# generous for any real model (a fully pruned layer codes to almost nothing), fatal to a forged
-# header that claims gigabytes from a few kilobytes.
-DECODED_FLOOR = 64 << 20
-EXPANSION = 4096
 
 
 @dataclass(frozen=True)
@@ -49,6 +48,7 @@ class Container:
     header: Header
     sections: list[dict[str, memoryview]]
     size: int
+    decoded_bytes: int  # the tensors plus the largest decoder's working arrays, bounded
 
 
 def write_container(path: Path, header: Header, payload: list[bytes]) -> int:
@@ -62,7 +62,7 @@ def write_container(path: Path, header: Header, payload: list[bytes]) -> int:
     body += b"".join(payload)
     body += struct.pack("<I", zlib.crc32(body))
     try:
-        check_limits(header, len(body), where=str(path))
+        check_limits(header, len(body), where=str(path), max_decoded_bytes=None)
     except CorruptFileError as exc:  # a reader would refuse it: refuse to write it
         raise ConfigError(f"cannot pack this model: {exc}") from None
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -70,24 +70,29 @@ def write_container(path: Path, header: Header, payload: list[bytes]) -> int:
     return len(body)
 
 
-def read_container(path: str | Path) -> Container:
-    """Read and check a .nsk file; anything wrong with it raises CorruptFileError."""
+def read_container(
+    path: str | Path, max_decoded_bytes: int | None = MAX_DECODED_BYTES
+) -> Container:
+    """Read and check a .nsk file; anything wrong with it raises CorruptFileError (LimitError
+    when it would decode to more than its budget, see netshrink.untrusted)."""
     path = Path(path)
     if not path.is_file():
         raise CorruptFileError(f"{path}: no such file")
     size = path.stat().st_size
     if size > MAX_FILE_BYTES:
         raise CorruptFileError(f"{path}: {size} bytes is past the format's 4 GiB limit")
-    return parse_container(path.read_bytes(), str(path))
+    return parse_container(path.read_bytes(), str(path), max_decoded_bytes)
 
 
-def parse_container(data: bytes, where: str = "<bytes>") -> Container:
+def parse_container(
+    data: bytes, where: str = "<bytes>", max_decoded_bytes: int | None = MAX_DECODED_BYTES
+) -> Container:
     """Check and split the bytes of a .nsk file (see the module docstring for the order)."""
     header_bytes = _prefix(data, where)
     header = _parse_header(header_bytes, where)
     payload = memoryview(data)[PREFIX.size + len(header_bytes) : len(data) - TRAILER]
     _check_tiling(header, len(payload), where)
-    check_limits(header, len(data), where)
+    decoded = check_limits(header, len(data), where, max_decoded_bytes)
     sections = [
         {role: payload[s.offset : s.offset + s.length] for role, s in record.sections.items()}
         for record in header.tensors
@@ -98,7 +103,7 @@ def parse_container(data: bytes, where: str = "<bytes>") -> Container:
                 raise CorruptFileError(f"{where}: the {role} section of {record.name} is corrupt")
     if zlib.crc32(memoryview(data)[:-TRAILER]) != struct.unpack("<I", data[-TRAILER:])[0]:
         raise CorruptFileError(f"{where}: file checksum mismatch (the file is damaged)")
-    return Container(header, sections, len(data))
+    return Container(header, sections, len(data), decoded)
 
 
 def _prefix(data: bytes, where: str) -> bytes:
@@ -148,25 +153,36 @@ def _check_tiling(header: Header, payload: int, where: str) -> None:
         raise CorruptFileError(f"{where}: sections cover {end} of {payload} payload bytes")
 
 
-def check_limits(header: Header, file_size: int, where: str) -> None:
-    """Refuse a header whose tensors would decode to more than the file can honestly hold, and
-    any section whose count cannot fit its length, before anything is allocated."""
-    budget = DECODED_FLOOR + EXPANSION * file_size
+def check_limits(
+    header: Header, file_size: int, where: str, max_decoded_bytes: int | None = MAX_DECODED_BYTES
+) -> int:
+    """Refuse a header whose tensors, with the decoders' working arrays, would take more than
+    the file's budget (netshrink.untrusted.decode_budget), and any section whose count cannot
+    fit its length, before anything is allocated. Returns the bytes decoding may take."""
+    budget = decode_budget(file_size, max_decoded_bytes)
     names = [record.name for record in header.tensors]
     if len(set(names)) != len(names):
         raise CorruptFileError(f"{where}: a tensor name appears twice")
-    total = 0
+    total, working, largest = 0, 0, "tensors"
     for record in header.tensors:
         numel = record.numel
         if numel > MAX_TENSOR_ELEMENTS:
-            raise CorruptFileError(f"{where}: {record.name} claims {numel} elements")
+            raise LimitError(
+                f"{where}: {record.name} claims {numel} elements (shape), past the format's "
+                f"{MAX_TENSOR_ELEMENTS}"
+            )
         total += numel * DTYPES[record.dtype][1].itemsize
         for role, section in record.sections.items():
             _check_section(record, role, section, where)
+        if working_bytes(record) > working:  # decoded one at a time: the largest counts
+            working, largest = working_bytes(record), record.name
     if total > budget:
-        raise CorruptFileError(
-            f"{where}: tensors claim {total} bytes, more than a {file_size}-byte file can hold"
+        raise LimitError(
+            f"{where}: tensors claim {total} bytes (shape), more than a {file_size}-byte file "
+            f"may decode to ({budget} bytes); if you trust it, raise the cap (--max-decoded)"
         )
+    check_budget(total + working, budget, where, f"decoding (tensors, then {largest}'s sections)")
+    return total + working
 
 
 def _check_section(record: TensorRecord, role: str, section, where: str) -> None:

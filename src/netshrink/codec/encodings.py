@@ -32,6 +32,12 @@ from .streams import CODERS, StreamSection, decode_stream, encode_stream
 MAX_CENTROIDS = 256
 MAX_FIXED_BITS = 16  # the `fixed` encoding holds integers of magnitude at most 2**15
 SECTION_COST = 16  # bytes a section adds to the header, roughly: tiny tensors stay dense
+# The decoders' working arrays, counted before anything is decoded (docs/format.md, "Checks and
+# limits"); measured peaks with a margin (tests/codec/test_forged_files.py holds them to it).
+WORK_PER_ELEMENT = 24  # the flat output and its int64 / float64 intermediates
+WORK_PER_SYMBOL = 48  # an int64 stream, Huffman's block matrix, relative-index running sums
+WORK_PER_BYTE = 8  # a section's bytes copied, padded and widened to 64-bit windows
+WORK_TABLES = 4 << 20  # a Huffman decode table, an ANS model (alphabets of at most 2**16)
 
 
 class PackConfig(BaseModel):
@@ -209,8 +215,13 @@ def _decode_fixed(record: TensorRecord, data: dict[str, bytes], count: int) -> n
     codes = _section(record, "codes", StreamSection)
     if codes.count != count:
         raise CorruptFileError(f"{record.name}: {codes.count} codes for {count} values")
-    q = decode_stream(codes, data["codes"]).astype(np.int64) + offset
-    return np.ldexp(q.astype(np.float64), -frac)
+    q = decode_stream(codes, data["codes"])
+    if q.size and q.max() > 1 << MAX_FIXED_BITS:  # q - min(q) spans at most 2**16 when packed
+        raise CorruptFileError(f"{record.name}: fixed-point codes wider than {MAX_FIXED_BITS} bits")
+    q += offset  # in place: working arrays stay at two per value (docs/format.md's budget)
+    values = q.astype(np.float64)
+    del q
+    return np.ldexp(values, -frac, out=values)
 
 
 def encode_sparse(values, shape, dtype, config) -> Encoded | None:
@@ -314,6 +325,15 @@ def encode_tensor(tensor: torch.Tensor, config: PackConfig) -> tuple[str, str, E
     return dtype, best[0], best[1]
 
 
+def working_bytes(record: TensorRecord) -> int:
+    """An upper bound on the bytes that decoding `record` allocates besides its output."""
+    symbols = sum(s.count for s in record.sections.values() if not isinstance(s, BytesSection))
+    raw = sum(s.length for s in record.sections.values())
+    return (
+        WORK_PER_ELEMENT * record.numel + WORK_PER_SYMBOL * symbols + WORK_PER_BYTE * raw
+    ) + WORK_TABLES
+
+
 def decode_tensor(record: TensorRecord, data: dict[str, bytes]) -> torch.Tensor:
     """The tensor a record describes, from its sections' bytes (CRCs already checked)."""
     if frozenset(record.sections) not in ROLES[record.encoding]:
@@ -322,9 +342,10 @@ def decode_tensor(record: TensorRecord, data: dict[str, bytes]) -> torch.Tensor:
         raise CorruptFileError(f"{record.name}: {record.encoding} needs a float tensor")
     flat = ENCODINGS[record.encoding].decode(record, data)
     torch_dtype, np_dtype = DTYPES[record.dtype]
+    flat = flat.astype(np_dtype, copy=False)
     if record.dtype == "bfloat16":
-        return torch.from_numpy(flat.astype(np_dtype)).view(torch.bfloat16).reshape(record.shape)
-    return torch.from_numpy(flat.astype(np_dtype)).to(torch_dtype).reshape(record.shape)
+        return torch.from_numpy(flat).view(torch.bfloat16).reshape(record.shape)
+    return torch.from_numpy(flat).to(torch_dtype).reshape(record.shape)
 
 
 def dtype_name(dtype: torch.dtype) -> str:

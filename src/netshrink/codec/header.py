@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..edits import Edit
+from ..edits import MAX_EDITS, Edit
 from ..models import ModelSpec
 from .streams import AnsSection, BitsSection, Count, HuffmanSection
 
@@ -35,6 +35,11 @@ FLOAT_DTYPES = ("float32", "float16", "float64")  # the dtypes whose values the 
 # Tensor encodings; a new one (fixed point, PQ / RQ) adds its tag here and its functions to
 # netshrink.codec.encodings.ENCODINGS.
 EncodingTag = Literal["dense", "sparse", "codebook", "fixed"]
+MAX_TENSORS = 1 << 16  # records in one header
+# The data arguments a model is built from; the meta-device build checks the rest.
+MAX_CLASSES = 1 << 20
+MAX_INPUT_SIDE = 1 << 14
+InputDim = Annotated[int, Field(ge=1, le=MAX_INPUT_SIDE)]
 
 
 class _Strict(BaseModel):
@@ -76,11 +81,11 @@ class Header(_Strict):
     """The whole header; `model` is None for a module packed without a known factory."""
 
     model: ModelSpec | None = None
-    input_shape: tuple[int, int, int] | None = None
-    num_classes: Annotated[int, Field(ge=1)] | None = None
-    edits: list[Edit] = []
+    input_shape: tuple[InputDim, InputDim, InputDim] | None = None
+    num_classes: Annotated[int, Field(ge=1, le=MAX_CLASSES)] | None = None
+    edits: Annotated[list[Edit], Field(max_length=MAX_EDITS)] = []
     data: dict[str, Any] | None = None  # the checkpoint's data and fit configs, kept as JSON
     fit: dict[str, Any] | None = None
     metrics: dict[str, float] = {}
     measurement: dict[str, float | int | str | None] | None = None
-    tensors: list[TensorRecord]
+    tensors: Annotated[list[TensorRecord], Field(max_length=MAX_TENSORS)]

@@ -10,6 +10,7 @@ from pathlib import Path
 from rich.table import Table
 
 from ..report import console
+from ..untrusted import MAX_DECODED_BYTES
 from .api import decode_all
 from .container import PREFIX, TRAILER, read_container
 from .header import DTYPES, BytesSection, Header, TensorRecord
@@ -57,9 +58,10 @@ class FileSummary:
         return sum(r.numel * DTYPES[r.dtype][1].itemsize for r in self.header.tensors)
 
 
-def summarize(path: str | Path) -> FileSummary:
-    """Read and fully decode a .nsk file, and describe every tensor and stream in it."""
-    container = read_container(path)
+def summarize(path: str | Path, max_decoded_bytes: int | None = MAX_DECODED_BYTES) -> FileSummary:
+    """Read and fully decode a .nsk file, and describe every tensor and stream in it; the file
+    may decode to at most `max_decoded_bytes` (netshrink.untrusted; None lifts the cap)."""
+    container = read_container(path, max_decoded_bytes)
     tensors = decode_all(container, str(path))
     rows = []
     for record, data in zip(container.header.tensors, container.sections):

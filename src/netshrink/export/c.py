@@ -44,6 +44,7 @@ from torch import fx
 from torch.fx.passes.shape_prop import ShapeProp
 
 from ..errors import ConfigError
+from ..files import atomic_write
 from ..layers import copy_model
 from ..quant.fixed import to_integers
 from ..quant.quantize import fixed_point_formats
@@ -118,8 +119,9 @@ def export_c(
         ),
         layers=tuple(program.storage),
     )
-    header.write_text(header_text(export))
-    source.write_text(source_text(export, program, arenas))
+    header_code, source_code = header_text(export), source_text(export, program, arenas)
+    atomic_write(header, lambda tmp: tmp.write_text(header_code))
+    atomic_write(source, lambda tmp: tmp.write_text(source_code))
     return export
 
 

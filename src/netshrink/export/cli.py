@@ -16,11 +16,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..checkpoint import load_checkpoint
+from ..checkpoint import checkpoint_paths, load_checkpoint
 from ..cli import add_data_args, data_config
 from ..codec.api import load_packed
 from ..data import DataConfig, load_data
 from ..errors import ConfigError
+from ..files import refuse_overwrite_input
 from ..quant import IntegerModel, is_quantized
 from ..report import console
 
@@ -40,7 +41,6 @@ def add_commands(commands) -> None:
     p.add_argument("--c", type=Path, help="directory for the C99 sources (fixed-point models)")
     p.add_argument("--name", default="model", help="C file and symbol prefix (default model)")
     p.add_argument("--check", type=int, default=None, help="check on at most N test images")
-    p.add_argument("--allow-import", action="store_true", help="build import-path models")
     add_data_args(p, default=None)
     p.set_defaults(run=run_export)
 
@@ -48,6 +48,7 @@ def add_commands(commands) -> None:
 def run_export(args) -> None:
     if not (args.onnx or args.int8 or args.c):
         raise ConfigError("nothing to export: give --onnx FILE, --int8 FILE and/or --c DIR")
+    refuse_overwrite_input(_outputs(args), _inputs(args))
     model, input_shape, data_cfg = _load(args)
     if (args.int8 or args.c) and not is_quantized(model):
         raise ConfigError(
@@ -63,13 +64,24 @@ def run_export(args) -> None:
         _export_c(model, args, input_shape, images)
 
 
+def _outputs(args) -> list[Path]:
+    files = [args.onnx, args.int8]
+    if args.c:
+        files += [args.c / f"{args.name}.h", args.c / f"{args.name}.c"]
+    return [f for f in files if f is not None]
+
+
+def _inputs(args) -> list[Path]:
+    return [args.model] if args.model.suffix == ".nsk" else list(checkpoint_paths(args.model))
+
+
 def _load(args):
     if args.model.suffix == ".nsk":
         model, header = load_packed(args.model, allow_import=args.allow_import)
         data = DataConfig(**header.data) if header.data else None
         shape = header.input_shape
     else:
-        model, meta = load_checkpoint(args.model)
+        model, meta = load_checkpoint(args.model, allow_import=args.allow_import)
         data, shape = meta.data, meta.input_shape
     if shape is None:
         raise ConfigError(f"{args.model} does not record its input shape; pack it with one")

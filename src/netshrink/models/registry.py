@@ -2,6 +2,12 @@
 
 A compressed file stores a ``ModelSpec`` (never code): unpacking rebuilds the architecture from it,
 replays the structural edits, then loads the tensors.
+
+The import policy (docs/security.md), the same for every file and every caller: a zoo name is
+built freely; an import path is imported and called only when the caller names that exact
+``package.module:factory`` in ``allow_import`` (``--allow-import`` on the command line). Never a
+package prefix, never because a file says so: a checkpoint, ``.nsk``, recipe or run directory
+written by someone else would otherwise run any function it names (``os:system``).
 """
 
 from __future__ import annotations
@@ -11,14 +17,14 @@ import importlib
 import inspect
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 import pydantic
 from pydantic import ConfigDict, field_validator
 from torch import nn
 
-from netshrink.errors import ConfigError
+from netshrink.errors import ConfigError, ImportNotAllowedError
 from netshrink.models.lenet import lenet5, lenet5_caffe, lenet300_100
 from netshrink.models.mobilenet import mobilenet_v2
 from netshrink.models.resnet import resnet20
@@ -37,6 +43,9 @@ _IDENT = r"[A-Za-z_]\w*"
 _ZOO_NAME = re.compile(_IDENT)
 _IMPORT_PATH = re.compile(rf"{_IDENT}(?:\.{_IDENT})*:{_IDENT}")
 _SPEC_TEXT = re.compile(r"\s*([\w.:]+)\s*(?:\((.*)\))?\s*", re.DOTALL)
+
+# The exact factories a caller trusts, as "package.module:factory" strings.
+AllowImport = Collection[str]
 
 
 class ModelSpec(pydantic.BaseModel):
@@ -160,17 +169,25 @@ def build_model(
     num_classes: int | None = None,
     in_channels: int | None = None,
     input_size: int | None = None,
+    allow_import: AllowImport = (),
+    where: str | None = None,
 ) -> nn.Module:
     """Build the architecture named by ``spec``; the data-derived arguments fill in whatever
     ``spec.args`` leaves unset (and, for an import path, only those the factory accepts).
 
+    A zoo name is always built. An import path is imported and called only when it is listed,
+    exactly, in ``allow_import`` (the caller's trust; see the module docstring), else
+    ImportNotAllowedError, which names ``where`` the spec came from and the flag that allows it.
+
     Example:
         >>> build_model(ModelSpec.parse("lenet5"), num_classes=3).fc3.out_features
         3
+        >>> build_model(ModelSpec.parse("mypkg.nets:small"), allow_import=["mypkg.nets:small"])
     """
     given = {"num_classes": num_classes, "in_channels": in_channels, "input_size": input_size}
     data_args = {k: v for k, v in given.items() if v is not None and k not in spec.args}
     if ":" in spec.name:
+        check_import_allowed(spec.name, allow_import, where)
         factory = _import_factory(spec.name)
         data_args = _accepted(factory, data_args)
     elif spec.name in MODELS:
@@ -191,6 +208,40 @@ def build_model(
             f"model factory {spec.name!r} returned {type(model).__name__}, not a torch.nn.Module"
         )
     return model
+
+
+def allowed_imports(allow_import: AllowImport | None) -> frozenset[str]:
+    """Check and normalize an ``allow_import`` argument: exact ``package.module:factory`` names.
+
+    ``True`` or a bare package name are refused: trusting a whole package trusts every callable
+    in it (``netshrink.cli:main`` runs any command) with arguments chosen by the file.
+    """
+    if allow_import is None:
+        return frozenset()
+    if isinstance(allow_import, (bool, str)) or not isinstance(allow_import, Collection):
+        raise ConfigError(
+            f"allow_import={allow_import!r}: give a list of the exact 'package.module:factory' "
+            "names you trust, e.g. allow_import=['mypkg.nets:small']"
+        )
+    names = frozenset(allow_import)
+    for name in names:
+        if not isinstance(name, str) or not _IMPORT_PATH.fullmatch(name):
+            raise ConfigError(
+                f"--allow-import {name!r}: name the exact factory you trust, "
+                "'package.module:factory' (a package or module alone is not accepted)"
+            )
+    return names
+
+
+def check_import_allowed(name: str, allow_import: AllowImport | None, where: str | None) -> None:
+    """Raise ImportNotAllowedError unless the import path ``name`` is in ``allow_import``."""
+    if name in allowed_imports(allow_import):
+        return
+    source = f"{where} builds its model with" if where else "the model is"
+    raise ImportNotAllowedError(
+        f"{source} {name!r}, which imports and runs code; netshrink imports only the factories "
+        f"you name. If you trust it: --allow-import {name} (Python: allow_import=[{name!r}])"
+    )
 
 
 def _import_factory(path: str) -> Callable[..., Any]:

@@ -2,9 +2,17 @@
 
 from pathlib import Path
 
-from ..checkpoint import save_checkpoint
-from ..cli import add_checkpoint_args, load_for_command, make_config, measure_stage, retrain_config
+from ..checkpoint import checkpoint_paths, save_checkpoint
+from ..cli import (
+    add_checkpoint_args,
+    load_for_command,
+    make_config,
+    measure_stage,
+    refuse_overwriting_checkpoint,
+    retrain_config,
+)
 from ..errors import ConfigError
+from ..files import atomic_write, refuse_overwrite_input
 from ..layers import select_layers
 from ..report import console, layer_table, print_measurements
 from ..train import FitConfig, fit
@@ -88,6 +96,7 @@ def add_commands(commands) -> None:
 
 
 def run_prune(args) -> None:
+    refuse_overwriting_checkpoint(args.out, args.checkpoint)
     model, meta, data = load_for_command(args)
     rows = [measure_stage(model, "before", data, args)]
     retrain = retrain_config(meta, epochs=args.retrain_epochs, lr=args.retrain_lr, lr_divisor=10)
@@ -157,10 +166,13 @@ def _required(args, name: str) -> float:
 
 
 def run_sensitivity(args) -> None:
+    outputs = [args.out / "sensitivity.json", args.out / "sensitivity.png"]
+    refuse_overwrite_input(outputs, checkpoint_paths(args.checkpoint))
     model, meta, data = load_for_command(args)
     result = sensitivity_analysis(model, data.loader("val", args.batch_size), layers=args.layers)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "sensitivity.json").write_text(result.to_json())
+    text = result.to_json()
+    atomic_write(args.out / "sensitivity.json", lambda tmp: tmp.write_text(text))
     png = plot_sensitivity(
         result,
         args.out / "sensitivity.png",

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from ..data import BatchLoader
+from ..files import atomic_write
 from ..layers import LayerFilter, copy_model, select_layers
 from ..progress import make_progress
 from ..train import evaluate
@@ -100,6 +101,8 @@ def plot_sensitivity(result: Sensitivity, path: str | Path, title: str = "") -> 
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    # the temporary's name ends in .tmp, so the format comes from the name asked for
+    image_format = path.suffix.removeprefix(".") or "png"
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format=image_format, dpi=120))
     plt.close(fig)
     return path

@@ -15,7 +15,14 @@ import torch
 from rich.table import Table
 
 from ..checkpoint import save_checkpoint
-from ..cli import add_checkpoint_args, load_for_command, make_config, measure_stage, retrain_config
+from ..cli import (
+    add_checkpoint_args,
+    load_for_command,
+    make_config,
+    measure_stage,
+    refuse_overwriting_checkpoint,
+    retrain_config,
+)
 from ..errors import ConfigError
 from ..measure import dense_bytes
 from ..report import console, print_measurements
@@ -109,6 +116,7 @@ def _layer_bits(text: str) -> dict[str, int]:
 
 
 def run_quantize(args) -> None:
+    refuse_overwriting_checkpoint(args.out, args.checkpoint)
     model, meta, data = load_for_command(args)
     dense = dense_bytes(model)
     rows = [measure_stage(model, "float", data, args, dense)]
@@ -132,6 +140,7 @@ def run_quantize(args) -> None:
 def run_qat(args) -> None:
     from .qat import QatConfig, train_quantized
 
+    refuse_overwriting_checkpoint(args.out, args.checkpoint)
     model, meta, data = load_for_command(args)
     dense = dense_bytes(model)
     rows = [measure_stage(model, "float", data, args, dense)]

@@ -19,6 +19,7 @@ from ..cli import (
     load_for_command,
     make_config,
     measure_stage,
+    refuse_overwriting_checkpoint,
     retrain_config,
 )
 from ..errors import ConfigError
@@ -99,6 +100,7 @@ def add_commands(commands) -> None:
 
 
 def run_share(args) -> None:
+    refuse_overwriting_checkpoint(args.out, args.checkpoint)
     model, meta, data = load_for_command(args)
     restore_masks(model, select_layers(model))  # a checkpoint's zeros are pruned weights
     dense = dense_bytes(model)

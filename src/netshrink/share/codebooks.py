@@ -135,6 +135,8 @@ def restore_codebook(module: nn.Module, name: str = "weight") -> None:
     value = getattr(module, name).detach()
     keep = value != 0
     centroids, inverse = torch.unique(value[keep], return_inverse=True)
+    if not centroids.numel():  # an all-zero tensor: one centroid, masked out everywhere
+        centroids = value.new_zeros(1)
     indices = torch.zeros(value.shape, dtype=torch.long, device=value.device)
     indices[keep] = inverse
     attach(module, ScalarCodebook(centroids, indices, keep.to(value.dtype)), name)
