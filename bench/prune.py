@@ -197,7 +197,7 @@ CASES = {
         "LeNet-5",
         "incremental, no retraining, 1 pt budget on validation",
         "report sparsity + per-layer ratios",
-        lambda s: incremental("lenet5", 0.01),
+        lambda s: incremental("lenet5", 1.0),
         lambda r: r["removed"] > 0,
         max_seeds=1,
     ),

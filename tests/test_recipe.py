@@ -34,7 +34,8 @@ BAD = [
         "integer",
     ),
     (HEAD + "  - method: share_kmeans\n    config: {bits: 40}\n", "stages[0].config.bits", 5, "16"),
-    (HEAD + "  - method: quantize\n    budget: -1\n", "stages[0].budget", 5, "greater than"),
+    (HEAD + "  - method: quantize\n    budget: -1\n", "stages[0].budget", 5, "percentage points"),
+    (HEAD + "  - method: quantize\n    budget: 150\n", "stages[0].budget", 5, "percentage points"),
     (
         "data: {source: 'mnist:/no/such/dir'}\nbaseline: {model: lenet5}\n",
         "data",

@@ -39,6 +39,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 from torch.nn.utils import parametrize
 
+from .budget import Points
 from .data import DataSplits
 from .errors import UnsupportedLayerError
 from .layers import LayerFilter, select_layers
@@ -86,7 +87,7 @@ class CompressiveConfig(_Frozen):
     within `budget` points of the model as given."""
 
     global_sparsity: float = Field(0.8, ge=0, lt=1)
-    budget: float = Field(1.0, ge=0)
+    budget: Points = 1.0
     constraint: Constraint = SparseSupport()
     ranking: Literal["sparsity", "size", "sensitivity"] = "sparsity"
     prune_fit: FitConfig = FitConfig(epochs=1, lr=0.01)

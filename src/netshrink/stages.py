@@ -17,6 +17,7 @@ from typing import ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
+from .budget import Points
 from .compressive import CompressiveConfig, train_compressive
 from .data import DataSplits
 from .distill import DistillConfig, distill
@@ -96,7 +97,7 @@ class _Stage(BaseModel):
     layers: list[str] | None = None
     finetune: FitConfig | None = None
     soft_targets: SoftTargets | None = None
-    budget: float | None = Field(None, ge=0)
+    budget: Points | None = None
 
     @model_validator(mode="after")
     def _options(self):

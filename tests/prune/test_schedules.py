@@ -94,7 +94,7 @@ def test_incremental_pruning_stays_within_budget_without_gradients(digits):
     calibration = digits.loader("val", 256)
     base = evaluate(model, calibration).top1
     snapshot = {k: v.clone() for k, v in model.state_dict().items()}
-    config = PruneIncrementalConfig(budget=0.01, step=0.25, max_ratio=2.0)
+    config = PruneIncrementalConfig(budget=1.0, step=0.25, max_ratio=2.0)
     table = incremental_ratios(model, calibration, config)
     assert set(table) == {"fc1", "fc2", "fc3"}
     assert all(0 <= r <= 2.0 for r in table.values()) and max(table.values()) > 0

@@ -31,4 +31,4 @@ def test_budget_sparsities_stop_at_the_first_break():
     result = Sensitivity(
         0.9, (0.0, 0.5, 0.8, 0.9), {"a": [0.9, 0.895, 0.85, 0.9], "b": [0.9, 0.9, 0.9, 0.899]}
     )
-    assert budget_sparsities(result, 0.01) == {"a": 0.5, "b": 0.9}
+    assert budget_sparsities(result, 1.0) == {"a": 0.5, "b": 0.9}

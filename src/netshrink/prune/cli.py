@@ -53,8 +53,8 @@ def add_commands(commands) -> None:
     p.add_argument(
         "--budget",
         type=float,
-        default=0.01,
-        help="incremental: accuracy loss allowed, as a fraction (0.01 = 1 point)",
+        default=1.0,
+        help="incremental: top-1 points it may lose on the validation split (default 1.0)",
     )
     p.add_argument("--amount", type=float, help="filters: fraction of channels removed")
     p.add_argument("--target-macs", type=float, help="filters: fraction of MACs to remove")
@@ -90,7 +90,12 @@ def add_commands(commands) -> None:
     )
     add_checkpoint_args(s)
     s.add_argument("--layers", type=lambda t: [n for n in t.split(",") if n])
-    s.add_argument("--budget", type=float, default=0.01)
+    s.add_argument(
+        "--budget",
+        type=float,
+        default=1.0,
+        help="top-1 points a layer may lose, for the table printed (default 1.0)",
+    )
     s.add_argument("--out", type=Path, required=True, help="output directory")
     s.set_defaults(run=run_sensitivity)
 
@@ -180,6 +185,6 @@ def run_sensitivity(args) -> None:
     )
     table = budget_sparsities(result, args.budget)
     print(f"wrote {args.out / 'sensitivity.json'} and {png}")
-    print(f"largest sparsity per layer within {args.budget:.1%} of {result.baseline_top1:.2%}:")
+    print(f"largest sparsity per layer within {args.budget:g} pt of {result.baseline_top1:.2%}:")
     for name, sparsity in table.items():
         print(f"  {name}: {sparsity:.0%}")

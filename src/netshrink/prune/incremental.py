@@ -10,6 +10,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
+from ..budget import Points, floor_below
 from ..data import BatchLoader
 from ..layers import LayerFilter, copy_model, select_layers
 from ..progress import make_progress
@@ -19,11 +20,11 @@ from .magnitude import PruneMagnitudeConfig, StdThreshold, prune_magnitude
 
 class PruneIncrementalConfig(BaseModel):
     """Raise each layer's ratio by `step` up to `max_ratio` while the calibration accuracy stays
-    within `budget` (a fraction: 0.01 is one point) of the unpruned model's."""
+    within `budget` percentage points of the unpruned model's (netshrink.budget)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    budget: float = Field(0.01, ge=0, lt=1)
+    budget: Points = 1.0
     step: float = Field(0.1, gt=0)
     max_ratio: float = Field(3.0, gt=0)
 
@@ -39,7 +40,7 @@ def incremental_ratios(
     """The per-layer ratio table. Each layer is raised with the earlier layers already pruned at
     their chosen ratios, so the budget holds for the whole model, not for each layer alone."""
     work = copy_model(model)
-    floor = evaluate(work, calibration).top1 - config.budget
+    floor = floor_below(evaluate(work, calibration).top1, config.budget)
     names = [name for name, _ in select_layers(work, layers)]
     candidates = [
         round(config.step * i, 6) for i in range(1, int(config.max_ratio / config.step + 1e-9) + 1)

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..budget import floor_below
 from ..data import BatchLoader
 from ..files import atomic_write
 from ..layers import LayerFilter, copy_model, select_layers
@@ -64,13 +65,13 @@ def sensitivity_analysis(
 
 
 def budget_sparsities(result: Sensitivity, budget: float) -> dict[str, float]:
-    """Per layer, the largest measured sparsity whose accuracy stays within `budget` (a fraction)
-    of the baseline, counting only sparsities below the first one that breaks it."""
+    """Per layer, the largest measured sparsity whose accuracy stays within `budget` percentage
+    points of the baseline, counting only sparsities below the first one that breaks it."""
     table = {}
     for name, accuracies in result.curves.items():
         best = 0.0
         for sparsity, top1 in zip(result.sparsities, accuracies):
-            if top1 < result.baseline_top1 - budget:
+            if top1 < floor_below(result.baseline_top1, budget):
                 break
             best = sparsity
         table[name] = best

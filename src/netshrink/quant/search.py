@@ -17,6 +17,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import fx, nn
 
+from ..budget import Points
 from ..data import BatchLoader, DataSplits, ImageSet
 from ..errors import ConfigError
 from ..layers import unwrap
@@ -37,7 +38,7 @@ class BitSearchConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    budget: float = Field(1.0, ge=0)
+    budget: Points = 1.0
     start_weights: int = Field(8, ge=2, le=16)
     min_weights: int = Field(2, ge=2, le=16)
     start_activations: int = Field(8, ge=2, le=16)
