@@ -1,6 +1,7 @@
 """netshrink: compress convolutional image classifiers for embedded devices.
 
-The public API, and nothing else; see DESIGN.md for the map.
+The public API, and nothing else. The map of the code is docs/architecture.md; what a file may
+make netshrink do (the import policy, the decode limits) is docs/security.md.
 """
 
 from .baseline import cached_baseline, train_model
@@ -12,6 +13,8 @@ from .errors import (
     CorruptFileError,
     DataError,
     Error,
+    ImportNotAllowedError,
+    LimitError,
     UnsupportedLayerError,
 )
 from .measure import Measurement, count_macs, count_parameters, measure, measure_latency
@@ -27,6 +30,8 @@ __all__ = [
     "DataSplits",
     "Error",
     "EvalResult",
+    "ImportNotAllowedError",
+    "LimitError",
     "FitConfig",
     "MODELS",
     "Measurement",
