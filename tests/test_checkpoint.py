@@ -3,10 +3,15 @@ import json
 import pytest
 import torch
 
-from netshrink.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
+from netshrink.checkpoint import (
+    CheckpointMeta,
+    checkpoint_paths,
+    load_checkpoint,
+    save_checkpoint,
+)
 from netshrink.data import DataConfig
-from netshrink.errors import CorruptFileError
-from netshrink.models import ModelSpec, build_model
+from netshrink.errors import CorruptFileError, LimitError
+from netshrink.models import ModelSpec, build_model, lenet300_100
 
 
 def _saved(tmp_path, name="vgg_small", args=None):
@@ -129,3 +134,28 @@ def test_parametrized_model_is_stored_as_what_it_computes(tmp_path):
     assert int((loaded.fc1.weight != 0).sum()) == int(mask.sum())
     x = torch.randn(4, 1, 28, 28)
     assert torch.equal(loaded(x), model(x))
+
+
+def test_a_sidecar_is_bounded_like_a_header(tmp_path):
+    """num_classes, input_shape, the edit count and the sidecar's size are checked before any
+    model is built from them."""
+    meta = CheckpointMeta(
+        model=ModelSpec(name="lenet300_100"), input_shape=(1, 8, 8), num_classes=10
+    )
+    stem = save_checkpoint(
+        lenet300_100(num_classes=10, in_channels=1, input_size=8), tmp_path / "c", meta
+    )
+    sidecar = checkpoint_paths(stem)[1]
+    good = json.loads(sidecar.read_text())
+    edit = {"kind": "factor", "module": "fc1", "rank": 1}
+    for field, value in (
+        ("num_classes", 1 << 40),
+        ("input_shape", [1, 1 << 30, 1 << 30]),
+        ("edits", [edit] * 20_000),
+    ):
+        sidecar.write_text(json.dumps({**good, field: value}))
+        with pytest.raises(CorruptFileError, match=field):
+            load_checkpoint(stem)
+    sidecar.write_text(json.dumps({**good, "metrics": {"x": 0.0}}) + " " * (5 << 20))
+    with pytest.raises(LimitError, match="too large"):
+        load_checkpoint(stem)

@@ -10,21 +10,27 @@ file that is a pickle (`torch.save`) is refused before anything parses it.
 
 import json
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import nn
 from torch.nn.utils import parametrize
 
 from .data import DataConfig
-from .edits import Edit, replay_edits, structural_edits
-from .errors import ConfigError, CorruptFileError, UnsupportedLayerError
+from .edits import MAX_EDITS, Edit, replay_edits, structural_edits
+from .errors import ConfigError, CorruptFileError, LimitError, UnsupportedLayerError
 from .files import atomic_write, read_safetensors, write_safetensors
 from .models import ModelSpec, build_model
 from .models.registry import AllowImport
 from .train import FitConfig
-from .untrusted import build_skeleton, check_skeleton
+from .untrusted import (
+    MAX_SIDECAR_BYTES,
+    ClassCount,
+    InputShape,
+    build_skeleton,
+    check_skeleton,
+)
 
 FORMAT = "netshrink-checkpoint"
 
@@ -37,12 +43,13 @@ class CheckpointMeta(BaseModel):
     format: Literal["netshrink-checkpoint"] = FORMAT
     version: Literal[1] = 1
     model: ModelSpec
-    input_shape: tuple[int, int, int]
-    num_classes: int
+    input_shape: InputShape
+    num_classes: ClassCount
     data: DataConfig | None = None
     fit: FitConfig | None = None
     metrics: dict[str, float] = {}
-    edits: list[Edit] = []  # structural edits, replayed on the architecture before the weights
+    # structural edits, replayed on the architecture before the weights
+    edits: Annotated[list[Edit], Field(max_length=MAX_EDITS)] = []
 
 
 def checkpoint_paths(path: str | Path) -> tuple[Path, Path]:
@@ -170,6 +177,8 @@ def read_meta(sidecar: Path) -> CheckpointMeta:
             f"{sidecar}: no such checkpoint sidecar (a checkpoint is a"
             " .safetensors file with a .json beside it)"
         )
+    if sidecar.stat().st_size > MAX_SIDECAR_BYTES:
+        raise LimitError(f"{sidecar}: over {MAX_SIDECAR_BYTES:,} bytes, too large for a sidecar")
     try:
         return CheckpointMeta.model_validate(json.loads(sidecar.read_text()))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:

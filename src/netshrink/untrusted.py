@@ -13,8 +13,10 @@ of them sizes an allocation until it is checked against what the file holds:
 """
 
 from collections.abc import Callable, Mapping, Sequence
+from typing import Annotated
 
 import torch
+from pydantic import Field
 from torch import nn
 
 from .edits import replay_edits
@@ -26,6 +28,17 @@ from .errors import ConfigError, CorruptFileError, Error, LimitError, Unsupporte
 DECODED_FLOOR = 64 << 20
 EXPANSION = 4096
 MAX_DECODED_BYTES = 2 << 30  # the absolute default cap, whatever the file's size
+# The data arguments a model is built from, bounded in every file (.nsk header, checkpoint
+# sidecar); the meta-device build checks the rest.
+MAX_CLASSES = 1 << 20
+MAX_INPUT_SIDE = 1 << 14
+ClassCount = Annotated[int, Field(ge=1, le=MAX_CLASSES)]
+InputShape = tuple[
+    Annotated[int, Field(ge=1, le=MAX_INPUT_SIDE)],
+    Annotated[int, Field(ge=1, le=MAX_INPUT_SIDE)],
+    Annotated[int, Field(ge=1, le=MAX_INPUT_SIDE)],
+]
+MAX_SIDECAR_BYTES = 4 << 20  # a checkpoint's JSON sidecar, read whole: the .nsk header's cap
 # What torch and model factories raise when handed sizes they cannot build; on the meta device
 # nothing else of the user's can fail, so each of these means the file's values are wrong.
 BUILD_ERRORS = (

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..edits import MAX_EDITS, Edit
 from ..models import ModelSpec
+from ..untrusted import ClassCount, InputShape
 from .streams import AnsSection, BitsSection, Count, HuffmanSection
 
 # name -> (torch dtype, numpy dtype of its little-endian bytes); bfloat16 travels as raw int16
@@ -36,10 +37,6 @@ FLOAT_DTYPES = ("float32", "float16", "float64")  # the dtypes whose values the 
 # netshrink.codec.encodings.ENCODINGS.
 EncodingTag = Literal["dense", "sparse", "codebook", "fixed"]
 MAX_TENSORS = 1 << 16  # records in one header
-# The data arguments a model is built from; the meta-device build checks the rest.
-MAX_CLASSES = 1 << 20
-MAX_INPUT_SIDE = 1 << 14
-InputDim = Annotated[int, Field(ge=1, le=MAX_INPUT_SIDE)]
 
 
 class _Strict(BaseModel):
@@ -81,8 +78,8 @@ class Header(_Strict):
     """The whole header; `model` is None for a module packed without a known factory."""
 
     model: ModelSpec | None = None
-    input_shape: tuple[InputDim, InputDim, InputDim] | None = None
-    num_classes: Annotated[int, Field(ge=1, le=MAX_CLASSES)] | None = None
+    input_shape: InputShape | None = None
+    num_classes: ClassCount | None = None
     edits: Annotated[list[Edit], Field(max_length=MAX_EDITS)] = []
     data: dict[str, Any] | None = None  # the checkpoint's data and fit configs, kept as JSON
     fit: dict[str, Any] | None = None
