@@ -94,10 +94,8 @@ def model_bytes(model: nn.Module) -> int:
 def check_skeleton(skeleton: nn.Module, stored: Mapping[str, tuple[int, ...]], where: str) -> None:
     """Raise CorruptFileError unless the meta model's state is exactly the stored tensors:
     the same names and shapes (the model's size is what the file holds, not what it claims)."""
-    from .checkpoint import effective_state_dict  # checkpoint imports this module
-
     try:
-        expected = {k: tuple(v.shape) for k, v in effective_state_dict(skeleton).items()}
+        expected = effective_shapes(skeleton)
     except BUILD_ERRORS as exc:
         raise CorruptFileError(f"{where}: its model has no state ({_first(exc)})") from None
     problem = _mismatch(expected, stored)
@@ -105,6 +103,27 @@ def check_skeleton(skeleton: nn.Module, stored: Mapping[str, tuple[int, ...]], w
         raise CorruptFileError(
             f"{where}: the stored tensors do not fit the architecture ({problem})"
         )
+
+
+def effective_shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
+    """The names and shapes of `checkpoint.effective_state_dict(model)`, without computing it.
+
+    A parametrized tensor is stored under its own name with its parametrization's value; every
+    netshrink parametrization (mask, codebook, fixed-point grid) keeps its tensor's shape, so
+    that is `original`'s shape. Running the parametrizations on the meta device instead cost
+    most of a decode (fake quantization through torch's decompositions); a parametrization that
+    did change a shape is still caught when the real model loads the tensors strictly.
+    """
+    shapes = {}
+    for key, value in model.state_dict(keep_vars=True).items():
+        parts = key.split(".")
+        if "parametrizations" not in parts:
+            shapes[key] = tuple(value.shape)
+            continue
+        i = parts.index("parametrizations")  # owner.parametrizations.weight.original
+        if parts[i + 2 :] == ["original"]:
+            shapes[".".join(parts[:i] + [parts[i + 1]])] = tuple(value.shape)
+    return shapes
 
 
 def _mismatch(expected: Mapping[str, tuple], stored: Mapping[str, tuple]) -> str | None:
