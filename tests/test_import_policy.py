@@ -13,8 +13,8 @@ from netshrink.checkpoint import CheckpointMeta, checkpoint_paths, load_checkpoi
 from netshrink.cli import main
 from netshrink.codec import pack, unpack
 from netshrink.data import DataConfig
-from netshrink.errors import ImportNotAllowedError
-from netshrink.models import ModelSpec, lenet300_100
+from netshrink.errors import CorruptFileError, ImportNotAllowedError
+from netshrink.models import ModelSpec, build_model, lenet300_100
 
 DIGITS = (1, 8, 8)
 
@@ -147,3 +147,23 @@ def test_an_allowed_factory_trains_runs_and_reloads(tmp_path, monkeypatch, capsy
     assert main(["report", str(run), "--allow-import", name]) == 0
     decoded = unpack(run / "model.nsk", allow_import=[name])
     assert decoded(torch.zeros(1, *DIGITS)).shape == (1, 10)
+
+
+META_HOSTILE = """
+import torch
+from torch import nn
+def make(num_classes=10, in_channels=1, input_size=8):
+    torch.zeros(1).item()  # works on the CPU, not on the meta device
+    return nn.Sequential(nn.Flatten(), nn.Linear(in_channels * input_size**2, num_classes))
+"""
+
+
+def test_a_factory_that_cannot_build_on_meta_is_told_why(tmp_path, monkeypatch):
+    (tmp_path / "nsk_meta_nets.py").write_text(META_HOSTILE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "nsk_meta_nets", raising=False)
+    spec = ModelSpec(name="nsk_meta_nets:make")
+    model = build_model(spec, num_classes=10, in_channels=1, input_size=8, allow_import=[spec.name])
+    path = pack(model, tmp_path / "m.nsk", spec=spec, input_shape=DIGITS, num_classes=10)
+    with pytest.raises(CorruptFileError, match="meta"):
+        unpack(path, allow_import=[spec.name])

@@ -76,7 +76,11 @@ def build_skeleton(
         except Error:
             raise
         except BUILD_ERRORS as exc:
-            raise CorruptFileError(f"{where}: {field} does not build a model ({_first(exc)})")
+            raise CorruptFileError(
+                f"{where}: {field} does not build a model ({_first(exc)}); netshrink builds a "
+                "file's model on PyTorch's meta device first to check its size, so a factory of "
+                'your own must also build under `with torch.device("meta")`'
+            ) from None
         try:
             return replay_edits(model, edits)
         except (ConfigError, UnsupportedLayerError) as exc:
