@@ -2,11 +2,14 @@
 hostile and every CRC recomputed (bench/forge.py) end in a netshrink Error or decode, within a
 time and memory bound; the files that once crashed netshrink (tests/corpus/) stay fixed."""
 
+import json
 import random
+import struct
 import subprocess
 import sys
 import time
 import tracemalloc
+import zlib
 from pathlib import Path
 
 import pytest
@@ -14,6 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from netshrink.codec.api import load_packed
+from netshrink.codec.container import MAGIC, MAX_HEADER_BYTES, PREFIX
 from netshrink.codec.summary import summarize
 from netshrink.edits import MAX_EDITS_PER_MODULE
 from netshrink.errors import Error, LimitError
@@ -211,3 +215,22 @@ def test_decoders_stay_within_their_counted_working_bytes(coders):
         peak = tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()
         assert peak - out.numel() * out.element_size() <= working_bytes(record), record.encoding
+
+
+def test_a_header_that_inflates_past_its_cap_is_refused_unparsed(seeds, tmp_path):
+    """A zlib bomb in the header (the issue's 64 MiB of JSON reached 1.8 GB once parsed): it is
+    inflated only up to MAX_HEADER_BYTES and never handed to the JSON parser."""
+    header, payload = forge.split(seeds["dense"])
+    text = json.dumps(header).encode() + b" " * (MAX_HEADER_BYTES + 1)
+    packed = zlib.compress(text, 9)
+    body = PREFIX.pack(MAGIC, 1, 0, len(packed), zlib.crc32(packed)) + packed + payload
+    path = tmp_path / "bomb.nsk"
+    path.write_bytes(body + struct.pack("<I", zlib.crc32(body)))
+    tracemalloc.start()
+    try:
+        with pytest.raises(Error, match=str(MAX_HEADER_BYTES)):
+            load_packed(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 * MAX_HEADER_BYTES
