@@ -83,6 +83,7 @@ def _worker(conn, seeds: list[bytes], args, current) -> None:
         raise OverTime()
 
     signal.signal(signal.SIGALRM, over_time)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C stops the parent, which drains us
     path = Path(tempfile.mkdtemp()) / "input.nsk"
     for data in seeds:  # imports and first-call costs, before the limits apply
         path.write_bytes(data)
@@ -125,7 +126,12 @@ def _save(outcome: str, data: bytes, trace: str) -> Path:
 
 
 def fuzz(args, seeds: list[bytes]) -> dict[str, int]:
-    """Run every input through the workers; returns the outcome counts."""
+    """Run every input through the workers; returns the outcome counts. SIGINT or SIGTERM stops
+    handing out batches: the ones under way finish and the counts so far are returned, so an
+    interrupted run still publishes what it measured."""
+    stop = []
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.append(True))
     tasks = [(i, min(i + BATCH, args.count)) for i in range(0, args.count, BATCH)]
     tasks.reverse()
     counts = dict.fromkeys(OUTCOMES, 0)
@@ -133,6 +139,8 @@ def fuzz(args, seeds: list[bytes]) -> dict[str, int]:
     busy = []
     start, last = time.time(), 0.0
     while tasks or busy:
+        if stop:
+            tasks.clear()
         for worker in workers:
             if worker.task is None and tasks:
                 worker.give(tasks.pop())
@@ -188,14 +196,16 @@ def main() -> None:
     start = time.time()
     counts = fuzz(args, seeds)
     elapsed = time.time() - start
+    done = sum(counts.values())
     rows = [
-        {"outcome": k, "inputs": v, "share %": 100 * v / max(args.count, 1),
+        {"outcome": k, "inputs": v, "share %": 100 * v / max(done, 1),
          "target": TARGETS.get(k, "-")}
         for k, v in counts.items()
     ]  # fmt: skip
+    stopped = "" if done == args.count else f" (interrupted: {done:,} of the {args.count:,} asked)"
     notes = (
-        f"{args.count:,} inputs (unpack and inspect each) on {args.workers} workers in "
-        f"{elapsed:.0f} s ({args.count / elapsed:.0f} inputs/s); each worker limited to "
+        f"{done:,} inputs{stopped} (unpack and inspect each) on {args.workers} workers in "
+        f"{elapsed:.0f} s ({done / elapsed:.0f} inputs/s); each worker limited to "
         f"{args.memory_mib} MiB of address space above its baseline and {args.seconds} s an "
         "input. Inputs not ok or error are saved under tests/corpus/."
     )

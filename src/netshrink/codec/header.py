@@ -5,6 +5,7 @@ validated, never evaluated, and an unknown field is an error rather than somethi
 docs/format.md lists every field.
 """
 
+import math
 from typing import Annotated, Any, Literal
 
 import numpy as np
@@ -71,7 +72,7 @@ class TensorRecord(_Strict):
 
     @property
     def numel(self) -> int:
-        return int(np.prod(self.shape, dtype=object)) if self.shape else 1
+        return math.prod(self.shape)  # exact Python ints (1 for a scalar); called per section
 
 
 class Header(_Strict):
