@@ -95,3 +95,9 @@ def test_demo_runs_the_demo_recipe_through_the_run_command(monkeypatch, tmp_path
                         lambda recipe, out, **kw: ran.update(name=recipe.name, out=out))  # fmt: skip
     assert main(["demo", "--out", str(tmp_path / "demo")]) == 0
     assert ran == {"name": "deep-compression-lenet5", "out": tmp_path / "demo"}
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit, match="0"):
+        main(["--version"])
+    assert capsys.readouterr().out.startswith("netshrink 0.")

@@ -3,6 +3,7 @@ temporary and follow no planted symlink; OS errors as one line; outputs that wou
 inputs refused; one run at a time in a directory; run names that stay inside runs/."""
 
 import errno
+import json
 import os
 import stat
 import tempfile
@@ -180,13 +181,19 @@ def test_a_symlink_to_an_input_is_that_input(tmp_path):
     refuse_overwrite_input([tmp_path / "other.bin"], [source])  # a new file is no input
 
 
-def test_a_packed_file_given_as_a_checkpoint_says_to_unpack_it(tmp_path, capsys, checkpoint):
+def test_a_packed_file_stands_for_a_checkpoint_on_the_command_line(tmp_path, capsys, checkpoint):
+    """Commands that read a model take a .nsk too (decoded, its header as the sidecar); the
+    Python checkpoint loader says how to decode one."""
     nsk = tmp_path / "m.nsk"
     assert main(["pack", str(checkpoint), "-o", str(nsk)]) == 0
     capsys.readouterr()
-    assert main(["evaluate", str(nsk), "--data", "digits"]) == 2
-    err = capsys.readouterr().err
-    assert "compressed .nsk file, not a checkpoint" in err and f"netshrink unpack {nsk}" in err
+    for path in (checkpoint, nsk):
+        assert main(["evaluate", str(path), "--data", "digits", "--json"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    from_checkpoint, from_file = [json.loads(line) for line in lines if line.startswith("{")]
+    assert from_checkpoint["top1"] == from_file["top1"]
+    with pytest.raises(ConfigError, match=f"compressed .nsk file.*netshrink unpack {nsk}"):
+        load_checkpoint(nsk)
 
 
 def test_a_second_run_in_a_locked_directory_fails_at_once(tmp_path, capsys):

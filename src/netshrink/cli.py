@@ -4,12 +4,14 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from importlib import metadata
 from pathlib import Path
 
 from pydantic import BaseModel, ValidationError
 
 from .baseline import train_model
 from .checkpoint import checkpoint_paths, load_checkpoint, save_checkpoint
+from .codec import load_packed_checkpoint
 from .data import DataConfig, load_data
 from .errors import ConfigError, Error
 from .files import os_error_line, refuse_overwrite_input
@@ -79,12 +81,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def _version() -> str:
+    try:
+        return metadata.version("netshrink")
+    except metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="netshrink",
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"netshrink {_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     train = commands.add_parser(
@@ -241,7 +251,9 @@ def _add_fit_args(p: argparse.ArgumentParser) -> None:
 
 
 def add_checkpoint_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("checkpoint", type=Path, help="checkpoint (.safetensors, .json or their stem)")
+    p.add_argument(
+        "checkpoint", type=Path, help="checkpoint (.safetensors, .json or their stem) or .nsk file"
+    )
     add_data_args(p, default=None)
     p.add_argument("--batch-size", type=int, default=256)
 
@@ -311,8 +323,16 @@ def refuse_overwriting_checkpoint(out: Path, *inputs: str | Path) -> None:
     refuse_overwrite_input(checkpoint_paths(out), [p for i in inputs for p in checkpoint_paths(i)])
 
 
+def load_model_file(path: Path, allow_import) -> tuple:
+    """(model, sidecar) of a checkpoint, or of a .nsk file (decoded; its header as the sidecar):
+    every command that reads a model takes either."""
+    if Path(path).suffix == ".nsk":
+        return load_packed_checkpoint(path, allow_import=allow_import)
+    return load_checkpoint(path, allow_import=allow_import)
+
+
 def load_for_command(args):
-    model, meta = load_checkpoint(args.checkpoint, allow_import=args.allow_import)
+    model, meta = load_model_file(args.checkpoint, args.allow_import)
     if meta.data is None and args.data is None:
         raise ConfigError(f"{args.checkpoint} does not say its data set: pass --data")
     data = load_data(data_config(args, meta.data))

@@ -7,7 +7,7 @@ Example:
     >>> model = unpack("model.nsk")
 """
 
-from .api import load_packed, pack, unpack
+from .api import load_packed, load_packed_checkpoint, pack, unpack
 from .container import read_container
 from .encodings import ENCODINGS, PackConfig
 from .summary import FileSummary, summarize
@@ -17,6 +17,7 @@ __all__ = [
     "FileSummary",
     "PackConfig",
     "load_packed",
+    "load_packed_checkpoint",
     "pack",
     "read_container",
     "summarize",

@@ -212,6 +212,40 @@ def load_packed(
     return model.eval(), header
 
 
+def load_packed_checkpoint(
+    path: str | Path,
+    *,
+    allow_import: AllowImport = (),
+    max_decoded_bytes: int | None = MAX_DECODED_BYTES,
+) -> tuple[nn.Module, CheckpointMeta]:
+    """A .nsk file as a checkpoint would give it: the decoded model and the sidecar its header
+    holds (architecture, input shape, data and fit settings, metrics), so that every command
+    that takes a checkpoint takes a .nsk file too."""
+    model, header = load_packed(
+        path, allow_import=allow_import, max_decoded_bytes=max_decoded_bytes
+    )
+    if header.model is None or header.input_shape is None or header.num_classes is None:
+        raise ConfigError(
+            f"{path} does not name its architecture and input shape, so it cannot stand for a "
+            "checkpoint; decode it in Python with netshrink.unpack(path, model=...)"
+        )
+    try:
+        meta = CheckpointMeta(
+            model=header.model,
+            input_shape=header.input_shape,
+            num_classes=header.num_classes,
+            data=header.data,
+            fit=header.fit,
+            metrics=header.metrics,
+        )
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise CorruptFileError(
+            f"{path}: its data or fit settings are invalid ({first['loc']}: {first['msg']})"
+        ) from None
+    return model, meta
+
+
 def _reparametrize(model: nn.Module, header: Header) -> None:
     """Masks on sparse layer weights and codebooks on codebook-coded ones, as they were packed."""
     for record in header.tensors:

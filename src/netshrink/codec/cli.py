@@ -4,16 +4,13 @@ line."""
 import argparse
 from pathlib import Path
 
-from pydantic import ValidationError
-
-from ..checkpoint import CheckpointMeta, checkpoint_paths, load_checkpoint, save_checkpoint
+from ..checkpoint import checkpoint_paths, load_checkpoint, save_checkpoint
 from ..cli import make_config
-from ..errors import ConfigError, CorruptFileError
 from ..files import refuse_overwrite_input
 from ..measure import dense_bytes
 from ..report import console
 from ..untrusted import MAX_DECODED_BYTES
-from .api import load_packed, pack
+from .api import load_packed_checkpoint, pack
 from .encodings import PackConfig
 from .summary import print_summary, summarize
 
@@ -107,27 +104,9 @@ def run_pack(args) -> None:
 
 def run_unpack(args) -> None:
     refuse_overwrite_input(checkpoint_paths(args.out), [args.file])
-    model, header = load_packed(
+    model, meta = load_packed_checkpoint(
         args.file, allow_import=args.allow_import, max_decoded_bytes=args.max_decoded
     )
-    if header.model is None or header.input_shape is None or header.num_classes is None:
-        raise ConfigError(
-            f"{args.file} does not name its architecture and input shape, so it cannot become a "
-            "checkpoint; decode it in Python with netshrink.unpack(path, model=...)"
-        )
-    try:
-        meta = CheckpointMeta(
-            model=header.model,
-            input_shape=header.input_shape,
-            num_classes=header.num_classes,
-            data=header.data,
-            fit=header.fit,
-            metrics=header.metrics,
-        )
-    except ValidationError as exc:
-        raise CorruptFileError(
-            f"{args.file}: its data or fit settings are invalid ({exc})"
-        ) from None
     out = save_checkpoint(model, args.out, meta)
     console().print(f"{out}.safetensors: {len(model.state_dict())} tensors")
 
