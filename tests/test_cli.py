@@ -1,10 +1,11 @@
+import argparse
 import json
 import subprocess
 import sys
 
 import pytest
 
-from netshrink.cli import main
+from netshrink.cli import build_parser, main
 
 
 def test_missing_data_path_exits_2_with_one_line_naming_it():
@@ -101,3 +102,13 @@ def test_version(capsys):
     with pytest.raises(SystemExit, match="0"):
         main(["--version"])
     assert capsys.readouterr().out.startswith("netshrink 0.")
+
+
+def test_every_help_renders_and_shows_the_defaults():
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for name, command in commands.choices.items():
+        text = command.format_help()
+        assert "--allow-import" in text, name
+    prune = commands.choices["prune"].format_help()
+    assert "(default: 1)" in prune and "default: 256" in prune  # --steps, --batch-size

@@ -207,7 +207,26 @@ def build_parser() -> argparse.ArgumentParser:
     add_codec_commands(commands)
     for command in commands.choices.values():
         add_allow_import(command)
+        command.formatter_class = DefaultsHelpFormatter
+        for action in command._actions:  # argparse prints no help line for help=None
+            if action.help is None and action.option_strings and not _unset(action.default):
+                action.help = "default: %(default)s"
     return parser
+
+
+def _unset(default) -> bool:
+    return default is None or default is False or default == [] or default == argparse.SUPPRESS
+
+
+class DefaultsHelpFormatter(argparse.HelpFormatter):
+    """Every command's --help shows each option's default, unless it has none (None, off, an
+    empty list) or its help already says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if _unset(action.default) or not action.option_strings or "default" in text:
+            return text
+        return f"{text} (default: %(default)s)"
 
 
 def add_data_args(p: argparse.ArgumentParser, default: str | None = "fashion-mnist") -> None:
