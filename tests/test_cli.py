@@ -109,6 +109,6 @@ def test_every_help_renders_and_shows_the_defaults():
     commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     for name, command in commands.choices.items():
         text = command.format_help()
-        assert "--allow-import" in text, name
+        assert "--allow-import" in text and "--threads" in text, name
     prune = commands.choices["prune"].format_help()
     assert "(default: 1)" in prune and "default: 256" in prune  # --steps, --batch-size

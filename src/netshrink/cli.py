@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
 
+import torch
 from pydantic import BaseModel, ValidationError
 
 from .baseline import train_model
@@ -67,6 +68,8 @@ def add_allow_import(p: argparse.ArgumentParser) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `netshrink` command; returns the exit status."""
     args = build_parser().parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     try:
         args.run(args)
     except Error as exc:
@@ -145,7 +148,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_checkpoint_args(me)
     me.add_argument("--no-latency", action="store_true", help="skip the latency measurement")
-    me.add_argument("--threads", type=positive_int, default=None, help="threads for latency")
     me.add_argument("--format", choices=("table", "markdown", "json"), default="table")
     me.set_defaults(run=run_measure)
 
@@ -177,9 +179,6 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--restart", action="store_true", help="forget an earlier run in --out")
     run.add_argument("--no-latency", action="store_true", help="skip latency measurement")
     run.add_argument("--cache", type=Path, help="baseline cache (default ~/.cache/netshrink)")
-    run.add_argument(
-        "--threads", type=positive_int, help="torch threads (default: torch's, the cores)"
-    )
     run.set_defaults(run=run_recipe_command)
 
     report = commands.add_parser(
@@ -207,6 +206,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_codec_commands(commands)
     for command in commands.choices.values():
         add_allow_import(command)
+        command.add_argument(
+            "--threads",
+            type=positive_int,
+            help="torch threads, latency included (default: the cores)",
+        )
         command.formatter_class = DefaultsHelpFormatter
         for action in command._actions:  # argparse prints no help line for help=None
             if action.help is None and action.option_strings and not _unset(action.default):
@@ -422,7 +426,6 @@ def run_demo(args) -> None:
     for folder in (Path("recipes"), Path(__file__).resolve().parents[2] / "recipes"):
         if (folder / DEMO_RECIPE).is_file():
             args.recipe, args.restart, args.no_latency = folder / DEMO_RECIPE, False, False
-            args.threads = None  # torch's default: the demo uses every core
             return run_recipe_command(args)
     raise ConfigError(f"recipes/{DEMO_RECIPE} not found: run the demo from the repository root")
 
@@ -433,10 +436,6 @@ def run_recipe_command(args) -> None:
 
     recipe = load_recipe(args.recipe)
     out = args.out or Path("runs") / recipe.name
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
     try:
         run_recipe(
             recipe,
