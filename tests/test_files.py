@@ -235,3 +235,12 @@ def test_timing_values_stay_out_of_the_packed_file(tmp_path, checkpoint):
     _, header = load_packed(files[0])
     assert header.metrics == {"test_top1": 0.9}
     assert header.measurement == {"stage": "packed", "top1": 0.9}
+
+
+def test_report_refuses_a_directory_a_run_is_writing(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    with directory_lock(run):
+        assert main(["report", str(run)]) == 2
+    assert "in use" in capsys.readouterr().err
+    assert main(["report", str(tmp_path / "missing")]) == 2

@@ -15,7 +15,7 @@ from .checkpoint import checkpoint_paths, load_checkpoint, save_checkpoint
 from .codec import load_packed_checkpoint
 from .data import DataConfig, load_data
 from .errors import ConfigError, Error
-from .files import os_error_line, refuse_overwrite_input
+from .files import directory_lock, os_error_line, refuse_overwrite_input
 from .measure import measure, storage_bytes
 from .models import ModelSpec
 from .models.registry import allowed_imports
@@ -454,7 +454,11 @@ def run_recipe_command(args) -> None:
 def run_report(args) -> None:
     from .run_report import render_report
 
-    for path in render_report(args.directory, allow_import=args.allow_import):
+    if not args.directory.is_dir():
+        raise ConfigError(f"{args.directory}: no such run directory")
+    with directory_lock(args.directory):  # not while a run is writing its report
+        written = render_report(args.directory, allow_import=args.allow_import)
+    for path in written:
         print(path)
 
 
