@@ -156,3 +156,15 @@ def test_two_fresh_runs_give_identical_bytes(tmp_path):
         run_recipe(recipe, out, cache_dir=tmp_path / f"cache-{name}", progress=False)
         files.append((out / "model.nsk").read_bytes())
     assert files[0] == files[1]
+
+
+def test_a_run_says_where_its_baseline_and_stages_come_from(tmp_path, capsys):
+    recipe, out, cache = parse_recipe(SMALL), tmp_path / "run", tmp_path / "cache"
+    run_recipe(recipe, out, cache_dir=cache, latency=False)
+    first = capsys.readouterr().out
+    assert "baseline: training lenet300_100, 1 epoch(s)" in first
+    run_recipe(recipe, out, cache_dir=cache, latency=False)
+    again = capsys.readouterr().out
+    assert "baseline: resumed from" in again and "stage 1/1 prune_magnitude: resumed" in again
+    run_recipe(recipe, tmp_path / "other", cache_dir=cache, latency=False)
+    assert "baseline: lenet300_100 loaded from the cache" in capsys.readouterr().out

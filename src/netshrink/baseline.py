@@ -105,6 +105,18 @@ def baseline_key(spec: ModelSpec, data: DataConfig, config: FitConfig) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def cache_stem(
+    spec: ModelSpec, data: DataConfig, config: FitConfig, cache_dir: Path | None = None
+) -> Path:
+    """Where `cached_baseline` keeps the baseline for (spec, data, config)."""
+    directory = (cache_dir or default_cache_dir()) / "baselines"
+    return directory / f"{spec.name.replace(':', '-')}-{baseline_key(spec, data, config)}"
+
+
+def is_cached(stem: Path) -> bool:
+    return all(p.is_file() for p in checkpoint_paths(stem))
+
+
 def cached_baseline(
     spec: ModelSpec,
     data: DataSplits,
@@ -118,9 +130,8 @@ def cached_baseline(
 
     Returns the model, its metadata and the checkpoint's path (stem).
     """
-    directory = (cache_dir or default_cache_dir()) / "baselines"
-    stem = directory / f"{spec.name.replace(':', '-')}-{baseline_key(spec, data.config, config)}"
-    if all(p.is_file() for p in checkpoint_paths(stem)):
+    stem = cache_stem(spec, data.config, config, cache_dir)
+    if is_cached(stem):
         model, meta = load_checkpoint(stem, allow_import=allow_import)
         return model, meta, stem
     model, meta = train_model(

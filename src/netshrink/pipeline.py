@@ -33,7 +33,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict
 from torch import nn
 
-from .baseline import cached_baseline
+from .baseline import cache_stem, cached_baseline, is_cached
 from .checkpoint import CheckpointMeta, checkpoint_paths, load_checkpoint, save_checkpoint
 from .codec import pack, unpack
 from .data import DataSplits, load_data
@@ -131,6 +131,7 @@ def run_recipe(
             key = stage_key(recipe, index)
             if index < len(done) and done[index].key == key:
                 records.append(done[index])
+                _say(progress, f"stage {index}/{len(recipe.stages)} {stage.title}: resumed")
                 continue
             run.stage(index, stage, key)
         return run.pack()
@@ -193,12 +194,22 @@ def _baseline(recipe, data, directory, done, cache_dir, latency, progress, allow
     stem = directory / "stages" / "00-baseline"
     if done and done[0].key == key:
         record = done[0]
+        _say(progress, f"baseline: resumed from {stem} (an earlier run of this recipe)")
     else:
         start = time.perf_counter()
         if recipe.baseline.checkpoint is not None:
+            _say(progress, f"baseline: the checkpoint {recipe.baseline.checkpoint}")
             model, meta = load_checkpoint(recipe.baseline.checkpoint, allow_import=allow_import)
         else:
             spec, fit_config = recipe.baseline.spec, recipe.baseline.fit
+            cached = cache_stem(spec, data.config, fit_config, cache_dir)
+            _say(
+                progress,
+                f"baseline: {spec.name} loaded from the cache, {cached}"
+                if is_cached(cached)
+                else f"baseline: training {spec.name}, {fit_config.epochs} epoch(s) "
+                f"(kept in the cache, {cached}, for the next run)",
+            )
             model, meta, _ = cached_baseline(
                 spec,
                 data,
@@ -374,6 +385,12 @@ def _save_state(directory: Path, records: list[StageRecord]) -> None:
     state = {"format": STATE_FORMAT, "stages": [r.model_dump(mode="json") for r in records]}
     text = json.dumps(state, indent=2) + "\n"
     atomic_write(directory / "state.json", lambda tmp: tmp.write_text(text))
+
+
+def _say(progress: bool, text: str) -> None:
+    """One line of what the run is doing (rank 0 only; not with progress=False)."""
+    if progress and is_main_process():
+        console().print(text)
 
 
 def _announce(index: int, total: int, name: str, record: StageRecord) -> None:
