@@ -1,9 +1,16 @@
 """Recipe validation: every mistake is a ConfigError naming the field and its line."""
 
-import pytest
+from pathlib import Path
 
+import pytest
+from pydantic import BaseModel
+
+from netshrink.cli import main
 from netshrink.errors import ConfigError
-from netshrink.recipe import parse_recipe
+from netshrink.recipe import load_recipe, parse_recipe, trial_recipe
+from netshrink.train import FitConfig
+
+ROOT = Path(__file__).resolve().parents[1]
 from netshrink.stages import QuantizeStage, ShareKmeansStage
 
 GOOD = """\
@@ -122,3 +129,41 @@ def test_the_recipe_seed_fills_every_seed_a_stage_leaves_unset():
     assert share.config.seed == 3  # given in the recipe: kept
     assert share.finetune.seed == 11
     assert with_seed(recipe.stages[1], 11).finetune_config(recipe.baseline.fit).seed == 11
+
+
+def _fit_configs(value):
+    """Every FitConfig in a recipe, at any depth."""
+    if isinstance(value, FitConfig):
+        yield value
+    elif isinstance(value, BaseModel):
+        for name in type(value).model_fields:
+            yield from _fit_configs(getattr(value, name))
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            yield from _fit_configs(item)
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "recipes").glob("*.yaml")), ids=lambda p: p.stem)
+def test_a_trial_caps_every_training_and_the_data(path):
+    recipe = load_recipe(path)
+    trial = trial_recipe(recipe, limit=300, epochs=1)
+    assert trial.data.limit == 300 and trial.baseline.train is not None
+    fits = list(_fit_configs(trial))
+    assert fits and all(fit.epochs == 1 for fit in fits)
+    assert trial_recipe(recipe) == recipe  # nothing asked, nothing changed
+
+
+def test_run_with_limit_and_epochs_writes_its_own_folder(monkeypatch, tmp_path):
+    import netshrink.pipeline
+
+    ran = {}
+    monkeypatch.setattr(
+        netshrink.pipeline, "run_recipe", lambda recipe, out, **kw: ran.update(r=recipe, out=out)
+    )
+    monkeypatch.chdir(ROOT)
+    assert (
+        main(["run", "recipes/deep-compression-lenet5.yaml", "--limit", "500", "--epochs", "1"])
+        == 0
+    )
+    assert ran["out"] == Path("runs/deep-compression-lenet5-trial")
+    assert ran["r"].data.limit == 500 and ran["r"].baseline.train.epochs == 1

@@ -179,6 +179,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--restart", action="store_true", help="forget an earlier run in --out")
     run.add_argument("--no-latency", action="store_true", help="skip latency measurement")
     run.add_argument("--cache", type=Path, help="baseline cache (default ~/.cache/netshrink)")
+    run.add_argument(
+        "--limit", type=positive_int, help="try it quickly: at most N examples of each split"
+    )
+    run.add_argument(
+        "--epochs", type=positive_int, help="try it quickly: every training at most N epochs"
+    )
     run.set_defaults(run=run_recipe_command)
 
     report = commands.add_parser(
@@ -432,15 +438,18 @@ def run_demo(args) -> None:
 
 def run_recipe_command(args) -> None:
     from .pipeline import run_recipe
-    from .recipe import load_recipe
+    from .recipe import load_recipe, trial_recipe
 
     recipe = load_recipe(args.recipe)
-    out = args.out or Path("runs") / recipe.name
+    trying = getattr(args, "limit", None) or getattr(args, "epochs", None)
+    if trying:  # a cut-down run goes to its own folder, never into the real run's
+        recipe = trial_recipe(recipe, limit=args.limit, epochs=args.epochs)
+    out = args.out or Path("runs") / (recipe.name + ("-trial" if trying else ""))
     try:
         run_recipe(
             recipe,
             out,
-            recipe_text=args.recipe.read_text(),
+            recipe_text=None if trying else args.recipe.read_text(),
             cache_dir=args.cache,
             latency=not args.no_latency,
             allow_import=args.allow_import,

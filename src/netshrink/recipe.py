@@ -129,6 +129,31 @@ class Recipe(BaseModel):
         return self
 
 
+def trial_recipe(recipe: Recipe, *, limit: int | None = None, epochs: int | None = None) -> Recipe:
+    """`recipe` cut down to try it quickly (`netshrink run --limit N --epochs E`): at most
+    `limit` examples of each split, and every training in it, the baseline's, each fine-tuning
+    and each method's own (any FitConfig at any depth), at most `epochs` epochs."""
+    data = recipe.data if limit is None else recipe.data.model_copy(update={"limit": limit})
+    baseline = recipe.baseline
+    if epochs is not None and baseline.model is not None:  # its default training counts too
+        baseline = baseline.model_copy(update={"train": baseline.fit})
+    trial = recipe.model_copy(update={"data": data, "baseline": baseline})
+    return trial if epochs is None else _cap_epochs(trial, epochs)
+
+
+def _cap_epochs(value, epochs: int):
+    if isinstance(value, FitConfig):
+        return value.model_copy(update={"epochs": min(value.epochs, epochs)})
+    if isinstance(value, BaseModel):
+        update = {
+            name: _cap_epochs(getattr(value, name), epochs) for name in type(value).model_fields
+        }
+        return value.model_copy(update=update)
+    if isinstance(value, (list, tuple)):
+        return type(value)(_cap_epochs(v, epochs) for v in value)
+    return value
+
+
 def load_recipe(path: str | Path) -> Recipe:
     """Read and validate a recipe file; ConfigError naming the field and line when it is wrong.
 
