@@ -10,7 +10,9 @@ from pydantic import TypeAdapter, ValidationError
 from torch import nn
 
 from netshrink.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
+from netshrink.codec import pack, unpack
 from netshrink.edits import (
+    MAX_EDITS_PER_MODULE,
     Edit,
     KeepChannels,
     record_edits,
@@ -144,3 +146,21 @@ def test_record_edits_is_plain_visible_state():
     assert len(model.structural_edits) == 1
     assert copy.deepcopy(model).structural_edits == [edit]
     assert "structural_edits" not in model.state_dict()
+
+
+def test_rounds_of_filter_pruning_leave_one_edit_a_module_and_dimension(tmp_path):
+    """Twenty rounds would have been 20+ edits on one module, past what a reader accepts
+    (MAX_EDITS_PER_MODULE); merged, the file stays readable and decodes to the same model."""
+    torch.manual_seed(0)
+    model = resnet20(num_classes=10, in_channels=1, input_size=8)
+    for _ in range(20):
+        prune_filters(model, PruneFiltersConfig(amount=0.05), (1, 8, 8))
+    edits = structural_edits(model)
+    keys = [(e.module, e.dim) for e in edits]
+    assert len(keys) == len(set(keys)) and len(edits) < 20 * 4
+    spec = ModelSpec(name="resnet20")
+    path = pack(model, tmp_path / "m.nsk", spec=spec, input_shape=(1, 8, 8), num_classes=10)
+    x = torch.randn(2, 1, 8, 8)
+    with torch.no_grad():
+        assert torch.allclose(unpack(path)(x), model.eval()(x), atol=1e-5)
+    assert max(keys.count(k) for k in keys) <= MAX_EDITS_PER_MODULE

@@ -123,8 +123,37 @@ def structural_edits(model: nn.Module) -> list[Edit]:
 
 
 def record_edits(model: nn.Module, edits: Iterable[Edit]) -> None:
-    """Append `edits` to the model's list of structural edits."""
-    edit_list(unwrap(model)).extend(edits)
+    """Append `edits` to the model's list of structural edits. A channel edit of a module whose
+    same dimension an earlier edit already cut is merged into it (keeping `old.keep[i]` for each
+    `i` it keeps), so rounds of filter pruning leave one edit a module and dimension, and the
+    list stays within what a reader accepts (`MAX_EDITS_PER_MODULE`)."""
+    existing = edit_list(unwrap(model))
+    for edit in edits:
+        earlier = _mergeable(existing, edit)
+        if earlier is None:
+            existing.append(edit)
+        else:
+            kept = existing[earlier].keep
+            existing[earlier] = edit.model_copy(update={"keep": tuple(kept[i] for i in edit.keep)})
+
+
+def _mergeable(existing: list[Edit], edit: Edit) -> int | None:
+    """The index of the channel edit that `edit` can be merged into, or None. Cuts of one
+    dimension compose, and cuts of the other dimension commute with them; a factor or fold of
+    the module, or the fixed-point edit, ends the search."""
+    if not isinstance(edit, KeepChannels):
+        return None
+    for index in range(len(existing) - 1, -1, -1):
+        other = existing[index]
+        if isinstance(other, FixedPointFormats):
+            return None
+        if edit.module not in _names(other):
+            continue
+        if not isinstance(other, KeepChannels):
+            return None
+        if other.dim == edit.dim:
+            return index
+    return None
 
 
 def edit_list(root: nn.Module) -> list[Edit]:
