@@ -15,6 +15,7 @@ from netshrink.edits import (
     MAX_EDITS_PER_MODULE,
     Edit,
     KeepChannels,
+    edit_list,
     record_edits,
     replay_edits,
     structural_edits,
@@ -164,3 +165,12 @@ def test_rounds_of_filter_pruning_leave_one_edit_a_module_and_dimension(tmp_path
     with torch.no_grad():
         assert torch.allclose(unpack(path)(x), model.eval()(x), atol=1e-5)
     assert max(keys.count(k) for k in keys) <= MAX_EDITS_PER_MODULE
+
+
+def test_pack_refuses_to_write_a_file_its_reader_would_refuse(tmp_path):
+    model = nn.Sequential(nn.Linear(4, 4))
+    edit = KeepChannels(module="0", dim="out", keep=(0, 1, 2, 3))
+    edit_list(model).extend([edit] * (MAX_EDITS_PER_MODULE + 1))  # bypasses record_edits' merge
+    with pytest.raises(ConfigError, match="cannot pack.*allowed for one module"):
+        pack(model, tmp_path / "m.nsk")
+    assert not (tmp_path / "m.nsk").exists()

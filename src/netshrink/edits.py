@@ -186,7 +186,7 @@ def replay_edits(model: nn.Module, edits: Iterable[Edit]) -> nn.Module:
 
 
 def _check_all(root: nn.Module, edits: list[Edit]) -> list[nn.Module]:
-    _check_counts(edits)
+    check_edit_counts(edits)
     sizes: dict[tuple[str, str], int] = {}  # channel counts as earlier edits in the list left them
     replaced: dict[str, int] = {}  # module name -> the edit that factored or folded it away
     modules = []
@@ -220,7 +220,9 @@ def _names(edit: Edit) -> tuple[str, ...]:
     return () if isinstance(edit, FixedPointFormats) else (edit.module,)
 
 
-def _check_counts(edits: list[Edit]) -> None:
+def check_edit_counts(edits: list[Edit]) -> None:
+    """ConfigError when a list holds more edits than a reader replays (in all, on one module, or
+    fixed-point edits); `pack` checks it too, so netshrink never writes a file it refuses."""
     if len(edits) > MAX_EDITS:
         raise ConfigError(f"{len(edits)} structural edits, more than the {MAX_EDITS} allowed")
     per_module: dict[str, int] = {}

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from ..edits import check_edit_counts
 from ..errors import ConfigError, CorruptFileError, LimitError
 from ..files import atomic_write
 from ..untrusted import MAX_DECODED_BYTES, check_budget, decode_budget
@@ -61,9 +62,10 @@ def write_container(path: Path, header: Header, payload: list[bytes]) -> int:
     body = PREFIX.pack(MAGIC, VERSION, 0, len(packed), zlib.crc32(packed)) + packed
     body += b"".join(payload)
     body += struct.pack("<I", zlib.crc32(body))
-    try:
-        check_limits(header, len(body), where=str(path), max_decoded_bytes=None)
-    except CorruptFileError as exc:  # a reader would refuse it: refuse to write it
+    try:  # read it back as a reader would (every check, the edit counts): refuse what it refuses
+        parse_container(body, str(path), max_decoded_bytes=None)
+        check_edit_counts(header.edits)
+    except (CorruptFileError, ConfigError) as exc:
         raise ConfigError(f"cannot pack this model: {exc}") from None
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, lambda tmp: tmp.write_bytes(body))
