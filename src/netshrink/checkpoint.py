@@ -18,7 +18,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from .data import DataConfig
-from .edits import MAX_EDITS, Edit, replay_edits, structural_edits
+from .edits import MAX_EDITS, Edit, check_edit_counts, replay_edits, structural_edits
 from .errors import ConfigError, CorruptFileError, LimitError, UnsupportedLayerError
 from .files import atomic_write, read_safetensors, write_safetensors
 from .models import ModelSpec, build_model
@@ -64,11 +64,14 @@ def save_checkpoint(model: nn.Module, path: str | Path, meta: CheckpointMeta) ->
     each file is replaced atomically. Returns the stem."""
     meta = meta.model_copy(update={"edits": structural_edits(model)})
     weights, sidecar = checkpoint_paths(path)
+    text = json.dumps(meta.model_dump(mode="json"), indent=2, sort_keys=True) + "\n"
+    check_edit_counts(meta.edits)  # what load_checkpoint would refuse is never written
+    if len(text.encode()) > MAX_SIDECAR_BYTES:
+        raise ConfigError(f"cannot save {sidecar}: its sidecar is over {MAX_SIDECAR_BYTES:,} bytes")
     weights.parent.mkdir(parents=True, exist_ok=True)
     # safetensors refuses shared or strided storage; a contiguous copy of each tensor is exact.
     tensors = {k: v.contiguous().clone() for k, v in effective_state_dict(model).items()}
     write_safetensors(weights, tensors, metadata={"format": FORMAT})
-    text = json.dumps(meta.model_dump(mode="json"), indent=2, sort_keys=True) + "\n"
     atomic_write(sidecar, lambda tmp: tmp.write_text(text))
     return weights.with_suffix("")
 
