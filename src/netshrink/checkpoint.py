@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 from torch import nn
 from torch.nn.utils import parametrize
 
@@ -28,6 +28,7 @@ from .untrusted import (
     MAX_SIDECAR_BYTES,
     ClassCount,
     InputShape,
+    at_most,
     build_skeleton,
     check_skeleton,
 )
@@ -49,7 +50,7 @@ class CheckpointMeta(BaseModel):
     fit: FitConfig | None = None
     metrics: dict[str, float] = {}
     # structural edits, replayed on the architecture before the weights
-    edits: Annotated[list[Edit], Field(max_length=MAX_EDITS)] = []
+    edits: Annotated[list[Edit], at_most(MAX_EDITS)] = []
 
 
 def checkpoint_paths(path: str | Path) -> tuple[Path, Path]:

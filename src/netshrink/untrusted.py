@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Annotated
 
 import torch
-from pydantic import Field
+from pydantic import BeforeValidator, Field
 from torch import nn
 
 from .edits import replay_edits
@@ -39,6 +39,20 @@ InputShape = tuple[
     Annotated[int, Field(ge=1, le=MAX_INPUT_SIDE)],
 ]
 MAX_SIDECAR_BYTES = 4 << 20  # a checkpoint's JSON sidecar, read whole: the .nsk header's cap
+
+
+def at_most(count: int) -> BeforeValidator:
+    """A list field's length bound checked before its items are validated (pydantic's
+    `max_length` counts after, so a file listing a million records costs their validation)."""
+
+    def check(value):
+        if isinstance(value, list) and len(value) > count:
+            raise ValueError(f"at most {count} items, not {len(value)}")
+        return value
+
+    return BeforeValidator(check)
+
+
 # What torch and model factories raise when handed sizes they cannot build; on the meta device
 # nothing else of the user's can fail, so each of these means the file's values are wrong.
 BUILD_ERRORS = (

@@ -81,6 +81,8 @@ class Header(_Strict):
     model: ModelSpec | None = None
     input_shape: InputShape | None = None
     num_classes: ClassCount | None = None
+    # max_length counts after the items are validated: at_most's earlier check would make a
+    # strict header validate its items as Python (a JSON array is then no tuple)
     edits: Annotated[list[Edit], Field(max_length=MAX_EDITS)] = []
     data: dict[str, Any] | None = None  # the checkpoint's data and fit configs, kept as JSON
     fit: dict[str, Any] | None = None
