@@ -9,7 +9,8 @@ SVD-factored, filter-pruned, batch-norm-folded and fixed point; three coder sett
 header forgeries with every CRC recomputed, 60% byte-level mutations (bit flips, inserts,
 deletes, splices; half with the CRCs then recomputed). Input i is a pure function of (seed, i),
 so any input can be made again. Long-lived workers each set RLIMIT_AS to what they map after
-warming up plus --memory-mib and give every input --seconds (setitimer); a worker that dies is
+warming up plus --memory-mib and give every input --seconds of CPU time (setitimer
+ITIMER_PROF: what the input costs, not how loaded the machine was); a worker that dies is
 replaced. Outcomes: ok (decoded), error (a netshrink Error), crash (any other exception),
 memory (MemoryError or the worker killed), time (over the limit). Every input that is not ok or
 error is saved as tests/corpus/<outcome>-<sha>.nsk (with its traceback as .txt), where
@@ -62,7 +63,7 @@ def _run_one(path: Path, seconds: float) -> tuple[str, str]:
 
     outcome = "ok"
     for decode in (load_packed, summarize):
-        signal.setitimer(signal.ITIMER_REAL, seconds)
+        signal.setitimer(signal.ITIMER_PROF, seconds)
         try:
             decode(path)
         except Error:
@@ -74,7 +75,7 @@ def _run_one(path: Path, seconds: float) -> tuple[str, str]:
         except Exception:
             return "crash", traceback.format_exc()
         finally:
-            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.setitimer(signal.ITIMER_PROF, 0)
     return outcome, ""
 
 
@@ -82,7 +83,7 @@ def _worker(conn, seeds: list[bytes], args, current) -> None:
     def over_time(signum, frame):
         raise OverTime()
 
-    signal.signal(signal.SIGALRM, over_time)
+    signal.signal(signal.SIGPROF, over_time)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C stops the parent, which drains us
     path = Path(tempfile.mkdtemp()) / "input.nsk"
     for data in seeds:  # imports and first-call costs, before the limits apply
@@ -206,7 +207,7 @@ def main() -> None:
     notes = (
         f"{done:,} inputs{stopped} (unpack and inspect each) on {args.workers} workers in "
         f"{elapsed:.0f} s ({done / elapsed:.0f} inputs/s); each worker limited to "
-        f"{args.memory_mib} MiB of address space above its baseline and {args.seconds} s an "
+        f"{args.memory_mib} MiB of address space above its baseline and {args.seconds} s of CPU time an "
         "input. Inputs not ok or error are saved under tests/corpus/."
     )
     publish("fuzz", "Fuzzing the .nsk reader", rows, ["outcome", "inputs", "share %", "target"],
