@@ -48,6 +48,7 @@ from .prune.mask import Mask, apply_mask, get_mask, unparametrize
 from .prune.sensitivity import sensitivity_analysis
 from .share.codebooks import restore_codebook
 from .share.kmeans import kmeans_1d
+from .stage import Stage
 from .train import FitConfig, evaluate, fit
 
 FLOAT_BITS = 32
@@ -337,3 +338,14 @@ def _ranking(model, names, config: CompressiveConfig, val, progress) -> list[str
 
 def _zeros(weight: torch.Tensor) -> float:
     return 1 - int(torch.count_nonzero(weight)) / weight.numel()
+
+
+class CompressiveStage(Stage):
+    """Layer-wise compressive training within its budget (Grimaldi et al. 2019)."""
+
+    method: Literal["compressive"]
+    config: CompressiveConfig = CompressiveConfig()
+
+    def apply(self, model, ctx):
+        train_compressive(model, ctx.data, self.config, layers=self.layers, progress=ctx.progress)
+        return model

@@ -25,6 +25,7 @@ import re
 from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import replace
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +36,8 @@ from .data import BatchLoader, DataSplits, ImageSet
 from .errors import ConfigError
 from .layers import select_layers, unwrap
 from .progress import make_progress
+from .prune.gradual import GradualPruner, PruneGradualConfig, gradual_schedule
+from .stage import Stage
 from .train import FitConfig, History, StepHook, fit
 
 _PAIR = re.compile(r"^[^:\s]+:[^:\s]+$")
@@ -338,3 +341,21 @@ def _frozen(model: nn.Module):
         yield model
     finally:
         model.train(was_training)
+
+
+class DistillStage(Stage):
+    """Train the model from the dense baseline: activation boundaries then soft targets (Heo et
+    al., Hinton et al.), with gradual pruning meanwhile when `prune` is given (Shin & Oh)."""
+
+    method: Literal["distill"]
+    takes_layers: ClassVar[bool] = False
+    config: DistillConfig = DistillConfig()
+    prune: PruneGradualConfig | None = None
+
+    def apply(self, model, ctx):
+        hooks = []
+        if self.prune is not None:
+            config = gradual_schedule(self.prune, self.config.fit, ctx.data)
+            hooks.append(GradualPruner(model, config))
+        distill(model, ctx.baseline, ctx.data, self.config, step_hooks=hooks, progress=ctx.progress)
+        return model

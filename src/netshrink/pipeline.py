@@ -41,6 +41,7 @@ from .errors import BudgetError, ConfigError
 from .files import atomic_write, directory_lock
 from .layers import select_layers
 from .measure import Measurement, dense_bytes, measure, storage_bytes
+from .methods import run_stage
 from .models.registry import AllowImport, allowed_imports
 from .prune import restore_masks
 from .prune.mask import get_mask
@@ -49,7 +50,7 @@ from .recipe import Recipe
 from .report import console, print_measurements
 from .run_report import FinalRecord, ReportStage, RunReport, render_report
 from .share.codebooks import ScalarCodebook, restore_codebook
-from .stages import StageContext, finetune
+from .stage import StageContext
 from .train import _init_distributed, evaluate, is_main_process
 
 STATE_FORMAT = "netshrink-run"
@@ -254,8 +255,7 @@ class _Run:
             )
         self.ctx.notes = {}
         stage = with_seed(stage, self.recipe.seed)
-        model = stage.apply(model, self.ctx)
-        finetune(model, stage, self.ctx)
+        model = run_stage(model, stage, self.ctx)
         stem = self.directory / "stages" / f"{index:02d}-{stage.title}"
         record = _finish(
             model,

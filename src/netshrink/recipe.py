@@ -12,25 +12,24 @@
         budget: 1.0
     pack: {coders: [huffman, ans]}
 
-Every field is validated by the config model the method itself uses (netshrink.stages lists
-the methods), so a recipe cannot say anything a method would refuse. A bad recipe is a
+Every field is validated by the config model the method itself uses (netshrink.methods lists
+them), so a recipe cannot say anything a method would refuse. A bad recipe is a
 ConfigError naming the field and its line in the file, raised before any training starts.
 `netshrink.pipeline.run_recipe` runs a recipe.
 """
 
 import re
 from pathlib import Path
-from typing import Annotated, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
 from .checkpoint import checkpoint_paths
 from .codec import PackConfig
 from .data import DataConfig, source_path
 from .errors import ConfigError, Error
+from .methods import METHOD_NAMES, AnyStage
 from .models import MODELS, ModelSpec
-from .stages import Stage
 from .train import FitConfig
 
 # `netshrink run` writes into runs/NAME: one plain folder name, so no name leads out of runs/
@@ -94,7 +93,7 @@ class Recipe(BaseModel):
     seed: int = 0
     data: DataConfig = DataConfig()
     baseline: BaselineConfig
-    stages: list[Annotated[Stage, Field(discriminator="method")]] = []
+    stages: list[AnyStage] = []
     pack: PackConfig = PackConfig()
 
     @field_validator("name")
@@ -247,8 +246,4 @@ def _methods_hint() -> str:
     return "use one of " + ", ".join(sorted(_STAGE_TAGS))
 
 
-def _stage_tags() -> set[str]:
-    return {get_args(cls.model_fields["method"].annotation)[0] for cls in get_args(Stage)}
-
-
-_STAGE_TAGS = _stage_tags()
+_STAGE_TAGS = set(METHOD_NAMES)

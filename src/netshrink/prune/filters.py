@@ -19,7 +19,7 @@ from torch import nn
 
 from netshrink.edits import KeepChannels, replay_edits
 from netshrink.errors import ConfigError, UnsupportedLayerError
-from netshrink.layers import LayerFilter, copy_model, unwrap
+from netshrink.layers import LayerFilter, copy_model, select_layers, unwrap
 from netshrink.measure import count_macs
 from netshrink.prune.channel_graph import (
     ChannelGraph,
@@ -27,6 +27,9 @@ from netshrink.prune.channel_graph import (
     Consumer,
     analyze_channels,
 )
+from netshrink.stage import Stage
+
+from .mask import bake_masks, restore_masks
 
 
 class PruneFiltersConfig(BaseModel):
@@ -350,3 +353,16 @@ def _search_macs(
 
 def _macs(model: nn.Module, input_shape) -> int:
     return sum(row.macs for row in count_macs(model, tuple(input_shape)))
+
+
+class PruneFiltersStage(Stage):
+    """Remove whole filters (Li et al. 2017), residual blocks kept consistent."""
+
+    method: Literal["prune_filters"]
+    config: PruneFiltersConfig
+
+    def apply(self, model, ctx):
+        bake_masks(model)  # surgery edits plain tensors; earlier zeros are masked again below
+        prune_filters(model, self.config, ctx.data.input_shape, layers=self.layers)
+        restore_masks(model, select_layers(model))
+        return model

@@ -15,6 +15,7 @@ from torch import nn
 from ..data import DataSplits
 from ..errors import ConfigError
 from ..layers import LayerFilter, select_layers
+from ..stage import Stage
 from ..train import FitConfig, fit
 from .magnitude import (
     GlobalSparsity,
@@ -126,3 +127,36 @@ def prune_gradual(
         pruner(0)
     fit(model, data, fit_config, step_hooks=[pruner], progress=progress)
     return model
+
+
+# Gradual pruning reaches its final sparsity after this share of the training steps, then the
+# model trains on at that sparsity (Zhu & Gupta 2017 stop pruning well before the end).
+GRADUAL_SHARE = 0.75
+
+
+def gradual_schedule(
+    config: PruneGradualConfig, fit_config: FitConfig, data: DataSplits
+) -> PruneGradualConfig:
+    """`config` with `interval` spread over GRADUAL_SHARE of a `fit` with `fit_config` on `data`,
+    unless the config sets `interval` itself: the one rule of every face and of distillation."""
+    if "interval" in config.model_fields_set:
+        return config
+    total = training_steps(data, fit_config)
+    if total < 2:
+        raise ConfigError("gradual pruning happens while training: give it epochs to train")
+    return spread_over(config, total, GRADUAL_SHARE)
+
+
+class PruneGradualStage(Stage):
+    """Prune on Zhu & Gupta's cubic schedule while training with `fit`; unless the config sets
+    `interval`, the sparsity is reached after 75% of the steps."""
+
+    method: Literal["prune_gradual"]
+    config: PruneGradualConfig
+    fit: FitConfig
+
+    def apply(self, model, ctx):
+        config = gradual_schedule(self.config, self.fit, ctx.data)
+        return prune_gradual(
+            model, ctx.data, config, self.fit, layers=self.layers, progress=ctx.progress
+        )

@@ -6,6 +6,8 @@ kept within budget is the layer's. No gradient step is taken: the result is a pe
 table, applied as an ordinary magnitude config.
 """
 
+from typing import Literal
+
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
@@ -14,6 +16,7 @@ from ..budget import Points, floor_below
 from ..data import BatchLoader
 from ..layers import LayerFilter, copy_model, select_layers
 from ..progress import make_progress
+from ..stage import Stage
 from ..train import evaluate
 from .magnitude import PruneMagnitudeConfig, StdThreshold, prune_magnitude
 
@@ -94,3 +97,14 @@ def _prune(model: nn.Module, name: str, ratio: float) -> None:
         prune_magnitude(
             model, PruneMagnitudeConfig(threshold=StdThreshold(ratio=ratio)), layers=[name]
         )
+
+
+class PruneIncrementalStage(Stage):
+    """Raise each layer's std ratio while validation accuracy holds, no retraining (Al-Hami)."""
+
+    method: Literal["prune_incremental"]
+    config: PruneIncrementalConfig = PruneIncrementalConfig()
+
+    def apply(self, model, ctx):
+        loader = ctx.data.loader("val" if len(ctx.data.val) else "train", 256)
+        return prune_incremental(model, loader, self.config, layers=self.layers)

@@ -6,12 +6,14 @@ exactly zero through retraining, momentum and weight decay.
 """
 
 from dataclasses import dataclass
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from ..data import DataSplits
 from ..layers import LayerFilter
+from ..stage import Stage
 from ..train import EvalResult, FitConfig, fit
 from .magnitude import (
     GlobalSparsity,
@@ -73,3 +75,15 @@ def prune_iterative(
         if log is not None:
             log.append(IterativeStep(step, current, history.final))
     return model
+
+
+class PruneIterativeStage(Stage):
+    """Prune and retrain in steps (Han et al. 2015)."""
+
+    method: Literal["prune_iterative"]
+    config: PruneIterativeConfig
+
+    def apply(self, model, ctx):
+        return prune_iterative(
+            model, ctx.data, self.config, layers=self.layers, progress=ctx.progress
+        )

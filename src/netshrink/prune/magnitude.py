@@ -18,6 +18,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..layers import LayerFilter, select_layers
+from ..stage import Stage
 from .mask import apply_mask, dense_std
 
 
@@ -134,3 +135,13 @@ def _targets(
         if config.include_bias and getattr(module, "bias", None) is not None:
             targets.append((name, module, "bias"))
     return targets
+
+
+class PruneMagnitudeStage(Stage):
+    """One-shot magnitude pruning (Han et al. 2015's std-scaled threshold, or a sparsity)."""
+
+    method: Literal["prune_magnitude"]
+    config: PruneMagnitudeConfig
+
+    def apply(self, model, ctx):
+        return prune_magnitude(model, self.config, layers=self.layers)

@@ -8,6 +8,7 @@ the largest sparsity at which each layer alone stays within an accuracy budget.
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 from torch import nn
@@ -17,6 +18,7 @@ from ..data import BatchLoader
 from ..files import atomic_write
 from ..layers import LayerFilter, copy_model, select_layers
 from ..progress import make_progress
+from ..stage import Stage
 from ..train import evaluate
 from .magnitude import LayerSparsity, PruneMagnitudeConfig, prune_magnitude
 
@@ -107,3 +109,19 @@ def plot_sensitivity(result: Sensitivity, path: str | Path, title: str = "") -> 
     atomic_write(path, lambda tmp: fig.savefig(tmp, format=image_format, dpi=120))
     plt.close(fig)
     return path
+
+
+class SensitivityStage(Stage):
+    """Measure each layer pruned alone at each sparsity (validation top-1); the model is left
+    as it is and the curves go to the report."""
+
+    method: Literal["sensitivity"]
+    sparsities: tuple[float, ...] = DEFAULT_SPARSITIES
+
+    def apply(self, model, ctx):
+        loader = ctx.data.loader("val" if len(ctx.data.val) else "test", 256)
+        result = sensitivity_analysis(
+            model, loader, layers=self.layers, sparsities=self.sparsities, progress=ctx.progress
+        )
+        ctx.notes["sensitivity"] = asdict(result)
+        return model

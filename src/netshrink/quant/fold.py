@@ -10,7 +10,10 @@ model. A pruning mask survives folding (a zero times a scale is a zero); a weigh
 does not (each channel would scale its shared values differently), so fold before sharing.
 """
 
+from typing import ClassVar, Literal
+
 import torch
+from pydantic import BaseModel, ConfigDict
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.utils import parametrize
@@ -20,6 +23,7 @@ from ..errors import UnsupportedLayerError
 from ..layers import unwrap
 from ..prune.channel_graph import trace
 from ..prune.mask import Mask
+from ..stage import Stage
 
 
 def fold_batchnorm(model: nn.Module) -> nn.Module:
@@ -115,3 +119,22 @@ def _dense(module: nn.Module, name: str) -> torch.Tensor:
     if parametrize.is_parametrized(module, name):
         return module.parametrizations[name].original
     return getattr(module, name)
+
+
+class FoldBatchnormConfig(BaseModel):
+    """Batch-norm folding has no options: every BatchNorm that solely follows a conv or linear
+    layer is folded into it (the others are left alone)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class FoldBatchnormStage(Stage):
+    """Fold batch norm into the preceding layers (Jacob et al. 2018), so that weight sharing and
+    fixed point act on the weights the device computes with."""
+
+    method: Literal["fold_batchnorm"]
+    takes_layers: ClassVar[bool] = False
+    config: FoldBatchnormConfig = FoldBatchnormConfig()
+
+    def apply(self, model, ctx):
+        return fold_batchnorm(model.eval())

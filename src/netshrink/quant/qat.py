@@ -10,12 +10,13 @@ the result is still bit-exact with `IntegerModel`.
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict
 from torch import fx, nn
 
 from ..data import DataSplits
+from ..stage import Stage
 from ..train import FitConfig, History, fit
 from .quantize import QuantConfig, quantize, reestimate_weight_formats
 
@@ -105,3 +106,14 @@ def _steps_per_epoch(data: DataSplits, config: FitConfig) -> int:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     loader = data.loader("train", max(config.batch_size // world, 1), world_size=world)
     return max(len(loader), 1)
+
+
+class QatStage(Stage):
+    """Quantization-aware training at fixed bit widths."""
+
+    method: Literal["qat"]
+    takes_layers: ClassVar[bool] = False
+    config: QatConfig = QatConfig()
+
+    def apply(self, model, ctx):
+        return train_quantized(model, ctx.data, self.config, progress=ctx.progress)[0]

@@ -11,7 +11,7 @@ GraphModule keeping the module names), whose formats are recorded as one structu
 """
 
 from collections.abc import Iterable, Mapping
-from typing import Annotated
+from typing import Annotated, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -32,6 +32,7 @@ from ..edits import (
 from ..errors import ConfigError
 from ..layers import copy_model, unwrap
 from ..prune.channel_graph import trace
+from ..stage import Stage
 from .calibrate import CalibrationMethod, RangeObserver
 from .fixed import FixedPoint, Rounding, format_for, frac_for_range
 from .fold import fold_batchnorm
@@ -437,3 +438,14 @@ def _format(spec: FormatSpec) -> FixedPoint:
 def layer_formats(model: nn.Module) -> Mapping[str, FixedPoint]:
     """Weight format of every quantized layer, by layer name."""
     return {name: _format(spec) for name, spec in fixed_point_formats(model).weights.items()}
+
+
+class QuantizeStage(Stage):
+    """Dynamic fixed point after training (Ristretto's rule; Kim et al.'s layer outputs)."""
+
+    method: Literal["quantize"]
+    takes_layers: ClassVar[bool] = False
+    config: QuantConfig = QuantConfig()
+
+    def apply(self, model, ctx):
+        return quantize(model, ctx.data, self.config)

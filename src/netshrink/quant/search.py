@@ -11,7 +11,7 @@ the returned configuration is one whose loss on that subset was measured within 
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -22,6 +22,7 @@ from ..data import BatchLoader, DataSplits, ImageSet
 from ..errors import ConfigError
 from ..layers import unwrap
 from ..progress import make_progress
+from ..stage import Stage
 from ..train import evaluate
 from .modules import ActQuant
 from .plan import node_kind
@@ -320,3 +321,14 @@ def _result(trials: _Trials, config: QuantConfig, rows, correct: int) -> BitSear
         activation_bytes=activation_bits / 8,
         evaluations=trials.evaluations,
     )
+
+
+class SearchBitsStage(Stage):
+    """Per-layer bit widths within an accuracy budget (Al-Hami's hybrid search)."""
+
+    method: Literal["search_bits"]
+    takes_layers: ClassVar[bool] = False
+    config: BitSearchConfig = BitSearchConfig()
+
+    def apply(self, model, ctx):
+        return search_bits(model, ctx.data, self.config, progress=ctx.progress).model

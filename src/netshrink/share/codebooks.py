@@ -23,6 +23,11 @@ from ..prune.mask import Mask, unparametrize
 from .gather import gather_rows
 from .vq import Axis, decode_tensors
 
+# Fine-tuning a codebook sums each cluster's gradients, so an entry moves by the sum of thousands
+# of per-weight steps: it takes a learning rate this much below the baseline's (the sharing
+# stages' `finetune_lr_divisor`; the Deep Compression recipes' 0.0005 after a 0.05 baseline).
+CODEBOOK_LR_DIVISOR = 100
+
 
 class ScalarCodebook(nn.Module):
     """`weight = centroids[indices] * mask`: k shared values, a log2(k)-bit index per weight."""

@@ -7,13 +7,16 @@ column segment) or along columns (`axis="columns"`). The codebooks become the tr
 (the dense original is frozen), and a pruned layer keeps its zeros.
 """
 
+from typing import ClassVar, Literal
+
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from ..errors import ConfigError
 from ..layers import LayerFilter
 from ..progress import track
-from .codebooks import VectorCodebook, attach, chosen_layers, take_weight
+from ..stage import Stage
+from .codebooks import CODEBOOK_LR_DIVISOR, VectorCodebook, attach, chosen_layers, take_weight
 from .vq import Axis, residual_quantize
 
 
@@ -78,3 +81,25 @@ def _quantize(model, layers, segment, k, stages, axis, seed, progress) -> nn.Mod
         codes = residual_quantize(matrix, segment=size, k=k, stages=stages, axis=axis, seed=seed)
         attach(module, VectorCodebook(codes.codebooks, codes.indices, keep.to(value.dtype), axis))
     return model
+
+
+class SharePqStage(Stage):
+    """Product quantization of the weight matrices (Gong et al. 2014)."""
+
+    method: Literal["share_pq"]
+    finetune_lr_divisor: ClassVar[float] = CODEBOOK_LR_DIVISOR
+    config: SharePqConfig = SharePqConfig()
+
+    def apply(self, model, ctx):
+        return share_pq(model, self.config, layers=self.layers, progress=ctx.progress)
+
+
+class ShareRqStage(Stage):
+    """Residual quantization (Gong et al. 2014)."""
+
+    method: Literal["share_rq"]
+    finetune_lr_divisor: ClassVar[float] = CODEBOOK_LR_DIVISOR
+    config: ShareRqConfig = ShareRqConfig()
+
+    def apply(self, model, ctx):
+        return share_rq(model, self.config, layers=self.layers, progress=ctx.progress)

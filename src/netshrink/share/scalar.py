@@ -7,7 +7,7 @@ zero; both leave a codebook as the layer's only trainable weight tensor, so fine
 ordinary `fit` is Deep Compression's centroid fine-tuning.
 """
 
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -16,7 +16,15 @@ from torch import nn
 from ..errors import ConfigError
 from ..layers import LayerFilter
 from ..progress import track
-from .codebooks import ScalarCodebook, SignCodebook, attach, chosen_layers, take_weight
+from ..stage import Stage
+from .codebooks import (
+    CODEBOOK_LR_DIVISOR,
+    ScalarCodebook,
+    SignCodebook,
+    attach,
+    chosen_layers,
+    take_weight,
+)
 from .kmeans import Init, kmeans_1d
 
 Bits = Annotated[int, Field(ge=1, le=16)]
@@ -128,3 +136,25 @@ def binarize(
     used = signs.abs()
     scales = (magnitude * used).sum(1) / used.sum(1).clamp(min=1)
     return scales, signs.reshape(weight.shape)
+
+
+class ShareKmeansStage(Stage):
+    """Trained scalar codebooks by k-means (Han et al. 2016, Gong et al. 2014)."""
+
+    method: Literal["share_kmeans"]
+    finetune_lr_divisor: ClassVar[float] = CODEBOOK_LR_DIVISOR
+    config: ShareKmeansConfig = ShareKmeansConfig()
+
+    def apply(self, model, ctx):
+        return share_kmeans(model, self.config, layers=self.layers, progress=ctx.progress)
+
+
+class ShareBinaryStage(Stage):
+    """Binarization (or ternarization) with scales (Gong et al. 2014's sign coding)."""
+
+    method: Literal["share_binary"]
+    finetune_lr_divisor: ClassVar[float] = CODEBOOK_LR_DIVISOR
+    config: ShareBinaryConfig = ShareBinaryConfig()
+
+    def apply(self, model, ctx):
+        return share_binary(model, self.config, layers=self.layers, progress=ctx.progress)

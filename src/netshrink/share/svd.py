@@ -8,6 +8,7 @@ checkpoint rebuilds the same shapes on a fresh model.
 """
 
 import math
+from typing import Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -17,6 +18,7 @@ from ..edits import FactorLayer, record_edits
 from ..errors import UnsupportedLayerError
 from ..layers import LayerFilter, unwrap
 from ..progress import track
+from ..stage import Stage
 from .codebooks import chosen_layers, take_weight
 
 
@@ -120,3 +122,13 @@ def factor_svd(
         edits.append(FactorLayer(module=name, rank=rank))
     record_edits(root, edits)
     return model
+
+
+class FactorSvdStage(Stage):
+    """Low-rank factorization by truncated SVD (Gong et al. 2014's baseline)."""
+
+    method: Literal["factor_svd"]
+    config: FactorSvdConfig
+
+    def apply(self, model, ctx):
+        return factor_svd(model, self.config, layers=self.layers, progress=ctx.progress)
