@@ -43,8 +43,8 @@ from .budget import Points
 from .data import DataSplits
 from .errors import UnsupportedLayerError
 from .layers import LayerFilter, select_layers
+from .mask import Mask, apply_mask, get_mask, unparametrize
 from .prune.magnitude import GlobalSparsity, PruneMagnitudeConfig, prune_magnitude, sparsity_keep
-from .prune.mask import Mask, apply_mask, get_mask, unparametrize
 from .prune.sensitivity import sensitivity_analysis
 from .share.codebooks import restore_codebook
 from .share.kmeans import kmeans_1d

@@ -18,9 +18,9 @@ from ..checkpoint import CheckpointMeta, effective_state_dict, load_effective_st
 from ..edits import replay_edits, structural_edits
 from ..errors import ConfigError, CorruptFileError, UnsupportedLayerError
 from ..layers import unwrap
+from ..mask import restore_masks
 from ..models import ModelSpec, build_model
 from ..models.registry import AllowImport
-from ..prune.mask import restore_masks
 from ..quant.quantize import weight_quant
 from ..share.codebooks import restore_codebook
 from ..untrusted import (

@@ -18,7 +18,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..layers import LayerFilter, select_layers
-from .mask import apply_mask, dense_std
+from ..mask import apply_mask, dense_std
 
 
 class _Frozen(BaseModel):

@@ -17,9 +17,9 @@ from torch.nn.utils import parametrize
 
 from ..edits import FoldBatchNorm, record_edits
 from ..errors import UnsupportedLayerError
+from ..graph import trace
 from ..layers import unwrap
-from ..prune.channel_graph import trace
-from ..prune.mask import Mask
+from ..mask import Mask
 
 
 def fold_batchnorm(model: nn.Module) -> nn.Module:

@@ -30,8 +30,8 @@ from ..edits import (
     structural_edits,
 )
 from ..errors import ConfigError
+from ..graph import trace
 from ..layers import copy_model, unwrap
-from ..prune.channel_graph import trace
 from .calibrate import CalibrationMethod, RangeObserver
 from .fixed import FixedPoint, Rounding, format_for, frac_for_range
 from .fold import fold_batchnorm
