@@ -4,7 +4,7 @@ A checkpoint `run/model` is two files: `run/model.safetensors` (the state dict) 
 `run/model.json` (what the weights are: the architecture as a zoo name or import path with its
 JSON arguments, the input shape, the data set, the training settings and the measured accuracy).
 Loading rebuilds the architecture from the sidecar, replays the structural edits recorded there
-(filter pruning's kept channels; netshrink.edits), and loads the tensors into it, strictly. A
+(filter pruning's kept channels; netshrink.edits, netshrink.replay), and loads the tensors into it, strictly. A
 file that is a pickle (`torch.save`) is refused before anything parses it.
 """
 
@@ -18,11 +18,12 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from .data import DataConfig
-from .edits import MAX_EDITS, Edit, check_edit_counts, replay_edits, structural_edits
+from .edits import MAX_EDITS, Edit, check_edit_counts, structural_edits
 from .errors import ConfigError, CorruptFileError, LimitError, UnsupportedLayerError
 from .files import atomic_write, read_safetensors, write_safetensors
 from .models import ModelSpec, build_model
 from .models.registry import AllowImport
+from .replay import replay_edits
 from .train import FitConfig
 from .untrusted import (
     MAX_SIDECAR_BYTES,
@@ -110,7 +111,11 @@ def load_checkpoint(
     tensors = read_safetensors(weights)
     # the sidecar's sizes are only claims: build on the meta device and compare before allocating
     skeleton = build_skeleton(
-        lambda: _build(meta, sidecar, allow_import), meta.edits, str(sidecar), "its model spec"
+        lambda: _build(meta, sidecar, allow_import),
+        meta.edits,
+        str(sidecar),
+        "its model spec",
+        replay=replay_edits,
     )
     check_skeleton(skeleton, {k: tuple(v.shape) for k, v in tensors.items()}, str(weights))
     model = _build(meta, sidecar, allow_import)

@@ -17,7 +17,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, model_validator
 from torch import nn
 
-from netshrink.edits import KeepChannels, replay_edits
+from netshrink.edits import KeepChannels
 from netshrink.errors import ConfigError, UnsupportedLayerError
 from netshrink.layers import LayerFilter, copy_model, unwrap
 from netshrink.measure import count_macs
@@ -27,6 +27,7 @@ from netshrink.prune.channel_graph import (
     Consumer,
     analyze_channels,
 )
+from netshrink.prune.surgery import cut_channels
 
 
 class PruneFiltersConfig(BaseModel):
@@ -99,7 +100,7 @@ class FilterPlan:
     skipped: dict[str, str]
 
     def edits(self) -> list[KeepChannels]:
-        """The structural edits for every producer and consumer, ready for `replay_edits`."""
+        """The structural edits for every producer and consumer, ready for `cut_channels`."""
         return [edit for space in self.spaces for edit in space.edits()]
 
 
@@ -177,7 +178,7 @@ def prune_filters(
     layers: LayerFilter = None,
 ) -> nn.Module:
     """Filter pruning of Li et al. 2017: plan (`plan_filters`), then remove the channels
-    physically with `replay_edits`, which records the edits on the model. Everything is checked
+    physically with `cut_channels` (netshrink.prune.surgery), which records the edits on the model. Everything is checked
     before the first layer changes, so a failing call leaves the model as it was. Build the
     optimizer (and any DDP wrapper) after this call: the pruned layers hold new tensors.
 
@@ -185,7 +186,7 @@ def prune_filters(
         >>> model = prune_filters(vgg_small(), PruneFiltersConfig(target_macs=0.5), (1, 28, 28))
     """
     plan = plan_filters(model, config, input_shape, layers=layers)
-    replay_edits(model, plan.edits())
+    cut_channels(model, plan.edits())
     return model
 
 
@@ -325,7 +326,7 @@ def _search_macs(
 
     def saved(plan: FilterPlan) -> float:
         pruned = copy_model(model)
-        replay_edits(pruned, plan.edits())
+        cut_channels(pruned, plan.edits())
         return 1 - _macs(pruned, input_shape) / base
 
     low, high = 0.0, 1 - 1e-9
