@@ -13,10 +13,11 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import ValidationError
 from torch import nn
 from torch.nn.utils import parametrize
 
+from .config import Config
 from .data import DataConfig
 from .edits import MAX_EDITS, Edit, check_edit_counts, structural_edits
 from .errors import ConfigError, CorruptFileError, LimitError, UnsupportedLayerError
@@ -37,10 +38,8 @@ from .untrusted import (
 FORMAT = "netshrink-checkpoint"
 
 
-class CheckpointMeta(BaseModel):
+class CheckpointMeta(Config):
     """The JSON sidecar: everything needed to rebuild the model, and what it measured."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
     format: Literal["netshrink-checkpoint"] = FORMAT
     version: Literal[1] = 1

@@ -24,9 +24,10 @@ Example:
 from collections.abc import Iterable
 from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 from torch import fx, nn
 
+from netshrink.config import Config
 from netshrink.errors import ConfigError
 from netshrink.layers import unwrap
 
@@ -37,15 +38,13 @@ MAX_EDITS_PER_MODULE = 16
 MAX_KEEP = 1 << 20  # indices in one KeepChannels
 
 
-class KeepChannels(BaseModel):
+class KeepChannels(Config):
     """Keep the channels `keep` (sorted, unique) along `dim` of the module named `module`.
 
     `dim`: "out" (Conv2d / Linear outputs), "in" (Conv2d / Linear inputs; for a Linear after a
     flatten, `keep` holds the expanded feature indices), "depthwise" (a depthwise Conv2d: its
     channels and groups) or "batchnorm" (a BatchNorm's parameters and running statistics).
     """
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
     kind: Literal["keep_channels"] = "keep_channels"
     module: str
@@ -60,32 +59,26 @@ class KeepChannels(BaseModel):
         return keep
 
 
-class FactorLayer(BaseModel):
+class FactorLayer(Config):
     """Replace the Linear or Conv2d named `module` by its rank-`rank` factors, an nn.Sequential
     of two layers under the same name (SVD; netshrink.share.svd)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
     kind: Literal["factor"] = "factor"
     module: str
     rank: int = Field(ge=1)
 
 
-class FoldBatchNorm(BaseModel):
+class FoldBatchNorm(Config):
     """Fold the BatchNorm named `bn` into the Conv2d or Linear `conv` that feeds it, which gains
     a bias; the BatchNorm becomes an nn.Identity (netshrink.quant.fold)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
     kind: Literal["fold_batchnorm"] = "fold_batchnorm"
     conv: str
     bn: str
 
 
-class FormatSpec(BaseModel):
+class FormatSpec(Config):
     """One dynamic fixed-point format: `bits`-bit integers scaled by 2**-frac."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
     bits: int = Field(ge=1, le=32)
     frac: int = Field(ge=-64, le=64)
@@ -100,13 +93,11 @@ class ActivationSpec(FormatSpec):
     input_frac: int | None = None
 
 
-class FixedPointFormats(BaseModel):
+class FixedPointFormats(Config):
     """The fixed-point model (netshrink.quant): the model traced with torch.fx, an activation
     quantizer inserted at each quantization point (named in `activations`), and the weights and
     biases of the layers in `weights` on their grids; `accumulator` bits in the integer path;
     `float_layers` left in floating point."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
     kind: Literal["fixed_point"] = "fixed_point"
     weights: dict[str, FormatSpec]

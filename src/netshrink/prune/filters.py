@@ -14,9 +14,10 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic import model_validator
 from torch import nn
 
+from netshrink.config import Config
 from netshrink.edits import KeepChannels
 from netshrink.errors import ConfigError, UnsupportedLayerError
 from netshrink.layers import LayerFilter, copy_model, unwrap
@@ -30,7 +31,7 @@ from netshrink.prune.channel_graph import (
 from netshrink.prune.surgery import cut_channels
 
 
-class PruneFiltersConfig(BaseModel):
+class PruneFiltersConfig(Config):
     """How much to prune and how to choose (Li et al. 2017).
 
     amount: fraction of the channels removed from each selected space (0 <= amount < 1); or
@@ -40,8 +41,6 @@ class PruneFiltersConfig(BaseModel):
     (scores summed), "skip" leaves groups whole. per_layer: amount for the space of the named
     producer. include_linear: also prune hidden Linear neurons.
     """
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
     amount: float | None = None
     target_macs: float | None = None

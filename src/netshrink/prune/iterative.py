@@ -7,9 +7,10 @@ exactly zero through retraining, momentum and weight decay.
 
 from dataclasses import dataclass
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from torch import nn
 
+from ..config import Config
 from ..data import DataSplits
 from ..layers import LayerFilter
 from ..train import EvalResult, FitConfig, fit
@@ -22,10 +23,8 @@ from .magnitude import (
 )
 
 
-class PruneIterativeConfig(BaseModel):
+class PruneIterativeConfig(Config):
     """Reach `prune.threshold` in `steps` equal steps, retraining with `retrain` after each."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
     prune: PruneMagnitudeConfig
     steps: int = Field(3, ge=1)

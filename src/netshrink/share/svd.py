@@ -10,9 +10,10 @@ checkpoint rebuilds the same shapes on a fresh model.
 import math
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 from torch import nn
 
+from ..config import Config
 from ..edits import FactorLayer, record_edits
 from ..errors import UnsupportedLayerError
 from ..layers import LayerFilter, unwrap
@@ -20,12 +21,10 @@ from ..progress import track
 from .codebooks import chosen_layers, take_weight
 
 
-class FactorSvdConfig(BaseModel):
+class FactorSvdConfig(Config):
     """Exactly one of: a fixed `rank`; a target `ratio` of each layer's weights to the factors'
     (rank = the largest that reaches it); or the fraction of `energy` (sum of squared singular
     values) kept (rank = the smallest that keeps it)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
     rank: int | None = Field(None, ge=1)
     ratio: float | None = Field(None, gt=0)
