@@ -37,3 +37,12 @@ def fashion_slice():
 
     require_fashion_mnist()
     return load_data(DataConfig(source="fashion-mnist", limit=10000))
+
+
+@pytest.fixture(scope="module")
+def mlp(digits):
+    """LeNet-300-100 after ten epochs on digits (one per test module: tests may change it)."""
+    from helpers import train_on_digits
+    from netshrink.train import FitConfig
+
+    return train_on_digits(digits, FitConfig(epochs=10, lr=0.05))

@@ -19,10 +19,10 @@ from netshrink.compressive import (
     train_compressive,
 )
 from netshrink.errors import UnsupportedLayerError
+from netshrink.mask import get_mask
 from netshrink.measure import storage_report
 from netshrink.models import ModelSpec, build_model
 from netshrink.prune import GlobalSparsity, PruneMagnitudeConfig, prune_magnitude
-from netshrink.prune.mask import get_mask
 from netshrink.train import FitConfig, fit
 
 QUICK = FitConfig(epochs=1, lr=0.02, batch_size=64)

@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from helpers import train_on_digits
 from netshrink.distill import (
     DistillConfig,
     TeacherLogits,
@@ -29,10 +30,7 @@ FAST = FitConfig(epochs=2, lr=0.05, batch_size=64)
 
 def _teacher(digits, spec=ModelSpec(name="lenet300_100")):
     """A teacher trained on digits: LeNet-300-100, or `spec`."""
-    torch.manual_seed(0)
-    model = build_model(spec, num_classes=10, in_channels=1, input_size=8)
-    fit(model, digits, FitConfig(epochs=4, batch_size=64), progress=False)
-    return model.eval()
+    return train_on_digits(digits, FitConfig(epochs=4, batch_size=64), spec)
 
 
 TINY_VGG = ModelSpec(name="vgg_small", args={"width": 0.25, "input_size": 8})

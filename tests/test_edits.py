@@ -17,12 +17,12 @@ from netshrink.edits import (
     KeepChannels,
     edit_list,
     record_edits,
-    replay_edits,
     structural_edits,
 )
 from netshrink.errors import ConfigError, CorruptFileError, UnsupportedLayerError
 from netshrink.models import ModelSpec, resnet20
 from netshrink.prune.filters import PruneFiltersConfig, prune_filters
+from netshrink.replay import replay_edits
 
 
 def _pruned_resnet20():

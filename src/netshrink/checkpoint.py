@@ -4,7 +4,7 @@ A checkpoint `run/model` is two files: `run/model.safetensors` (the state dict) 
 `run/model.json` (what the weights are: the architecture as a zoo name or import path with its
 JSON arguments, the input shape, the data set, the training settings and the measured accuracy).
 Loading rebuilds the architecture from the sidecar, replays the structural edits recorded there
-(filter pruning's kept channels; netshrink.edits), and loads the tensors into it, strictly. A
+(filter pruning's kept channels; netshrink.edits, netshrink.replay), and loads the tensors into it, strictly. A
 file that is a pickle (`torch.save`) is refused before anything parses it.
 """
 
@@ -13,16 +13,18 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import ValidationError
 from torch import nn
 from torch.nn.utils import parametrize
 
+from .config import Config
 from .data import DataConfig
-from .edits import MAX_EDITS, Edit, check_edit_counts, replay_edits, structural_edits
+from .edits import MAX_EDITS, Edit, check_edit_counts, structural_edits
 from .errors import ConfigError, CorruptFileError, LimitError, UnsupportedLayerError
 from .files import atomic_write, read_safetensors, write_safetensors
 from .models import ModelSpec, build_model
 from .models.registry import AllowImport
+from .replay import replay_edits
 from .train import FitConfig
 from .untrusted import (
     MAX_SIDECAR_BYTES,
@@ -36,10 +38,8 @@ from .untrusted import (
 FORMAT = "netshrink-checkpoint"
 
 
-class CheckpointMeta(BaseModel):
+class CheckpointMeta(Config):
     """The JSON sidecar: everything needed to rebuild the model, and what it measured."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
     format: Literal["netshrink-checkpoint"] = FORMAT
     version: Literal[1] = 1
@@ -110,7 +110,11 @@ def load_checkpoint(
     tensors = read_safetensors(weights)
     # the sidecar's sizes are only claims: build on the meta device and compare before allocating
     skeleton = build_skeleton(
-        lambda: _build(meta, sidecar, allow_import), meta.edits, str(sidecar), "its model spec"
+        lambda: _build(meta, sidecar, allow_import),
+        meta.edits,
+        str(sidecar),
+        "its model spec",
+        replay=replay_edits,
     )
     check_skeleton(skeleton, {k: tuple(v.shape) for k, v in tensors.items()}, str(weights))
     model = _build(meta, sidecar, allow_import)

@@ -35,16 +35,17 @@ from dataclasses import dataclass
 from typing import Annotated, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from torch import nn
 from torch.nn.utils import parametrize
 
 from .budget import Points
+from .config import Config
 from .data import DataSplits
 from .errors import UnsupportedLayerError
 from .layers import LayerFilter, select_layers
+from .mask import Mask, apply_mask, get_mask, unparametrize
 from .prune.magnitude import GlobalSparsity, PruneMagnitudeConfig, prune_magnitude, sparsity_keep
-from .prune.mask import Mask, apply_mask, get_mask, unparametrize
 from .prune.sensitivity import sensitivity_analysis
 from .share.codebooks import restore_codebook
 from .share.kmeans import kmeans_1d
@@ -54,25 +55,21 @@ from .train import FitConfig, evaluate, fit
 FLOAT_BITS = 32
 
 
-class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-class SparseSupport(_Frozen):
+class SparseSupport(Config):
     """At most (1 - sparsity) of the layer's weights non-zero."""
 
     kind: Literal["sparse"] = "sparse"
     sparsity: float = Field(0.95, gt=0, lt=1)
 
 
-class Levels(_Frozen):
+class Levels(Config):
     """Every weight is zero or one of `count` values."""
 
     kind: Literal["levels"] = "levels"
     count: int = Field(4, ge=1, le=256)
 
 
-class LowRank(_Frozen):
+class LowRank(Config):
     """The weight matrix at rank ceil(rank_fraction * min(out, in * kh * kw))."""
 
     kind: Literal["low_rank"] = "low_rank"
@@ -82,7 +79,7 @@ class LowRank(_Frozen):
 Constraint = Annotated[SparseSupport | Levels | LowRank, Field(discriminator="kind")]
 
 
-class CompressiveConfig(_Frozen):
+class CompressiveConfig(Config):
     """Step 1 prunes to `global_sparsity` and retrains with `prune_fit`; step 3 constrains layers
     in `ranking` order, training with `layer_fit` after each joins, while validation top-1 stays
     within `budget` points of the model as given."""

@@ -23,8 +23,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field, ValidationError
 
+from .config import Config
 from .errors import ConfigError, DataError
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -223,7 +224,7 @@ def _pixels(image: Image.Image, mode: str, size: int | None) -> np.ndarray:
     return np.asarray(image, np.uint8)
 
 
-class DataConfig(BaseModel):
+class DataConfig(Config):
     """Which data set to load, and how to split, shrink, resize and augment it.
 
     source: "fashion-mnist" (the Debian package's files), "fashion-mnist:DIR", "mnist:DIR",
@@ -235,8 +236,6 @@ class DataConfig(BaseModel):
     zero padding, random horizontal flip). test_fraction: held out as the test split by sources
     without one (digits, a folder without train/ and test/).
     """
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
     source: str = Field("fashion-mnist", min_length=1)
     limit: int | None = Field(None, gt=0)

@@ -29,9 +29,10 @@ from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 from torch import nn
 
+from .config import Config
 from .data import BatchLoader, DataSplits, ImageSet
 from .errors import ConfigError
 from .layers import select_layers, unwrap
@@ -87,7 +88,7 @@ def boundary_agreement(student_pre: torch.Tensor, teacher_pre: torch.Tensor) -> 
     return float(((student_pre > 0) == (teacher_pre > 0)).float().mean())
 
 
-class DistillConfig(BaseModel):
+class DistillConfig(Config):
     """Stage 2 trains with `fit` on `alpha * T^2 * soft CE + (1 - alpha) * CE` at temperature
     `temperature` (alpha=0: plain cross-entropy, no teacher). With `ab_pairs`
     ("student_layer:teacher_layer", shallow to deep), stage 1 first trains `ab_epochs` epochs on
@@ -95,8 +96,6 @@ class DistillConfig(BaseModel):
     student without batch norm needs a low one, as the connector's batch norm makes the loss
     blind to the scale of the student's response, which then grows). `cache_teacher`: keep the
     teacher's logits of the un-augmented training images instead of running it on every batch."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
     fit: FitConfig = FitConfig()
     # T=2, alpha=0.5 were chosen on Fashion-MNIST's validation split (bench/train_side.py):

@@ -1,5 +1,6 @@
-"""Structural edits: what a structural method (filter pruning, SVD factorization) did to the
-module tree, recorded so that a file can rebuild the model without storing code or pickles.
+"""Structural edits: what a structural method (filter pruning, SVD factorization, batch-norm
+folding, the fixed-point graph) did to the module tree, recorded so that a file can rebuild the
+model without storing code or pickles.
 
 A decoded model is the architecture, then its edits replayed in order, then the tensor values
 (DESIGN.md, "Structure and values in the file"). Each edit is a small frozen pydantic model with
@@ -8,21 +9,26 @@ The edits already applied to a model live in a plain list on its root module
 (`model.structural_edits`; `model.meta["structural_edits"]` on a torch.fx GraphModule, whose
 deepcopy keeps only `meta`): visible state on the model, copied with it, never a global.
 
+This module is the record and its bounds only: the methods import it to record what they did
+(`record_edits`), and it imports none of them. Checking a list against a model and applying it
+is netshrink.replay, which sits above the methods.
+
 Example:
     >>> model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Conv2d(8, 4, 3))
-    >>> model = replay_edits(model, [KeepChannels(module="0", dim="out", keep=(0, 1, 2)),
-    ...                              KeepChannels(module="1", dim="in", keep=(0, 1, 2))])
-    >>> model[1].weight.shape, len(structural_edits(model))
-    (torch.Size([4, 3, 3, 3]), 2)
+    >>> record_edits(model, [KeepChannels(module="0", dim="out", keep=(0, 1, 2))])
+    >>> record_edits(model, [KeepChannels(module="0", dim="out", keep=(0, 2))])  # merged
+    >>> structural_edits(model)[0].keep
+    (0, 2)
 """
 
 from collections.abc import Iterable
 from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 from torch import fx, nn
 
-from netshrink.errors import ConfigError, UnsupportedLayerError
+from netshrink.config import Config
+from netshrink.errors import ConfigError
 from netshrink.layers import unwrap
 
 # Bounds a file's edit list must keep (docs/format.md, "Checks and limits"): real lists hold a
@@ -32,15 +38,13 @@ MAX_EDITS_PER_MODULE = 16
 MAX_KEEP = 1 << 20  # indices in one KeepChannels
 
 
-class KeepChannels(BaseModel):
+class KeepChannels(Config):
     """Keep the channels `keep` (sorted, unique) along `dim` of the module named `module`.
 
     `dim`: "out" (Conv2d / Linear outputs), "in" (Conv2d / Linear inputs; for a Linear after a
     flatten, `keep` holds the expanded feature indices), "depthwise" (a depthwise Conv2d: its
     channels and groups) or "batchnorm" (a BatchNorm's parameters and running statistics).
     """
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
     kind: Literal["keep_channels"] = "keep_channels"
     module: str
@@ -55,32 +59,26 @@ class KeepChannels(BaseModel):
         return keep
 
 
-class FactorLayer(BaseModel):
+class FactorLayer(Config):
     """Replace the Linear or Conv2d named `module` by its rank-`rank` factors, an nn.Sequential
     of two layers under the same name (SVD; netshrink.share.svd)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
     kind: Literal["factor"] = "factor"
     module: str
     rank: int = Field(ge=1)
 
 
-class FoldBatchNorm(BaseModel):
+class FoldBatchNorm(Config):
     """Fold the BatchNorm named `bn` into the Conv2d or Linear `conv` that feeds it, which gains
     a bias; the BatchNorm becomes an nn.Identity (netshrink.quant.fold)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
     kind: Literal["fold_batchnorm"] = "fold_batchnorm"
     conv: str
     bn: str
 
 
-class FormatSpec(BaseModel):
+class FormatSpec(Config):
     """One dynamic fixed-point format: `bits`-bit integers scaled by 2**-frac."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
     bits: int = Field(ge=1, le=32)
     frac: int = Field(ge=-64, le=64)
@@ -95,13 +93,11 @@ class ActivationSpec(FormatSpec):
     input_frac: int | None = None
 
 
-class FixedPointFormats(BaseModel):
+class FixedPointFormats(Config):
     """The fixed-point model (netshrink.quant): the model traced with torch.fx, an activation
     quantizer inserted at each quantization point (named in `activations`), and the weights and
     biases of the layers in `weights` on their grids; `accumulator` bits in the integer path;
     `float_layers` left in floating point."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
     kind: Literal["fixed_point"] = "fixed_point"
     weights: dict[str, FormatSpec]
@@ -147,7 +143,7 @@ def _mergeable(existing: list[Edit], edit: Edit) -> int | None:
         other = existing[index]
         if isinstance(other, FixedPointFormats):
             return None
-        if edit.module not in _names(other):
+        if edit.module not in edit_names(other):
             continue
         if not isinstance(other, KeepChannels):
             return None
@@ -166,55 +162,8 @@ def edit_list(root: nn.Module) -> list[Edit]:
     return root.structural_edits
 
 
-def replay_edits(model: nn.Module, edits: Iterable[Edit]) -> nn.Module:
-    """Apply `edits` in order and record them on the model; returns the model, which is a new
-    torch.fx GraphModule when the edits include a fixed-point model (use the return value).
-
-    Every channel, factor and fold edit is checked first (module present and of the right type,
-    indices in range of the size it will have when its turn comes), so a bad list raises
-    ConfigError or UnsupportedLayerError and leaves the model untouched; a fixed-point edit is
-    checked against the traced graph before it changes anything. A list may name one module at
-    most `MAX_EDITS_PER_MODULE` times and hold one fixed-point edit, so replay stays linear.
-    """
-    edits = list(edits)
-    root = unwrap(model)
-    modules = _check_all(root, edits)
-    for edit, module in zip(edits, modules):
-        root = _apply(root, module, edit)
-    record_edits(root, edits)
-    return root if root is not unwrap(model) else model
-
-
-def _check_all(root: nn.Module, edits: list[Edit]) -> list[nn.Module]:
-    check_edit_counts(edits)
-    sizes: dict[tuple[str, str], int] = {}  # channel counts as earlier edits in the list left them
-    replaced: dict[str, int] = {}  # module name -> the edit that factored or folded it away
-    modules = []
-    for number, edit in enumerate(edits):
-        for name in _names(edit):
-            if name in replaced:
-                raise ConfigError(
-                    f"structural edit {number} names {name!r}, which edit {replaced[name]} "
-                    "already factored or folded away; the edits are not a valid sequence"
-                )
-        if isinstance(edit, FixedPointFormats):
-            modules.append(None)  # checked against the traced graph when applied
-            continue
-        if isinstance(edit, FoldBatchNorm):
-            modules.append(_check_fold(root, edit, number))
-            replaced[edit.bn] = number
-            continue
-        module = _lookup(root, edit, number)
-        if isinstance(edit, FactorLayer):
-            _check_factor(module, edit, number, sizes)
-            replaced[edit.module] = number
-        else:
-            _check_keep(module, edit, number, sizes)
-        modules.append(module)
-    return modules
-
-
-def _names(edit: Edit) -> tuple[str, ...]:
+def edit_names(edit: Edit) -> tuple[str, ...]:
+    """The modules `edit` names (none for the fixed-point edit, which names the whole model)."""
     if isinstance(edit, FoldBatchNorm):
         return (edit.conv, edit.bn)
     return () if isinstance(edit, FixedPointFormats) else (edit.module,)
@@ -227,7 +176,7 @@ def check_edit_counts(edits: list[Edit]) -> None:
         raise ConfigError(f"{len(edits)} structural edits, more than the {MAX_EDITS} allowed")
     per_module: dict[str, int] = {}
     for edit in edits:
-        for name in set(_names(edit)):
+        for name in set(edit_names(edit)):
             per_module[name] = per_module.get(name, 0) + 1
     busiest = max(per_module, key=per_module.get, default=None)
     if busiest is not None and per_module[busiest] > MAX_EDITS_PER_MODULE:
@@ -237,91 +186,3 @@ def check_edit_counts(edits: list[Edit]) -> None:
         )
     if sum(isinstance(e, FixedPointFormats) for e in edits) > 1:
         raise ConfigError("more than one fixed-point edit; a model has one set of formats")
-
-
-def _check_keep(module: nn.Module, edit: KeepChannels, number: int, sizes: dict) -> None:
-    from netshrink.prune.surgery import channel_count  # netshrink.prune imports this module
-
-    key = (edit.module, "in" if edit.dim == "in" else "out")
-    try:
-        size = channel_count(module, edit.dim)  # also checks the layer type, every time
-    except UnsupportedLayerError as exc:
-        raise UnsupportedLayerError(f"structural edit {number} ({edit.module}): {exc}") from None
-    size = sizes.get(key, size)  # an earlier edit in this list may already have cut it
-    if edit.keep[-1] >= size:
-        raise ConfigError(
-            f"structural edit {number} keeps index {edit.keep[-1]} of {edit.module}'s "
-            f"{edit.dim!r} channels, but it has {size}; the edits do not fit this model"
-        )
-    sizes[key] = len(edit.keep)
-
-
-def _check_factor(module: nn.Module, edit: FactorLayer, number: int, sizes: dict) -> None:
-    from netshrink.prune.surgery import channel_count
-    from netshrink.share.svd import check_factorable
-
-    try:
-        check_factorable(module)
-    except UnsupportedLayerError as exc:
-        raise UnsupportedLayerError(f"structural edit {number} ({edit.module}): {exc}") from None
-    rows = sizes.get((edit.module, "out"), channel_count(module, "out"))
-    cols = sizes.get((edit.module, "in"), channel_count(module, "in"))
-    if isinstance(module, nn.Conv2d):
-        cols *= module.kernel_size[0] * module.kernel_size[1]
-    if edit.rank > min(rows, cols):  # a larger rank only grows the layer: never written
-        raise ConfigError(
-            f"structural edit {number} factors {edit.module} at rank {edit.rank}, but its "
-            f"{rows}x{cols} weight has rank at most {min(rows, cols)}"
-        )
-
-
-def _check_fold(root: nn.Module, edit: FoldBatchNorm, number: int) -> nn.Module:
-    from netshrink.quant.fold import check_foldable
-
-    conv = _lookup(root, edit.conv, number)
-    try:
-        check_foldable(conv, _lookup(root, edit.bn, number))
-    except UnsupportedLayerError as exc:
-        raise UnsupportedLayerError(f"structural edit {number} ({edit.conv}): {exc}") from None
-    return conv
-
-
-def _lookup(root: nn.Module, edit: Edit | str, number: int) -> nn.Module:
-    name = edit if isinstance(edit, str) else edit.module
-    try:
-        return root.get_submodule(name)
-    except AttributeError:
-        raise ConfigError(
-            f"structural edit {number} names module {name!r}, which this model does not "
-            "have; the edits were recorded on a different architecture"
-        ) from None
-
-
-def _apply(root: nn.Module, module: nn.Module | None, edit: Edit) -> nn.Module:
-    """Apply one edit; returns the root, which a fixed-point edit replaces by a GraphModule."""
-    from netshrink.prune import surgery
-
-    if isinstance(edit, FixedPointFormats):
-        from netshrink.quant.quantize import apply_formats
-
-        return apply_formats(root, edit)
-    if isinstance(edit, FoldBatchNorm):
-        from netshrink.quant.fold import fold_into
-
-        fold_into(root, edit.conv, edit.bn)
-        return root
-    if isinstance(edit, FactorLayer):
-        from netshrink.share.svd import factored_layers
-
-        root.set_submodule(edit.module, factored_layers(module, edit.rank))
-        return root
-    match edit.dim:
-        case "out":
-            surgery.keep_out_channels(module, edit.keep)
-        case "in":
-            surgery.keep_in_channels(module, edit.keep)
-        case "depthwise":
-            surgery.keep_depthwise(module, edit.keep)
-        case "batchnorm":
-            surgery.keep_batchnorm(module, edit.keep)
-    return root

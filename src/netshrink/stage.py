@@ -1,20 +1,21 @@
 """What every method's stage entry has. A method of netshrink is one module holding three things
 side by side: its config model (the one place its defaults live), its function, and a `Stage`
-subclass naming it for recipes, the CLI (`netshrink apply`, the family commands) and Python.
+subclass naming it for recipes (and, as issue 16 goes on, the CLI) and Python.
 `netshrink.methods` lists them all.
 
 A stage adds to its method what a pipeline step needs: a name, the layers it touches,
 fine-tuning after it, soft targets from the baseline and an accuracy budget. `apply` runs the
-method; `netshrink.methods.run_stage` runs a stage the same way for every face.
+method; `netshrink.methods.run_stage` runs a stage (apply, then fine-tuning).
 """
 
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 from torch import nn
 
 from .budget import Points
+from .config import Config
 from .data import DataSplits
 from .train import FitConfig
 
@@ -31,16 +32,14 @@ class StageContext:
     notes: dict = field(default_factory=dict)
 
 
-class SoftTargets(BaseModel):
+class SoftTargets(Config):
     """Fine-tune on Hinton et al.'s soft targets from the baseline instead of the labels alone."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
     temperature: float = Field(2.0, gt=0)
     alpha: float = Field(0.5, ge=0, le=1)
 
 
-class Stage(BaseModel):
+class Stage(Config):
     """Options every stage has. `finetune` trains after the method, with the baseline's
     settings for every field it does not give (the learning rate: the baseline's divided by
     the method's `finetune_lr_divisor`); `soft_targets` makes that fine-tuning distil from the
@@ -50,7 +49,6 @@ class Stage(BaseModel):
     A subclass sets `method: Literal["its_function_name"]`, its `config`, and `apply`.
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
     takes_layers: ClassVar[bool] = True
     # Fine-tuning steps are this much smaller than the baseline's unless `finetune.lr` is given.
     finetune_lr_divisor: ClassVar[float] = 10

@@ -20,10 +20,11 @@ from typing import Literal
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from .config import Config
 from .data import BatchLoader, DataSplits
 from .errors import ConfigError
 from .progress import make_progress
@@ -39,10 +40,8 @@ LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 StepHook = Callable[[int], None]
 
 
-class FitConfig(BaseModel):
+class FitConfig(Config):
     """How to train: optimizer, learning-rate schedule, regularisation, length and seed."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
     epochs: int = Field(10, ge=0)
     lr: float = Field(0.05, gt=0)

@@ -19,7 +19,6 @@ import torch
 from pydantic import BeforeValidator, Field
 from torch import nn
 
-from .edits import replay_edits
 from .errors import ConfigError, CorruptFileError, Error, LimitError, UnsupportedLayerError
 
 # Decoded bytes (tensors + working arrays + model) may be at most DECODED_FLOOR plus EXPANSION
@@ -80,10 +79,18 @@ def check_budget(needed: int, budget: int, where: str, what: str) -> None:
 
 
 def build_skeleton(
-    build: Callable[[], nn.Module], edits: Sequence, where: str, field: str
+    build: Callable[[], nn.Module],
+    edits: Sequence,
+    where: str,
+    field: str,
+    *,
+    replay: Callable[[nn.Module, Sequence], nn.Module],
 ) -> nn.Module:
     """`build()` and the structural edits replayed on the meta device: the architecture a file
-    describes, without allocating it. A failure is CorruptFileError naming `field`."""
+    describes, without allocating it. A failure is CorruptFileError naming `field`.
+
+    `replay` is netshrink.replay.replay_edits, passed in by the caller: the replay sits above
+    the method families, and this module below them (the codec and checkpoints import it)."""
     with torch.device("meta"):
         try:
             model = build()
@@ -96,7 +103,7 @@ def build_skeleton(
                 'your own must also build under `with torch.device("meta")`'
             ) from None
         try:
-            return replay_edits(model, edits)
+            return replay(model, edits)
         except (ConfigError, UnsupportedLayerError) as exc:
             raise CorruptFileError(f"{where}: its structural edits do not fit ({exc})") from None
         except BUILD_ERRORS as exc:

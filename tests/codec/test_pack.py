@@ -12,6 +12,7 @@ from netshrink.checkpoint import CheckpointMeta
 from netshrink.codec import PackConfig, load_packed, pack, summarize, unpack
 from netshrink.edits import structural_edits
 from netshrink.errors import ConfigError
+from netshrink.mask import get_mask
 from netshrink.models import ModelSpec, build_model, resnet20
 from netshrink.prune import (
     PruneFiltersConfig,
@@ -20,7 +21,6 @@ from netshrink.prune import (
     prune_filters,
     prune_magnitude,
 )
-from netshrink.prune.mask import get_mask
 
 CIFAR, MNIST = (3, 32, 32), (1, 28, 28)
 ZOO = {

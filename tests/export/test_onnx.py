@@ -16,9 +16,9 @@ from netshrink.export.onnx import (
     onnx_logits,
     onnx_session,
 )
+from netshrink.mask import apply_mask, get_mask
 from netshrink.models import MODELS, lenet300_100, resnet20
 from netshrink.prune.magnitude import LayerSparsity, PruneMagnitudeConfig, prune_magnitude
-from netshrink.prune.mask import apply_mask, get_mask
 from netshrink.train import FitConfig, fit
 
 # the smallest customary input of every zoo model, at its default width

@@ -4,22 +4,18 @@ Runtime, agreeing with the integer path on real data; formats wider than int8 re
 import numpy as np
 import onnx
 import pytest
-import torch
 
+from helpers import train_on_digits
 from netshrink.errors import UnsupportedLayerError
 from netshrink.export.onnx import onnx_logits, onnx_session
 from netshrink.export.qdq import export_onnx_int8
-from netshrink.models import ModelSpec, build_model
 from netshrink.quant import IntegerModel, QuantConfig, fixed_point_formats, quantize
-from netshrink.train import FitConfig, fit
+from netshrink.train import FitConfig
 
 
 @pytest.fixture(scope="module")
 def trained(digits):
-    torch.manual_seed(0)
-    model = build_model(ModelSpec(name="lenet300_100"), num_classes=10, in_channels=1, input_size=8)
-    fit(model, digits, FitConfig(epochs=5, batch_size=64, lr=0.05), progress=False)
-    return model.eval()
+    return train_on_digits(digits, FitConfig(epochs=5, batch_size=64, lr=0.05))
 
 
 def test_qdq_graph_carries_the_formats_and_agrees_with_the_integer_path(trained, digits, tmp_path):

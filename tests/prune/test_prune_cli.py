@@ -2,32 +2,14 @@ import json
 
 import pytest
 
+from helpers import train_cli_baseline
 from netshrink.checkpoint import load_checkpoint
 from netshrink.cli import main
 
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
-    out = tmp_path_factory.mktemp("prune_cli") / "base"
-    assert (
-        main(
-            [
-                "train",
-                "--model",
-                "lenet300_100",
-                "--data",
-                "digits",
-                "--epochs",
-                "4",
-                "--batch-size",
-                "64",
-                "--out",
-                str(out),
-            ]
-        )
-        == 0
-    )
-    return out
+    return train_cli_baseline(tmp_path_factory.mktemp("prune_cli") / "base", epochs=4)
 
 
 def _sparsity(path) -> float:

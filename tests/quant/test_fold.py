@@ -12,9 +12,9 @@ from torch import nn
 from netshrink.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
 from netshrink.edits import FoldBatchNorm, structural_edits
 from netshrink.errors import UnsupportedLayerError
+from netshrink.mask import get_mask
 from netshrink.models import ModelSpec, build_model
 from netshrink.prune.magnitude import LayerSparsity, PruneMagnitudeConfig, prune_magnitude
-from netshrink.prune.mask import get_mask
 from netshrink.quant import fold_batchnorm
 from netshrink.share.scalar import ShareKmeansConfig, share_kmeans
 

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from helpers import train_on_digits
 from netshrink.errors import UnsupportedLayerError
 from netshrink.models import ModelSpec, build_model
 from netshrink.quant import (
@@ -22,7 +23,7 @@ from netshrink.quant import (
     set_bits,
 )
 from netshrink.quant.fixed import to_integers
-from netshrink.train import FitConfig, evaluate, fit
+from netshrink.train import FitConfig, evaluate
 
 SIZE = 16
 
@@ -174,11 +175,8 @@ def test_the_integer_weights_are_the_formats_integers():
 @pytest.fixture(scope="module")
 def trained(digits):
     """A small VGG (max pooling, dropout, two linear layers) after three epochs on digits."""
-    torch.manual_seed(0)
     spec = ModelSpec(name="vgg_small", args={"width": 0.25})
-    model = build_model(spec, num_classes=10, in_channels=1, input_size=8)
-    fit(model, digits, FitConfig(epochs=3, lr=0.05, batch_size=64), progress=False)
-    return model.eval()
+    return train_on_digits(digits, FitConfig(epochs=3, lr=0.05, batch_size=64), spec)
 
 
 def test_a_model_trained_on_digits_is_identical_over_the_test_split(trained, digits):

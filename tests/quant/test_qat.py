@@ -18,14 +18,6 @@ LARGE_STEPS = FitConfig(epochs=2, lr=0.3, schedule="constant", weight_decay=0.0)
 
 
 @pytest.fixture(scope="module")
-def mlp(digits):
-    torch.manual_seed(0)
-    model = build_model(ModelSpec(name="lenet300_100"), num_classes=10, in_channels=1, input_size=8)
-    fit(model, digits, FitConfig(epochs=10, lr=0.05), progress=False)
-    return model.eval()
-
-
-@pytest.fixture(scope="module")
 def trained(mlp, digits):
     before = {k: v.clone() for k, v in mlp.state_dict().items()}
     qmodel, history = train_quantized(mlp, digits, QatConfig(quant=LOW, fit=ADAM), progress=False)

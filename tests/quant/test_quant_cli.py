@@ -5,6 +5,7 @@ integer-path check, and user mistakes exit 2 with one line."""
 import pytest
 import torch
 
+from helpers import train_cli_baseline
 from netshrink.checkpoint import load_checkpoint
 from netshrink.cli import main
 from netshrink.quant import fixed_point_formats, is_quantized
@@ -12,10 +13,7 @@ from netshrink.quant import fixed_point_formats, is_quantized
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
-    out = tmp_path_factory.mktemp("quant_cli") / "base"
-    argv = ["train", "--model", "lenet300_100", "--data", "digits", "--epochs", "3"]
-    assert main(argv + ["--batch-size", "64", "--out", str(out)]) == 0
-    return out
+    return train_cli_baseline(tmp_path_factory.mktemp("quant_cli") / "base", epochs=3)
 
 
 def test_quantize_writes_a_fixed_point_checkpoint_and_checks_the_integer_path(

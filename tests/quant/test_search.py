@@ -14,14 +14,6 @@ from netshrink.train import FitConfig, evaluate, fit
 
 
 @pytest.fixture(scope="module")
-def mlp(digits):
-    torch.manual_seed(0)
-    model = build_model(ModelSpec(name="lenet300_100"), num_classes=10, in_channels=1, input_size=8)
-    fit(model, digits, FitConfig(epochs=10, lr=0.05), progress=False)
-    return model.eval()
-
-
-@pytest.fixture(scope="module")
 def searched(mlp, digits):
     config = BitSearchConfig(budget=2.0, eval_images=None)
     return config, search_bits(mlp, digits, config, progress=False)

@@ -3,11 +3,12 @@ loads, prints the per-layer storage table, and user mistakes are one-line Config
 
 import pytest
 import torch
-
-from netshrink.checkpoint import load_checkpoint
-from netshrink.cli import build_parser, main
-from netshrink.errors import ConfigError
 from netshrink.share.cli import kmeans_config
+
+from helpers import train_cli_baseline
+from netshrink.checkpoint import load_checkpoint
+from netshrink.cli import build_parser
+from netshrink.errors import ConfigError
 
 
 def share(argv):
@@ -18,10 +19,7 @@ def share(argv):
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
-    out = tmp_path_factory.mktemp("share_cli") / "base"
-    argv = ["train", "--model", "lenet300_100", "--data", "digits", "--epochs", "3"]
-    assert main(argv + ["--batch-size", "64", "--out", str(out)]) == 0
-    return out
+    return train_cli_baseline(tmp_path_factory.mktemp("share_cli") / "base", epochs=3)
 
 
 def test_kmeans_with_bits_by_type_and_layer_and_finetuning(base, tmp_path, capsys):

@@ -10,9 +10,9 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from netshrink.errors import ConfigError, UnsupportedLayerError
+from netshrink.mask import get_mask
 from netshrink.models import lenet300_100
 from netshrink.prune import PruneMagnitudeConfig, StdThreshold, prune_magnitude
-from netshrink.prune.mask import get_mask
 from netshrink.share import (
     ScalarCodebook,
     ShareBinaryConfig,

@@ -9,10 +9,11 @@ from pydantic import ValidationError
 from torch import nn
 
 from netshrink.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
-from netshrink.edits import FactorLayer, replay_edits, structural_edits
+from netshrink.edits import FactorLayer, structural_edits
 from netshrink.errors import ConfigError, CorruptFileError, UnsupportedLayerError
 from netshrink.models import ModelSpec, build_model
 from netshrink.prune import PruneMagnitudeConfig, StdThreshold, prune_magnitude
+from netshrink.replay import replay_edits
 from netshrink.share import FactorSvdConfig, choose_rank, factor_svd
 
 

@@ -15,13 +15,14 @@ from pydantic import ValidationError
 from torch import nn
 
 from ..checkpoint import CheckpointMeta, effective_state_dict, load_effective_state_dict
-from ..edits import replay_edits, structural_edits
+from ..edits import structural_edits
 from ..errors import ConfigError, CorruptFileError, UnsupportedLayerError
 from ..layers import unwrap
+from ..mask import restore_masks
 from ..models import ModelSpec, build_model
 from ..models.registry import AllowImport
-from ..prune.mask import restore_masks
 from ..quant.quantize import weight_quant
+from ..replay import replay_edits
 from ..share.codebooks import restore_codebook
 from ..untrusted import (
     MAX_DECODED_BYTES,
@@ -277,7 +278,11 @@ def _check_architecture(
     that its state is exactly the stored tensors and that it fits the decode budget."""
     header, where = container.header, str(path)
     skeleton = build_skeleton(
-        lambda: _build(header, path, allow_import), header.edits, where, "its model spec"
+        lambda: _build(header, path, allow_import),
+        header.edits,
+        where,
+        "its model spec",
+        replay=replay_edits,
     )
     check_skeleton(skeleton, {r.name: r.shape for r in header.tensors}, where)
     needed = container.decoded_bytes + model_bytes(skeleton)

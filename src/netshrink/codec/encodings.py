@@ -22,8 +22,9 @@ from typing import Literal, NamedTuple
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 
+from ..config import Config
 from ..errors import CorruptFileError
 from . import relative
 from .header import DTYPES, FLOAT_DTYPES, BytesSection, EncodingTag, Section, TensorRecord
@@ -40,7 +41,7 @@ WORK_PER_BYTE = 8  # a section's bytes copied, padded and widened to 64-bit wind
 WORK_TABLES = 4 << 20  # a Huffman decode table, an ANS model (alphabets of at most 2**16)
 
 
-class PackConfig(BaseModel):
+class PackConfig(Config):
     """How `pack` stores values.
 
     `index_bits`: relative-index bits, "paper" (8 for conv weights, 5 for the rest: Deep
@@ -48,8 +49,6 @@ class PackConfig(BaseModel):
     float32 values at half precision (lossy). `coders` / `encodings`: restrict the choice
     (benchmarks; raw bit-packing and dense always stay available).
     """
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
     index_bits: Literal["paper", "best"] | int = Field("paper", union_mode="left_to_right")
     float16: bool = False

@@ -10,8 +10,9 @@ from typing import Annotated, Any, Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
+from ..config import Config
 from ..edits import MAX_EDITS, Edit
 from ..models import ModelSpec
 from ..untrusted import ClassCount, InputShape
@@ -40,8 +41,8 @@ EncodingTag = Literal["dense", "sparse", "codebook", "fixed"]
 MAX_TENSORS = 1 << 16  # records in one header
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+class _Strict(Config):
+    model_config = ConfigDict(strict=True)  # and Config's frozen, extra="forbid"
 
 
 class BytesSection(_Strict):

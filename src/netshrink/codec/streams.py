@@ -10,8 +10,9 @@ code lengths, ANS frequencies) are bits at the start of the section (docs/format
 from typing import Annotated, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
+from ..config import Config
 from ..errors import CorruptFileError
 from . import ans, huffman
 from .bitio import pack_fields, packed_size, unpack_fields
@@ -20,8 +21,8 @@ MAX_ALPHABET = 1 << 16  # Huffman and ANS; raw bit-packing takes any value below
 Count = Annotated[int, Field(ge=0, le=1 << 40)]
 
 
-class _Record(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+class _Record(Config):
+    model_config = ConfigDict(strict=True)  # and Config's frozen, extra="forbid"
 
     offset: Count = 0  # bytes from the start of the payload; filled in when the file is laid out
     length: Count = 0

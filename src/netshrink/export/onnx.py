@@ -27,7 +27,7 @@ from torch.nn.utils import parametrize
 from ..errors import ConfigError, CorruptFileError, UnsupportedLayerError
 from ..files import atomic_write
 from ..layers import copy_model, unwrap
-from ..prune.mask import unparametrize
+from ..mask import unparametrize
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"

@@ -21,9 +21,10 @@ from collections.abc import Callable, Collection
 from typing import Any
 
 import pydantic
-from pydantic import ConfigDict, field_validator
+from pydantic import field_validator
 from torch import nn
 
+from netshrink.config import Config
 from netshrink.errors import ConfigError, ImportNotAllowedError
 from netshrink.models.lenet import lenet5, lenet5_caffe, lenet300_100
 from netshrink.models.mobilenet import mobilenet_v2
@@ -48,12 +49,10 @@ _SPEC_TEXT = re.compile(r"\s*([\w.:]+)\s*(?:\((.*)\))?\s*", re.DOTALL)
 AllowImport = Collection[str]
 
 
-class ModelSpec(pydantic.BaseModel):
+class ModelSpec(Config):
     """An architecture: ``name`` (a key of ``MODELS`` or ``package.module:factory``) and keyword
     ``args`` for its factory. Args are kept as their JSON round trip (tuples become lists), so a
     spec read back from a file equals the one written."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
     name: str
     args: dict[str, Any] = {}

@@ -1,6 +1,7 @@
 """Pruning: magnitude thresholds, iterative / incremental / gradual schedules, filter pruning and
 sensitivity analysis. Masks are parametrizations (`weight = dense * mask`)."""
 
+from ..mask import Mask, bake_masks, layer_sparsity, restore_masks
 from .filters import FilterPlan, PruneFiltersConfig, mask_filters, plan_filters, prune_filters
 from .gradual import (
     GradualPruner,
@@ -19,7 +20,6 @@ from .magnitude import (
     StdThreshold,
     prune_magnitude,
 )
-from .mask import Mask, bake_masks, layer_sparsity, restore_masks
 from .sensitivity import (
     Sensitivity,
     budget_sparsities,

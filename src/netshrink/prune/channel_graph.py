@@ -22,7 +22,8 @@ from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from netshrink.errors import ConfigError, UnsupportedLayerError
+from netshrink.errors import ConfigError
+from netshrink.graph import first_line, trace
 
 Value = tuple[int, int] | None  # (space id, features per channel: H*W after a flatten, else 1)
 
@@ -143,44 +144,12 @@ def analyze_channels(model: nn.Module, input_shape: tuple[int, ...]) -> ChannelG
         >>> analyze_channels(resnet20(), (3, 32, 32)).space_of("conv1").producers[:2]
         ['conv1', 'layer1.0.conv2']
     """
-    graph_module = trace(model)
+    graph_module = trace(model, purpose="filter pruning")
     _propagate_shapes(model, graph_module, input_shape)
     builder = _Builder(dict(graph_module.named_modules()))
     for node in graph_module.graph.nodes:
         builder.visit(node)
     return builder.finish()
-
-
-class _Tracer(fx.Tracer):
-    """An fx tracer that remembers whose forward it is in, to name it when tracing fails."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.inside: list[str] = []
-
-    def call_module(self, m, forward, args, kwargs):
-        self.inside.append(self.path_of_module(m))
-        out = super().call_module(m, forward, args, kwargs)
-        self.inside.pop()  # not popped when tracing fails, so the failing module stays on top
-        return out
-
-
-def trace(model: nn.Module, purpose: str = "filter pruning") -> fx.GraphModule:
-    """`torch.fx.symbolic_trace`, with an UnsupportedLayerError that names the failing module
-    and what needed the trace (`purpose`)."""
-    tracer = _Tracer()
-    try:
-        graph = tracer.trace(model)
-    except Exception as exc:  # noqa: BLE001 - any failure of the user's forward means "untraceable"
-        where = (
-            f"module {tracer.inside[-1]!r}" if tracer.inside else f"{type(model).__name__}.forward"
-        )
-        raise UnsupportedLayerError(
-            f"{purpose} needs an fx-traceable forward, but torch.fx failed in {where}: "
-            f"{_first_line(exc)}; remove Python control flow on tensor values there so that "
-            "torch.fx.symbolic_trace(model) succeeds"
-        ) from None
-    return fx.GraphModule(tracer.root, graph)
 
 
 def _propagate_shapes(model: nn.Module, graph_module: fx.GraphModule, input_shape) -> None:
@@ -195,16 +164,12 @@ def _propagate_shapes(model: nn.Module, graph_module: fx.GraphModule, input_shap
             ShapeProp(graph_module).propagate(example)
     except Exception as exc:  # noqa: BLE001 - the user's model refused the input shape
         raise ConfigError(
-            f"the model does not run on inputs of shape {tuple(input_shape)} ({_first_line(exc)});"
+            f"the model does not run on inputs of shape {tuple(input_shape)} ({first_line(exc)});"
             " give input_shape as the (channels, height, width) of one image"
         ) from None
     finally:
         for module, training in modes.items():
             module.training = training
-
-
-def _first_line(exc: Exception) -> str:
-    return f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}"
 
 
 def _shape(node) -> tuple[int, ...] | None:

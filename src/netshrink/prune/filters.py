@@ -14,12 +14,14 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic import model_validator
 from torch import nn
 
-from netshrink.edits import KeepChannels, replay_edits
+from netshrink.config import Config
+from netshrink.edits import KeepChannels
 from netshrink.errors import ConfigError, UnsupportedLayerError
 from netshrink.layers import LayerFilter, copy_model, select_layers, unwrap
+from netshrink.mask import bake_masks, restore_masks
 from netshrink.measure import count_macs
 from netshrink.prune.channel_graph import (
     ChannelGraph,
@@ -27,12 +29,11 @@ from netshrink.prune.channel_graph import (
     Consumer,
     analyze_channels,
 )
+from netshrink.prune.surgery import cut_channels
 from netshrink.stage import Stage
 
-from .mask import bake_masks, restore_masks
 
-
-class PruneFiltersConfig(BaseModel):
+class PruneFiltersConfig(Config):
     """How much to prune and how to choose (Li et al. 2017).
 
     amount: fraction of the channels removed from each selected space (0 <= amount < 1); or
@@ -42,8 +43,6 @@ class PruneFiltersConfig(BaseModel):
     (scores summed), "skip" leaves groups whole. per_layer: amount for the space of the named
     producer. include_linear: also prune hidden Linear neurons.
     """
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
     amount: float | None = None
     target_macs: float | None = None
@@ -102,7 +101,7 @@ class FilterPlan:
     skipped: dict[str, str]
 
     def edits(self) -> list[KeepChannels]:
-        """The structural edits for every producer and consumer, ready for `replay_edits`."""
+        """The structural edits for every producer and consumer, ready for `cut_channels`."""
         return [edit for space in self.spaces for edit in space.edits()]
 
 
@@ -180,7 +179,7 @@ def prune_filters(
     layers: LayerFilter = None,
 ) -> nn.Module:
     """Filter pruning of Li et al. 2017: plan (`plan_filters`), then remove the channels
-    physically with `replay_edits`, which records the edits on the model. Everything is checked
+    physically with `cut_channels` (netshrink.prune.surgery), which records the edits on the model. Everything is checked
     before the first layer changes, so a failing call leaves the model as it was. Build the
     optimizer (and any DDP wrapper) after this call: the pruned layers hold new tensors.
 
@@ -188,7 +187,7 @@ def prune_filters(
         >>> model = prune_filters(vgg_small(), PruneFiltersConfig(target_macs=0.5), (1, 28, 28))
     """
     plan = plan_filters(model, config, input_shape, layers=layers)
-    replay_edits(model, plan.edits())
+    cut_channels(model, plan.edits())
     return model
 
 
@@ -328,7 +327,7 @@ def _search_macs(
 
     def saved(plan: FilterPlan) -> float:
         pruned = copy_model(model)
-        replay_edits(pruned, plan.edits())
+        cut_channels(pruned, plan.edits())
         return 1 - _macs(pruned, input_shape) / base
 
     low, high = 0.0, 1 - 1e-9

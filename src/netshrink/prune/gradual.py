@@ -9,9 +9,10 @@ is a callable you step from any training loop; `fit(..., step_hooks=[pruner])` i
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 from torch import nn
 
+from ..config import Config
 from ..data import DataSplits
 from ..errors import ConfigError
 from ..layers import LayerFilter, select_layers
@@ -25,11 +26,9 @@ from .magnitude import (
 )
 
 
-class PruneGradualConfig(BaseModel):
+class PruneGradualConfig(Config):
     """Sparsity goes from `initial_sparsity` at step `start_step` to `final_sparsity` after
     `steps` updates, one every `interval` optimizer steps; `scope` is per layer or global."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
     final_sparsity: float = Field(ge=0, lt=1)
     initial_sparsity: float = Field(0.0, ge=0, lt=1)

@@ -9,10 +9,11 @@ table, applied as an ordinary magnitude config.
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from torch import nn
 
 from ..budget import Points, floor_below
+from ..config import Config
 from ..data import BatchLoader
 from ..layers import LayerFilter, copy_model, select_layers
 from ..progress import make_progress
@@ -21,11 +22,9 @@ from ..train import evaluate
 from .magnitude import PruneMagnitudeConfig, StdThreshold, prune_magnitude
 
 
-class PruneIncrementalConfig(BaseModel):
+class PruneIncrementalConfig(Config):
     """Raise each layer's ratio by `step` up to `max_ratio` while the calibration accuracy stays
     within `budget` percentage points of the unpruned model's (netshrink.budget)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
     budget: Points = 1.0
     step: float = Field(0.1, gt=0)

@@ -8,9 +8,10 @@ exactly zero through retraining, momentum and weight decay.
 from dataclasses import dataclass
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from torch import nn
 
+from ..config import Config
 from ..data import DataSplits
 from ..layers import LayerFilter
 from ..stage import Stage
@@ -24,10 +25,8 @@ from .magnitude import (
 )
 
 
-class PruneIterativeConfig(BaseModel):
+class PruneIterativeConfig(Config):
     """Reach `prune.threshold` in `steps` equal steps, retraining with `retrain` after each."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
     prune: PruneMagnitudeConfig
     steps: int = Field(3, ge=1)

@@ -13,34 +13,31 @@ Biases and BatchNorm are not pruned unless asked (`include_bias`, or naming a Ba
 from typing import Annotated, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from torch import nn
 
+from ..config import Config
 from ..errors import ConfigError
 from ..layers import LayerFilter, select_layers
+from ..mask import apply_mask, dense_std
 from ..stage import Stage
-from .mask import apply_mask, dense_std
 
 
-class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-class StdThreshold(_Frozen):
+class StdThreshold(Config):
     """Prune `|w| < ratio * std(W)`, per layer."""
 
     kind: Literal["std"] = "std"
     ratio: float = Field(gt=0)
 
 
-class LayerSparsity(_Frozen):
+class LayerSparsity(Config):
     """Prune the `sparsity` fraction of each layer's smallest-magnitude weights."""
 
     kind: Literal["sparsity"] = "sparsity"
     sparsity: float = Field(ge=0, lt=1)
 
 
-class GlobalSparsity(_Frozen):
+class GlobalSparsity(Config):
     """Prune the `sparsity` fraction of the smallest-magnitude weights across all chosen layers."""
 
     kind: Literal["global"] = "global"
@@ -50,7 +47,7 @@ class GlobalSparsity(_Frozen):
 Threshold = Annotated[StdThreshold | LayerSparsity | GlobalSparsity, Field(discriminator="kind")]
 
 
-class PruneMagnitudeConfig(_Frozen):
+class PruneMagnitudeConfig(Config):
     """`threshold` for every chosen layer; `per_layer` overrides its ratio or sparsity by name."""
 
     threshold: Threshold

@@ -2,7 +2,9 @@
 short functions that keep some channels of ONE layer and drop the rest, physically.
 
 Which layers must be cut together is decided elsewhere (`channel_graph`); these functions only
-slice. Each takes the indices to keep (sorted, unique) and replaces the sliced tensors with fresh,
+slice. The channel edit (netshrink.edits.KeepChannels) is checked and applied here
+(`check_keep`, `apply_keep`), for netshrink.replay and for `cut_channels`, filter pruning's own
+replay of its plan. Each takes the indices to keep (sorted, unique) and replaces the sliced tensors with fresh,
 contiguous ones, so the layer is an ordinary dense layer afterwards. Parameters stay Parameters
 with their `requires_grad`; an optimizer built before the surgery holds the old tensors, so build
 it after.
@@ -22,7 +24,9 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.utils import parametrize
 
-from netshrink.errors import UnsupportedLayerError
+from netshrink.edits import KeepChannels, check_edit_counts, record_edits
+from netshrink.errors import ConfigError, UnsupportedLayerError
+from netshrink.layers import unwrap
 
 Dim = Literal["out", "in", "depthwise", "batchnorm"]
 
@@ -137,3 +141,65 @@ def _describe(module: nn.Module) -> str:
     if isinstance(module, nn.Conv2d):
         return f"Conv2d({module.in_channels}, {module.out_channels}, groups={module.groups})"
     return type(module).__name__
+
+
+def cut_channels(model: nn.Module, edits: Sequence[KeepChannels]) -> None:
+    """Apply channel edits to `model` and record them: filter pruning's replay of its plan, with
+    the checks netshrink.replay makes on channel edits (the list's counts, each module present,
+    of the right type, indices in range), all before the first layer changes, so a failing call
+    leaves the model as it was. (netshrink.replay sits above the method families, so filter
+    pruning cannot import it.)"""
+    edits = list(edits)
+    root = unwrap(model)
+    check_edit_counts(edits)
+    sizes: dict[tuple[str, str], int] = {}
+    modules = []
+    for number, edit in enumerate(edits):
+        module = edit_target(root, edit.module, number)
+        check_keep(module, edit, number, sizes)
+        modules.append(module)
+    for edit, module in zip(edits, modules):
+        apply_keep(module, edit)
+    record_edits(root, edits)
+
+
+def edit_target(root: nn.Module, name: str, number: int) -> nn.Module:
+    """The module named `name`, which structural edit `number` names; ConfigError if absent."""
+    try:
+        return root.get_submodule(name)
+    except AttributeError:
+        raise ConfigError(
+            f"structural edit {number} names module {name!r}, which this model does not "
+            "have; the edits were recorded on a different architecture"
+        ) from None
+
+
+def check_keep(module: nn.Module, edit: KeepChannels, number: int, sizes: dict) -> None:
+    """Raise unless channel edit `number` fits `module`: the layer type, and its indices within
+    the size it has when the edit's turn comes (`sizes`: (module, "in" | "out") -> channel
+    count as the earlier edits of the list left it; updated)."""
+    key = (edit.module, "in" if edit.dim == "in" else "out")
+    try:
+        size = channel_count(module, edit.dim)  # also checks the layer type, every time
+    except UnsupportedLayerError as exc:
+        raise UnsupportedLayerError(f"structural edit {number} ({edit.module}): {exc}") from None
+    size = sizes.get(key, size)  # an earlier edit in this list may already have cut it
+    if edit.keep[-1] >= size:
+        raise ConfigError(
+            f"structural edit {number} keeps index {edit.keep[-1]} of {edit.module}'s "
+            f"{edit.dim!r} channels, but it has {size}; the edits do not fit this model"
+        )
+    sizes[key] = len(edit.keep)
+
+
+def apply_keep(module: nn.Module, edit: KeepChannels) -> None:
+    """Cut `module` (checked by `check_keep`) to the channels the edit keeps."""
+    match edit.dim:
+        case "out":
+            keep_out_channels(module, edit.keep)
+        case "in":
+            keep_in_channels(module, edit.keep)
+        case "depthwise":
+            keep_depthwise(module, edit.keep)
+        case "batchnorm":
+            keep_batchnorm(module, edit.keep)

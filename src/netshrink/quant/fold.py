@@ -13,16 +13,16 @@ does not (each channel would scale its shared values differently), so fold befor
 from typing import ClassVar, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.utils import parametrize
 
+from ..config import Config
 from ..edits import FoldBatchNorm, record_edits
 from ..errors import UnsupportedLayerError
+from ..graph import trace
 from ..layers import unwrap
-from ..prune.channel_graph import trace
-from ..prune.mask import Mask
+from ..mask import Mask
 from ..stage import Stage
 
 
@@ -121,11 +121,9 @@ def _dense(module: nn.Module, name: str) -> torch.Tensor:
     return getattr(module, name)
 
 
-class FoldBatchnormConfig(BaseModel):
+class FoldBatchnormConfig(Config):
     """Batch-norm folding has no options: every BatchNorm that solely follows a conv or linear
     layer is folded into it (the others are left alone)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
 
 class FoldBatchnormStage(Stage):

@@ -12,16 +12,16 @@ import os
 from pathlib import Path
 from typing import ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict
 from torch import fx, nn
 
+from ..config import Config
 from ..data import DataSplits
 from ..stage import Stage
 from ..train import FitConfig, History, fit
 from .quantize import QuantConfig, quantize, reestimate_weight_formats
 
 
-class QatConfig(BaseModel):
+class QatConfig(Config):
     """The fixed-point formats (`quant`), the training (`fit`), and whether the weights'
     fractional lengths stay as calibrated ("fixed") or are re-derived from the trained weights
     at the start of every epoch ("epoch"). Activation formats always stay as calibrated.
@@ -33,8 +33,6 @@ class QatConfig(BaseModel):
     5.8 to 0.9 points below fp32 and Caffe LeNet-5 from 1.7 to 0.5; SGD at 0.01 and Adam at
     1e-4 left LeNet-5 1.3 and 1.8 points behind.
     """
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
     quant: QuantConfig = QuantConfig(weights=4, activations=4, calibrate="mse")
     fit: FitConfig = FitConfig(epochs=3, lr=0.005)

@@ -15,11 +15,12 @@ from typing import Annotated, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 from torch.nn.utils import parametrize
 
+from ..config import Config
 from ..data import DataSplits
 from ..edits import (
     ActivationSpec,
@@ -30,8 +31,8 @@ from ..edits import (
     structural_edits,
 )
 from ..errors import ConfigError
+from ..graph import trace
 from ..layers import copy_model, unwrap
-from ..prune.channel_graph import trace
 from ..stage import Stage
 from .calibrate import CalibrationMethod, RangeObserver
 from .fixed import FixedPoint, Rounding, format_for, frac_for_range
@@ -43,7 +44,7 @@ Batches = DataSplits | torch.Tensor | Iterable[torch.Tensor]
 Bits = Annotated[int, Field(ge=2, le=16)]
 
 
-class QuantConfig(BaseModel):
+class QuantConfig(Config):
     """Bit widths and calibration of a fixed-point model.
 
     `weights` / `activations`: default bits; `layer_weights` / `layer_activations` override them
@@ -51,8 +52,6 @@ class QuantConfig(BaseModel):
     quantizer itself). `bias` and `accumulator` bits; `calibrate` picks activation ranges over
     `calibration_images` training images; `float_layers` stay in floating point.
     """
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
     weights: int = Field(8, ge=2, le=16)
     activations: int = Field(8, ge=2, le=16)

@@ -14,10 +14,11 @@ from dataclasses import dataclass
 from typing import ClassVar, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 from torch import fx, nn
 
 from ..budget import Points
+from ..config import Config
 from ..data import BatchLoader, DataSplits, ImageSet
 from ..errors import ConfigError
 from ..layers import unwrap
@@ -31,13 +32,11 @@ from .quantize import QuantConfig, fixed_point_formats, quantize, set_bits
 Kind = Literal["weights", "activations"]
 
 
-class BitSearchConfig(BaseModel):
+class BitSearchConfig(Config):
     """An accuracy-loss `budget` in top-1 points; bits start at `start_*` and go down to
     `min_*`; accuracy is measured on `eval_images` images (None: all) of `split`, a fixed seeded
     subset; `quant` holds everything else about the fixed-point model (calibration, float
     layers, bias and accumulator bits), and leaves the per-layer bits to the search."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
     budget: Points = 1.0
     start_weights: int = Field(8, ge=2, le=16)

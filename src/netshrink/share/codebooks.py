@@ -18,8 +18,8 @@ from torch.nn.utils import parametrize
 
 from ..errors import ConfigError, UnsupportedLayerError
 from ..layers import LayerFilter, select_layers
+from ..mask import Mask, unparametrize
 from ..measure import FLOAT_BITS, index_bits, scalar_index_bits
-from ..prune.mask import Mask, unparametrize
 from .gather import gather_rows
 from .vq import Axis, decode_tensors
 

@@ -9,9 +9,10 @@ column segment) or along columns (`axis="columns"`). The codebooks become the tr
 
 from typing import ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from torch import nn
 
+from ..config import Config
 from ..errors import ConfigError
 from ..layers import LayerFilter
 from ..progress import track
@@ -20,11 +21,7 @@ from .codebooks import CODEBOOK_LR_DIVISOR, VectorCodebook, attach, chosen_layer
 from .vq import Axis, residual_quantize
 
 
-class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-class SharePqConfig(_Frozen):
+class SharePqConfig(Config):
     """`k` centres in each segment of `segment` entries along `axis` (Gong et al.'s PQ)."""
 
     segment: int = Field(4, ge=1)
@@ -33,7 +30,7 @@ class SharePqConfig(_Frozen):
     seed: int = 0
 
 
-class ShareRqConfig(_Frozen):
+class ShareRqConfig(Config):
     """`stages` rounds of `k` centres on the residuals; `segment=None` takes whole rows (or
     columns), as Gong et al.'s RQ does."""
 

@@ -10,9 +10,10 @@ ordinary `fit` is Deep Compression's centroid fine-tuning.
 from typing import Annotated, ClassVar, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from torch import nn
 
+from ..config import Config
 from ..errors import ConfigError
 from ..layers import LayerFilter
 from ..progress import track
@@ -30,11 +31,7 @@ from .kmeans import Init, kmeans_1d
 Bits = Annotated[int, Field(ge=1, le=16)]
 
 
-class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-class ShareKmeansConfig(_Frozen):
+class ShareKmeansConfig(Config):
     """`2**bits` shared values a layer: `per_layer` bits by name, else `conv_bits` / `fc_bits` by
     type, else `bits`. `init` as in Han et al. (linear is their best); `seed` for random init."""
 
@@ -52,7 +49,7 @@ class ShareKmeansConfig(_Frozen):
         return self.per_layer.get(name, by_type if by_type is not None else self.bits)
 
 
-class ShareBinaryConfig(_Frozen):
+class ShareBinaryConfig(Config):
     """`alpha * sign(W)` with one `alpha` per layer or per output channel; `ternary` also zeroes
     weights under `threshold * mean|W|` (Li & Liu 2016 use 0.7)."""
 

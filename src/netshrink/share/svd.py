@@ -11,9 +11,10 @@ import math
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 from torch import nn
 
+from ..config import Config
 from ..edits import FactorLayer, record_edits
 from ..errors import UnsupportedLayerError
 from ..layers import LayerFilter, unwrap
@@ -22,12 +23,10 @@ from ..stage import Stage
 from .codebooks import chosen_layers, take_weight
 
 
-class FactorSvdConfig(BaseModel):
+class FactorSvdConfig(Config):
     """Exactly one of: a fixed `rank`; a target `ratio` of each layer's weights to the factors'
     (rank = the largest that reaches it); or the fraction of `energy` (sum of squared singular
     values) kept (rank = the smallest that keeps it)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
     rank: int | None = Field(None, ge=1)
     ratio: float | None = Field(None, gt=0)

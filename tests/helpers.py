@@ -1,0 +1,34 @@
+"""Helpers the tests share: a small zoo model trained on digits, and a baseline checkpoint
+trained through the CLI. Imported as `from helpers import ...` (tests/ is on sys.path, as the
+directory of the root conftest.py)."""
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from netshrink.data import DataSplits
+from netshrink.models import ModelSpec, build_model
+from netshrink.train import FitConfig, fit
+
+LENET300 = ModelSpec(name="lenet300_100")
+
+
+def train_on_digits(
+    digits: DataSplits, config: FitConfig, spec: ModelSpec = LENET300, seed: int = 0
+) -> nn.Module:
+    """The zoo model `spec` for digits (10 classes, 1x8x8), built after `torch.manual_seed(seed)`
+    and trained with `config`, in eval mode."""
+    torch.manual_seed(seed)
+    model = build_model(spec, num_classes=10, in_channels=1, input_size=8)
+    fit(model, digits, config, progress=False)
+    return model.eval()
+
+
+def train_cli_baseline(out: Path, epochs: int) -> Path:
+    """`netshrink train` of LeNet-300-100 on digits (batch size 64) to the checkpoint `out`."""
+    from netshrink.cli import main
+
+    argv = ["train", "--model", "lenet300_100", "--data", "digits", "--epochs", str(epochs)]
+    assert main(argv + ["--batch-size", "64", "--out", str(out)]) == 0
+    return out
