@@ -11,7 +11,7 @@ from torch import nn
 
 from netshrink.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
 from netshrink.edits import FoldBatchNorm, structural_edits
-from netshrink.errors import UnsupportedLayerError
+from netshrink.errors import ConfigError, UnsupportedLayerError
 from netshrink.mask import get_mask
 from netshrink.models import ModelSpec, build_model
 from netshrink.prune.magnitude import LayerSparsity, PruneMagnitudeConfig, prune_magnitude
@@ -241,3 +241,18 @@ def test_a_safetensors_file_whose_header_length_starts_with_0x80_is_not_a_pickle
     loaded = read_safetensors(tmp_path / "t.safetensors")
     assert loaded.keys() == tensors.keys()
     assert all(torch.equal(loaded[k], tensors[k]) for k in tensors)
+
+
+def test_fold_batchnorm_is_a_method_a_recipe_can_name():
+    from netshrink.methods import METHOD_NAMES, parse_stage
+
+    assert "fold_batchnorm" in METHOD_NAMES
+    stage = parse_stage({"method": "fold_batchnorm"})
+    with pytest.raises(ConfigError, match="takes no layers"):
+        parse_stage({"method": "fold_batchnorm", "layers": ["conv1"]})
+    model, x = _model("vgg_small", width=0.25), _images()
+    reference = model(x)
+    folded = stage.apply(model, ctx=None)  # folding needs no data
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+    assert _error(folded(x), reference) < 1e-4
+    assert {type(e) for e in structural_edits(folded)} == {FoldBatchNorm}
