@@ -1,6 +1,6 @@
 """The one list of netshrink's methods. Each entry is a method's `Stage` class, which lives in
-the method's own module beside its config and its function; recipes, `netshrink apply`, the
-family commands (`prune`, `share`, ...) and Python all validate a method through it.
+the method's own module beside its config and its function; recipes and Python validate a
+method through it (the CLI's family commands follow in issue 16's next step).
 
 Adding a method: write its config, function and `Stage` subclass in its module, add the class to
 `METHODS` below, and a line to the method table in docs/recipes.md.
@@ -84,8 +84,8 @@ def parse_stage(fields: dict[str, Any]) -> Stage:
 
 
 def run_stage(model: nn.Module, stage: Stage, ctx: StageContext) -> nn.Module:
-    """Apply the stage's method, then its fine-tuning: the same for a recipe, `netshrink apply`,
-    the family commands and a Python caller. Returns the model (a new one for fixed point)."""
+    """Apply the stage's method, then its fine-tuning, as a recipe runs it. Returns the model (a
+    new one for fixed point)."""
     model = stage.apply(model, ctx)
     finetune(model, stage, ctx)
     return model

@@ -243,7 +243,4 @@ def _is_tag(node: yaml.MappingNode, key: str) -> bool:
 
 
 def _methods_hint() -> str:
-    return "use one of " + ", ".join(sorted(_STAGE_TAGS))
-
-
-_STAGE_TAGS = set(METHOD_NAMES)
+    return "use one of " + ", ".join(sorted(METHOD_NAMES))

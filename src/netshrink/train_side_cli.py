@@ -35,7 +35,13 @@ from .distill import DistillConfig, distill
 from .errors import ConfigError
 from .measure import dense_bytes
 from .models import ModelSpec, build_model
-from .prune.gradual import GradualPruner, PruneGradualConfig, spread_over, training_steps
+from .prune.gradual import (
+    GRADUAL_SHARE,
+    GradualPruner,
+    PruneGradualConfig,
+    spread_over,
+    training_steps,
+)
 from .report import console, print_measurements
 from .train import FitConfig
 
@@ -171,13 +177,13 @@ def _kd(text: str) -> dict:
 
 
 def _pruner(model, data, fit_config: FitConfig, sparsity: float | None) -> list:
-    """Gradual pruning to `sparsity` over the first 70% of the steps (Zhu & Gupta), or none."""
+    """Gradual pruning to `sparsity` within GRADUAL_SHARE of the steps (Zhu & Gupta), or none."""
     if sparsity is None:
         return []
     steps = training_steps(data, fit_config)
     updates = max(1, min(20, steps // 2))
     config = make_config(PruneGradualConfig, final_sparsity=sparsity, steps=updates)
-    return [GradualPruner(model, spread_over(config, steps, 0.7))]
+    return [GradualPruner(model, spread_over(config, steps, GRADUAL_SHARE))]
 
 
 def run_compressive(args) -> None:

@@ -17,7 +17,7 @@ from ..layers import select_layers
 from ..report import console, layer_table, print_measurements
 from ..train import FitConfig, fit
 from .filters import PruneFiltersConfig, prune_filters
-from .gradual import PruneGradualConfig, prune_gradual, spread_over, training_steps
+from .gradual import GRADUAL_SHARE, PruneGradualConfig, prune_gradual, spread_over, training_steps
 from .incremental import PruneIncrementalConfig, prune_incremental
 from .iterative import PruneIterativeConfig, prune_iterative
 from .magnitude import (
@@ -142,7 +142,7 @@ def _prune(model, data, args, retrain: FitConfig) -> None:
         config = make_config(
             PruneGradualConfig, final_sparsity=_required(args, "sparsity"), steps=10
         )
-        config = spread_over(config, total, 0.75)
+        config = spread_over(config, total, GRADUAL_SHARE)
         prune_gradual(model, data, config, retrain, layers=args.layers)
     else:
         config = make_config(

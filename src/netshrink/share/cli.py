@@ -28,15 +28,13 @@ from ..measure import dense_bytes, storage_report
 from ..prune.mask import restore_masks
 from ..report import console, print_measurements
 from ..train import fit
+from .codebooks import CODEBOOK_LR_DIVISOR
 from .kmeans import Init
 from .product import SharePqConfig, ShareRqConfig, share_pq, share_rq
 from .scalar import ShareBinaryConfig, ShareKmeansConfig, share_binary, share_kmeans
 from .svd import FactorSvdConfig, factor_svd
 
 METHODS = ("kmeans", "pq", "rq", "binary", "svd")
-# Centroid fine-tuning sums each cluster's gradients, so a codebook entry moves by the sum of
-# thousands of per-weight steps: it takes a learning rate this much below the baseline's.
-FINETUNE_LR_DIVISOR = 100
 
 
 def add_commands(commands) -> None:
@@ -92,7 +90,7 @@ def add_commands(commands) -> None:
     p.add_argument(
         "--finetune-lr",
         type=float,
-        help=f"default: the baseline's / {FINETUNE_LR_DIVISOR} (svd: / 10)",
+        help=f"default: the baseline's / {CODEBOOK_LR_DIVISOR} (svd: / 10)",
     )
     p.add_argument("--no-latency", action="store_true", help="skip latency measurement")
     p.add_argument("--out", type=Path, required=True, help="output checkpoint path (no suffix)")
@@ -106,7 +104,7 @@ def run_share(args) -> None:
     dense = dense_bytes(model)
     rows = [measure_stage(model, "before", data, args, dense)]
     share_model(model, args)
-    divisor = 10 if args.method == "svd" else FINETUNE_LR_DIVISOR
+    divisor = 10 if args.method == "svd" else CODEBOOK_LR_DIVISOR
     finetune = retrain_config(
         meta, epochs=args.finetune_epochs, lr=args.finetune_lr, lr_divisor=divisor, seed=args.seed
     )

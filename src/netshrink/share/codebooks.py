@@ -12,6 +12,8 @@ and zeros stay fixed. Each reports what it needs to store through `storage_bits`
 `netshrink.measure.storage_report` reads.
 """
 
+from typing import ClassVar
+
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
@@ -20,6 +22,7 @@ from ..errors import ConfigError, UnsupportedLayerError
 from ..layers import LayerFilter, select_layers
 from ..mask import Mask, unparametrize
 from ..measure import FLOAT_BITS, index_bits, scalar_index_bits
+from ..stage import Stage
 from .gather import gather_rows
 from .vq import Axis, decode_tensors
 
@@ -27,6 +30,12 @@ from .vq import Axis, decode_tensors
 # of per-weight steps: it takes a learning rate this much below the baseline's (the sharing
 # stages' `finetune_lr_divisor`; the Deep Compression recipes' 0.0005 after a 0.05 baseline).
 CODEBOOK_LR_DIVISOR = 100
+
+
+class CodebookStage(Stage):
+    """The base of the sharing stages: fine-tuning trains codebooks."""
+
+    finetune_lr_divisor: ClassVar[float] = CODEBOOK_LR_DIVISOR
 
 
 class ScalarCodebook(nn.Module):

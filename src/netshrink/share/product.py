@@ -7,7 +7,7 @@ column segment) or along columns (`axis="columns"`). The codebooks become the tr
 (the dense original is frozen), and a pruned layer keeps its zeros.
 """
 
-from typing import ClassVar, Literal
+from typing import Literal
 
 from pydantic import Field
 from torch import nn
@@ -16,8 +16,7 @@ from ..config import Config
 from ..errors import ConfigError
 from ..layers import LayerFilter
 from ..progress import track
-from ..stage import Stage
-from .codebooks import CODEBOOK_LR_DIVISOR, VectorCodebook, attach, chosen_layers, take_weight
+from .codebooks import CodebookStage, VectorCodebook, attach, chosen_layers, take_weight
 from .vq import Axis, residual_quantize
 
 
@@ -80,22 +79,20 @@ def _quantize(model, layers, segment, k, stages, axis, seed, progress) -> nn.Mod
     return model
 
 
-class SharePqStage(Stage):
+class SharePqStage(CodebookStage):
     """Product quantization of the weight matrices (Gong et al. 2014)."""
 
     method: Literal["share_pq"]
-    finetune_lr_divisor: ClassVar[float] = CODEBOOK_LR_DIVISOR
     config: SharePqConfig = SharePqConfig()
 
     def apply(self, model, ctx):
         return share_pq(model, self.config, layers=self.layers, progress=ctx.progress)
 
 
-class ShareRqStage(Stage):
+class ShareRqStage(CodebookStage):
     """Residual quantization (Gong et al. 2014)."""
 
     method: Literal["share_rq"]
-    finetune_lr_divisor: ClassVar[float] = CODEBOOK_LR_DIVISOR
     config: ShareRqConfig = ShareRqConfig()
 
     def apply(self, model, ctx):

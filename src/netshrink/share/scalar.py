@@ -7,7 +7,7 @@ zero; both leave a codebook as the layer's only trainable weight tensor, so fine
 ordinary `fit` is Deep Compression's centroid fine-tuning.
 """
 
-from typing import Annotated, ClassVar, Literal
+from typing import Annotated, Literal
 
 import torch
 from pydantic import Field
@@ -17,9 +17,8 @@ from ..config import Config
 from ..errors import ConfigError
 from ..layers import LayerFilter
 from ..progress import track
-from ..stage import Stage
 from .codebooks import (
-    CODEBOOK_LR_DIVISOR,
+    CodebookStage,
     ScalarCodebook,
     SignCodebook,
     attach,
@@ -135,22 +134,20 @@ def binarize(
     return scales, signs.reshape(weight.shape)
 
 
-class ShareKmeansStage(Stage):
+class ShareKmeansStage(CodebookStage):
     """Trained scalar codebooks by k-means (Han et al. 2016, Gong et al. 2014)."""
 
     method: Literal["share_kmeans"]
-    finetune_lr_divisor: ClassVar[float] = CODEBOOK_LR_DIVISOR
     config: ShareKmeansConfig = ShareKmeansConfig()
 
     def apply(self, model, ctx):
         return share_kmeans(model, self.config, layers=self.layers, progress=ctx.progress)
 
 
-class ShareBinaryStage(Stage):
+class ShareBinaryStage(CodebookStage):
     """Binarization (or ternarization) with scales (Gong et al. 2014's sign coding)."""
 
     method: Literal["share_binary"]
-    finetune_lr_divisor: ClassVar[float] = CODEBOOK_LR_DIVISOR
     config: ShareBinaryConfig = ShareBinaryConfig()
 
     def apply(self, model, ctx):
