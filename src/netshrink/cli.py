@@ -461,7 +461,7 @@ def run_recipe_command(args) -> None:
 
 
 def run_report(args) -> None:
-    from .run_report import render_report
+    from .report import render_report
 
     if not args.directory.is_dir():
         raise ConfigError(f"{args.directory}: no such run directory")

@@ -46,8 +46,7 @@ from .prune import restore_masks
 from .prune.mask import get_mask
 from .quant.quantize import weight_quant
 from .recipe import Recipe
-from .report import console, print_measurements
-from .run_report import FinalRecord, ReportStage, RunReport, render_report
+from .report import FinalRecord, ReportStage, RunReport, console, print_measurements, render_report
 from .share.codebooks import ScalarCodebook, restore_codebook
 from .stages import StageContext, finetune
 from .train import _init_distributed, evaluate, is_main_process
@@ -405,7 +404,7 @@ def _announce(index: int, total: int, name: str, record: StageRecord) -> None:
 
 
 def _write_report(directory, recipe, stages, path, row, allow_import) -> None:
-    """report.json in run_report's schema (a stage's own fields beyond it are left out), then
+    """report.json in netshrink.report.run's schema (a stage's own fields beyond it are left out), then
     report.md and the plots from it."""
     report = RunReport(
         format="netshrink-report",

@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 from torch import nn
 
-from .measure import Measurement, count_macs
+from ..measure import Measurement, count_macs
 
 
 def format_percent(v: float | None) -> str:

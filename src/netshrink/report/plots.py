@@ -14,12 +14,12 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from .files import atomic_write
-from .measure import TensorStorage
-from .report import format_size
+from ..files import atomic_write
+from ..measure import TensorStorage
+from .tables import format_size
 
 if TYPE_CHECKING:
-    from .run_report import ReportStage, RunReport
+    from .run import ReportStage, RunReport
 
 DPI = 110
 MAX_WEIGHT_PLOTS = 12
@@ -27,7 +27,7 @@ MAX_LEVELS = 64  # at most this many distinct values: a codebook or a fixed-poin
 
 
 def _pyplot():
-    # Imported here, not at the top: every CLI module imports report.py, few draw anything.
+    # Imported here, not at the top: every CLI module imports netshrink.report, few draw anything.
     import matplotlib
 
     matplotlib.use("Agg")
@@ -161,7 +161,7 @@ def _weight_histogram(ax, name: str, weight: torch.Tensor, before: torch.Tensor 
 
 def write_sensitivity_plot(sensitivity, path: Path, name: str) -> Path:
     """sensitivity.png by `plot_sensitivity`, replaced atomically."""
-    from .prune.sensitivity import plot_sensitivity
+    from ..prune.sensitivity import plot_sensitivity
 
     def write(tmp: Path) -> None:
         # plot_sensitivity takes the format from the name's suffix, which `tmp` lacks.

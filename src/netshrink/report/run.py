@@ -1,5 +1,5 @@
 """The report of a pipeline run: report.json (written by netshrink.pipeline) -> report.md with
-PNG plots (netshrink.report_plots), re-rendered from the run directory's files alone by
+PNG plots (netshrink.report.plots), re-rendered from the run directory's files alone by
 `netshrink report`.
 """
 
@@ -11,12 +11,11 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import nn
 
-from .errors import ConfigError, Error
-from .files import atomic_write
-from .layers import select_layers
-from .measure import Measurement, TensorStorage, storage_report
-from .report import format_percent, format_size, measurements_markdown
-from .report_plots import (
+from ..errors import ConfigError, Error
+from ..files import atomic_write
+from ..layers import select_layers
+from ..measure import Measurement, TensorStorage, storage_report
+from .plots import (
     MAX_WEIGHT_PLOTS,
     accuracy_vs_size_figure,
     layers_figure,
@@ -24,6 +23,7 @@ from .report_plots import (
     weights_figure,
     write_sensitivity_plot,
 )
+from .tables import format_percent, format_size, measurements_markdown
 
 REPORT_FILE = "report.json"
 
@@ -96,7 +96,7 @@ def _sensitivity(report: RunReport, where: Path):
     """The report's Sensitivity dataclass, or None."""
     from pydantic import TypeAdapter
 
-    from .prune.sensitivity import Sensitivity
+    from ..prune.sensitivity import Sensitivity
 
     if report.sensitivity is None:
         return None
@@ -119,7 +119,7 @@ def render_report(run_dir: Path, *, allow_import: Collection[str] = ()) -> list[
     Example:
         >>> render_report(Path("runs/deep-compression-lenet5"))  # doctest: +SKIP
     """
-    from .codec import unpack
+    from ..codec import unpack
 
     run_dir = Path(run_dir)
     report = read_run_report(run_dir)
@@ -151,7 +151,7 @@ def _baseline_model(
 ) -> nn.Module | None:
     """The baseline checkpoint for the weight histograms' overlay, or None when it cannot load
     (a model nobody allowed to import included)."""
-    from .checkpoint import load_checkpoint
+    from ..checkpoint import load_checkpoint
 
     if stage.checkpoint is None:
         return None

@@ -11,8 +11,8 @@ from netshrink.errors import ConfigError
 from netshrink.measure import Measurement
 from netshrink.models import ModelSpec, build_model
 from netshrink.prune import LayerSparsity, PruneMagnitudeConfig, prune_magnitude
-from netshrink.report_plots import distinct_levels
-from netshrink.run_report import (
+from netshrink.report import (
+    distinct_levels,
     layer_rows,
     read_run_report,
     render_report,
