@@ -1,6 +1,8 @@
 """What a run and a model report: stage and layer tables (`tables`), the report of a recipe run,
 report.json -> report.md (`run`), and its PNG plots (`plots`, matplotlib imported only to draw).
-The public names are re-exported here.
+
+Sizes come from the codec (netshrink.codec.summary): a stage's bytes and a layer's bits are
+those of the .nsk file, never an estimate. The public names are re-exported here.
 """
 
 from .plots import (
@@ -32,6 +34,7 @@ from .tables import (
     measurements_json,
     measurements_markdown,
     print_measurements,
+    storage_table,
 )
 
 __all__ = [
@@ -57,6 +60,7 @@ __all__ = [
     "render_report",
     "report_markdown",
     "save_png",
+    "storage_table",
     "weights_figure",
     "write_sensitivity_plot",
 ]

@@ -15,10 +15,10 @@ import torch
 from torch import nn
 
 from ..files import atomic_write
-from ..measure import TensorStorage
 from .tables import format_size
 
 if TYPE_CHECKING:
+    from ..codec.summary import TensorSummary
     from .run import ReportStage, RunReport
 
 DPI = 110
@@ -84,17 +84,18 @@ def accuracy_vs_size_figure(report: "RunReport"):
     return fig
 
 
-def layers_figure(rows: Sequence[TensorStorage]):
-    """Per layer: sparsity on top, bits per stored (non-zero) weight below, named by method."""
+def layers_figure(rows: Sequence["TensorSummary"]):
+    """Per layer (rows of the .nsk file, netshrink.codec.summary): sparsity on top, the file's
+    bits per non-zero weight below, each bar named by its encoding."""
     names = [r.name.removesuffix(".weight") for r in rows]
     width = min(14.0, 3.0 + 0.45 * len(rows))
     fig, (top, bottom) = _pyplot().subplots(2, 1, sharex=True, figsize=(width, 5))
     ticks = list(range(len(rows)))
     top.bar(ticks, [100 * (1 - r.nonzero / r.numel) for r in rows], color="C3")
     top.set(ylabel="sparsity (%)", ylim=(0, 100), title="final model, per layer")
-    bars = bottom.bar(ticks, [r.bits / max(r.nonzero, 1) for r in rows], color="C0")
-    bottom.bar_label(bars, labels=[r.method for r in rows], fontsize=6)
-    bottom.set(ylabel="bits per stored weight")
+    bars = bottom.bar(ticks, [8 * r.nbytes / max(r.nonzero, 1) for r in rows], color="C0")
+    bottom.bar_label(bars, labels=[r.encoding for r in rows], fontsize=6)
+    bottom.set(ylabel="file bits per non-zero weight")
     bottom.set_xticks(ticks, names, rotation=45, ha="right", fontsize=7)
     for ax in (top, bottom):
         ax.grid(alpha=0.3, axis="y")
