@@ -32,8 +32,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import readme  # noqa: E402
 from common import ROOT, publish  # noqa: E402
+from netshrink.codec import packed_bytes  # noqa: E402
 from netshrink.layers import select_layers  # noqa: E402
-from netshrink.measure import dense_bytes, storage_bytes  # noqa: E402
+from netshrink.measure import dense_bytes  # noqa: E402
 from netshrink.pipeline import run_recipe  # noqa: E402
 from netshrink.quant import QuantConfig, quantize  # noqa: E402
 from netshrink.recipe import Recipe, load_recipe  # noqa: E402
@@ -181,8 +182,8 @@ def ristretto_rows(name: str) -> list[dict]:
                 "top-1": result.top1,
                 "top-5": result.top5,
                 "loss pt": round(100 * (fp32.top1 - result.top1), 2),
-                "ratio": round(dense_bytes(qmodel) / storage_bytes(qmodel), 2),
-                "bytes": storage_bytes(qmodel),
+                "ratio": round(dense_bytes(qmodel) / len(packed_bytes(qmodel)), 2),
+                "bytes": len(packed_bytes(qmodel)),
                 "paper": RISTRETTO
                 if (weights, activations, calibrate) == (4, 4, "minmax")
                 else None,
@@ -268,7 +269,7 @@ def _notes(threads: int, seeds: tuple[int, ...], total: float) -> str:
         f"kim) come from netshrink.pipeline.run_recipe from the cached baselines, run with the "
         f"recipe seed set to each of {', '.join(map(str, seeds))}: every number is the median "
         "over those runs (per-seed top-1 and bytes in the JSON); `bytes` is what "
-        "a stage stores (netshrink.measure.storage_bytes: no entropy coding), on the packed row "
+        "a stage stores (the .nsk file the recipe's pack config writes for it, netshrink.codec.packed_bytes), on the packed row "
         "the .nsk file itself, whose accuracy is that of the model decoded from it; `ratio`: "
         "dense fp32 bytes over `bytes`; `s`: the stage's time, measurement included. The "
         "LeNet-5 recipe uses the classic 62k-weight LeNet-5, the paper's 39x is for the Caffe "

@@ -26,8 +26,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import publish  # noqa: E402
+from netshrink.codec import packed_bytes  # noqa: E402
 from netshrink.export.onnx import export_onnx, onnx_session  # noqa: E402
-from netshrink.measure import dense_bytes, storage_bytes  # noqa: E402
+from netshrink.measure import dense_bytes  # noqa: E402
 from netshrink.quant import IntegerModel, QuantConfig, fixed_point_formats, quantize  # noqa: E402
 from netshrink.quant.qat import QatConfig, train_quantized  # noqa: E402
 from netshrink.quant.search import BitSearchConfig, search_bits  # noqa: E402
@@ -86,7 +87,7 @@ def _row(name, case, fp32, qmodel, data, seconds, target, meets, *, top1=None) -
         "loss pt": 100 * (fp32 - top1),
         "weight bits": round(mean, 2),
         "act bits": widest,
-        "ratio": dense_bytes(qmodel) / storage_bytes(qmodel),
+        "ratio": dense_bytes(qmodel) / len(packed_bytes(qmodel)),
         "identical": _identical(qmodel, data),
         "target": target,
         "meets target": meets(fp32, top1, mean, widest),

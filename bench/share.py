@@ -28,8 +28,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import DOC, publish  # noqa: E402
+from netshrink.codec import packed_bytes, summarize_model  # noqa: E402
 from netshrink.layers import select_layers  # noqa: E402
-from netshrink.measure import dense_bytes, storage_bytes, storage_report  # noqa: E402
+from netshrink.measure import dense_bytes  # noqa: E402
 from netshrink.share import (  # noqa: E402
     FactorSvdConfig,
     ShareBinaryConfig,
@@ -99,7 +100,7 @@ def kmeans_rows(name: str, seeds: list[int]) -> list[dict]:
             "method": "iterative std + retrain, as bench/prune.py",
             "top-1 ref": _top1(dense, data),
             "top-1 final": pruned_top1,
-            "ratio": dense_size / storage_bytes(pruned),
+            "ratio": dense_size / len(packed_bytes(pruned)),
         }
     ]
     for label, bits in BITS[name]:
@@ -118,7 +119,7 @@ def kmeans_rows(name: str, seeds: list[int]) -> list[dict]:
                 "top-1 shared": _top1(shared, data),
                 "top-1 final": top1,
                 "loss pt": 100 * (pruned_top1 - top1),
-                "ratio": dense_size / storage_bytes(shared),
+                "ratio": dense_size / len(packed_bytes(shared)),
                 "target": "<= 0.3 pt vs pruned",
                 "meets target": 100 * (pruned_top1 - top1) <= 0.3,
             }
@@ -170,7 +171,9 @@ def _accuracy(head, batches) -> float:
 
 
 def _weight_bits(head) -> int:
-    return sum(r.bits for r in storage_report(head) if r.name.endswith("weight"))
+    """Bits of the weights in the head's .nsk file (a PQ / RQ layer is dense there until the
+    format has vector codebooks)."""
+    return sum(8 * r.nbytes for r in summarize_model(head).tensors if r.name.endswith("weight"))
 
 
 def gong_points(name: str) -> tuple[float, list[dict]]:
@@ -394,9 +397,8 @@ def main() -> None:
             f"fine-tuning at lr {FINETUNE.lr:g} (the CLI's default, baseline lr / 100: a "
             f"centroid's gradient is the sum of its members'), median over seeds {args.seeds}; "
             "on the start rows it is the pruned model. `ratio`: dense fp32 bytes over the bytes "
-            "the model needs as stored (netshrink.measure.storage_bytes: indices at their bits, "
-            "32-bit codebooks, Deep Compression's relative positions at 8 bits in conv and 5 in "
-            "fc layers, no Huffman coding)."
+            "of the model's .nsk file (netshrink.codec.packed_bytes: header, relative positions, "
+            "codebooks and entropy-coded indices as the file holds them)."
         )
     if "gong" in args.cases:
         gong, table, png = gong_rows(["lenet300_100", "vgg_small"])

@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import publish  # noqa: E402
 from netshrink.baseline import BASELINES  # noqa: E402
+from netshrink.codec import packed_bytes  # noqa: E402
 from netshrink.compressive import (  # noqa: E402
     CompressiveConfig,
     Levels,
@@ -42,7 +43,7 @@ from netshrink.compressive import (  # noqa: E402
 )
 from netshrink.distill import DistillConfig, TeacherLogits, distill  # noqa: E402
 from netshrink.layers import select_layers  # noqa: E402
-from netshrink.measure import measure_latency, storage_bytes  # noqa: E402
+from netshrink.measure import measure_latency  # noqa: E402
 from netshrink.models import build_model  # noqa: E402
 from netshrink.prune import (  # noqa: E402
     GlobalSparsity,
@@ -144,7 +145,7 @@ def distillation_rows(seeds: list[int], with_ab: bool) -> list[dict]:
 
 
 def _stage_row(stage: str, model, data, ref, ref_bytes, seconds, target="-", meets=None):
-    top1, size = _top1(model, data), storage_bytes(model)
+    top1, size = _top1(model, data), len(packed_bytes(model))
     latency = measure_latency(model, data.input_shape, batch_size=1, repeats=50)
     return _row("shin_oh", "small VGG", stage, top1, ref, target, meets,
                 rate=ref_bytes / size, **{"size KB": size / 1000, "ms @1": latency},
@@ -155,7 +156,7 @@ def shin_oh_rows() -> list[dict]:
     """Dense -> 8-bit -> AB stage -> gradual pruning + QAT + KD, measured after each stage."""
     teacher, data, base = baseline("vgg_small")
     s = SHIN_OH
-    dense_top1, dense_bytes = _top1(teacher, data), storage_bytes(teacher)
+    dense_top1, dense_bytes = _top1(teacher, data), len(packed_bytes(teacher))
     rows = [_stage_row("dense teacher", teacher, data, None, dense_bytes, 0.0)]
     start = time.perf_counter()
     student = quantize(teacher, data, QuantConfig(weights=s["bits"], activations=s["bits"]))
@@ -274,8 +275,8 @@ def _notes(threads: int) -> str:
         f"{s['bits']}-bit fixed point, {s['ab_epochs']} AB epoch on the pre-ReLU outputs at the "
         f"end of each stage (no connector: same shapes), then {s['epochs']} epochs at lr "
         f"{s['lr']} of soft targets while gradual pruning (cubic, global) reaches "
-        f"{s['sparsity']:.0%} at 70% of the steps; size: the bits the weights need (fixed point "
-        "+ sparse positions; storage_bytes), rate against the dense fp32 teacher; ms @1: batch-1 "
+        f"{s['sparsity']:.0%} at 70% of the steps; size: the .nsk file's bytes (fixed point "
+        "+ sparse positions, entropy-coded; netshrink.codec.packed_bytes), rate against the dense fp32 teacher; ms @1: batch-1 "
         f"latency as the model runs in PyTorch (fake-quantized, masks as dense zeros), {threads} "
         f"thread(s). compressive: global magnitude pruning to {c['global']:.0%} + 1 epoch at lr "
         f"{c['lr']}, then layers by decreasing sparsity join the constrained set (projected "

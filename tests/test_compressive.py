@@ -5,6 +5,7 @@ and reverts the layer that breaks it."""
 import pytest
 import torch
 
+from netshrink.codec import summarize_model
 from netshrink.compressive import (
     CompressiveConfig,
     LayerSet,
@@ -20,7 +21,6 @@ from netshrink.compressive import (
 )
 from netshrink.errors import UnsupportedLayerError
 from netshrink.mask import get_mask
-from netshrink.measure import storage_report
 from netshrink.models import ModelSpec, build_model
 from netshrink.prune import GlobalSparsity, PruneMagnitudeConfig, prune_magnitude
 from netshrink.train import FitConfig, fit
@@ -178,9 +178,11 @@ def test_a_layer_on_levels_ends_as_a_codebook_and_is_counted_as_one(digits):
         layer_fit=QUICK,
     )
     result = train_compressive(model, digits, config, progress=False)
-    rows = {row.name: row for row in storage_report(model)}
+    rows = {row.name: row for row in summarize_model(model).tensors}
+    assert result.constrained
     for name, target in result.constrained.items():
         weight = model.get_submodule(name).weight
         assert target.contains(weight)
-        assert rows[f"{name}.weight"].method == "kmeans"
-        assert rows[f"{name}.weight"].bits < weight.numel() * 4  # not fp32 values
+        row = rows[f"{name}.weight"]  # the file holds its levels as a codebook, not fp32 values
+        assert "centroids" in {s.role for s in row.sections}
+        assert 8 * row.nbytes < weight.numel() * 4

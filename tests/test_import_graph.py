@@ -164,7 +164,7 @@ def test_the_graph_reads_what_the_code_imports():
     assert "netshrink.prune" in graph["netshrink.replay"]  # ... runs prune/__init__
     assert "netshrink.prune" not in graph["netshrink.prune.filters"]  # its own package
     assert "netshrink.pipeline" in graph["netshrink.cli"]  # inside a function
-    assert "netshrink.run_report" not in graph["netshrink.report_plots"]  # TYPE_CHECKING only
+    assert "netshrink.codec.summary" not in graph["netshrink.report.plots"]  # TYPE_CHECKING only
     assert "netshrink.codec.api" in graph["netshrink.codec"]  # a package imports its modules
 
 

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from netshrink.codec import unpack
+from netshrink.codec import pack, summarize, unpack
 from netshrink.data import load_data
 from netshrink.errors import BudgetError
-from netshrink.pipeline import run_recipe
+from netshrink.pipeline import _read_back, run_recipe
 from netshrink.recipe import parse_recipe
 from netshrink.train import evaluate
 
@@ -75,6 +75,33 @@ def test_the_reported_accuracy_is_that_of_the_decoded_file(finished):
     report = json.loads((finished.directory / "report.json").read_text())
     assert report["final"]["top1"] == independent.top1
     assert independent.top1 > 0.85  # digits: the baseline reaches ~94%
+
+
+def test_each_stage_size_is_the_file_its_model_packs_to(finished, tmp_path):
+    # a stage's size_bytes is the .nsk file the recipe's pack config writes for the model that
+    # stage passes on (its checkpoint read back as the next stage and pack read it: masks and
+    # codebooks re-attached, which orders the file's tensors): the last one is model.nsk itself
+    recipe = parse_recipe(TINY)
+    stages = finished.stages[:-1]
+    for record in stages:
+        model, meta = _read_back(finished.directory, record, ())
+        path = pack(model, tmp_path / f"{record.name}.nsk", recipe.pack, meta=meta)
+        assert record.measurement["size_bytes"] == path.stat().st_size, record.name
+    assert stages[-1].measurement["size_bytes"] == (finished.directory / "model.nsk").stat().st_size
+    sizes = [r.measurement["size_bytes"] for r in stages]
+    assert sizes[1] < sizes[0] / 2 and sizes[2] < sizes[1]  # pruned, then 4-bit codebooks
+
+
+def test_the_reports_layer_table_is_inspects_rows_of_the_file(finished):
+    md = (finished.directory / "report.md").read_text()
+    table = md[md.index("| layer | shape |") :].split("\n\n")[0].splitlines()[2:]
+    cells = {c[0]: c for c in ([x.strip() for x in row.strip("|").split("|")] for row in table)}
+    inspected = summarize(finished.directory / "model.nsk")
+    weights = [r for r in inspected.tensors if f"{r.name.removesuffix('.weight')}" in cells]
+    assert [r.name for r in weights] == [f"{layer}.weight" for layer in cells] != []
+    for row in weights:
+        layer = cells[row.name.removesuffix(".weight")]
+        assert layer[5:8] == [row.encoding, f"{row.nbytes:,}", f"{row.bits_per_weight:.2f}"]
 
 
 def test_a_killed_run_resumes_and_writes_the_identical_file(finished, tmp_path, cache):

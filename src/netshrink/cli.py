@@ -12,11 +12,11 @@ from pydantic import BaseModel, ValidationError
 
 from .baseline import train_model
 from .checkpoint import checkpoint_paths, load_checkpoint, save_checkpoint
-from .codec import load_packed_checkpoint
+from .codec import load_packed_checkpoint, packed_bytes
 from .data import DataConfig, load_data
 from .errors import ConfigError, Error
 from .files import directory_lock, os_error_line, refuse_overwrite_input
-from .measure import measure, storage_bytes
+from .measure import dense_bytes, measure
 from .models import ModelSpec
 from .models.registry import allowed_imports
 from .report import measurements_json, measurements_markdown, print_measurements
@@ -383,13 +383,15 @@ def retrain_config(
 
 
 def measure_stage(model, stage: str, data, args, baseline_bytes: int | None = None):
-    """A stage's row: accuracy on the test split, what it must really store, MACs, latency."""
+    """A stage's row: accuracy on the test split, the bytes of the .nsk file `pack` would write
+    for the model (default pack config; a packed checkpoint's header adds its sidecar's data,
+    fit and metrics, a few hundred bytes), MACs, latency."""
     return measure(
         model,
         stage=stage,
         input_shape=data.input_shape,
         test=data.loader("test", args.batch_size),
-        size_bytes=storage_bytes(model),
+        size_bytes=len(packed_bytes(model)),
         baseline_bytes=baseline_bytes,
         latency=not args.no_latency,
     )
@@ -414,6 +416,8 @@ def run_measure(args) -> None:
         stage=meta.model.name,
         input_shape=data.input_shape,
         test=data.loader("test", args.batch_size),
+        size_bytes=len(packed_bytes(model, meta=meta)),  # what `netshrink pack` writes for it
+        baseline_bytes=dense_bytes(model),
         latency=not args.no_latency,
         threads=args.threads,
     )
@@ -461,7 +465,7 @@ def run_recipe_command(args) -> None:
 
 
 def run_report(args) -> None:
-    from .run_report import render_report
+    from .report import render_report
 
     if not args.directory.is_dir():
         raise ConfigError(f"{args.directory}: no such run directory")

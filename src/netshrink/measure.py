@@ -4,10 +4,10 @@ Counts read the weights that the forward pass uses (a parametrization's output, 
 `original`), so a pruned or clustered model is counted as what it computes. MACs are counted by
 forward hooks on convolutions and linear layers at batch 1, dense and sparsity-aware.
 
-Storage (`storage_report`, `storage_bytes`) counts the bits a tensor really needs: a shared
-tensor's indices at their bit width and its codebooks and scales at 32 bits (each weight-sharing
-parametrization reports its own through a `storage_bits(position_bits)` method), a pruned one in
-Deep Compression's relative-index sparse format, anything else at fp32.
+What a compressed model stores is not estimated here: only the codec knows what a .nsk file
+holds, and it sits above this module. Callers pass the file's size in (`measure(...,
+size_bytes=...)`, from netshrink.codec's `packed_bytes` or `summarize_model`); without it a
+model counts at dense fp32 (`dense_bytes`).
 """
 
 import math
@@ -44,8 +44,9 @@ class LayerMacs:
 class Measurement:
     """What one stage of a pipeline cost and won; every stage fills one and the report prints it.
 
-    `size_bytes` is what the stage stores (dense fp32 unless a coder says otherwise) and
-    `compression_ratio` is relative to the dense baseline's bytes.
+    `size_bytes` is what the stage stores (the bytes of its .nsk file where the caller packed
+    it; dense fp32 otherwise) and `compression_ratio` is relative to the dense baseline's
+    bytes.
     """
 
     stage: str
@@ -210,37 +211,7 @@ def measure(
     )
 
 
-# Bits of a relative position in Deep Compression's sparse format (Han et al. 2016, section 2).
-CONV_POSITION_BITS = 8
-FC_POSITION_BITS = 5
 FLOAT_BITS = 32
-
-
-@dataclass(frozen=True)
-class TensorStorage:
-    """What one tensor costs to store. `index_bits`: the per-weight data (codebook indices, or
-    fp32 values of an unshared tensor, plus sparse positions); `codebook_bits`: codebooks and
-    scales. `method` names the format: dense, sparse, kmeans, pq, rq, binary, ternary, ..."""
-
-    name: str
-    method: str
-    shape: tuple[int, ...]
-    nonzero: int
-    index_bits: int
-    codebook_bits: int
-
-    @property
-    def numel(self) -> int:
-        return math.prod(self.shape)
-
-    @property
-    def bits(self) -> int:
-        return self.index_bits + self.codebook_bits
-
-    @property
-    def ratio(self) -> float:
-        """Compression against the same tensor at fp32."""
-        return FLOAT_BITS * self.numel / max(self.bits, 1)
 
 
 def deep_compression_rate(n: int, k: int, b: int = FLOAT_BITS) -> float:
@@ -254,84 +225,6 @@ def deep_compression_rate(n: int, k: int, b: int = FLOAT_BITS) -> float:
     if n < 1 or k < 1 or b < 1:
         raise ValueError(f"n, k and b must be positive, got n={n}, k={k}, b={b}")
     return n * b / (n * math.log2(k) + k * b)
-
-
-def index_bits(levels: int) -> int:
-    """Bits of one packed index into `levels` codes (at least 1)."""
-    return max(1, math.ceil(math.log2(levels)))
-
-
-def relative_index_entries(keep: torch.Tensor, position_bits: int) -> int:
-    """Entries of Deep Compression's relative-index format for the kept positions of `keep`:
-    each entry advances at most 2**position_bits places, so a longer gap takes filler zeros
-    (Han et al. 2016, figure 2). Zeros after the last kept weight cost nothing."""
-    positions = torch.nonzero(keep.flatten()).flatten()
-    gaps = torch.diff(positions, prepend=positions.new_tensor([-1]))
-    span = 2**position_bits
-    return int(((gaps + span - 1) // span).sum())
-
-
-def scalar_index_bits(keep: torch.Tensor, bits: int, position_bits: int) -> int:
-    """Bits for the per-weight codes of a tensor whose survivors take `bits` each: all of them
-    when nothing is pruned; otherwise the cheaper of a dense code map (zero as one more code,
-    so one bit more at most) and the relative-index sparse format (code + position per entry)."""
-    numel = keep.numel()
-    if bool(keep.all()):
-        return numel * bits
-    dense = numel * index_bits(2**bits + 1)
-    sparse = relative_index_entries(keep, position_bits) * (bits + position_bits)
-    return min(dense, sparse)
-
-
-def storage_report(model: nn.Module) -> list[TensorStorage]:
-    """What every parameter and float buffer of `model` costs to store, in model order.
-
-    A tensor whose parametrizations include one with `storage_bits(position_bits)` (weight
-    sharing) is counted by it; a pruned tensor (a mask: a parametrization with a `mask`, and
-    nothing that knows its storage) as fp32 values in the sparse format, or dense if cheaper;
-    everything else, and BatchNorm statistics, as fp32. Positions take 8 bits in convolutions
-    and 5 elsewhere (Han et al. 2016).
-    """
-    rows = []
-    for module_name, module in _compute_modules(model):
-        prefix = f"{module_name}." if module_name else ""
-        position = CONV_POSITION_BITS if isinstance(module, nn.Conv2d) else FC_POSITION_BITS
-        for name, tensor in _stored_tensors(module):
-            rows.append(_tensor_storage(prefix + name, module, name, tensor, position))
-    return rows
-
-
-def storage_bytes(model: nn.Module) -> int:
-    """Bytes that `model` needs as stored by `storage_report` (bits rounded up to bytes once)."""
-    return math.ceil(sum(row.bits for row in storage_report(model)) / 8)
-
-
-def _stored_tensors(module: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
-    yield from _own_parameters(module)
-    for name, buffer in module._buffers.items():
-        if buffer is not None and buffer.is_floating_point():
-            yield name, buffer
-
-
-def _tensor_storage(full_name, module, name, tensor, position_bits) -> TensorStorage:
-    shape, nonzero = tuple(tensor.shape), int(torch.count_nonzero(tensor))
-    chain = list(module.parametrizations[name]) if parametrize.is_parametrized(module, name) else []
-    # A fixed-point parametrization (netshrink.quant) stores each value in its own bits.
-    value_bits = min([p.value_bits for p in chain if hasattr(p, "value_bits")] or [FLOAT_BITS])
-    known = [p for p in chain if hasattr(p, "storage_bits")]
-    if known:
-        method, indices, codebooks = known[-1].storage_bits(position_bits)
-        codebooks = codebooks * value_bits // FLOAT_BITS
-        return TensorStorage(full_name, method, shape, nonzero, indices, codebooks)
-    fixed = value_bits < FLOAT_BITS
-    masks = [p.mask for p in chain if isinstance(getattr(p, "mask", None), torch.Tensor)]
-    keep = masks[0].bool() if masks else tensor.detach() != 0
-    dense = value_bits * tensor.numel()
-    if (masks or fixed) and not bool(keep.all()):
-        sparse = relative_index_entries(keep, position_bits) * (value_bits + position_bits)
-        if sparse < dense:
-            return TensorStorage(full_name, "sparse", shape, nonzero, sparse, 0)
-    return TensorStorage(full_name, "fixed" if fixed else "dense", shape, nonzero, dense, 0)
 
 
 def _compute_modules(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:

@@ -35,20 +35,19 @@ from torch import nn
 
 from .baseline import cache_stem, cached_baseline, is_cached
 from .checkpoint import CheckpointMeta, checkpoint_paths, load_checkpoint, save_checkpoint
-from .codec import pack, unpack
+from .codec import pack, packed_bytes, unpack
 from .data import DataSplits, load_data
 from .errors import BudgetError, ConfigError
 from .files import atomic_write, directory_lock
 from .layers import select_layers
-from .measure import Measurement, dense_bytes, measure, storage_bytes
+from .measure import Measurement, dense_bytes, measure
 from .methods import run_stage
 from .models.registry import AllowImport, allowed_imports
 from .prune import restore_masks
 from .prune.mask import get_mask
 from .quant.quantize import weight_quant
 from .recipe import Recipe
-from .report import console, print_measurements
-from .run_report import FinalRecord, ReportStage, RunReport, render_report
+from .report import FinalRecord, ReportStage, RunReport, console, print_measurements, render_report
 from .share.codebooks import ScalarCodebook, restore_codebook
 from .stage import StageContext
 from .train import _init_distributed, evaluate, is_main_process
@@ -225,7 +224,8 @@ def _baseline(recipe, data, directory, done, cache_dir, latency, progress, allow
                 f"{data.input_shape}: set data.image_size"
             )
         meta = meta.model_copy(update={"data": data.config})
-        record = _finish(model, "baseline", "baseline", key, stem, data, None, latency, start)
+        size = len(packed_bytes(model, recipe.pack, meta=meta))
+        record = _finish(model, "baseline", "baseline", key, stem, data, None, latency, start, size)
         _save(model, meta, stem)
         _save_state(directory, [record])
     model, meta = _read_back(directory, record, allow_import)
@@ -267,6 +267,7 @@ class _Run:
             self.baseline_bytes,
             self.latency,
             start,
+            len(packed_bytes(model, self.recipe.pack, meta=meta)),  # the file pack would write
         )
         record = record.model_copy(update={"notes": self.ctx.notes})
         self._check_budget(stage, record)
@@ -324,15 +325,18 @@ class _Run:
         return result
 
 
-def _finish(model, name, method, key, stem, data, baseline_bytes, latency, start) -> StageRecord:
+def _finish(
+    model, name, method, key, stem, data, baseline_bytes, latency, start, size
+) -> StageRecord:
     """Measure a stage's model (test split; validation top-1 for budgets) into its record, which
-    names its checkpoint `stem` and what to re-attach when that is read back."""
+    names its checkpoint `stem` and what to re-attach when that is read back. `size`: the bytes
+    of the .nsk file the recipe's pack config would write for the model (codec.packed_bytes)."""
     row = measure(
         model,
         stage=name,
         input_shape=data.input_shape,
         test=data.loader("test", 256),
-        size_bytes=storage_bytes(model),
+        size_bytes=size,
         baseline_bytes=baseline_bytes,
         latency=latency,
     )
@@ -405,7 +409,7 @@ def _announce(index: int, total: int, name: str, record: StageRecord) -> None:
 
 
 def _write_report(directory, recipe, stages, path, row, allow_import) -> None:
-    """report.json in run_report's schema (a stage's own fields beyond it are left out), then
+    """report.json in netshrink.report.run's schema (a stage's own fields beyond it are left out), then
     report.md and the plots from it."""
     report = RunReport(
         format="netshrink-report",

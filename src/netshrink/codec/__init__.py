@@ -7,10 +7,10 @@ Example:
     >>> model = unpack("model.nsk")
 """
 
-from .api import load_packed, load_packed_checkpoint, pack, unpack
+from .api import load_packed, load_packed_checkpoint, pack, packed_bytes, unpack
 from .container import read_container
 from .encodings import ENCODINGS, PackConfig
-from .summary import FileSummary, summarize
+from .summary import FileSummary, TensorSummary, summarize, summarize_model
 
 __all__ = [
     "ENCODINGS",
@@ -18,8 +18,11 @@ __all__ = [
     "PackConfig",
     "load_packed",
     "load_packed_checkpoint",
+    "TensorSummary",
     "pack",
+    "packed_bytes",
     "read_container",
     "summarize",
+    "summarize_model",
     "unpack",
 ]

@@ -17,6 +17,7 @@ from torch import nn
 from ..checkpoint import CheckpointMeta, effective_state_dict, load_effective_state_dict
 from ..edits import structural_edits
 from ..errors import ConfigError, CorruptFileError, UnsupportedLayerError
+from ..files import atomic_write
 from ..layers import unwrap
 from ..mask import restore_masks
 from ..models import ModelSpec, build_model
@@ -32,7 +33,7 @@ from ..untrusted import (
     decode_budget,
     model_bytes,
 )
-from .container import Container, read_container, write_container
+from .container import Container, container_bytes, read_container
 from .encodings import PackConfig, decode_tensor, encode_tensor
 from .header import Header, TensorRecord
 
@@ -59,14 +60,39 @@ def pack(
         >>> pack(prune_magnitude(lenet300_100(), config), "model.nsk",
         ...      spec=ModelSpec(name="lenet300_100"), input_shape=(1, 28, 28), num_classes=10)
     """
-    config = config or PackConfig()
+    path = Path(path)
+    about = {"spec": spec, "input_shape": input_shape, "num_classes": num_classes}
+    body = packed_bytes(
+        model, config or PackConfig(), meta=meta, measurement=measurement, where=str(path), **about
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda tmp: tmp.write_bytes(body))
+    return path
+
+
+def packed_bytes(
+    model: nn.Module,
+    config: PackConfig = PackConfig(),  # frozen: one shared default is safe
+    *,
+    meta: CheckpointMeta | None = None,
+    spec: ModelSpec | None = None,
+    input_shape: tuple[int, int, int] | None = None,
+    num_classes: int | None = None,
+    measurement: Any = None,
+    where: str = "<memory>",
+) -> bytes:
+    """The bytes `pack` writes for the same arguments, without writing them: `len()` of them is
+    the exact size of the file (netshrink.codec.summary.summarize_model says what they hold).
+
+    Example:
+        >>> len(packed_bytes(model)) == pack(model, "model.nsk").stat().st_size
+        True
+    """
     root = unwrap(model)
     records, payload = _encode_state(root, config)
     given = {"model": spec, "input_shape": _shape(input_shape), "num_classes": num_classes}
     header = _header(root, records, meta, given, measurement)
-    path = Path(path)
-    write_container(path, header, payload)
-    return path
+    return container_bytes(header, payload, where)
 
 
 def _header(root, records, meta, given: dict, measurement) -> Header:

@@ -25,7 +25,6 @@ from pydantic import ValidationError
 
 from ..edits import MAX_EDITS, check_edit_counts
 from ..errors import ConfigError, CorruptFileError, LimitError
-from ..files import atomic_write
 from ..untrusted import MAX_DECODED_BYTES, check_budget, decode_budget
 from .encodings import working_bytes
 from .header import DTYPES, MAX_TENSORS, BytesSection, Header, TensorRecord
@@ -52,9 +51,10 @@ class Container:
     decoded_bytes: int  # the tensors plus the largest decoder's working arrays, bounded
 
 
-def write_container(path: Path, header: Header, payload: list[bytes]) -> int:
-    """Write the file atomically; returns its size. The header must already hold the sections'
-    offsets, lengths and CRCs."""
+def container_bytes(header: Header, payload: list[bytes], where: str = "<memory>") -> bytes:
+    """The bytes of a .nsk file, read back as a reader would (every check, the edit counts)
+    before they are returned: what a reader would refuse is a ConfigError here, so netshrink
+    never writes it. The header must already hold the sections' offsets, lengths and CRCs."""
     text = json.dumps(
         header.model_dump(mode="json"), sort_keys=True, separators=(",", ":"), allow_nan=False
     )
@@ -62,14 +62,12 @@ def write_container(path: Path, header: Header, payload: list[bytes]) -> int:
     body = PREFIX.pack(MAGIC, VERSION, 0, len(packed), zlib.crc32(packed)) + packed
     body += b"".join(payload)
     body += struct.pack("<I", zlib.crc32(body))
-    try:  # read it back as a reader would (every check, the edit counts): refuse what it refuses
-        parse_container(body, str(path), max_decoded_bytes=None)
+    try:
+        parse_container(body, where, max_decoded_bytes=None)
         check_edit_counts(header.edits)
     except (CorruptFileError, ConfigError) as exc:
         raise ConfigError(f"cannot pack this model: {exc}") from None
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda tmp: tmp.write_bytes(body))
-    return len(body)
+    return body
 
 
 def read_container(

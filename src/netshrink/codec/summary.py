@@ -1,18 +1,24 @@
-"""What a .nsk file holds, tensor by tensor and stream by stream: `netshrink inspect`.
+"""What a .nsk file holds, tensor by tensor and stream by stream: `netshrink inspect` of a file
+(`summarize`), and of the file a model would pack to before it is written (`summarize_model`).
 
 For every integer stream it gives the bits a symbol it takes and its order-0 entropy bound (the
-empirical entropy of its symbols), so the coder's overhead is visible per stream.
+empirical entropy of its symbols), so the coder's overhead is visible per stream. Both read the
+same container bytes the same way, so a model's rows are the rows `inspect` prints for its file:
+every size netshrink reports for a model (a stage's bytes, the layer tables) comes from here.
 """
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from rich.table import Table
+from torch import nn
 
-from ..report import console
+from ..terminal import console
 from ..untrusted import MAX_DECODED_BYTES
-from .api import decode_all
-from .container import PREFIX, TRAILER, read_container
+from .api import decode_all, packed_bytes
+from .container import PREFIX, TRAILER, Container, parse_container, read_container
+from .encodings import PackConfig
 from .header import DTYPES, BytesSection, Header, TensorRecord
 from .streams import decode_stream, entropy_bits
 
@@ -46,7 +52,7 @@ class TensorSummary:
 
 @dataclass(frozen=True)
 class FileSummary:
-    path: Path
+    path: Path | None  # None: a model's file not written (summarize_model)
     size: int
     header_bytes: int
     header: Header
@@ -61,8 +67,31 @@ class FileSummary:
 def summarize(path: str | Path, max_decoded_bytes: int | None = MAX_DECODED_BYTES) -> FileSummary:
     """Read and fully decode a .nsk file, and describe every tensor and stream in it; the file
     may decode to at most `max_decoded_bytes` (netshrink.untrusted; None lifts the cap)."""
-    container = read_container(path, max_decoded_bytes)
-    tensors = decode_all(container, str(path))
+    return _summary(read_container(path, max_decoded_bytes), Path(path))
+
+
+def summarize_model(
+    model: nn.Module, config: PackConfig = PackConfig(), **fields: Any
+) -> FileSummary:
+    """What `pack(model, path, config, **fields)` would write, tensor by tensor, without writing
+    it: the encodings `pack` chooses (it runs the same encoder on the same tensors), each
+    section's bytes, and `size`, the exact length of the file (header and container included).
+    `fields`: pack's `meta`, `spec`, `input_shape`, `num_classes`, `measurement`, which change
+    the header only. The rows equal those of `summarize` on the packed file.
+
+    Example:
+        >>> summary = summarize_model(model)
+        >>> summary.size == pack(model, "model.nsk").stat().st_size
+        True
+        >>> summary.tensors == summarize("model.nsk").tensors
+        True
+    """
+    data = packed_bytes(model, config, **fields)
+    return _summary(parse_container(data, max_decoded_bytes=None), None)
+
+
+def _summary(container: Container, path: Path | None) -> FileSummary:
+    tensors = decode_all(container, str(path or "<memory>"))
     rows = []
     for record, data in zip(container.header.tensors, container.sections):
         sections = [_section(role, s, bytes(data[role])) for role, s in record.sections.items()]
@@ -74,7 +103,7 @@ def summarize(path: str | Path, max_decoded_bytes: int | None = MAX_DECODED_BYTE
         )
     payload = sum(t.nbytes for t in rows)
     header_bytes = container.size - PREFIX.size - TRAILER - payload
-    return FileSummary(Path(path), container.size, header_bytes, container.header, rows)
+    return FileSummary(path, container.size, header_bytes, container.header, rows)
 
 
 def _section(role: str, section, data: bytes) -> SectionSummary:
@@ -101,7 +130,8 @@ COLUMNS = (
 
 def summary_table(summary: FileSummary) -> Table:
     """One row per section; the tensor's own columns fill its first row."""
-    table = Table(title=f"{summary.path}: {summary.size:,} bytes")
+    where = summary.path or "packed in memory"
+    table = Table(title=f"{where}: {summary.size:,} bytes")
     for name in COLUMNS:
         table.add_column(name, justify="left" if name in ("tensor", "encoding") else "right")
     for t in summary.tensors:

@@ -38,11 +38,6 @@ class WeightQuant(nn.Module):
         # Loading a stored weight: it is already on the grid, so it is its own preimage.
         return value
 
-    @property
-    def value_bits(self) -> int:
-        """Bits per stored value (read by netshrink.measure.storage_report)."""
-        return self.fmt.bits
-
     def extra_repr(self) -> str:
         return f"fmt={self.fmt}"
 

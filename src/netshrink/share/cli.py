@@ -5,13 +5,11 @@
     netshrink share CHECKPOINT --method svd --energy 0.9 --finetune-epochs 1 --out OUT
 
 Exact zeros of the checkpoint are taken as pruned (they stay zero). The checkpoint written holds
-the decoded weights (what the forward pass computes); the tables show what the compressed form
-needs: indices at their bits, codebooks and scales at 32 bits, sparse positions.
+the decoded weights (what the forward pass computes); the tables show what its .nsk file holds
+(netshrink.codec.summary): each layer's encoding and bytes, and the file's size.
 """
 
 from pathlib import Path
-
-from rich.table import Table
 
 from ..checkpoint import save_checkpoint
 from ..cli import (
@@ -22,11 +20,12 @@ from ..cli import (
     refuse_overwriting_checkpoint,
     retrain_config,
 )
+from ..codec import summarize_model
 from ..errors import ConfigError
 from ..layers import select_layers
-from ..measure import dense_bytes, storage_report
+from ..measure import dense_bytes
 from ..prune.mask import restore_masks
-from ..report import console, print_measurements
+from ..report import console, layer_rows, print_measurements, storage_table
 from ..train import fit
 from .codebooks import CODEBOOK_LR_DIVISOR
 from .kmeans import Init
@@ -114,7 +113,8 @@ def run_share(args) -> None:
     metrics = {"test_top1": rows[1].top1, "test_top5": rows[1].top5}
     update = {"metrics": metrics} | ({"fit": finetune} if finetune.epochs else {})
     out = save_checkpoint(model, args.out, meta.model_copy(update=update))
-    console().print(storage_table(model, title="shared layers"))
+    stored = layer_rows(summarize_model(model), model)  # what the .nsk file holds for each layer
+    console().print(storage_table(stored, title="shared layers"))
     print_measurements(rows, title=f"share --method {args.method}: {out}")
 
 
@@ -167,25 +167,3 @@ def kmeans_config(bits: str, init: str, seed: int) -> ShareKmeansConfig:
     if len(fields) == 1 and not fields["per_layer"]:
         raise ConfigError("--bits is empty: give N or a list like conv=8,fc=5")
     return make_config(ShareKmeansConfig, init=init, seed=seed, **fields)
-
-
-def storage_table(model, title: str = "layers") -> Table:
-    """Per conv / linear weight: format, shape, non-zeros, index and codebook bits, ratio."""
-    table = Table(title=title)
-    columns = ("tensor", "format", "shape", "non-zero", "index bits", "codebook bits")
-    for name in columns + ("bits/weight", "ratio"):
-        table.add_column(name, justify="left" if name in columns[:3] else "right")
-    weights = {f"{name}.weight" for name, _ in select_layers(model)}
-    for row in storage_report(model):
-        if row.name in weights:
-            table.add_row(
-                row.name,
-                row.method,
-                "x".join(map(str, row.shape)),
-                f"{row.nonzero:,}",
-                f"{row.index_bits:,}",
-                f"{row.codebook_bits:,}",
-                f"{row.bits / row.numel:.2f}",
-                f"{row.ratio:.1f}x",
-            )
-    return table

@@ -8,8 +8,8 @@ indices, times the pruning mask it carries (DESIGN.md, "compression as parametri
 
 The codebook is the only trainable tensor: `attach` freezes the dense `original` underneath, so
 the ordinary `fit` updates each shared value by the sum of its members' gradients while indices
-and zeros stay fixed. Each reports what it needs to store through `storage_bits`, which
-`netshrink.measure.storage_report` reads.
+and zeros stay fixed. What a shared layer stores is what its .nsk file holds for the weight
+it computes: netshrink.codec.summary says (`summarize_model`).
 """
 
 from typing import ClassVar
@@ -21,7 +21,6 @@ from torch.nn.utils import parametrize
 from ..errors import ConfigError, UnsupportedLayerError
 from ..layers import LayerFilter, select_layers
 from ..mask import Mask, unparametrize
-from ..measure import FLOAT_BITS, index_bits, scalar_index_bits
 from ..stage import Stage
 from .gather import gather_rows
 from .vq import Axis, decode_tensors
@@ -50,11 +49,6 @@ class ScalarCodebook(nn.Module):
     def forward(self, original: torch.Tensor) -> torch.Tensor:
         return gather_rows(self.centroids, self.indices) * self.mask
 
-    def storage_bits(self, position_bits: int) -> tuple[str, int, int]:
-        k = self.centroids.numel()
-        codes = scalar_index_bits(self.mask.bool(), index_bits(k), position_bits)
-        return "kmeans", codes, k * FLOAT_BITS
-
 
 class VectorCodebook(nn.Module):
     """The weight viewed as a matrix (out, rest), rebuilt from `codebooks` (stages, segments, k,
@@ -74,13 +68,6 @@ class VectorCodebook(nn.Module):
         matrix = decode_tensors(self.codebooks, self.indices, self.axis, shape)
         return matrix.reshape(self.mask.shape) * self.mask
 
-    def storage_bits(self, position_bits: int) -> tuple[str, int, int]:
-        stages, _, k, _ = self.codebooks.shape
-        codes = self.indices.numel() * index_bits(k)
-        if not bool(self.mask.bool().all()):
-            codes += self.mask.numel()  # the pruned positions, as a bitmap
-        return ("pq" if stages == 1 else "rq"), codes, self.codebooks.numel() * FLOAT_BITS
-
 
 class SignCodebook(nn.Module):
     """`weight = scales * signs * mask`, `scales` one per layer (shape (1,)) or per output
@@ -98,10 +85,6 @@ class SignCodebook(nn.Module):
     def forward(self, original: torch.Tensor) -> torch.Tensor:
         shape = (-1,) + (1,) * (self.signs.dim() - 1)
         return self.scales.reshape(shape) * self.signs * self.mask
-
-    def storage_bits(self, position_bits: int) -> tuple[str, int, int]:
-        codes = scalar_index_bits(self.mask.bool(), 2 if self.ternary else 1, position_bits)
-        return ("ternary" if self.ternary else "binary"), codes, self.scales.numel() * FLOAT_BITS
 
 
 SHARED = (ScalarCodebook, VectorCodebook, SignCodebook)

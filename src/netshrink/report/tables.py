@@ -1,18 +1,23 @@
-"""Stage tables: one row a `Measurement`, printed with rich or written as Markdown / JSON; and
-the report of a pipeline run, `render_report`: report.json -> report.md with PNG plots.
+"""Stage tables: one row a `Measurement`, printed with rich or written as Markdown / JSON; the
+per-layer tables of a model's MACs (`layer_table`) and of what its .nsk file stores for each
+layer (`storage_table`, from netshrink.codec.summary's rows).
 
-matplotlib is imported inside the plotting functions only: every CLI module imports this one.
+Every CLI module imports this one: it imports neither matplotlib nor the codec.
 """
 
 import json
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import torch
-from rich.console import Console
 from rich.table import Table
 from torch import nn
 
-from .measure import Measurement, count_macs
+from ..measure import Measurement, count_macs
+from ..terminal import console
+
+if TYPE_CHECKING:
+    from ..codec.summary import TensorSummary
 
 
 def format_percent(v: float | None) -> str:
@@ -44,12 +49,6 @@ COLUMNS: tuple[tuple[str, Callable[[Measurement], str]], ...] = (
     ("ms @1", lambda m: _ms(m.latency_ms_b1)),
     ("ms @64", lambda m: _ms(m.latency_ms_b64)),
 )
-
-
-def console() -> Console:
-    """stdout; wide enough for the stage table when it is a file or a pipe (rich assumes 80)."""
-    out = Console()
-    return out if out.is_terminal else Console(width=160)
 
 
 def measurement_table(rows: Sequence[Measurement], title: str = "netshrink") -> Table:
@@ -96,5 +95,27 @@ def layer_table(model: nn.Module, input_shape: tuple[int, ...], title: str = "la
             f"{1 - nonzero / weight.numel():.1%}",
             f"{row.macs / 1e6:.3f}",
             f"{row.sparse_macs / 1e6:.3f}",
+        )
+    return table
+
+
+def storage_table(rows: Sequence["TensorSummary"], title: str = "layers") -> Table:
+    """Per stored tensor (netshrink.codec.summary rows, e.g. a model's layer weights): the
+    encoding the .nsk file holds it in, its bytes there, bits per weight and per non-zero,
+    and the ratio against the same tensor at fp32."""
+    table = Table(title=title)
+    columns = ("tensor", "encoding", "shape", "non-zero", "bytes")
+    for name in columns + ("bits/weight", "bits/non-zero", "ratio"):
+        table.add_column(name, justify="left" if name in columns[:3] else "right")
+    for row in rows:
+        table.add_row(
+            row.name,
+            row.encoding,
+            "x".join(map(str, row.shape)) or "scalar",
+            f"{row.nonzero:,}",
+            f"{row.nbytes:,}",
+            f"{row.bits_per_weight:.2f}",
+            f"{8 * row.nbytes / max(row.nonzero, 1):.2f}",
+            f"{32 * row.numel / max(8 * row.nbytes, 1):.1f}x",
         )
     return table

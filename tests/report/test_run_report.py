@@ -6,13 +6,13 @@ import torch
 from torch import nn
 
 from netshrink.checkpoint import CheckpointMeta, save_checkpoint
-from netshrink.codec import pack
+from netshrink.codec import pack, summarize, unpack
 from netshrink.errors import ConfigError
 from netshrink.measure import Measurement
 from netshrink.models import ModelSpec, build_model
 from netshrink.prune import LayerSparsity, PruneMagnitudeConfig, prune_magnitude
-from netshrink.report_plots import distinct_levels
-from netshrink.run_report import (
+from netshrink.report import (
+    distinct_levels,
     layer_rows,
     read_run_report,
     render_report,
@@ -118,20 +118,38 @@ def test_render_report_writes_markdown_and_pngs(run_dir, written):
     assert not list(run_dir.glob(".*.tmp"))  # atomic writes leave no temporaries
 
 
+def _layer_cells(md: str) -> dict[str, list[str]]:
+    """The cells of report.md's layer table, by layer."""
+    start = md.index("| layer | shape |")
+    lines = md[start:].split("\n\n")[0].splitlines()[2:]
+    return {c[0]: c for c in ([x.strip() for x in line.strip("|").split("|")] for line in lines)}
+
+
 def test_per_layer_table_shows_fc1_half_pruned(run_dir, written):
-    md = (run_dir / "report.md").read_text()
-    fc1 = next(line for line in md.splitlines() if line.startswith("| fc1 |"))
-    cells = [c.strip() for c in fc1.strip("|").split("|")]
-    assert cells[1:6] == ["300x64", "19,200", "9,600", "50.0%", "kmeans"]
-    fc2 = next(line for line in md.splitlines() if line.startswith("| fc2 |"))
-    assert "| 0.0% |" in fc2
+    cells = _layer_cells((run_dir / "report.md").read_text())
+    assert cells["fc1"][1:5] == ["300x64", "19,200", "9,600", "50.0%"]
+    assert cells["fc2"][4] == "0.0%"
+
+
+def test_the_layer_table_and_plot_rows_are_inspects_rows_of_the_file(run_dir, written):
+    inspected = {r.name: r for r in summarize(run_dir / "model.nsk").tensors}
+    cells = _layer_cells((run_dir / "report.md").read_text())
+    assert list(cells) == ["fc1", "fc2", "fc3"]
+    for layer, row in cells.items():
+        file_row = inspected[f"{layer}.weight"]
+        encoding, nbytes, per_weight, per_nonzero = row[5:9]
+        assert encoding == file_row.encoding
+        assert nbytes == f"{file_row.nbytes:,}"
+        assert per_weight == f"{file_row.bits_per_weight:.2f}"
+        assert per_nonzero == f"{8 * file_row.nbytes / file_row.nonzero:.2f}"
+    model = unpack(run_dir / "model.nsk")
+    rows = layer_rows(summarize(run_dir / "model.nsk"), model)
+    assert rows == [inspected[f"{layer}.weight"] for layer in cells]  # what layers.png draws
 
 
 def test_layer_rows_and_levels_of_the_decoded_model(run_dir):
-    from netshrink.codec import unpack
-
     model = unpack(run_dir / "model.nsk")
-    rows = layer_rows(model)
+    rows = layer_rows(summarize(run_dir / "model.nsk"), model)
     assert [r.name for r in rows] == ["fc1.weight", "fc2.weight", "fc3.weight"]
     assert rows[0].nonzero == 9_600
     levels = distinct_levels(model.fc1.weight)
@@ -180,7 +198,8 @@ def test_single_stage_report_without_baseline_checkpoint(run_dir, tmp_path):
 
 def test_markdown_of_a_model_without_conv_or_linear_layers(run_dir):
     report = read_run_report(run_dir)
-    md = report_markdown(report, nn.Sequential(nn.Flatten(), nn.ReLU()), ["accuracy_vs_size.png"])
+    model = nn.Sequential(nn.Flatten(), nn.ReLU())
+    md = report_markdown(report, model, [], ["accuracy_vs_size.png"])
     assert "no convolution or linear layers" in md
     assert "](accuracy_vs_size.png)" in md and "](weights.png)" not in md
 

@@ -14,12 +14,12 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from .files import atomic_write
-from .measure import TensorStorage
-from .report import format_size
+from ..files import atomic_write
+from .tables import format_size
 
 if TYPE_CHECKING:
-    from .run_report import ReportStage, RunReport
+    from ..codec.summary import TensorSummary
+    from .run import ReportStage, RunReport
 
 DPI = 110
 MAX_WEIGHT_PLOTS = 12
@@ -27,7 +27,7 @@ MAX_LEVELS = 64  # at most this many distinct values: a codebook or a fixed-poin
 
 
 def _pyplot():
-    # Imported here, not at the top: every CLI module imports report.py, few draw anything.
+    # Imported here, not at the top: every CLI module imports netshrink.report, few draw anything.
     import matplotlib
 
     matplotlib.use("Agg")
@@ -84,17 +84,18 @@ def accuracy_vs_size_figure(report: "RunReport"):
     return fig
 
 
-def layers_figure(rows: Sequence[TensorStorage]):
-    """Per layer: sparsity on top, bits per stored (non-zero) weight below, named by method."""
+def layers_figure(rows: Sequence["TensorSummary"]):
+    """Per layer (rows of the .nsk file, netshrink.codec.summary): sparsity on top, the file's
+    bits per non-zero weight below, each bar named by its encoding."""
     names = [r.name.removesuffix(".weight") for r in rows]
     width = min(14.0, 3.0 + 0.45 * len(rows))
     fig, (top, bottom) = _pyplot().subplots(2, 1, sharex=True, figsize=(width, 5))
     ticks = list(range(len(rows)))
     top.bar(ticks, [100 * (1 - r.nonzero / r.numel) for r in rows], color="C3")
     top.set(ylabel="sparsity (%)", ylim=(0, 100), title="final model, per layer")
-    bars = bottom.bar(ticks, [r.bits / max(r.nonzero, 1) for r in rows], color="C0")
-    bottom.bar_label(bars, labels=[r.method for r in rows], fontsize=6)
-    bottom.set(ylabel="bits per stored weight")
+    bars = bottom.bar(ticks, [8 * r.nbytes / max(r.nonzero, 1) for r in rows], color="C0")
+    bottom.bar_label(bars, labels=[r.encoding for r in rows], fontsize=6)
+    bottom.set(ylabel="file bits per non-zero weight")
     bottom.set_xticks(ticks, names, rotation=45, ha="right", fontsize=7)
     for ax in (top, bottom):
         ax.grid(alpha=0.3, axis="y")
@@ -161,7 +162,7 @@ def _weight_histogram(ax, name: str, weight: torch.Tensor, before: torch.Tensor 
 
 def write_sensitivity_plot(sensitivity, path: Path, name: str) -> Path:
     """sensitivity.png by `plot_sensitivity`, replaced atomically."""
-    from .prune.sensitivity import plot_sensitivity
+    from ..prune.sensitivity import plot_sensitivity
 
     def write(tmp: Path) -> None:
         # plot_sensitivity takes the format from the name's suffix, which `tmp` lacks.

@@ -1,22 +1,22 @@
 """The report of a pipeline run: report.json (written by netshrink.pipeline) -> report.md with
-PNG plots (netshrink.report_plots), re-rendered from the run directory's files alone by
-`netshrink report`.
+PNG plots (netshrink.report.plots), re-rendered from the run directory's files alone by
+`netshrink report`. The per-layer table and layers.png are `netshrink inspect`'s rows of the
+packed file (netshrink.codec.summary), so they say what the file holds.
 """
 
 import json
 from collections.abc import Collection, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import nn
 
-from .errors import ConfigError, Error
-from .files import atomic_write
-from .layers import select_layers
-from .measure import Measurement, TensorStorage, storage_report
-from .report import format_percent, format_size, measurements_markdown
-from .report_plots import (
+from ..errors import ConfigError, Error
+from ..files import atomic_write
+from ..layers import select_layers
+from ..measure import Measurement
+from .plots import (
     MAX_WEIGHT_PLOTS,
     accuracy_vs_size_figure,
     layers_figure,
@@ -24,6 +24,10 @@ from .report_plots import (
     weights_figure,
     write_sensitivity_plot,
 )
+from .tables import format_percent, format_size, measurements_markdown
+
+if TYPE_CHECKING:
+    from ..codec.summary import FileSummary, TensorSummary
 
 REPORT_FILE = "report.json"
 
@@ -96,7 +100,7 @@ def _sensitivity(report: RunReport, where: Path):
     """The report's Sensitivity dataclass, or None."""
     from pydantic import TypeAdapter
 
-    from .prune.sensitivity import Sensitivity
+    from ..prune.sensitivity import Sensitivity
 
     if report.sensitivity is None:
         return None
@@ -119,7 +123,7 @@ def render_report(run_dir: Path, *, allow_import: Collection[str] = ()) -> list[
     Example:
         >>> render_report(Path("runs/deep-compression-lenet5"))  # doctest: +SKIP
     """
-    from .codec import unpack
+    from ..codec import summarize, unpack
 
     run_dir = Path(run_dir)
     report = read_run_report(run_dir)
@@ -129,18 +133,19 @@ def render_report(run_dir: Path, *, allow_import: Collection[str] = ()) -> list[
             f"{packed}: the final file named in report.json is missing; rerun the recipe"
         )
     model = unpack(packed, allow_import=allow_import)
+    rows = layer_rows(summarize(packed), model)
     baseline = _baseline_model(run_dir, report.stages[0], allow_import)
     layers = select_layers(model)
     written = [save_png(run_dir / "accuracy_vs_size.png", accuracy_vs_size_figure, report)]
     if layers:
-        written.append(save_png(run_dir / "layers.png", layers_figure, layer_rows(model)))
+        written.append(save_png(run_dir / "layers.png", layers_figure, rows))
         written.append(save_png(run_dir / "weights.png", weights_figure, layers, baseline))
     sensitivity = _sensitivity(report, run_dir / REPORT_FILE)
     if sensitivity is not None:
         written.append(
             write_sensitivity_plot(sensitivity, run_dir / "sensitivity.png", report.name)
         )
-    text = report_markdown(report, model, [p.name for p in written])
+    text = report_markdown(report, model, rows, [p.name for p in written])
     md = run_dir / "report.md"
     atomic_write(md, lambda tmp: tmp.write_text(text))
     return [md, *written]
@@ -151,7 +156,7 @@ def _baseline_model(
 ) -> nn.Module | None:
     """The baseline checkpoint for the weight histograms' overlay, or None when it cannot load
     (a model nobody allowed to import included)."""
-    from .checkpoint import load_checkpoint
+    from ..checkpoint import load_checkpoint
 
     if stage.checkpoint is None:
         return None
@@ -164,14 +169,18 @@ def _baseline_model(
 # ---- the Markdown ---------------------------------------------------------------------------
 
 
-def layer_rows(model: nn.Module) -> list[TensorStorage]:
-    """`storage_report` rows of the convolution and linear weights of `model`, in model order."""
+def layer_rows(summary: "FileSummary", model: nn.Module) -> list["TensorSummary"]:
+    """The rows of `summary` (a .nsk file's, or a model's before it is packed) that hold the
+    convolution and linear weights of `model`, in the file's order."""
     names = {f"{name}.weight" for name, _ in select_layers(model)}
-    return [row for row in storage_report(model) if row.name in names]
+    return [row for row in summary.tensors if row.name in names]
 
 
-def report_markdown(report: RunReport, model: nn.Module, images: Sequence[str]) -> str:
-    """report.md: title, stage tables, the final file, the final model's layers, the images."""
+def report_markdown(
+    report: RunReport, model: nn.Module, rows: Sequence["TensorSummary"], images: Sequence[str]
+) -> str:
+    """report.md: title, stage tables, the final file, the final model's layers as the file
+    stores them (`rows`, from `layer_rows`), the images."""
     final = report.final
     recipe = f", recipe `{report.recipe}`" if report.recipe else ""
     lines = [
@@ -185,7 +194,7 @@ def report_markdown(report: RunReport, model: nn.Module, images: Sequence[str]) 
         f" top-5 {format_percent(final.top5)}, measured on the model decoded from {final.file}.\n",
         *_image("accuracy_vs_size.png", "top-1 against size, stage by stage", images),
         "## Layers of the final model\n",
-        _layers_markdown(layer_rows(model)),
+        _layers_markdown(rows),
         *_image("layers.png", "sparsity and bits per weight of each layer", images),
         *_image("weights.png", "non-zero weights of each layer", images),
         *_weights_note(select_layers(model)),
@@ -203,18 +212,19 @@ def _timing_markdown(stages: Sequence[ReportStage]) -> str:
     return "\n".join(rows) + f"\n\nTotal: {total:.1f} s.\n"
 
 
-def _layers_markdown(rows: Sequence[TensorStorage]) -> str:
+def _layers_markdown(rows: Sequence["TensorSummary"]) -> str:
     if not rows:
         return "The final model has no convolution or linear layers.\n"
     out = [
-        "| layer | shape | params | non-zero | sparsity | storage | bits/weight | bits/non-zero |",
-        "| --- | --- | ---: | ---: | ---: | --- | ---: | ---: |",
+        "| layer | shape | params | non-zero | sparsity | encoding | bytes | bits/weight"
+        " | bits/non-zero |",
+        "| --- | --- | ---: | ---: | ---: | --- | ---: | ---: | ---: |",
     ]
     for r in rows:
         out.append(
             f"| {r.name.removesuffix('.weight')} | {'x'.join(map(str, r.shape))} | {r.numel:,}"
-            f" | {r.nonzero:,} | {1 - r.nonzero / r.numel:.1%} | {r.method}"
-            f" | {r.bits / r.numel:.2f} | {r.bits / max(r.nonzero, 1):.2f} |"
+            f" | {r.nonzero:,} | {1 - r.nonzero / r.numel:.1%} | {r.encoding} | {r.nbytes:,}"
+            f" | {r.bits_per_weight:.2f} | {8 * r.nbytes / max(r.nonzero, 1):.2f} |"
         )
     return "\n".join(out) + "\n"
 
