@@ -89,10 +89,10 @@ def test_a_bad_thread_count_is_a_usage_error_not_a_traceback(capsys, value, word
 
 
 def test_demo_runs_the_demo_recipe_through_the_run_command(monkeypatch, tmp_path):
-    import netshrink.pipeline
+    import netshrink.cli
 
     ran = {}
-    monkeypatch.setattr(netshrink.pipeline, "run_recipe",
+    monkeypatch.setattr(netshrink.cli, "run_recipe",
                         lambda recipe, out, **kw: ran.update(name=recipe.name, out=out))  # fmt: skip
     assert main(["demo", "--out", str(tmp_path / "demo")]) == 0
     assert ran == {"name": "deep-compression-lenet5", "out": tmp_path / "demo"}
@@ -111,4 +111,6 @@ def test_every_help_renders_and_shows_the_defaults():
         text = command.format_help()
         assert "--allow-import" in text and "--threads" in text, name
     prune = commands.choices["prune"].format_help()
-    assert "(default: 1)" in prune and "default: 256" in prune  # --steps, --batch-size
+    assert "(default: l1)" in prune and "default: 256" in prune  # --criterion, --batch-size
+    share = commands.choices["share"].format_help()  # a method's default, where methods differ:
+    assert "(default: pq 256, rq 16)" in share.replace("\n", " ").replace("  ", "")

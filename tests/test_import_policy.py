@@ -77,7 +77,7 @@ def test_every_command_refuses_a_file_named_factory(forged, tmp_path, capsys):
         ["export", str(stem), "--onnx", str(out / "m.onnx")],
         ["export", str(evil_nsk), "--onnx", str(out / "m.onnx")],
         ["unpack", str(evil_nsk), "-o", str(out / "back")],
-        ["prune", str(stem), "--method", "std", "--out", str(out / "p")],
+        ["prune", str(stem), "--method", "std", "--ratio", "1", "--out", str(out / "p")],
         ["share", str(stem), "--method", "kmeans", "--out", str(out / "s")],
         ["quantize", str(stem), "--out", str(out / "q")],
         ["distill", "--teacher", str(stem), "--student", "lenet300_100", "--out", str(out / "d")],

@@ -127,7 +127,7 @@ def test_finetune_takes_the_baselines_settings_it_does_not_give():
 
 
 def test_the_recipe_seed_fills_every_seed_a_stage_leaves_unset():
-    from netshrink.pipeline import with_seed
+    from netshrink.stage import with_seed
 
     recipe = parse_recipe(GOOD.replace("config: {bits: 4}", "config: {bits: 4, seed: 3}"))
     share = with_seed(recipe.stages[1], 11)
@@ -159,11 +159,11 @@ def test_a_trial_caps_every_training_and_the_data(path):
 
 
 def test_run_with_limit_and_epochs_writes_its_own_folder(monkeypatch, tmp_path):
-    import netshrink.pipeline
+    import netshrink.cli
 
     ran = {}
     monkeypatch.setattr(
-        netshrink.pipeline, "run_recipe", lambda recipe, out, **kw: ran.update(r=recipe, out=out)
+        netshrink.cli, "run_recipe", lambda recipe, out, **kw: ran.update(r=recipe, out=out)
     )
     monkeypatch.chdir(ROOT)
     assert (

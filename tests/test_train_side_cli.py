@@ -91,10 +91,10 @@ def test_compressive_writes_a_checkpoint_and_the_steps_table(teacher, tmp_path, 
         ]
     )
     text = capsys.readouterr().out
-    assert "compressive training" in text and "kept" in text and "compressive (" in text
+    assert "compressive training" in text and "kept" in text
     model, meta = load_checkpoint(out)
     zeros = float((model.fc1.weight == 0).float().mean())
-    assert zeros >= 0.5 and meta.fit.epochs == 1
+    assert zeros >= 0.5 and meta.fit == load_checkpoint(teacher)[1].fit
     assert meta.metrics["test_top1"] > 0.8
 
 

@@ -31,7 +31,7 @@ set against one-shot global pruning at the same rate, the comparison the paper d
 """
 
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Annotated, Literal
 
 import torch
@@ -344,5 +344,20 @@ class CompressiveStage(Stage):
     config: CompressiveConfig = CompressiveConfig()
 
     def apply(self, model, ctx):
-        train_compressive(model, ctx.data, self.config, layers=self.layers, progress=ctx.progress)
+        result = train_compressive(
+            model, ctx.data, self.config, layers=self.layers, progress=ctx.progress
+        )
+        ctx.notes["compressive"] = search_notes(result)
         return model
+
+
+def search_notes(result: CompressiveResult) -> dict:
+    """The greedy search as plain data for the run's record and the CLI's table: validation
+    top-1 as given and after pruning, then each layer that joined, its sparsity, top-1, kept."""
+    return {
+        "reference_top1": result.reference_top1,
+        "pruned_top1": result.pruned_top1,
+        "steps": [
+            {**asdict(step), "sparsity": result.sparsity[step.layer]} for step in result.steps
+        ],
+    }

@@ -6,6 +6,7 @@ Adding a method: write its config, function and `Stage` subclass in its module, 
 `METHODS` below, and a line to the method table in docs/recipes.md.
 """
 
+from collections.abc import Mapping
 from typing import Annotated, Any, Union, get_args
 
 from pydantic import Field, TypeAdapter, ValidationError
@@ -71,16 +72,30 @@ def stage_class(method: str) -> type[Stage]:
     raise ConfigError(f"unknown method {method!r}; the methods are: {', '.join(METHOD_NAMES)}")
 
 
-def parse_stage(fields: dict[str, Any]) -> Stage:
+def parse_stage(fields: dict[str, Any], names: Mapping[str, str] | None = None) -> Stage:
     """A stage from plain values (a recipe entry, the CLI's flags), validated by its method's
-    own models; a mistake is one ConfigError naming the field, as in a recipe."""
+    own models; a mistake is one ConfigError naming the field, as in a recipe, or by the name the
+    caller gave that field's dotted path in `names` (the CLI's `--weights` for `config.weights`)."""
     stage_class(fields.get("method", ""))  # an unknown method: say which exist
     try:
         return _ADAPTER.validate_python(fields)
     except ValidationError as exc:
         err = exc.errors()[0]
-        where = ".".join(str(p) for p in err["loc"][1:]) or "stage"
-        raise ConfigError(f"{fields['method']}: {where}: {err['msg']}") from None
+        loc = [str(p) for p in err["loc"][1:]]  # [0] is the method's tag
+        name = _caller_name(loc, names or {})
+        if name is not None:
+            raise ConfigError(f"{name}: {err['msg']}") from None
+        raise ConfigError(f"{fields['method']}: {'.'.join(loc) or 'stage'}: {err['msg']}") from None
+
+
+def _caller_name(loc: list[str], names: Mapping[str, str]) -> str | None:
+    """The name of the field at `loc`: its dotted path, or that path with the tags of tagged
+    unions left out (`config.threshold.std.ratio` is `config.threshold.ratio`)."""
+    for path, name in names.items():
+        parts = path.split(".")
+        if loc and loc[-1] == parts[-1] and [p for p in loc if p in parts] == parts:
+            return name
+    return None
 
 
 def run_stage(model: nn.Module, stage: Stage, ctx: StageContext) -> nn.Module:

@@ -49,7 +49,7 @@ from .quant.quantize import weight_quant
 from .recipe import Recipe
 from .report import FinalRecord, ReportStage, RunReport, console, print_measurements, render_report
 from .share.codebooks import ScalarCodebook, restore_codebook
-from .stage import StageContext
+from .stage import StageContext, with_seed
 from .train import _init_distributed, evaluate, is_main_process
 
 STATE_FORMAT = "netshrink-run"
@@ -150,19 +150,6 @@ def stage_key(recipe: Recipe, index: int) -> str:
         weights = checkpoint_paths(recipe.baseline.checkpoint)[0]
         parts.append(hashlib.sha256(weights.read_bytes()).hexdigest())
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def with_seed(config: BaseModel, seed: int) -> BaseModel:
-    """`config` with every `seed` field it leaves unset, at any depth (the order of a training,
-    a k-means start), set to the recipe's `seed`: one number changes every random choice."""
-    update = {}
-    for name in type(config).model_fields:
-        value = getattr(config, name)
-        if name == "seed" and name not in config.model_fields_set:
-            update[name] = seed
-        elif isinstance(value, BaseModel):
-            update[name] = with_seed(value, seed)
-    return config.model_copy(update=update) if update else config
 
 
 def _finished(directory: Path, recipe: Recipe) -> list[StageRecord]:

@@ -11,7 +11,7 @@ method; `netshrink.methods.run_stage` runs a stage (apply, then fine-tuning).
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from pydantic import Field, model_validator
+from pydantic import BaseModel, Field, model_validator
 from torch import nn
 
 from .budget import Points
@@ -59,6 +59,11 @@ class Stage(Config):
     soft_targets: SoftTargets | None = None
     budget: Points | None = None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _over_defaults(cls, data):
+        return merge_over_defaults(cls, data) if isinstance(data, dict) else data
+
     @model_validator(mode="after")
     def _options(self):
         if self.layers is not None and not self.takes_layers:
@@ -82,8 +87,41 @@ class Stage(Config):
         return relative_fit(self.finetune, base, self.finetune_lr_divisor)
 
 
+def merge_over_defaults(cls: type[BaseModel], given: dict) -> dict:
+    """`given` with each nested mapping laid over its field's default, at any depth: a recipe,
+    the CLI or a Python dict that sets `quant: {weights: 8}` in a config whose default is
+    `QuantConfig(weights=4, activations=4, calibrate="mse")` keeps the activations and the
+    calibration of that default rather than falling back to QuantConfig's own. A mapping naming
+    another `kind` than the default's is taken as it is."""
+    merged = dict(given)
+    for name, info in cls.model_fields.items():
+        value, default = given.get(name), info.default
+        if not isinstance(value, dict) or not isinstance(default, BaseModel):
+            continue
+        if "kind" in value and value["kind"] != getattr(default, "kind", None):
+            continue
+        base = default.model_dump(exclude_unset=True)
+        if "kind" in type(default).model_fields:  # a tagged union's member: keep its tag
+            base["kind"] = default.kind
+        merged[name] = merge_over_defaults(type(default), {**base, **value})
+    return merged
+
+
 def relative_fit(given: FitConfig, base: FitConfig, lr_divisor: float) -> FitConfig:
     """The fields `given` sets, over `base`'s settings with its learning rate / `lr_divisor`:
     how a stage trains on from a baseline it did not train itself."""
     fields = given.model_dump(include=given.model_fields_set)
     return FitConfig(**{**base.model_dump(), "lr": base.lr / lr_divisor, **fields})
+
+
+def with_seed(config: BaseModel, seed: int) -> BaseModel:
+    """`config` with every `seed` field it leaves unset, at any depth (the order of a training,
+    a k-means start), set to the recipe's `seed`: one number changes every random choice."""
+    update = {}
+    for name in type(config).model_fields:
+        value = getattr(config, name)
+        if name == "seed" and name not in config.model_fields_set:
+            update[name] = seed
+        elif isinstance(value, BaseModel):
+            update[name] = with_seed(value, seed)
+    return config.model_copy(update=update) if update else config

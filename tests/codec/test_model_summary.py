@@ -10,7 +10,7 @@ import torch
 
 from netshrink import share
 from netshrink.checkpoint import CheckpointMeta
-from netshrink.cli import measure_stage
+from netshrink.cli.common import measure_stage
 from netshrink.codec import ENCODINGS, PackConfig, pack, packed_bytes, summarize, summarize_model
 from netshrink.models import ModelSpec, build_model
 from netshrink.prune import (

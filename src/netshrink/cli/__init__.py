@@ -8,19 +8,31 @@ from importlib import metadata
 from pathlib import Path
 
 import torch
-from pydantic import BaseModel, ValidationError
 
-from .baseline import train_model
-from .checkpoint import checkpoint_paths, load_checkpoint, save_checkpoint
-from .codec import load_packed_checkpoint, packed_bytes
-from .data import DataConfig, load_data
-from .errors import ConfigError, Error
-from .files import directory_lock, os_error_line, refuse_overwrite_input
-from .measure import dense_bytes, measure
-from .models import ModelSpec
-from .models.registry import allowed_imports
-from .report import measurements_json, measurements_markdown, print_measurements
-from .train import FitConfig, evaluate, is_main_process
+from ..baseline import train_model
+from ..checkpoint import save_checkpoint
+from ..codec import packed_bytes
+from ..data import load_data
+from ..errors import ConfigError, Error
+from ..files import directory_lock, os_error_line
+from ..measure import dense_bytes, measure
+from ..models import ModelSpec
+from ..pipeline import run_recipe
+from ..recipe import load_recipe, trial_recipe
+from ..report import measurements_json, measurements_markdown, print_measurements, render_report
+from ..train import FitConfig, evaluate, is_main_process
+from . import apply, codec, export, prune, quant, share, train_side
+from .common import (
+    DefaultsHelpFormatter,
+    add_allow_import,
+    add_checkpoint_args,
+    add_data_args,
+    data_config,
+    load_for_command,
+    make_config,
+    positive_int,
+    unset_default,
+)
 
 DESCRIPTION = """\
 netshrink compresses convolutional image classifiers for embedded devices.
@@ -30,39 +42,6 @@ own with `netshrink run recipe.yaml` (see recipes/), or one method at a time: `n
 `prune`, `share`, `quantize`, `pack`, ... each with --help.
 Data: fashion-mnist | digits | mnist:DIR | cifar10:DIR | folder:DIR | a directory to detect.
 """
-
-
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1 (a thread count, say), else a one-line usage error."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} must be >= 1")
-    return value
-
-
-def import_path(text: str) -> str:
-    """argparse type for --allow-import: an exact 'package.module:factory', else a usage error."""
-    try:
-        allowed_imports([text])
-    except ConfigError as exc:
-        raise argparse.ArgumentTypeError(str(exc).removeprefix(f"--allow-import {text!r}: "))
-    return text
-
-
-def add_allow_import(p: argparse.ArgumentParser) -> None:
-    """The one import rule of every command (netshrink.models.registry, docs/security.md)."""
-    p.add_argument(
-        "--allow-import",
-        type=import_path,
-        action="append",
-        default=[],
-        metavar="PACKAGE.MODULE:FACTORY",
-        help="build models named by this exact import path, which runs its code (repeatable); "
-        "without it a file, recipe or run directory may only name zoo models",
-    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -196,20 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("directory", type=Path, help="a run directory (netshrink run --out)")
     report.set_defaults(run=run_report)
 
-    # each family's commands build on this module's helpers, so they are imported here
-    from .codec.cli import add_commands as add_codec_commands
-    from .export.cli import add_commands as add_export_commands
-    from .prune.cli import add_commands as add_prune_commands
-    from .quant.cli import add_commands as add_quant_commands
-    from .share.cli import add_commands as add_share_commands
-    from .train_side_cli import add_commands as add_train_side_commands
-
-    add_prune_commands(commands)
-    add_share_commands(commands)
-    add_quant_commands(commands)
-    add_train_side_commands(commands)
-    add_export_commands(commands)
-    add_codec_commands(commands)
+    for family in (apply, prune, share, quant, train_side, export, codec):
+        family.add_commands(commands)
     for command in commands.choices.values():
         add_allow_import(command)
         command.add_argument(
@@ -219,44 +186,9 @@ def build_parser() -> argparse.ArgumentParser:
         )
         command.formatter_class = DefaultsHelpFormatter
         for action in command._actions:  # argparse prints no help line for help=None
-            if action.help is None and action.option_strings and not _unset(action.default):
+            if action.help is None and action.option_strings and not unset_default(action.default):
                 action.help = "default: %(default)s"
     return parser
-
-
-def _unset(default) -> bool:
-    return default is None or default is False or default == [] or default == argparse.SUPPRESS
-
-
-class DefaultsHelpFormatter(argparse.HelpFormatter):
-    """Every command's --help shows each option's default, unless it has none (None, off, an
-    empty list) or its help already says it."""
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        text = action.help or ""
-        if _unset(action.default) or not action.option_strings or "default" in text:
-            return text
-        return f"{text} (default: %(default)s)"
-
-
-def add_data_args(p: argparse.ArgumentParser, default: str | None = "fashion-mnist") -> None:
-    g = p.add_argument_group("data")
-    g.add_argument(
-        "--data",
-        default=default,
-        help="data set: fashion-mnist, digits, mnist:DIR, "
-        "cifar10:DIR, folder:DIR or a directory" + (f" (default {default})" if default else ""),
-    )
-    g.add_argument(
-        "--limit", type=int, default=None, help="use at most N examples of each split (quick runs)"
-    )
-    g.add_argument(
-        "--val-fraction",
-        type=float,
-        default=None,
-        help="fraction of the training file held out for validation (default 0.1)",
-    )
-    g.add_argument("--image-size", type=int, default=None, help="resize images to N x N")
 
 
 def _add_fit_args(p: argparse.ArgumentParser) -> None:
@@ -277,36 +209,6 @@ def _add_fit_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int, default=defaults.seed)
     g.add_argument("--crop-padding", type=int, default=0, help="augment: random crop after padding")
     g.add_argument("--hflip", action="store_true", help="augment: random horizontal flips")
-
-
-def add_checkpoint_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "checkpoint", type=Path, help="checkpoint (.safetensors, .json or their stem) or .nsk file"
-    )
-    add_data_args(p, default=None)
-    p.add_argument("--batch-size", type=int, default=256)
-
-
-def make_config(cls: type[BaseModel], **fields) -> BaseModel:
-    """Build a config from CLI values, turning validation failures into one-line ConfigErrors."""
-    try:
-        return cls(**{k: v for k, v in fields.items() if v is not None})
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        raise ConfigError(f"--{str(err['loc'][0]).replace('_', '-')}: {err['msg']}") from None
-
-
-def data_config(args, base: DataConfig | None = None, **augment) -> DataConfig:
-    fields = base.model_dump() if base else {}
-    overrides = {
-        "source": args.data,
-        "limit": args.limit,
-        "val_fraction": args.val_fraction,
-        "image_size": args.image_size,
-        **augment,
-    }
-    fields.update({k: v for k, v in overrides.items() if v is not None})
-    return make_config(DataConfig, **fields)
 
 
 def run_train(args) -> None:
@@ -347,56 +249,6 @@ def run_train(args) -> None:
         )
 
 
-def refuse_overwriting_checkpoint(out: Path, *inputs: str | Path) -> None:
-    """ConfigError when the checkpoint a command writes (`--out`) is one that it reads."""
-    refuse_overwrite_input(checkpoint_paths(out), [p for i in inputs for p in checkpoint_paths(i)])
-
-
-def load_model_file(path: Path, allow_import) -> tuple:
-    """(model, sidecar) of a checkpoint, or of a .nsk file (decoded; its header as the sidecar):
-    every command that reads a model takes either."""
-    if Path(path).suffix == ".nsk":
-        return load_packed_checkpoint(path, allow_import=allow_import)
-    return load_checkpoint(path, allow_import=allow_import)
-
-
-def load_for_command(args):
-    model, meta = load_model_file(args.checkpoint, args.allow_import)
-    if meta.data is None and args.data is None:
-        raise ConfigError(f"{args.checkpoint} does not say its data set: pass --data")
-    data = load_data(data_config(args, meta.data))
-    if data.input_shape != tuple(meta.input_shape):
-        raise ConfigError(
-            f"data images are {data.input_shape} but the model expects "
-            f"{tuple(meta.input_shape)}: pass --image-size or other data"
-        )
-    return model, meta, data
-
-
-def retrain_config(
-    meta, *, epochs: int, lr: float | None, lr_divisor: float, **fields
-) -> FitConfig:
-    """The checkpoint's own training settings for `epochs` more, at `lr` or its rate / divisor."""
-    base = meta.fit or FitConfig()
-    lr = lr or base.lr / lr_divisor
-    return make_config(FitConfig, **{**base.model_dump(), "epochs": epochs, "lr": lr, **fields})
-
-
-def measure_stage(model, stage: str, data, args, baseline_bytes: int | None = None):
-    """A stage's row: accuracy on the test split, the bytes of the .nsk file `pack` would write
-    for the model (default pack config; a packed checkpoint's header adds its sidecar's data,
-    fit and metrics, a few hundred bytes), MACs, latency."""
-    return measure(
-        model,
-        stage=stage,
-        input_shape=data.input_shape,
-        test=data.loader("test", args.batch_size),
-        size_bytes=len(packed_bytes(model)),
-        baseline_bytes=baseline_bytes,
-        latency=not args.no_latency,
-    )
-
-
 def run_evaluate(args) -> None:
     model, _, data = load_for_command(args)
     result = evaluate(model, data.loader(args.split, args.batch_size), progress=True)
@@ -433,7 +285,7 @@ DEMO_RECIPE = "deep-compression-lenet5.yaml"
 
 
 def run_demo(args) -> None:
-    for folder in (Path("recipes"), Path(__file__).resolve().parents[2] / "recipes"):
+    for folder in (Path("recipes"), Path(__file__).resolve().parents[3] / "recipes"):
         if (folder / DEMO_RECIPE).is_file():
             args.recipe, args.restart, args.no_latency = folder / DEMO_RECIPE, False, False
             return run_recipe_command(args)
@@ -441,9 +293,6 @@ def run_demo(args) -> None:
 
 
 def run_recipe_command(args) -> None:
-    from .pipeline import run_recipe
-    from .recipe import load_recipe, trial_recipe
-
     recipe = load_recipe(args.recipe)
     trying = getattr(args, "limit", None) or getattr(args, "epochs", None)
     if trying:  # a cut-down run goes to its own folder, never into the real run's
@@ -465,15 +314,9 @@ def run_recipe_command(args) -> None:
 
 
 def run_report(args) -> None:
-    from .report import render_report
-
     if not args.directory.is_dir():
         raise ConfigError(f"{args.directory}: no such run directory")
     with directory_lock(args.directory):  # not while a run is writing its report
         written = render_report(args.directory, allow_import=args.allow_import)
     for path in written:
         print(path)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -5,14 +5,14 @@ import argparse
 from pathlib import Path
 
 from ..checkpoint import checkpoint_paths, load_checkpoint, save_checkpoint
-from ..cli import make_config
+from ..codec.api import load_packed_checkpoint, pack
+from ..codec.encodings import PackConfig
+from ..codec.summary import print_summary, summarize
 from ..files import refuse_overwrite_input
 from ..measure import dense_bytes
 from ..report import console
 from ..untrusted import MAX_DECODED_BYTES
-from .api import load_packed_checkpoint, pack
-from .encodings import PackConfig
-from .summary import print_summary, summarize
+from .common import make_config
 
 
 def add_commands(commands) -> None:

@@ -17,13 +17,13 @@ import numpy as np
 import torch
 
 from ..checkpoint import checkpoint_paths, load_checkpoint
-from ..cli import add_data_args, data_config
 from ..codec.api import load_packed
 from ..data import DataConfig, load_data
 from ..errors import ConfigError
 from ..files import refuse_overwrite_input
 from ..quant import IntegerModel, is_quantized
 from ..report import console
+from .common import add_data_args, data_config
 
 
 def add_commands(commands) -> None:
@@ -99,7 +99,7 @@ def _test_images(args, base: DataConfig | None):
 
 
 def _export_fp32(model, path: Path, input_shape, images) -> None:
-    from .onnx import export_onnx, onnx_logits, onnx_session
+    from ..export.onnx import export_onnx, onnx_logits, onnx_session
 
     export_onnx(model, path, input_shape)
     session = onnx_session(path)
@@ -116,8 +116,8 @@ def _export_fp32(model, path: Path, input_shape, images) -> None:
 
 
 def _export_int8(model, path: Path, input_shape, images) -> None:
-    from .onnx import onnx_logits, onnx_session
-    from .qdq import export_onnx_int8
+    from ..export.onnx import onnx_logits, onnx_session
+    from ..export.qdq import export_onnx_int8
 
     export_onnx_int8(model, path, input_shape)
     session = onnx_session(path)
@@ -131,7 +131,7 @@ def _export_int8(model, path: Path, input_shape, images) -> None:
 
 
 def _export_c(model, args, input_shape, images) -> None:
-    from .c import build_and_run, export_c, flash_and_ram, quantize_input
+    from ..export.c import build_and_run, export_c, flash_and_ram, quantize_input
 
     export = export_c(model, args.c, input_shape, name=args.name)
     console().print(export.describe())

@@ -1,36 +1,54 @@
-"""`netshrink prune` and `netshrink sensitivity`: the pruning family on the command line."""
+"""`netshrink prune` and `netshrink sensitivity`: the pruning family on the command line.
+
+Each `--method` is a face of one method of netshrink.methods: its flags set the fields of that
+method's stage (the `FACES` table), and the stage runs as in a recipe (`apply.run_stages`).
+"""
 
 from pathlib import Path
 
-from ..checkpoint import checkpoint_paths, save_checkpoint
-from ..cli import (
-    add_checkpoint_args,
-    load_for_command,
-    make_config,
-    measure_stage,
-    refuse_overwriting_checkpoint,
-    retrain_config,
-)
+from ..checkpoint import checkpoint_paths
 from ..errors import ConfigError
 from ..files import atomic_write, refuse_overwrite_input
-from ..layers import select_layers
-from ..report import console, layer_table, print_measurements
-from ..train import FitConfig, fit
-from .filters import PruneFiltersConfig, prune_filters
-from .gradual import GRADUAL_SHARE, PruneGradualConfig, prune_gradual, spread_over, training_steps
-from .incremental import PruneIncrementalConfig, prune_incremental
-from .iterative import PruneIterativeConfig, prune_iterative
-from .magnitude import (
-    GlobalSparsity,
-    LayerSparsity,
-    PruneMagnitudeConfig,
-    StdThreshold,
-    prune_magnitude,
+from ..prune.sensitivity import budget_sparsities, plot_sensitivity, sensitivity_analysis
+from ..report import console, layer_table
+from ..stage import Stage
+from .apply import (
+    Flag,
+    add_flags,
+    add_stage_options,
+    flag_stage,
+    refuse_other_flags,
+    run_stages,
+    stage_options,
 )
-from .mask import restore_masks
-from .sensitivity import budget_sparsities, plot_sensitivity, sensitivity_analysis
+from .common import add_checkpoint_args, load_for_command
 
-METHODS = ("std", "sparsity", "global", "incremental", "gradual", "filters")
+FLAGS = {
+    "ratio": Flag("--ratio", "threshold.ratio", "std: threshold = RATIO * std(W)"),
+    "sparsity": Flag("--sparsity", "threshold.sparsity", "sparsity/global/gradual: fraction pruned"),
+    "final": Flag("--sparsity", "final_sparsity", ""),
+    "budget": Flag("--budget", "budget", "incremental: top-1 points it may lose (validation)"),
+    "amount": Flag("--amount", "amount", "filters: fraction of channels removed"),
+    "target_macs": Flag("--target-macs", "target_macs", "filters: fraction of MACs to remove"),
+    "criterion": Flag(
+        "--criterion", "criterion", "filters: channel score", type=str,
+        choices=("l1", "l2", "bn_scale"),
+    ),
+    "residual": Flag(
+        "--residual", "residual", "filters: prune residual groups together, or leave them whole",
+        type=str, choices=("group", "skip"),
+    ),
+}  # fmt: skip
+
+# --method: (the method it runs, fixed fields of its config, the flags it reads)
+FACES = {
+    "std": ("prune_magnitude", {"threshold.kind": "std"}, ("ratio",)),
+    "sparsity": ("prune_magnitude", {"threshold.kind": "sparsity"}, ("sparsity",)),
+    "global": ("prune_magnitude", {"threshold.kind": "global"}, ("sparsity",)),
+    "incremental": ("prune_incremental", {}, ("budget",)),
+    "gradual": ("prune_gradual", {}, ("final",)),
+    "filters": ("prune_filters", {}, ("amount", "target_macs", "criterion", "residual")),
+}
 
 
 def add_commands(commands) -> None:
@@ -43,43 +61,30 @@ def add_commands(commands) -> None:
         "--steps N > 1 makes any of these iterative with retraining between steps; incremental: "
         "per-layer ratios under an accuracy --budget, no retraining (Al-Hami et al.); gradual: "
         "cubic schedule to --sparsity while training (Zhu & Gupta); filters: remove whole "
-        "channels (Li et al.), --amount or --target-macs.",
+        "channels (Li et al.), --amount or --target-macs. Defaults are the methods' own "
+        "(netshrink apply METHOD sets any field).",
     )
-    add_checkpoint_args(p)
-    p.add_argument("--method", choices=METHODS, required=True)
-    p.add_argument("--ratio", type=float, help="std: threshold = RATIO * std(W)")
-    p.add_argument("--sparsity", type=float, help="sparsity/global/gradual: fraction pruned")
-    p.add_argument("--steps", type=int, default=1, help="prune in N steps, retraining between")
+    p.add_argument("--method", choices=tuple(FACES), required=True)
+    uses = [
+        (face, method, FLAGS[name].under("config"))
+        for face, (method, _, names) in FACES.items()
+        for name in names
+    ]
+    add_flags(p, list(FLAGS.values()), uses)
     p.add_argument(
-        "--budget",
-        type=float,
-        default=1.0,
-        help="incremental: top-1 points it may lose on the validation split (default 1.0)",
-    )
-    p.add_argument("--amount", type=float, help="filters: fraction of channels removed")
-    p.add_argument("--target-macs", type=float, help="filters: fraction of MACs to remove")
-    p.add_argument("--criterion", choices=("l1", "l2", "bn_scale"), default="l1")
-    p.add_argument(
-        "--residual",
-        choices=("group", "skip"),
-        default="group",
-        help="filters: prune residual groups together, or leave them whole",
-    )
-    p.add_argument(
-        "--layers",
-        type=lambda s: [n for n in s.split(",") if n],
-        help="comma-separated layer names (default: every conv and linear layer)",
+        "--steps",
+        type=int,
+        help="std/sparsity/global: N steps, retraining between (default: 1, one shot)",
     )
     p.add_argument(
         "--retrain-epochs",
         type=int,
-        default=0,
-        help="epochs of retraining after pruning (gradual: the training run)",
+        help="epochs of retraining after pruning (after each step with --steps; gradual: the "
+        "training it prunes during)",
     )
-    p.add_argument("--retrain-lr", type=float, help="learning rate (default: baseline's / 10)")
-    p.add_argument("--no-latency", action="store_true", help="skip latency measurement")
-    p.add_argument("--out", type=Path, required=True, help="output checkpoint path (no suffix)")
-    p.set_defaults(run=run_prune)
+    p.add_argument("--retrain-lr", type=float, help="learning rate of that retraining")
+    add_stage_options(p, finetune=False)
+    p.set_defaults(run=run_prune, build=build_prune)
 
     s = commands.add_parser(
         "sensitivity",
@@ -94,80 +99,45 @@ def add_commands(commands) -> None:
         "--budget",
         type=float,
         default=1.0,
-        help="top-1 points a layer may lose, for the table printed (default 1.0)",
+        help="top-1 points a layer may lose, for the table printed",
     )
     s.add_argument("--out", type=Path, required=True, help="output directory")
     s.set_defaults(run=run_sensitivity)
 
 
+def build_prune(args) -> list[Stage]:
+    """The one stage `prune --method ...` describes."""
+    method, fixed, names = FACES[args.method]
+    flags = [FLAGS[name] for name in names]
+    refuse_other_flags(args, flags, list(FLAGS.values()))
+    retrain = {"epochs": args.retrain_epochs, "lr": args.retrain_lr}
+    retrain = {k: v for k, v in retrain.items() if v is not None}
+    if args.steps is not None and args.steps > 1:
+        if method != "prune_magnitude":
+            raise ConfigError(f"--steps is for std, sparsity or global, not {args.method}")
+        fixed = {f"prune.{k}": v for k, v in fixed.items()} | {"steps": args.steps}
+        fixed |= {f"retrain.{k}": v for k, v in retrain.items()}
+        flags = [flag.under("prune") for flag in flags]
+        return [_stage("prune_iterative", flags, args, fixed, {})]
+    if method == "prune_gradual":
+        if args.retrain_epochs is None:
+            raise ConfigError("--method gradual prunes while it trains: give --retrain-epochs")
+        return [_stage(method, flags, args, fixed, {f"fit.{k}": v for k, v in retrain.items()})]
+    return [_stage(method, flags, args, fixed, {f"finetune.{k}": v for k, v in retrain.items()})]
+
+
+def _stage(method: str, flags, args, fixed: dict, other: dict) -> Stage:
+    config = [flag.under("config") for flag in flags]
+    fixed = {f"config.{k}": v for k, v in fixed.items()}
+    return flag_stage(method, config, args, **fixed, **other, **stage_options(args, finetune=False))
+
+
 def run_prune(args) -> None:
-    refuse_overwriting_checkpoint(args.out, args.checkpoint)
-    model, meta, data = load_for_command(args)
-    rows = [measure_stage(model, "before", data, args)]
-    retrain = retrain_config(meta, epochs=args.retrain_epochs, lr=args.retrain_lr, lr_divisor=10)
-    if args.method == "gradual":  # it retrains while pruning: earlier zeros must stay zero
-        restore_masks(model, select_layers(model))
-    _prune(model, data, args, retrain)
-    # after the method (filter surgery needs unmasked layers): earlier zeros stay zero in retraining
-    restore_masks(model, select_layers(model))
-    if args.method != "gradual" and args.steps == 1 and retrain.epochs:
-        fit(model, data, retrain)
-    rows.append(measure_stage(model, f"pruned ({args.method})", data, args, rows[0].size_bytes))
-    metrics = {"test_top1": rows[1].top1, "test_top5": rows[1].top5}
-    out = save_checkpoint(
-        model, args.out, meta.model_copy(update={"fit": retrain, "metrics": metrics})
-    )
+    run_stages(args, build_prune(args), title=f"pruned ({args.method})", tables=[_print_layers])
+
+
+def _print_layers(model, ctx, data, args) -> None:
     console().print(layer_table(model, data.input_shape, title="pruned layers"))
-    print_measurements(rows, title=f"prune --method {args.method}: {out}")
-
-
-def _prune(model, data, args, retrain: FitConfig) -> None:
-    if args.method in ("std", "sparsity", "global"):
-        config = PruneMagnitudeConfig(threshold=_threshold(args))
-        iterative = make_config(
-            PruneIterativeConfig, prune=config, steps=args.steps, retrain=retrain
-        )
-        if args.steps > 1:
-            prune_iterative(model, data, iterative, layers=args.layers)
-        else:
-            prune_magnitude(model, config, layers=args.layers)
-    elif args.method == "incremental":
-        config = make_config(PruneIncrementalConfig, budget=args.budget)
-        prune_incremental(model, data.loader("val", 256), config, layers=args.layers)
-    elif args.method == "gradual":
-        total = training_steps(data, retrain)
-        if total < 2:
-            raise ConfigError("gradual pruning happens while training: give --retrain-epochs")
-        # prune over the first three quarters of training, then train on at the final sparsity
-        config = make_config(
-            PruneGradualConfig, final_sparsity=_required(args, "sparsity"), steps=10
-        )
-        config = spread_over(config, total, GRADUAL_SHARE)
-        prune_gradual(model, data, config, retrain, layers=args.layers)
-    else:
-        config = make_config(
-            PruneFiltersConfig,
-            amount=args.amount,
-            target_macs=args.target_macs,
-            criterion=args.criterion,
-            residual=args.residual,
-        )
-        prune_filters(model, config, data.input_shape, layers=args.layers)
-
-
-def _threshold(args):
-    if args.method == "std":
-        return make_config(StdThreshold, ratio=_required(args, "ratio"))
-    if args.method == "sparsity":
-        return make_config(LayerSparsity, sparsity=_required(args, "sparsity"))
-    return make_config(GlobalSparsity, sparsity=_required(args, "sparsity"))
-
-
-def _required(args, name: str) -> float:
-    value = getattr(args, name)
-    if value is None:
-        raise ConfigError(f"--method {args.method} needs --{name.replace('_', '-')}")
-    return value
 
 
 def run_sensitivity(args) -> None:

@@ -4,34 +4,70 @@
     netshrink quantize CHECKPOINT --auto --budget 1.0 --out OUT
     netshrink qat CHECKPOINT --weights 4 --activations 4 --epochs 3 --out OUT
 
-Each prints the stage table (the size column counts every weight at its bits), the per-layer
+Each is a face of a method of netshrink.methods (quantize, search_bits, qat): its flags set that
+stage's fields, and the stage runs as in a recipe. Each prints the stage table (the size column counts every weight at its bits), the per-layer
 formats, and checks the integer path against the float model on the test split: the number of
 images whose logits are identical, which should be all of them.
 """
 
-from pathlib import Path
-
 import torch
 from rich.table import Table
 
-from ..checkpoint import save_checkpoint
-from ..cli import (
-    add_checkpoint_args,
-    load_for_command,
-    make_config,
-    measure_stage,
-    refuse_overwriting_checkpoint,
-    retrain_config,
-)
 from ..errors import ConfigError
-from ..measure import dense_bytes
-from ..report import console, print_measurements
-from .calibrate import CalibrationMethod
-from .integer import IntegerModel
-from .quantize import QuantConfig, fixed_point_formats, quantize
+from ..quant.calibrate import CalibrationMethod
+from ..quant.integer import IntegerModel
+from ..quant.quantize import fixed_point_formats
+from ..report import console
+from ..stage import Stage
+from .apply import Flag, add_flags, add_stage_options, flag_stage, run_stages
 
-# QAT trains through rounding: steps far below the baseline's learning rate.
-QAT_LR_DIVISOR = 10
+
+def layer_bits(text: str) -> dict[str, dict[str, int]]:
+    """The field of a `--layer-bits conv1=8,fc3=6` value: {layer: bits}."""
+    try:
+        pairs = [item.split("=", 1) for item in text.split(",") if item]
+        return {"layer_weights": {name: int(bits) for name, bits in pairs}}
+    except ValueError:
+        raise ConfigError(f"--layer-bits wants name=bits pairs, e.g. conv1=8,fc3=6, not {text!r}")
+
+
+# The fixed-point formats: fields of a QuantConfig (quantize's config; qat's and the search's
+# `config.quant`).
+QUANT_FLAGS = (
+    Flag("--weights", "weights", "weight bits", type=int),
+    Flag("--activations", "activations", "activation bits", type=int),
+    Flag("--bias", "bias", "bias bits", type=int),
+    Flag("--accumulator", "accumulator", "accumulator bits", type=int),
+    Flag(
+        "--calibrate", "calibrate", "activation range: min-max, percentile, KL divergence or MSE",
+        type=str, choices=CalibrationMethod.__args__,
+    ),
+    Flag("--calibration-images", "calibration_images", "training images", type=int),
+    Flag(
+        "--float-layers", "float_layers", "comma-separated layers left in float",
+        type=lambda s: [n for n in s.split(",") if n],
+    ),
+    Flag(
+        "--layer-bits", "layer_weights", "weight bits per layer, e.g. conv1=8,fc3=6",
+        type=str, parse=layer_bits,
+    ),
+)  # fmt: skip
+
+
+def _under(prefix: str, flags) -> list[Flag]:
+    return [flag.under(prefix) for flag in flags]
+
+
+# search_bits (quantize --auto): its budget, and the formats it starts from.
+SEARCH_FLAGS = [
+    Flag("--budget", "config.budget", "--auto: top-1 points it may lose (validation)"),
+    *_under("config.quant", QUANT_FLAGS),
+]
+QAT_FLAGS = [
+    Flag("--epochs", "config.fit.epochs", "epochs of training", type=int),
+    Flag("--lr", "config.fit.lr", "learning rate"),
+    *_under("config.quant", QUANT_FLAGS),
+]
 
 
 def add_commands(commands) -> None:
@@ -41,124 +77,67 @@ def add_commands(commands) -> None:
         help="dynamic fixed point after training: weights, activations, automatic bit widths",
         description="Fold batch norm, calibrate activation ranges and put weights, biases and "
         "activations on dynamic fixed-point grids (Ristretto; Al-Hami et al.; Kim et al.). "
-        "--auto searches per-layer bit widths within an accuracy budget.",
+        "--auto searches per-layer bit widths within an accuracy budget. Defaults are the "
+        "methods' own (quantize, search_bits; netshrink apply METHOD sets any field).",
     )
-    _add_quant_args(p)
+    uses = [("quantize", "quantize", f) for f in _under("config", QUANT_FLAGS)]
+    uses += [("--auto", "search_bits", f) for f in SEARCH_FLAGS]
+    add_flags(p, [*QUANT_FLAGS, SEARCH_FLAGS[0]], uses)
     p.add_argument(
         "--auto", action="store_true", help="search per-layer bit widths within --budget"
     )
-    p.add_argument(
-        "--budget", type=float, default=1.0, help="--auto: top-1 points it may lose (val split)"
-    )
-    p.set_defaults(run=run_quantize)
+    add_stage_options(p, finetune=False)
+    p.set_defaults(run=run_quantize, build=build_quantize)
     p = commands.add_parser(
         "qat",
         help="quantization-aware training at given bit widths",
         description="Quantize, then train through the rounding with a straight-through "
-        "estimator; weight fractional lengths are re-derived at each epoch.",
+        "estimator; weight fractional lengths are re-derived at each epoch. Defaults are the "
+        "method's own (netshrink apply qat sets any field).",
     )
-    _add_quant_args(p, weights=4, activations=4)
-    p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--lr", type=float, help=f"default: the baseline's / {QAT_LR_DIVISOR}")
-    p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(run=run_qat)
+    add_flags(p, QAT_FLAGS, [("", "qat", f) for f in QAT_FLAGS])
+    add_stage_options(p, finetune=False)
+    p.set_defaults(run=run_qat, build=build_qat)
 
 
-def _add_quant_args(p, weights: int = 8, activations: int = 8) -> None:
-    add_checkpoint_args(p)
-    p.add_argument("--weights", type=int, default=weights, help="weight bits")
-    p.add_argument("--activations", type=int, default=activations, help="activation bits")
-    p.add_argument("--bias", type=int, help="bias bits (default 16)")
-    p.add_argument("--accumulator", type=int, help="accumulator bits (default 32)")
-    p.add_argument(
-        "--calibrate",
-        choices=CalibrationMethod.__args__,
-        default="minmax",
-        help="activation range: min-max, percentile, KL divergence or MSE",
-    )
-    p.add_argument("--calibration-images", type=int, help="training images (default 1024)")
-    p.add_argument(
-        "--float-layers",
-        type=lambda s: tuple(n for n in s.split(",") if n),
-        default=(),
-        help="comma-separated layers left in float (partial quantization)",
-    )
-    p.add_argument(
-        "--layer-bits",
-        default="",
-        help="weight bits per layer, e.g. conv1=8,fc3=6 (overrides --weights)",
-    )
-    p.add_argument("--no-latency", action="store_true", help="skip latency measurement")
-    p.add_argument("--out", type=Path, required=True, help="output checkpoint path (no suffix)")
+def build_quantize(args) -> list[Stage]:
+    """The stage `quantize` describes: quantize, or search_bits with --auto."""
+    if args.budget is not None and not args.auto:
+        raise ConfigError("--budget is for --auto")
+    if args.auto:
+        return [flag_stage("search_bits", SEARCH_FLAGS, args, **_layers(args))]
+    return [flag_stage("quantize", _under("config", QUANT_FLAGS), args, **_layers(args))]
 
 
-def quant_config(args) -> QuantConfig:
-    """The QuantConfig the flags describe."""
-    return make_config(
-        QuantConfig,
-        weights=args.weights,
-        activations=args.activations,
-        bias=args.bias,
-        accumulator=args.accumulator,
-        calibrate=args.calibrate,
-        calibration_images=args.calibration_images,
-        float_layers=args.float_layers,
-        layer_weights=_layer_bits(args.layer_bits),
-    )
+def build_qat(args) -> list[Stage]:
+    """The stage `qat` describes."""
+    return [flag_stage("qat", QAT_FLAGS, args, **_layers(args))]
 
 
-def _layer_bits(text: str) -> dict[str, int]:
-    pairs = [item.split("=", 1) for item in text.split(",") if item]
-    try:
-        return {name: int(bits) for name, bits in pairs}
-    except ValueError:
-        raise ConfigError(f"--layer-bits wants name=bits pairs, e.g. conv1=8,fc3=6, not {text!r}")
+def _layers(args) -> dict:
+    if args.layers is not None:  # the fixed-point family converts the whole graph
+        raise ConfigError("the fixed-point methods take no --layers: use --float-layers")
+    return {}
 
 
 def run_quantize(args) -> None:
-    refuse_overwriting_checkpoint(args.out, args.checkpoint)
-    model, meta, data = load_for_command(args)
-    dense = dense_bytes(model)
-    rows = [measure_stage(model, "float", data, args, dense)]
-    config = quant_config(args)
-    if args.auto:
-        from .search import BitSearchConfig, search_bits
-
-        search = make_config(BitSearchConfig, budget=args.budget, quant=config)
-        result = search_bits(model, data, search, progress=True)
-        qmodel, stage = result.model, f"auto ({args.budget} pt budget)"
-        console().print(
-            f"search: {result.evaluations} evaluations, mean weight bits "
-            f"{result.mean_weight_bits:.2f}, loss {result.loss:.2f} pt on val"
-        )
-    else:
-        qmodel = quantize(model, data, config)
-        stage = f"fixed point w{args.weights}/a{args.activations}"
-    _finish(qmodel, stage, rows, meta, data, args, dense)
+    stage = build_quantize(args)[0]
+    title = "auto bits" if stage.method == "search_bits" else f"fixed point {_bits(stage.config)}"
+    run_stages(args, [stage], title=title, tables=[_print_formats])
 
 
 def run_qat(args) -> None:
-    from .qat import QatConfig, train_quantized
-
-    refuse_overwriting_checkpoint(args.out, args.checkpoint)
-    model, meta, data = load_for_command(args)
-    dense = dense_bytes(model)
-    rows = [measure_stage(model, "float", data, args, dense)]
-    fit = retrain_config(
-        meta, epochs=args.epochs, lr=args.lr, lr_divisor=QAT_LR_DIVISOR, seed=args.seed
-    )
-    qat = make_config(QatConfig, quant=quant_config(args), fit=fit)
-    qmodel, _ = train_quantized(model, data, qat, progress=True)
-    _finish(qmodel, f"QAT w{args.weights}/a{args.activations}", rows, meta, data, args, dense)
+    stage = build_qat(args)[0]
+    run_stages(args, [stage], title=f"QAT {_bits(stage.config.quant)}", tables=[_print_formats])
 
 
-def _finish(qmodel, stage: str, rows, meta, data, args, dense: int) -> None:
-    rows.append(measure_stage(qmodel, stage, data, args, dense))
-    same, total = integer_agreement(qmodel, data.loader("test", args.batch_size))
-    metrics = {"test_top1": rows[-1].top1, "test_top5": rows[-1].top5}
-    out = save_checkpoint(qmodel, args.out, meta.model_copy(update={"metrics": metrics}))
+def _bits(config) -> str:
+    return f"w{config.weights}/a{config.activations}"
+
+
+def _print_formats(qmodel, ctx, data, args) -> None:
     console().print(format_table(qmodel))
-    print_measurements(rows, title=f"{stage}: {out}")
+    same, total = integer_agreement(qmodel, data.loader("test", args.batch_size))
     console().print(f"integer path: identical logits on {same}/{total} test images")
 
 

@@ -5,45 +5,89 @@
     netshrink distill --teacher vgg.ckpt --student vgg.ckpt --ab ... --sparsity 0.8 --bits 8
     netshrink compressive CHECKPOINT --global-sparsity 0.8 --budget 1.0 --out OUT
 
-`--student` is a zoo name (trained from scratch, seeded) or a checkpoint (trained on from its
-weights); the data set is the teacher's unless --data says otherwise. `--sparsity` prunes the
-student on the cubic schedule during the distillation and `--bits` makes it fixed point first,
-so that one run does Shin & Oh's pruning + QAT + distillation. Each command prints the stage
-table and the per-step details, and saves the student as a checkpoint.
+Each is a face of a method of netshrink.methods (`distill`, `compressive`): its flags set that
+stage's fields (the `FLAGS` tables), and the stage runs as in a recipe, where the teacher is the
+recipe's baseline. `--student` is a zoo name (trained from scratch, seeded) or a checkpoint
+(trained on from its weights); the data set is the teacher's unless --data says otherwise.
+`--sparsity` prunes the student on the cubic schedule during the distillation and `--bits` makes
+it fixed point first (a `quantize` stage before it), so that one run does Shin & Oh's pruning +
+QAT + distillation. Each command prints the stage table and saves the student as a checkpoint.
 """
 
 from pathlib import Path
 
 import torch
-from pydantic import ValidationError
 from rich.table import Table
 
-from .checkpoint import CheckpointMeta, checkpoint_paths, load_checkpoint, save_checkpoint
-from .cli import (
-    add_checkpoint_args,
-    add_data_args,
-    data_config,
-    load_for_command,
-    make_config,
-    measure_stage,
-    refuse_overwriting_checkpoint,
-    retrain_config,
+from ..checkpoint import CheckpointMeta, checkpoint_paths, load_checkpoint
+from ..data import load_data
+from ..errors import ConfigError
+from ..models import ModelSpec, build_model
+from ..report import console
+from ..stage import Stage, StageContext
+from ..train import FitConfig
+from .apply import (
+    Flag,
+    StageInput,
+    add_flags,
+    add_stage_options,
+    flag_stage,
+    run_stages,
+    stage_options,
 )
-from .compressive import CompressiveConfig, Levels, LowRank, SparseSupport, train_compressive
-from .data import load_data
-from .distill import DistillConfig, distill
-from .errors import ConfigError
-from .measure import dense_bytes
-from .models import ModelSpec, build_model
-from .prune.gradual import (
-    GRADUAL_SHARE,
-    GradualPruner,
-    PruneGradualConfig,
-    spread_over,
-    training_steps,
-)
-from .report import console, print_measurements
-from .train import FitConfig
+from .common import add_data_args, data_config, refuse_overwriting_checkpoint
+
+
+def kd_fields(text: str) -> dict:
+    """The soft-target fields of a `--kd T,ALPHA` value."""
+    try:
+        T, alpha = (float(v) for v in text.split(","))
+    except ValueError:
+        raise ConfigError(f"--kd wants T,ALPHA such as 4.0,0.9, not {text!r}") from None
+    return {"config.temperature": T, "config.alpha": alpha}
+
+
+def constraint_fields(text: str) -> dict:
+    return {"config.constraint.kind": text.replace("-", "_")}
+
+
+DISTILL_FLAGS = (
+    Flag(
+        "--kd", "", "T,ALPHA: temperature and soft-target weight (alpha 0: plain "
+        "cross-entropy); T=4 with alpha=0.9 needs a learning rate several times lower",
+        type=str, parse=kd_fields,
+    ),
+    Flag(
+        "--ab", "config.ab_pairs", "student_layer:teacher_layer,... (pre-ReLU outputs)",
+        type=lambda s: [p for p in s.split(",") if p],
+    ),
+    Flag("--ab-epochs", "config.ab_epochs", "epochs of the AB stage", type=int),
+    Flag("--margin", "config.margin", "AB margin"),
+    Flag("--ab-lr", "config.ab_lr", "AB stage learning rate (default: the fit's)"),
+    Flag("--sparsity", "prune.final_sparsity", "gradual pruning to this sparsity meanwhile"),
+    Flag("--epochs", "config.fit.epochs", "epochs of distillation", type=int),
+    Flag("--lr", "config.fit.lr", "learning rate of the distillation"),
+    Flag("--batch-size", "config.fit.batch_size", "batch size of the distillation", type=int),
+)  # fmt: skip
+
+COMPRESSIVE_FLAGS = (
+    Flag("--global-sparsity", "config.global_sparsity", "step 1: one global sparsity"),
+    Flag("--budget", "config.budget", "top-1 points it may lose (validation)"),
+    Flag(
+        "--constraint", "config.constraint.kind", "what a constrained layer must satisfy",
+        type=str, choices=("sparse", "levels", "low-rank"), parse=constraint_fields,
+    ),
+    Flag("--layer-sparsity", "config.constraint.sparsity", "sparse: a constrained layer's sparsity"),
+    Flag("--levels", "config.constraint.count", "levels: non-zero values a layer keeps", type=int),
+    Flag("--rank-fraction", "config.constraint.rank_fraction", "low-rank: rank / min(matrix sides)"),
+    Flag(
+        "--ranking", "config.ranking", "the order layers join in", type=str,
+        choices=("sparsity", "size", "sensitivity"),
+    ),
+    Flag("--prune-epochs", "config.prune_fit.epochs", "retraining after the pruning", type=int),
+    Flag("--epochs", "config.layer_fit.epochs", "epochs after each layer joins", type=int),
+    Flag("--lr", "config.layer_fit.lr", "learning rate after each layer joins"),
+)  # fmt: skip
 
 
 def add_commands(commands) -> None:
@@ -53,99 +97,56 @@ def add_commands(commands) -> None:
         help="train a student from a teacher: soft targets and activation boundaries",
         description="Train a student from a teacher checkpoint with Hinton et al.'s soft targets "
         "(--kd T,ALPHA), after an activation-boundary stage (Heo et al.) when --ab pairs "
-        "student layers with teacher layers.",
+        "student layers with teacher layers. Defaults are the method's own (netshrink apply "
+        "distill sets any field).",
     )
     p.add_argument("--teacher", type=Path, required=True, help="teacher checkpoint")
     p.add_argument("--student", required=True, help="zoo name (from scratch) or checkpoint")
     p.add_argument("--student-args", metavar="JSON", help="model arguments for a zoo student")
+    add_flags(p, DISTILL_FLAGS, [("", "distill", f) for f in DISTILL_FLAGS])
     p.add_argument(
-        "--kd",
-        default="2.0,0.5",
-        help="T,ALPHA: temperature and soft-target weight (alpha 0: plain cross-entropy); "
-        "T=4 with alpha=0.9 needs a learning rate several times lower",
+        "--bits", type=int, help="make the student fixed point first (weights and activations)"
     )
-    p.add_argument("--ab", default="", help="student_layer:teacher_layer,... (pre-ReLU outputs)")
-    p.add_argument("--ab-epochs", type=int, default=2, help="epochs of the AB stage")
-    p.add_argument("--margin", type=float, default=1.0, help="AB margin")
-    p.add_argument("--ab-lr", type=float, help="AB stage learning rate (default: --lr's)")
-    p.add_argument("--sparsity", type=float, help="gradual pruning to this sparsity meanwhile")
-    p.add_argument("--bits", type=int, help="make the student fixed point (weights and acts)")
-    _add_training(p, epochs=10)
+    p.add_argument("--seed", type=int, default=0, help="fills every seed the method leaves unset")
     add_data_args(p, default=None)
-    p.add_argument("--batch-size", type=int, default=None, help="default: the teacher's")
     p.add_argument("--no-latency", action="store_true", help="skip latency measurement")
     p.add_argument("--out", type=Path, required=True, help="output checkpoint path (no suffix)")
-    p.set_defaults(run=run_distill)
+    p.set_defaults(run=run_distill, build=build_distill)
 
     c = commands.add_parser(
         "compressive",
         help="layer-wise compressive training within an accuracy budget",
         description="Grimaldi et al.: prune to one global sparsity, rank layers by their own "
         "sparsity, then train the least significant ones with projected SGD onto a constrained "
-        "set, one more layer at a time while validation top-1 stays within --budget points.",
+        "set, one more layer at a time while validation top-1 stays within --budget points. "
+        "Defaults are the method's own (netshrink apply compressive sets any field).",
     )
-    add_checkpoint_args(c)
-    c.add_argument("--global-sparsity", type=float, default=0.8)
-    c.add_argument("--budget", type=float, default=1.0, help="top-1 points it may lose (val)")
-    c.add_argument("--constraint", choices=("sparse", "levels", "low-rank"), default="sparse")
-    c.add_argument("--layer-sparsity", type=float, help="sparse: a constrained layer's sparsity")
-    c.add_argument("--levels", type=int, help="levels: non-zero values a layer keeps")
-    c.add_argument("--rank-fraction", type=float, help="low-rank: rank / min(matrix sides)")
-    c.add_argument("--ranking", choices=("sparsity", "size", "sensitivity"), default="sparsity")
-    c.add_argument("--prune-epochs", type=int, default=1, help="retraining after the pruning")
-    c.add_argument("--layers", type=lambda s: [n for n in s.split(",") if n])
-    _add_training(c, epochs=1, help_epochs="epochs after each layer joins")
-    c.add_argument("--no-latency", action="store_true", help="skip latency measurement")
-    c.add_argument("--out", type=Path, required=True, help="output checkpoint path (no suffix)")
-    c.set_defaults(run=run_compressive)
+    add_flags(c, COMPRESSIVE_FLAGS, [("", "compressive", f) for f in COMPRESSIVE_FLAGS])
+    add_stage_options(c, finetune=False)
+    c.set_defaults(run=run_compressive, build=build_compressive)
 
 
-def _add_training(p, *, epochs: int, help_epochs: str = "epochs of distillation") -> None:
-    p.add_argument("--epochs", type=int, default=epochs, help=help_epochs)
-    p.add_argument("--lr", type=float, help="default: the checkpoint's (compressive: / 10)")
-    p.add_argument("--seed", type=int, default=0)
+def build_distill(args) -> list[Stage]:
+    """The stages `distill` describes: `quantize` at --bits first if given, then `distill`."""
+    stages = [flag_stage("distill", DISTILL_FLAGS, args)]
+    if args.bits is not None:
+        bits = {"config.weights": args.bits, "config.activations": args.bits}
+        stages.insert(0, flag_stage("quantize", [], args, **bits))
+    return stages
 
 
 def run_distill(args) -> None:
     refuse_overwriting_checkpoint(args.out, args.teacher, args.student)  # a zoo name is no file
+    stages = build_distill(args)
     teacher, t_meta = load_checkpoint(args.teacher, allow_import=args.allow_import)
     data = load_data(data_config(args, t_meta.data))
     student, s_meta = _student(args, data, t_meta)
-    base = t_meta.fit or FitConfig()
-    fit_config = make_config(
-        FitConfig,
-        **{
-            **base.model_dump(),
-            "epochs": args.epochs,
-            "seed": args.seed,
-            "lr": args.lr or base.lr,
-            "batch_size": args.batch_size or base.batch_size,
-        },
-    )
-    config = make_config(
-        DistillConfig,
-        fit=fit_config,
-        **_kd(args.kd),
-        ab_pairs=tuple(p for p in args.ab.split(",") if p),
-        ab_epochs=args.ab_epochs,
-        ab_lr=args.ab_lr,
-        margin=args.margin,
-    )
-    args.batch_size = fit_config.batch_size  # measure_stage reads it
-    dense = dense_bytes(teacher)
-    rows = [measure_stage(teacher, "teacher", data, args, dense)]
-    if args.bits:
-        from .quant import QuantConfig, quantize
-
-        student = quantize(student, data, QuantConfig(weights=args.bits, activations=args.bits))
-    hooks = _pruner(student, data, fit_config, args.sparsity)
-    distill(student, teacher, data, config, step_hooks=hooks, progress=True)
-    rows.append(measure_stage(student, "student (distilled)", data, args, dense))
-    metrics = {"test_top1": rows[-1].top1, "test_top5": rows[-1].top5}
-    out = save_checkpoint(
-        student, args.out, s_meta.model_copy(update={"fit": fit_config, "metrics": metrics})
-    )
-    print_measurements(rows, title=f"distill {args.student} from {args.teacher}: {out}")
+    args.batch_size = stages[-1].config.fit.batch_size  # what measure_stage evaluates with
+    ctx = StageContext(data, teacher, t_meta.fit or FitConfig())
+    s_meta = s_meta.model_copy(update={"fit": stages[-1].config.fit})
+    given = StageInput(student, s_meta, data, ctx, before="teacher")
+    title = f"distill {args.student} from {args.teacher}"
+    run_stages(args, stages, title=title, given=given, label="student (distilled)")
 
 
 def _student(args, data, t_meta) -> tuple[torch.nn.Module, CheckpointMeta]:
@@ -168,76 +169,37 @@ def _student(args, data, t_meta) -> tuple[torch.nn.Module, CheckpointMeta]:
     return model, meta
 
 
-def _kd(text: str) -> dict:
-    try:
-        T, alpha = (float(v) for v in text.split(","))
-    except ValueError:
-        raise ConfigError(f"--kd wants T,ALPHA such as 4.0,0.9, not {text!r}") from None
-    return {"temperature": T, "alpha": alpha}
-
-
-def _pruner(model, data, fit_config: FitConfig, sparsity: float | None) -> list:
-    """Gradual pruning to `sparsity` within GRADUAL_SHARE of the steps (Zhu & Gupta), or none."""
-    if sparsity is None:
-        return []
-    steps = training_steps(data, fit_config)
-    updates = max(1, min(20, steps // 2))
-    config = make_config(PruneGradualConfig, final_sparsity=sparsity, steps=updates)
-    return [GradualPruner(model, spread_over(config, steps, GRADUAL_SHARE))]
+def build_compressive(args) -> list[Stage]:
+    """The stage `compressive` describes."""
+    return [
+        flag_stage("compressive", COMPRESSIVE_FLAGS, args, **stage_options(args, finetune=False))
+    ]
 
 
 def run_compressive(args) -> None:
-    refuse_overwriting_checkpoint(args.out, args.checkpoint)
-    model, meta, data = load_for_command(args)
-    dense = dense_bytes(model)
-    rows = [measure_stage(model, "before", data, args, dense)]
-    fit_config = retrain_config(meta, epochs=args.epochs, lr=args.lr, lr_divisor=10, seed=args.seed)
-    config = make_config(
-        CompressiveConfig,
-        global_sparsity=args.global_sparsity,
-        budget=args.budget,
-        constraint=_constraint(args),
-        ranking=args.ranking,
-        prune_fit=fit_config.model_copy(update={"epochs": args.prune_epochs}),
-        layer_fit=fit_config,
-    )
-    result = train_compressive(model, data, config, layers=args.layers, progress=True)
-    stage = f"compressive ({result.compression_rate:.1f}x)"
-    rows.append(measure_stage(model, stage, data, args, dense))
-    metrics = {"test_top1": rows[-1].top1, "test_top5": rows[-1].top5}
-    out = save_checkpoint(
-        model, args.out, meta.model_copy(update={"fit": fit_config, "metrics": metrics})
-    )
-    console().print(steps_table(result))
-    print_measurements(rows, title=f"compressive: {out}")
+    run_stages(args, build_compressive(args), title="compressive", tables=[_print_steps])
 
 
-def _constraint(args):
-    """The constraint the flags name, its value from its own flag (or the config's default)."""
-    cls, flag, field, value = {
-        "sparse": (SparseSupport, "--layer-sparsity", "sparsity", args.layer_sparsity),
-        "levels": (Levels, "--levels", "count", args.levels),
-        "low-rank": (LowRank, "--rank-fraction", "rank_fraction", args.rank_fraction),
-    }[args.constraint]
-    try:
-        return cls(**({} if value is None else {field: value}))
-    except ValidationError as exc:
-        raise ConfigError(f"{flag}: {exc.errors()[0]['msg']}") from None
+def _print_steps(model, ctx, data, args) -> None:
+    result = ctx.notes.get("compressive")
+    if result is not None:
+        console().print(steps_table(result))
 
 
-def steps_table(result) -> Table:
-    """The greedy search: each layer that joined, validation top-1 after it, kept or reverted."""
+def steps_table(notes: dict) -> Table:
+    """The greedy search (`compressive.search_notes`): each layer that joined, validation top-1
+    after it, kept or reverted."""
     table = Table(
-        title=f"compressive training: val top-1 {result.reference_top1:.2%} as given, "
-        f"{result.pruned_top1:.2%} after global pruning"
+        title=f"compressive training: val top-1 {notes['reference_top1']:.2%} as given, "
+        f"{notes['pruned_top1']:.2%} after global pruning"
     )
     for column in ("layer", "sparsity", "val top-1", "kept"):
         table.add_column(column, justify="left" if column == "layer" else "right")
-    for step in result.steps:
+    for step in notes["steps"]:
         table.add_row(
-            step.layer,
-            f"{result.sparsity[step.layer]:.1%}",
-            f"{step.top1:.2%}",
-            "yes" if step.accepted else "no (reverted)",
+            step["layer"],
+            f"{step['sparsity']:.1%}",
+            f"{step['top1']:.2%}",
+            "yes" if step["accepted"] else "no (reverted)",
         )
     return table
