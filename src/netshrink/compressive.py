@@ -40,7 +40,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from .budget import Points
-from .config import Config
+from .config import Settings
 from .data import DataSplits
 from .errors import UnsupportedLayerError
 from .layers import LayerFilter, select_layers
@@ -55,21 +55,21 @@ from .train import FitConfig, evaluate, fit
 FLOAT_BITS = 32
 
 
-class SparseSupport(Config):
+class SparseSupport(Settings):
     """At most (1 - sparsity) of the layer's weights non-zero."""
 
     kind: Literal["sparse"] = "sparse"
     sparsity: float = Field(0.95, gt=0, lt=1)
 
 
-class Levels(Config):
+class Levels(Settings):
     """Every weight is zero or one of `count` values."""
 
     kind: Literal["levels"] = "levels"
     count: int = Field(4, ge=1, le=256)
 
 
-class LowRank(Config):
+class LowRank(Settings):
     """The weight matrix at rank ceil(rank_fraction * min(out, in * kh * kw))."""
 
     kind: Literal["low_rank"] = "low_rank"
@@ -79,7 +79,7 @@ class LowRank(Config):
 Constraint = Annotated[SparseSupport | Levels | LowRank, Field(discriminator="kind")]
 
 
-class CompressiveConfig(Config):
+class CompressiveConfig(Settings):
     """Step 1 prunes to `global_sparsity` and retrains with `prune_fit`; step 3 constrains layers
     in `ranking` order, training with `layer_fit` after each joins, while validation top-1 stays
     within `budget` points of the model as given."""

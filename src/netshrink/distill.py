@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from pydantic import Field, field_validator, model_validator
 from torch import nn
 
-from .config import Config
+from .config import Settings
 from .data import BatchLoader, DataSplits, ImageSet
 from .errors import ConfigError
 from .layers import select_layers, unwrap
@@ -88,7 +88,7 @@ def boundary_agreement(student_pre: torch.Tensor, teacher_pre: torch.Tensor) -> 
     return float(((student_pre > 0) == (teacher_pre > 0)).float().mean())
 
 
-class DistillConfig(Config):
+class DistillConfig(Settings):
     """Stage 2 trains with `fit` on `alpha * T^2 * soft CE + (1 - alpha) * CE` at temperature
     `temperature` (alpha=0: plain cross-entropy, no teacher). With `ab_pairs`
     ("student_layer:teacher_layer", shallow to deep), stage 1 first trains `ab_epochs` epochs on

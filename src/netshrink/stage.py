@@ -15,7 +15,7 @@ from pydantic import BaseModel, Field, model_validator
 from torch import nn
 
 from .budget import Points
-from .config import Config
+from .config import Settings
 from .data import DataSplits
 from .train import FitConfig
 
@@ -32,14 +32,14 @@ class StageContext:
     notes: dict = field(default_factory=dict)
 
 
-class SoftTargets(Config):
+class SoftTargets(Settings):
     """Fine-tune on Hinton et al.'s soft targets from the baseline instead of the labels alone."""
 
     temperature: float = Field(2.0, gt=0)
     alpha: float = Field(0.5, ge=0, le=1)
 
 
-class Stage(Config):
+class Stage(Settings):
     """Options every stage has. `finetune` trains after the method, with the baseline's
     settings for every field it does not give (the learning rate: the baseline's divided by
     the method's `finetune_lr_divisor`); `soft_targets` makes that fine-tuning distil from the
@@ -58,11 +58,6 @@ class Stage(Config):
     finetune: FitConfig | None = None
     soft_targets: SoftTargets | None = None
     budget: Points | None = None
-
-    @model_validator(mode="before")
-    @classmethod
-    def _over_defaults(cls, data):
-        return merge_over_defaults(cls, data) if isinstance(data, dict) else data
 
     @model_validator(mode="after")
     def _options(self):
@@ -85,26 +80,6 @@ class Stage(Config):
         if self.finetune is None:
             return None
         return relative_fit(self.finetune, base, self.finetune_lr_divisor)
-
-
-def merge_over_defaults(cls: type[BaseModel], given: dict) -> dict:
-    """`given` with each nested mapping laid over its field's default, at any depth: a recipe,
-    the CLI or a Python dict that sets `quant: {weights: 8}` in a config whose default is
-    `QuantConfig(weights=4, activations=4, calibrate="mse")` keeps the activations and the
-    calibration of that default rather than falling back to QuantConfig's own. A mapping naming
-    another `kind` than the default's is taken as it is."""
-    merged = dict(given)
-    for name, info in cls.model_fields.items():
-        value, default = given.get(name), info.default
-        if not isinstance(value, dict) or not isinstance(default, BaseModel):
-            continue
-        if "kind" in value and value["kind"] != getattr(default, "kind", None):
-            continue
-        base = default.model_dump(exclude_unset=True)
-        if "kind" in type(default).model_fields:  # a tagged union's member: keep its tag
-            base["kind"] = default.kind
-        merged[name] = merge_over_defaults(type(default), {**base, **value})
-    return merged
 
 
 def relative_fit(given: FitConfig, base: FitConfig, lr_divisor: float) -> FitConfig:

@@ -24,7 +24,7 @@ from pydantic import Field
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from .config import Config
+from .config import Settings
 from .data import BatchLoader, DataSplits
 from .errors import ConfigError
 from .progress import make_progress
@@ -40,7 +40,7 @@ LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 StepHook = Callable[[int], None]
 
 
-class FitConfig(Config):
+class FitConfig(Settings):
     """How to train: optimizer, learning-rate schedule, regularisation, length and seed."""
 
     epochs: int = Field(10, ge=0)

@@ -283,7 +283,6 @@ def add_commands(commands) -> None:
         "(config.bits=4, finetune.epochs=1, config.threshold='{kind: std, ratio: 1.5}'); "
         "the defaults are the method's own. Methods: " + ", ".join(METHOD_NAMES) + ".",
     )
-    p.add_argument("method", choices=METHOD_NAMES, metavar="METHOD")
     p.add_argument(
         "--set",
         dest="settings",
@@ -292,7 +291,8 @@ def add_commands(commands) -> None:
         metavar="PATH=VALUE",
         help="a field of the stage (repeatable)",
     )
-    add_stage_options(p, finetune=False)
+    add_stage_options(p, finetune=False)  # the checkpoint first: apply CHECKPOINT METHOD
+    p.add_argument("method", choices=METHOD_NAMES, metavar="METHOD")
     p.set_defaults(run=run_apply, build=build_apply)
 
 

@@ -17,7 +17,7 @@ import torch
 from pydantic import model_validator
 from torch import nn
 
-from netshrink.config import Config
+from netshrink.config import Settings
 from netshrink.edits import KeepChannels
 from netshrink.errors import ConfigError, UnsupportedLayerError
 from netshrink.layers import LayerFilter, copy_model, select_layers, unwrap
@@ -33,7 +33,7 @@ from netshrink.prune.surgery import cut_channels
 from netshrink.stage import Stage
 
 
-class PruneFiltersConfig(Config):
+class PruneFiltersConfig(Settings):
     """How much to prune and how to choose (Li et al. 2017).
 
     amount: fraction of the channels removed from each selected space (0 <= amount < 1); or

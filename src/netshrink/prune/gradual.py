@@ -12,7 +12,7 @@ import torch
 from pydantic import Field, model_validator
 from torch import nn
 
-from ..config import Config
+from ..config import Settings
 from ..data import DataSplits
 from ..errors import ConfigError
 from ..layers import LayerFilter, select_layers
@@ -26,7 +26,7 @@ from .magnitude import (
 )
 
 
-class PruneGradualConfig(Config):
+class PruneGradualConfig(Settings):
     """Sparsity goes from `initial_sparsity` at step `start_step` to `final_sparsity` after
     `steps` updates, one every `interval` optimizer steps; `scope` is per layer or global."""
 

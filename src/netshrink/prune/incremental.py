@@ -13,7 +13,7 @@ from pydantic import Field
 from torch import nn
 
 from ..budget import Points, floor_below
-from ..config import Config
+from ..config import Settings
 from ..data import BatchLoader
 from ..layers import LayerFilter, copy_model, select_layers
 from ..progress import make_progress
@@ -22,7 +22,7 @@ from ..train import evaluate
 from .magnitude import PruneMagnitudeConfig, StdThreshold, prune_magnitude
 
 
-class PruneIncrementalConfig(Config):
+class PruneIncrementalConfig(Settings):
     """Raise each layer's ratio by `step` up to `max_ratio` while the calibration accuracy stays
     within `budget` percentage points of the unpruned model's (netshrink.budget)."""
 

@@ -11,7 +11,7 @@ from typing import Literal
 from pydantic import Field
 from torch import nn
 
-from ..config import Config
+from ..config import Settings
 from ..data import DataSplits
 from ..layers import LayerFilter
 from ..stage import Stage
@@ -25,7 +25,7 @@ from .magnitude import (
 )
 
 
-class PruneIterativeConfig(Config):
+class PruneIterativeConfig(Settings):
     """Reach `prune.threshold` in `steps` equal steps, retraining with `retrain` after each."""
 
     prune: PruneMagnitudeConfig

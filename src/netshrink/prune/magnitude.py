@@ -16,28 +16,28 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from ..config import Config
+from ..config import Settings
 from ..errors import ConfigError
 from ..layers import LayerFilter, select_layers
 from ..mask import apply_mask, dense_std
 from ..stage import Stage
 
 
-class StdThreshold(Config):
+class StdThreshold(Settings):
     """Prune `|w| < ratio * std(W)`, per layer."""
 
     kind: Literal["std"] = "std"
     ratio: float = Field(gt=0)
 
 
-class LayerSparsity(Config):
+class LayerSparsity(Settings):
     """Prune the `sparsity` fraction of each layer's smallest-magnitude weights."""
 
     kind: Literal["sparsity"] = "sparsity"
     sparsity: float = Field(ge=0, lt=1)
 
 
-class GlobalSparsity(Config):
+class GlobalSparsity(Settings):
     """Prune the `sparsity` fraction of the smallest-magnitude weights across all chosen layers."""
 
     kind: Literal["global"] = "global"
@@ -47,7 +47,7 @@ class GlobalSparsity(Config):
 Threshold = Annotated[StdThreshold | LayerSparsity | GlobalSparsity, Field(discriminator="kind")]
 
 
-class PruneMagnitudeConfig(Config):
+class PruneMagnitudeConfig(Settings):
     """`threshold` for every chosen layer; `per_layer` overrides its ratio or sparsity by name."""
 
     threshold: Threshold

@@ -17,7 +17,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.utils import parametrize
 
-from ..config import Config
+from ..config import Settings
 from ..edits import FoldBatchNorm, record_edits
 from ..errors import UnsupportedLayerError
 from ..graph import trace
@@ -121,7 +121,7 @@ def _dense(module: nn.Module, name: str) -> torch.Tensor:
     return getattr(module, name)
 
 
-class FoldBatchnormConfig(Config):
+class FoldBatchnormConfig(Settings):
     """Batch-norm folding has no options: every BatchNorm that solely follows a conv or linear
     layer is folded into it (the others are left alone)."""
 

@@ -14,14 +14,14 @@ from typing import ClassVar, Literal
 
 from torch import fx, nn
 
-from ..config import Config
+from ..config import Settings
 from ..data import DataSplits
 from ..stage import Stage
 from ..train import FitConfig, History, fit
 from .quantize import QuantConfig, quantize, reestimate_weight_formats
 
 
-class QatConfig(Config):
+class QatConfig(Settings):
     """The fixed-point formats (`quant`), the training (`fit`), and whether the weights'
     fractional lengths stay as calibrated ("fixed") or are re-derived from the trained weights
     at the start of every epoch ("epoch"). Activation formats always stay as calibrated.

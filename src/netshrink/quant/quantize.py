@@ -20,7 +20,7 @@ from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 from torch.nn.utils import parametrize
 
-from ..config import Config
+from ..config import Settings
 from ..data import DataSplits
 from ..edits import (
     ActivationSpec,
@@ -44,7 +44,7 @@ Batches = DataSplits | torch.Tensor | Iterable[torch.Tensor]
 Bits = Annotated[int, Field(ge=2, le=16)]
 
 
-class QuantConfig(Config):
+class QuantConfig(Settings):
     """Bit widths and calibration of a fixed-point model.
 
     `weights` / `activations`: default bits; `layer_weights` / `layer_activations` override them

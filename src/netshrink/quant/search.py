@@ -18,7 +18,7 @@ from pydantic import Field, model_validator
 from torch import fx, nn
 
 from ..budget import Points
-from ..config import Config
+from ..config import Settings
 from ..data import BatchLoader, DataSplits, ImageSet
 from ..errors import ConfigError
 from ..layers import unwrap
@@ -32,7 +32,7 @@ from .quantize import QuantConfig, fixed_point_formats, quantize, set_bits
 Kind = Literal["weights", "activations"]
 
 
-class BitSearchConfig(Config):
+class BitSearchConfig(Settings):
     """An accuracy-loss `budget` in top-1 points; bits start at `start_*` and go down to
     `min_*`; accuracy is measured on `eval_images` images (None: all) of `split`, a fixed seeded
     subset; `quant` holds everything else about the fixed-point model (calibration, float

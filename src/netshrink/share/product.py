@@ -12,7 +12,7 @@ from typing import Literal
 from pydantic import Field
 from torch import nn
 
-from ..config import Config
+from ..config import Settings
 from ..errors import ConfigError
 from ..layers import LayerFilter
 from ..progress import track
@@ -20,7 +20,7 @@ from .codebooks import CodebookStage, VectorCodebook, attach, chosen_layers, tak
 from .vq import Axis, residual_quantize
 
 
-class SharePqConfig(Config):
+class SharePqConfig(Settings):
     """`k` centres in each segment of `segment` entries along `axis` (Gong et al.'s PQ)."""
 
     segment: int = Field(4, ge=1)
@@ -29,7 +29,7 @@ class SharePqConfig(Config):
     seed: int = 0
 
 
-class ShareRqConfig(Config):
+class ShareRqConfig(Settings):
     """`stages` rounds of `k` centres on the residuals; `segment=None` takes whole rows (or
     columns), as Gong et al.'s RQ does."""
 

@@ -13,7 +13,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from ..config import Config
+from ..config import Settings
 from ..errors import ConfigError
 from ..layers import LayerFilter
 from ..progress import track
@@ -30,7 +30,7 @@ from .kmeans import Init, kmeans_1d
 Bits = Annotated[int, Field(ge=1, le=16)]
 
 
-class ShareKmeansConfig(Config):
+class ShareKmeansConfig(Settings):
     """`2**bits` shared values a layer: `per_layer` bits by name, else `conv_bits` / `fc_bits` by
     type, else `bits`. `init` as in Han et al. (linear is their best); `seed` for random init."""
 
@@ -48,7 +48,7 @@ class ShareKmeansConfig(Config):
         return self.per_layer.get(name, by_type if by_type is not None else self.bits)
 
 
-class ShareBinaryConfig(Config):
+class ShareBinaryConfig(Settings):
     """`alpha * sign(W)` with one `alpha` per layer or per output channel; `ternary` also zeroes
     weights under `threshold * mean|W|` (Li & Liu 2016 use 0.7)."""
 

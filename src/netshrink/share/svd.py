@@ -14,7 +14,7 @@ import torch
 from pydantic import Field, model_validator
 from torch import nn
 
-from ..config import Config
+from ..config import Settings
 from ..edits import FactorLayer, record_edits
 from ..errors import UnsupportedLayerError
 from ..layers import LayerFilter, unwrap
@@ -23,7 +23,7 @@ from ..stage import Stage
 from .codebooks import chosen_layers, take_weight
 
 
-class FactorSvdConfig(Config):
+class FactorSvdConfig(Settings):
     """Exactly one of: a fixed `rank`; a target `ratio` of each layer's weights to the factors'
     (rank = the largest that reaches it); or the fraction of `energy` (sum of squared singular
     values) kept (rank = the smallest that keeps it)."""
