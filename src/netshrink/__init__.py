@@ -1,13 +1,25 @@
 """netshrink: compress convolutional image classifiers for embedded devices.
 
-The public API, and nothing else. The map of the code is docs/architecture.md; what a file may
-make netshrink do (the import policy, the decode limits) is docs/security.md.
+The public API, and nothing else: every method of `METHODS` with its config (each method's
+function is named as its recipe `method:`, except `sensitivity` -> `sensitivity_analysis`,
+`qat` -> `train_quantized`, `compressive` -> `train_compressive`), recipes (`load_recipe`,
+`run_recipe`), the file (`pack`, `unpack`, `packed_bytes`, `summarize`), the exports
+(`export_onnx`, `export_onnx_int8`, `export_c`: imported on first use, they load ONNX Runtime),
+and `evaluate` / `measure`.
+
+Methods change the model in place and return it, except the fixed-point ones, which build a
+new module (a traced graph) and leave theirs as it was: `quantize` returns it,
+`train_quantized` returns it with its training history, `search_bits` a `BitSearchResult`
+holding it. `prune_filters`, `factor_svd` and `fold_batchnorm` work in place but replace
+layers: build an optimizer after them.
 """
 
 from .baseline import cached_baseline, train_model
 from .checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
-from .codec import pack, unpack
+from .codec import PackConfig, load_packed, pack, packed_bytes, summarize, unpack
+from .compressive import CompressiveConfig, train_compressive
 from .data import DataConfig, DataSplits, load_data
+from .distill import DistillConfig, distill
 from .errors import (
     ConfigError,
     CorruptFileError,
@@ -18,37 +30,123 @@ from .errors import (
     UnsupportedLayerError,
 )
 from .measure import Measurement, count_macs, count_parameters, measure, measure_latency
+from .methods import METHODS, parse_stage, run_stage
 from .models import MODELS, ModelSpec, build_model
+from .pipeline import RunResult, run_recipe
+from .prune import (
+    PruneFiltersConfig,
+    PruneGradualConfig,
+    PruneIncrementalConfig,
+    PruneIterativeConfig,
+    PruneMagnitudeConfig,
+    prune_filters,
+    prune_gradual,
+    prune_incremental,
+    prune_iterative,
+    prune_magnitude,
+)
+from .prune.sensitivity import sensitivity_analysis
+from .quant.fold import FoldBatchnormConfig, fold_batchnorm
+from .quant.qat import QatConfig, train_quantized
+from .quant.quantize import QuantConfig, quantize
+from .quant.search import BitSearchConfig, search_bits
+from .recipe import Recipe, load_recipe
+from .share.product import SharePqConfig, ShareRqConfig, share_pq, share_rq
+from .share.scalar import ShareBinaryConfig, ShareKmeansConfig, share_binary, share_kmeans
+from .share.svd import FactorSvdConfig, factor_svd
 from .train import EvalResult, FitConfig, evaluate, fit
 
+# The exports load ONNX Runtime or need a compiler: imported when first asked for.
+_LAZY = {
+    "export_onnx": "netshrink.export.onnx",
+    "export_onnx_int8": "netshrink.export.qdq",
+    "export_c": "netshrink.export.c",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'netshrink' has no attribute {name!r}")
+
+
 __all__ = [
+    "BitSearchConfig",
+    "build_model",
+    "cached_baseline",
     "CheckpointMeta",
+    "CompressiveConfig",
     "ConfigError",
     "CorruptFileError",
+    "count_macs",
+    "count_parameters",
     "DataConfig",
     "DataError",
     "DataSplits",
+    "distill",
+    "DistillConfig",
     "Error",
     "EvalResult",
+    "evaluate",
+    "export_c",
+    "export_onnx",
+    "export_onnx_int8",
+    "factor_svd",
+    "FactorSvdConfig",
+    "fit",
+    "FitConfig",
+    "fold_batchnorm",
+    "FoldBatchnormConfig",
     "ImportNotAllowedError",
     "LimitError",
-    "FitConfig",
-    "MODELS",
-    "Measurement",
-    "ModelSpec",
-    "UnsupportedLayerError",
-    "build_model",
-    "cached_baseline",
-    "count_macs",
-    "count_parameters",
-    "evaluate",
-    "fit",
     "load_checkpoint",
     "load_data",
+    "load_packed",
+    "load_recipe",
     "measure",
     "measure_latency",
+    "Measurement",
+    "METHODS",
+    "MODELS",
+    "ModelSpec",
     "pack",
-    "unpack",
+    "PackConfig",
+    "packed_bytes",
+    "parse_stage",
+    "prune_filters",
+    "prune_gradual",
+    "prune_incremental",
+    "prune_iterative",
+    "prune_magnitude",
+    "PruneFiltersConfig",
+    "PruneGradualConfig",
+    "PruneIncrementalConfig",
+    "PruneIterativeConfig",
+    "PruneMagnitudeConfig",
+    "QatConfig",
+    "QuantConfig",
+    "quantize",
+    "Recipe",
+    "run_recipe",
+    "run_stage",
+    "RunResult",
     "save_checkpoint",
+    "search_bits",
+    "sensitivity_analysis",
+    "share_binary",
+    "share_kmeans",
+    "share_pq",
+    "share_rq",
+    "ShareBinaryConfig",
+    "ShareKmeansConfig",
+    "SharePqConfig",
+    "ShareRqConfig",
+    "summarize",
+    "train_compressive",
     "train_model",
+    "train_quantized",
+    "unpack",
+    "UnsupportedLayerError",
 ]
