@@ -20,6 +20,7 @@ from .checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
+from .config import takes_mappings
 from .data import DataConfig, DataSplits
 from .models import ModelSpec, build_model
 from .models.registry import AllowImport
@@ -45,6 +46,7 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("NETSHRINK_CACHE") or Path.home() / ".cache" / "netshrink")
 
 
+@takes_mappings
 def train_model(
     spec: ModelSpec,
     data: DataSplits,
@@ -117,6 +119,7 @@ def is_cached(stem: Path) -> bool:
     return all(p.is_file() for p in checkpoint_paths(stem))
 
 
+@takes_mappings
 def cached_baseline(
     spec: ModelSpec,
     data: DataSplits,

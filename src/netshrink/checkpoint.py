@@ -17,7 +17,7 @@ from pydantic import ValidationError
 from torch import nn
 from torch.nn.utils import parametrize
 
-from .config import Config
+from .config import Config, takes_mappings
 from .data import DataConfig
 from .edits import MAX_EDITS, Edit, check_edit_counts, structural_edits
 from .errors import ConfigError, CorruptFileError, LimitError, UnsupportedLayerError
@@ -60,6 +60,7 @@ def checkpoint_paths(path: str | Path) -> tuple[Path, Path]:
     return stem.with_name(stem.name + ".safetensors"), stem.with_name(stem.name + ".json")
 
 
+@takes_mappings
 def save_checkpoint(model: nn.Module, path: str | Path, meta: CheckpointMeta) -> Path:
     """Write `model`'s state dict and `meta`, with the model's structural edits in the sidecar;
     each file is replaced atomically. Returns the stem."""

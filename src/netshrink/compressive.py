@@ -40,7 +40,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from .budget import Points
-from .config import Settings
+from .config import Settings, takes_mappings
 from .data import DataSplits
 from .errors import UnsupportedLayerError
 from .layers import LayerFilter, select_layers
@@ -251,6 +251,7 @@ class CompressiveResult:
     epochs: int
 
 
+@takes_mappings
 def train_compressive(
     model: nn.Module,
     data: DataSplits,

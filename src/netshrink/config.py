@@ -16,7 +16,18 @@ Example:
     >>> Point(x=1).x, Point(y=1)  # the second raises a ValidationError: extra field
 """
 
-from pydantic import BaseModel, ConfigDict, model_validator
+import functools
+import inspect
+import types
+import typing
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+
+from .errors import ConfigError
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 class Config(BaseModel):
@@ -56,3 +67,60 @@ def merge_over_defaults(cls: type[BaseModel], given: dict) -> dict:
             base["kind"] = default.kind
         merged[name] = merge_over_defaults(type(default), {**base, **value})
     return merged
+
+
+def to_config(cls: type[Config], value: Any) -> Any:
+    """`value` as a `cls`: a mapping of its fields is validated into one (a ConfigError naming
+    the field when it is wrong); anything else is returned as it is."""
+    if not isinstance(value, Mapping):
+        return value
+    try:
+        return cls.model_validate(dict(value))
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"]) or "config"
+        raise ConfigError(f"{cls.__name__}: {where}: {err['msg']}") from None
+
+
+def takes_mappings(function: F) -> F:
+    """Let every parameter of `function` annotated with a `Config` class (or `Config | None`)
+    also take a plain mapping of its fields: `share_kmeans(model, {"bits": 4})` is
+    `share_kmeans(model, ShareKmeansConfig(bits=4))`. The public face of the methods in Python,
+    validated by the same config as the recipe and the command line."""
+    signature = inspect.signature(function)
+
+    @functools.cache
+    def config_classes() -> dict[str, type[Config]]:  # resolved on first call: forward refs
+        found = {}
+        for name, parameter in signature.parameters.items():
+            if cls := _config_class(_resolve(parameter.annotation, function.__globals__)):
+                found[name] = cls
+        return found
+
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        bound = signature.bind(*args, **kwargs)
+        for name, cls in config_classes().items():
+            if name in bound.arguments:
+                bound.arguments[name] = to_config(cls, bound.arguments[name])
+        return function(*bound.args, **bound.kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _resolve(annotation: Any, scope: dict) -> Any:
+    """A parameter's annotation, evaluated when it is a string (`from __future__ import
+    annotations`); None when it names what the module imports only for type checkers."""
+    if not isinstance(annotation, str):
+        return annotation
+    try:
+        return eval(annotation, scope)  # the module's own annotation text, not input
+    except NameError:
+        return None
+
+
+def _config_class(hint: Any) -> type[Config] | None:
+    union = typing.get_origin(hint) in (typing.Union, types.UnionType)
+    options = typing.get_args(hint) if union else (hint,)
+    found = [o for o in options if isinstance(o, type) and issubclass(o, Config)]
+    return found[0] if len(found) == 1 else None

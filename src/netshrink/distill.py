@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from pydantic import Field, field_validator, model_validator
 from torch import nn
 
-from .config import Settings
+from .config import Settings, takes_mappings
 from .data import BatchLoader, DataSplits, ImageSet
 from .errors import ConfigError
 from .layers import select_layers, unwrap
@@ -194,6 +194,7 @@ def image_hash(x: torch.Tensor) -> torch.Tensor:
     return ((bits * weights) % _HASH_PRIME).sum(1) % _HASH_PRIME
 
 
+@takes_mappings
 def distill(
     student: nn.Module,
     teacher: nn.Module,

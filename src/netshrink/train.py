@@ -24,7 +24,7 @@ from pydantic import Field
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from .config import Settings
+from .config import Settings, takes_mappings
 from .data import BatchLoader, DataSplits
 from .errors import ConfigError
 from .progress import make_progress
@@ -110,6 +110,7 @@ def evaluate(
     return EvalResult(correct1 / seen, correct5 / seen, loss_sum / seen, seen)
 
 
+@takes_mappings
 def fit(
     model: nn.Module,
     data: DataSplits,

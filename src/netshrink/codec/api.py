@@ -15,6 +15,7 @@ from pydantic import ValidationError
 from torch import nn
 
 from ..checkpoint import CheckpointMeta, effective_state_dict, load_effective_state_dict
+from ..config import takes_mappings
 from ..edits import structural_edits
 from ..errors import ConfigError, CorruptFileError, UnsupportedLayerError
 from ..files import atomic_write
@@ -38,6 +39,7 @@ from .encodings import PackConfig, decode_tensor, encode_tensor
 from .header import Header, TensorRecord
 
 
+@takes_mappings
 def pack(
     model: nn.Module,
     path: str | Path,
@@ -70,6 +72,7 @@ def pack(
     return path
 
 
+@takes_mappings
 def packed_bytes(
     model: nn.Module,
     config: PackConfig = PackConfig(),  # frozen: one shared default is safe

@@ -31,6 +31,8 @@ from netshrink.models.mobilenet import mobilenet_v2
 from netshrink.models.resnet import resnet20
 from netshrink.models.vgg import vgg_small
 
+from ..config import takes_mappings
+
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "lenet300_100": lenet300_100,
     "lenet5": lenet5,
@@ -162,6 +164,7 @@ def _parse_args_json(args_json: str) -> dict[str, Any]:
     return extra
 
 
+@takes_mappings
 def build_model(
     spec: ModelSpec,
     *,

@@ -17,7 +17,7 @@ import torch
 from pydantic import model_validator
 from torch import nn
 
-from netshrink.config import Settings
+from netshrink.config import Settings, takes_mappings
 from netshrink.edits import KeepChannels
 from netshrink.errors import ConfigError, UnsupportedLayerError
 from netshrink.layers import LayerFilter, copy_model, select_layers, unwrap
@@ -171,6 +171,7 @@ def plan_filters(
     return _search_macs(model, input_shape, ranked, config, skipped)
 
 
+@takes_mappings
 def prune_filters(
     model: nn.Module,
     config: PruneFiltersConfig,

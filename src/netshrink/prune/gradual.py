@@ -12,7 +12,7 @@ import torch
 from pydantic import Field, model_validator
 from torch import nn
 
-from ..config import Settings
+from ..config import Settings, takes_mappings
 from ..data import DataSplits
 from ..errors import ConfigError
 from ..layers import LayerFilter, select_layers
@@ -101,6 +101,7 @@ class GradualPruner:
         self.sparsity = sparsity
 
 
+@takes_mappings
 def prune_gradual(
     model: nn.Module,
     data: DataSplits,

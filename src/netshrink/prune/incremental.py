@@ -13,7 +13,7 @@ from pydantic import Field
 from torch import nn
 
 from ..budget import Points, floor_below
-from ..config import Settings
+from ..config import Settings, takes_mappings
 from ..data import BatchLoader
 from ..layers import LayerFilter, copy_model, select_layers
 from ..progress import make_progress
@@ -58,6 +58,7 @@ def incremental_ratios(
     return table
 
 
+@takes_mappings
 def prune_incremental(
     model: nn.Module,
     calibration: BatchLoader,

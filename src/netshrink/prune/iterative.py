@@ -11,7 +11,7 @@ from typing import Literal
 from pydantic import Field
 from torch import nn
 
-from ..config import Settings
+from ..config import Settings, takes_mappings
 from ..data import DataSplits
 from ..layers import LayerFilter
 from ..stage import Stage
@@ -53,6 +53,7 @@ def step_config(config: PruneMagnitudeConfig, fraction: float) -> PruneMagnitude
     return config.model_copy(update={"threshold": threshold, "per_layer": per_layer})
 
 
+@takes_mappings
 def prune_iterative(
     model: nn.Module,
     data: DataSplits,

@@ -16,7 +16,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from ..config import Settings
+from ..config import Settings, takes_mappings
 from ..errors import ConfigError
 from ..layers import LayerFilter, select_layers
 from ..mask import apply_mask, dense_std
@@ -78,6 +78,7 @@ def global_keep(weights: list[torch.Tensor], sparsity: float) -> list[torch.Tens
     return [k.view_as(w) for k, w in zip(joined.split([w.numel() for w in weights]), weights)]
 
 
+@takes_mappings
 def prune_magnitude(
     model: nn.Module, config: PruneMagnitudeConfig, *, layers: LayerFilter = None
 ) -> nn.Module:

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from ..budget import floor_below
+from ..config import takes_mappings
 from ..data import BatchLoader
 from ..files import atomic_write
 from ..layers import LayerFilter, copy_model, select_layers
@@ -37,6 +38,7 @@ class Sensitivity:
         return json.dumps(asdict(self), indent=2) + "\n"
 
 
+@takes_mappings
 def sensitivity_analysis(
     model: nn.Module,
     loader: BatchLoader,

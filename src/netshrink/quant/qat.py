@@ -14,7 +14,7 @@ from typing import ClassVar, Literal
 
 from torch import fx, nn
 
-from ..config import Settings
+from ..config import Settings, takes_mappings
 from ..data import DataSplits
 from ..stage import Stage
 from ..train import FitConfig, History, fit
@@ -39,6 +39,7 @@ class QatConfig(Settings):
     reestimate: Literal["fixed", "epoch"] = "epoch"
 
 
+@takes_mappings
 def train_quantized(
     model: nn.Module,
     data: DataSplits,

@@ -20,7 +20,7 @@ from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 from torch.nn.utils import parametrize
 
-from ..config import Settings
+from ..config import Settings, takes_mappings
 from ..data import DataSplits
 from ..edits import (
     ActivationSpec,
@@ -66,6 +66,7 @@ class QuantConfig(Settings):
     rounding: Rounding = "nearest"
 
 
+@takes_mappings
 def quantize(
     model: nn.Module, calibration: Batches, config: QuantConfig = QuantConfig()
 ) -> fx.GraphModule:

@@ -18,7 +18,7 @@ from pydantic import Field, model_validator
 from torch import fx, nn
 
 from ..budget import Points
-from ..config import Settings
+from ..config import Settings, takes_mappings
 from ..data import BatchLoader, DataSplits, ImageSet
 from ..errors import ConfigError
 from ..layers import unwrap
@@ -99,6 +99,7 @@ class BitSearchResult:
         return "\n".join(lines) + "\n"
 
 
+@takes_mappings
 def search_bits(
     model: nn.Module,
     data: DataSplits,

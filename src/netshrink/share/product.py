@@ -12,7 +12,7 @@ from typing import Literal
 from pydantic import Field
 from torch import nn
 
-from ..config import Settings
+from ..config import Settings, takes_mappings
 from ..errors import ConfigError
 from ..layers import LayerFilter
 from ..progress import track
@@ -40,6 +40,7 @@ class ShareRqConfig(Settings):
     seed: int = 0
 
 
+@takes_mappings
 def share_pq(
     model: nn.Module, config: SharePqConfig, *, layers: LayerFilter = None, progress: bool = True
 ) -> nn.Module:
@@ -50,6 +51,7 @@ def share_pq(
     return _quantize(model, layers, config.segment, config.k, 1, config.axis, config.seed, progress)
 
 
+@takes_mappings
 def share_rq(
     model: nn.Module, config: ShareRqConfig, *, layers: LayerFilter = None, progress: bool = True
 ) -> nn.Module:

@@ -13,7 +13,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from ..config import Settings
+from ..config import Settings, takes_mappings
 from ..errors import ConfigError
 from ..layers import LayerFilter
 from ..progress import track
@@ -57,6 +57,7 @@ class ShareBinaryConfig(Settings):
     threshold: float = Field(0.7, gt=0, lt=1.5)
 
 
+@takes_mappings
 def share_kmeans(
     model: nn.Module,
     config: ShareKmeansConfig,
@@ -93,6 +94,7 @@ def share_kmeans(
     return model
 
 
+@takes_mappings
 def share_binary(
     model: nn.Module,
     config: ShareBinaryConfig,

@@ -14,7 +14,7 @@ import torch
 from pydantic import Field, model_validator
 from torch import nn
 
-from ..config import Settings
+from ..config import Settings, takes_mappings
 from ..edits import FactorLayer, record_edits
 from ..errors import UnsupportedLayerError
 from ..layers import LayerFilter, unwrap
@@ -88,6 +88,7 @@ def choose_rank(singular: torch.Tensor, shape: tuple[int, int], config: FactorSv
     return max(1, min(rank, len(singular)))
 
 
+@takes_mappings
 def factor_svd(
     model: nn.Module, config: FactorSvdConfig, *, layers: LayerFilter = None, progress: bool = True
 ) -> nn.Module:
