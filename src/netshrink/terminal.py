@@ -6,6 +6,9 @@ without importing one another.
 
 from rich.console import Console
 
+# Stage tables with every column even on a narrow terminal (`--wide`; set by the CLI's main).
+WIDE_TABLES = False
+
 
 def console() -> Console:
     """stdout; wide enough for the stage table when it is a file or a pipe (rich assumes 80)."""

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from .. import terminal
 from ..baseline import train_model
 from ..checkpoint import save_checkpoint
 from ..codec import packed_bytes
@@ -19,7 +20,13 @@ from ..measure import dense_bytes, measure
 from ..models import ModelSpec
 from ..pipeline import run_recipe
 from ..recipe import load_recipe, trial_recipe
-from ..report import measurements_json, measurements_markdown, print_measurements, render_report
+from ..report import (
+    WIDE_COLUMNS,
+    measurements_json,
+    measurements_markdown,
+    print_measurements,
+    render_report,
+)
 from ..train import FitConfig, evaluate, is_main_process
 from . import apply, codec, export, prune, quant, share, train_side
 from .common import (
@@ -49,6 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    terminal.WIDE_TABLES = args.wide
     try:
         args.run(args)
     except Error as exc:
@@ -183,6 +191,12 @@ def build_parser() -> argparse.ArgumentParser:
             "--threads",
             type=positive_int,
             help="torch threads, latency included (default: the cores)",
+        )
+        command.add_argument(
+            "--wide",
+            action="store_true",
+            help="stage tables with every column on a terminal narrower than "
+            f"{WIDE_COLUMNS} (files and pipes get them all)",
         )
         command.formatter_class = DefaultsHelpFormatter
         for action in command._actions:  # argparse prints no help line for help=None

@@ -26,6 +26,8 @@ from .run import (
 )
 from .tables import (
     COLUMNS,
+    NARROW,
+    WIDE_COLUMNS,
     console,
     format_percent,
     format_size,
@@ -39,6 +41,8 @@ from .tables import (
 
 __all__ = [
     "COLUMNS",
+    "NARROW",
+    "WIDE_COLUMNS",
     "MAX_WEIGHT_PLOTS",
     "REPORT_FILE",
     "FinalRecord",

@@ -10,9 +10,11 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import torch
+from rich.console import Console
 from rich.table import Table
 from torch import nn
 
+from .. import terminal
 from ..measure import Measurement, count_macs
 from ..terminal import console
 
@@ -51,19 +53,32 @@ COLUMNS: tuple[tuple[str, Callable[[Measurement], str]], ...] = (
 )
 
 
-def measurement_table(rows: Sequence[Measurement], title: str = "netshrink") -> Table:
-    """A rich table of stages, one row each."""
+# The columns of a stage table on a terminal under WIDE_COLUMNS wide (80 columns fit them).
+NARROW = ("stage", "top-1", "size", "ratio", "sparse MMACs", "ms @1")
+WIDE_COLUMNS = 130
+
+
+def measurement_table(
+    rows: Sequence[Measurement], title: str = "netshrink", *, wide: bool = True
+) -> Table:
+    """A rich table of stages, one row each: every column, or the NARROW ones."""
+    columns = [(n, cell) for n, cell in COLUMNS if wide or n in NARROW]
     table = Table(title=title)
-    for name, _ in COLUMNS:
+    for name, _ in columns:
         table.add_column(name, justify="left" if name == "stage" else "right")
     for row in rows:
-        table.add_row(*(cell(row) for _, cell in COLUMNS))
+        table.add_row(*(cell(row) for _, cell in columns))
     return table
 
 
 def print_measurements(rows: Sequence[Measurement], title: str = "netshrink") -> None:
-    """Print the stage table to stdout."""
-    console().print(measurement_table(rows, title))
+    """Print the stage table to stdout: every column where it fits (a file, a pipe, a wide
+    terminal) or `--wide` asked for it (terminal.wide_tables), else the NARROW ones."""
+    out = console()
+    wide = out.width >= WIDE_COLUMNS
+    if terminal.WIDE_TABLES and not wide:  # whole rows, past the edge, rather than squeezed
+        out, wide = Console(file=out.file, width=160, force_terminal=out.is_terminal), True
+    out.print(measurement_table(rows, title, wide=wide))
 
 
 def measurements_markdown(rows: Sequence[Measurement]) -> str:
