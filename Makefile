@@ -7,13 +7,19 @@ INSTALLED := $(VENV)/.installed
 FASHION := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test
+.PHONY: demo test docs
 
 demo: $(INSTALLED) $(FASHION)
 	$(PY) -m netshrink.cli demo
 
 test: $(INSTALLED) $(FASHION)
 	$(PY) -m pytest -n 2 -q
+
+# The API reference (HTML, docs/api/index.html): the public API and the exports' modules.
+# tests/test_api_docs.py builds the same pages, so CI fails on a reference that does not build.
+API_MODULES := netshrink netshrink.export.onnx netshrink.export.qdq netshrink.export.c
+docs: $(INSTALLED)
+	$(PY) -m pdoc $(API_MODULES) -o docs/api
 
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)

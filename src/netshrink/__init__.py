@@ -29,7 +29,14 @@ from .errors import (
     LimitError,
     UnsupportedLayerError,
 )
-from .measure import Measurement, count_macs, count_parameters, measure, measure_latency
+from .measure import (
+    Measurement,
+    count_macs,
+    count_parameters,
+    dense_bytes,
+    measure,
+    measure_latency,
+)
 from .methods import METHODS, parse_stage, run_stage
 from .models import MODELS, ModelSpec, build_model
 from .pipeline import RunResult, run_recipe
@@ -56,7 +63,8 @@ from .share.scalar import ShareBinaryConfig, ShareKmeansConfig, share_binary, sh
 from .share.svd import FactorSvdConfig, factor_svd
 from .train import EvalResult, FitConfig, evaluate, fit
 
-# The exports load ONNX Runtime or need a compiler: imported when first asked for.
+# The exports load ONNX Runtime or need a compiler: imported when first asked for, so they are
+# attributes (netshrink.export_onnx) but not in __all__; their reference is their own module's.
 _LAZY = {
     "export_onnx": "netshrink.export.onnx",
     "export_onnx_int8": "netshrink.export.qdq",
@@ -85,14 +93,12 @@ __all__ = [
     "DataConfig",
     "DataError",
     "DataSplits",
+    "dense_bytes",
     "distill",
     "DistillConfig",
     "Error",
     "EvalResult",
     "evaluate",
-    "export_c",
-    "export_onnx",
-    "export_onnx_int8",
     "factor_svd",
     "FactorSvdConfig",
     "fit",
