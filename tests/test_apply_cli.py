@@ -39,3 +39,40 @@ def test_apply_mistakes_are_one_line(base, tmp_path, capsys, settings, words):
     err = capsys.readouterr().err
     assert err.startswith("netshrink: error:") and words in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_sharing_survives_the_checkpoint_so_quantize_refuses_to_fold_it(tmp_path, capsys):
+    """A conv followed by batch norm, shared by `netshrink share`: its checkpoint says which
+    layers are shared, and `netshrink quantize` refuses to fold batch norm into them (it would
+    scale each channel's shared values apart) rather than silently undo the sharing."""
+    from netshrink.checkpoint import CheckpointMeta, save_checkpoint
+    from netshrink.models import ModelSpec, build_model
+
+    spec = ModelSpec.parse("vgg_small", '{"width": 0.125}')
+    torch.manual_seed(0)
+    model = build_model(spec, num_classes=10, in_channels=1, input_size=8)
+    meta = CheckpointMeta(
+        model=spec, input_shape=(1, 8, 8), num_classes=10, data={"source": "digits"}
+    )
+    base = save_checkpoint(model, tmp_path / "bn", meta)
+    shared = tmp_path / "shared"
+    argv = ["share", str(base), "--method", "kmeans", "--bits", "3", "--no-latency"]
+    assert main(argv + ["--out", str(shared)]) == 0
+    _, meta = load_checkpoint(shared)
+    assert meta.shared and set(meta.shared) <= {name for name, _ in model.named_modules()}
+    capsys.readouterr()
+    assert main(["quantize", str(shared), "--no-latency", "--out", str(tmp_path / "q")]) == 2
+    err = capsys.readouterr().err
+    assert "fold batch norm first" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_sidecar_naming_no_layer_as_shared_is_a_corrupt_file():
+    from netshrink.checkpoint import restore_shared
+    from netshrink.errors import CorruptFileError
+    from netshrink.models import ModelSpec, build_model
+
+    model = build_model(
+        ModelSpec.parse("lenet300_100"), num_classes=10, in_channels=1, input_size=8
+    )
+    with pytest.raises(CorruptFileError, match="'relu'"):
+        restore_shared(model, ["relu"])

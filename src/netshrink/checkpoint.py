@@ -24,7 +24,9 @@ from .errors import ConfigError, CorruptFileError, LimitError, UnsupportedLayerE
 from .files import atomic_write, read_safetensors, write_safetensors
 from .models import ModelSpec, build_model
 from .models.registry import AllowImport
+from .quant.quantize import weight_quant
 from .replay import replay_edits
+from .share.codebooks import ScalarCodebook, restore_codebook
 from .train import FitConfig
 from .untrusted import (
     MAX_SIDECAR_BYTES,
@@ -51,6 +53,9 @@ class CheckpointMeta(Config):
     metrics: dict[str, float] = {}
     # structural edits, replayed on the architecture before the weights
     edits: Annotated[list[Edit], at_most(MAX_EDITS)] = []
+    # layers whose weight is a scalar codebook (k-means sharing): a checkpoint stores the values
+    # it computes, and `restore_shared` re-attaches the codebook so that later methods keep it
+    shared: Annotated[list[str], at_most(MAX_EDITS)] = []
 
 
 def checkpoint_paths(path: str | Path) -> tuple[Path, Path]:
@@ -64,7 +69,8 @@ def checkpoint_paths(path: str | Path) -> tuple[Path, Path]:
 def save_checkpoint(model: nn.Module, path: str | Path, meta: CheckpointMeta) -> Path:
     """Write `model`'s state dict and `meta`, with the model's structural edits in the sidecar;
     each file is replaced atomically. Returns the stem."""
-    meta = meta.model_copy(update={"edits": structural_edits(model)})
+    shared = [name for name, module in model.named_modules() if has_codebook(module)]
+    meta = meta.model_copy(update={"edits": structural_edits(model), "shared": shared})
     weights, sidecar = checkpoint_paths(path)
     text = json.dumps(meta.model_dump(mode="json"), indent=2, sort_keys=True) + "\n"
     check_edit_counts(meta.edits)  # what load_checkpoint would refuse is never written
@@ -76,6 +82,26 @@ def save_checkpoint(model: nn.Module, path: str | Path, meta: CheckpointMeta) ->
     write_safetensors(weights, tensors, metadata={"format": FORMAT})
     atomic_write(sidecar, lambda tmp: tmp.write_text(text))
     return weights.with_suffix("")
+
+
+def has_codebook(module: nn.Module) -> bool:
+    """Whether `module`'s weight is computed by a scalar codebook (k-means weight sharing)."""
+    chain = getattr(getattr(module, "parametrizations", None), "weight", None)
+    return chain is not None and any(isinstance(p, ScalarCodebook) for p in chain)
+
+
+def restore_shared(model: nn.Module, names: list[str], where: str = "checkpoint") -> None:
+    """Re-attach a scalar codebook to each layer of `names` (a sidecar's `shared`, a run's
+    record) whose weight is not already shared or on a fixed-point grid (its own codebook), so
+    that fine-tuning trains the centroids and batch-norm folding refuses to scale them.
+    CorruptFileError for a name that is not a layer with a weight."""
+    modules = dict(model.named_modules())
+    for name in names:
+        module = modules.get(name)
+        if not isinstance(getattr(module, "weight", None), torch.Tensor):
+            raise CorruptFileError(f"{where}: shared layer {name!r} is not a layer of the model")
+        if not has_codebook(module) and weight_quant(module) is None:
+            restore_codebook(module)
 
 
 def effective_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:

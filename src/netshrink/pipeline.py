@@ -34,7 +34,14 @@ from pydantic import BaseModel, ConfigDict
 from torch import nn
 
 from .baseline import cache_stem, cached_baseline, is_cached
-from .checkpoint import CheckpointMeta, checkpoint_paths, load_checkpoint, save_checkpoint
+from .checkpoint import (
+    CheckpointMeta,
+    checkpoint_paths,
+    has_codebook,
+    load_checkpoint,
+    restore_shared,
+    save_checkpoint,
+)
 from .codec import pack, packed_bytes, unpack
 from .data import DataSplits, load_data
 from .errors import BudgetError, ConfigError
@@ -45,10 +52,8 @@ from .methods import run_stage
 from .models.registry import AllowImport, allowed_imports
 from .prune import restore_masks
 from .prune.mask import get_mask
-from .quant.quantize import weight_quant
 from .recipe import Recipe
 from .report import FinalRecord, ReportStage, RunReport, console, print_measurements, render_report
-from .share.codebooks import ScalarCodebook, restore_codebook
 from .stage import StageContext, with_seed
 from .train import _init_distributed, evaluate, is_main_process
 
@@ -337,7 +342,7 @@ def _finish(
         val_top1=_val_top1(model, data),
         seconds=time.perf_counter() - start,
         masked=[n for n, m in layers if get_mask(m) is not None],
-        shared=[n for n, m in layers if _has_codebook(m)],
+        shared=[n for n, m in layers if has_codebook(m)],
     )
 
 
@@ -353,17 +358,9 @@ def _read_back(
     """A stage's checkpoint as the next stage starts from it: masks and scalar codebooks
     re-attached where the stage had them (a checkpoint stores values, not parametrizations)."""
     model, meta = load_checkpoint(directory / record.checkpoint, allow_import=allow_import)
-    for name in record.shared:
-        module = model.get_submodule(name)
-        if weight_quant(module) is None:  # a fixed-point grid is its own codebook
-            restore_codebook(module)
+    restore_shared(model, record.shared, where=str(directory / record.checkpoint))
     restore_masks(model, [(n, model.get_submodule(n)) for n in record.masked])
     return model.eval(), meta
-
-
-def _has_codebook(module: nn.Module) -> bool:
-    chain = getattr(getattr(module, "parametrizations", None), "weight", None)
-    return chain is not None and any(isinstance(p, ScalarCodebook) for p in chain)
 
 
 def _val_top1(model: nn.Module, data: DataSplits) -> float | None:

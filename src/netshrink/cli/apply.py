@@ -21,7 +21,7 @@ from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 from torch import nn
 
-from ..checkpoint import CheckpointMeta, save_checkpoint
+from ..checkpoint import CheckpointMeta, restore_shared, save_checkpoint
 from ..data import DataSplits
 from ..errors import ConfigError
 from ..layers import copy_model, select_layers
@@ -222,6 +222,7 @@ def checkpoint_input(args) -> StageInput:
     teacher of soft targets), as `netshrink run` treats a recipe's baseline."""
     refuse_overwriting_checkpoint(args.out, args.checkpoint)
     model, meta, data = load_for_command(args)
+    restore_shared(model, meta.shared, where=str(args.checkpoint))  # before the masks: values
     restore_masks(model, select_layers(model))  # a checkpoint's zeros are pruned weights
     return StageInput(
         model, meta, data, StageContext(data, copy_model(model), meta.fit or FitConfig())
