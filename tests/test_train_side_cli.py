@@ -106,3 +106,10 @@ def test_compressive_levels_and_bad_values(teacher, tmp_path):
     assert torch.unique(model.fc1.weight).numel() <= 5  # 4 values and zero
     with pytest.raises(ConfigError, match="--layer-sparsity"):
         run(["compressive", str(teacher), "--layer-sparsity", "1.5", "--out", str(out)])
+
+
+def test_distill_bits_out_of_range_is_one_line_naming_the_flag(teacher, tmp_path, capsys):
+    argv = ["distill", "--teacher", str(teacher), "--student", "lenet300_100", "--bits", "1"]
+    assert main(argv + ["--out", str(tmp_path / "s")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("netshrink: error: --bits:") and len(err.strip().splitlines()) == 1

@@ -70,6 +70,12 @@ DISTILL_FLAGS = (
     Flag("--batch-size", "config.fit.batch_size", "batch size of the distillation", type=int),
 )  # fmt: skip
 
+# distill --bits: a `quantize` stage before the distillation, at these weight and activation bits
+BITS = Flag(
+    "--bits", "config.weights", "make the student fixed point first (weights and activations)",
+    type=int, parse=lambda bits: {"config.weights": bits, "config.activations": bits},
+)  # fmt: skip
+
 COMPRESSIVE_FLAGS = (
     Flag("--global-sparsity", "config.global_sparsity", "step 1: one global sparsity"),
     Flag("--budget", "config.budget", "top-1 points it may lose (validation)"),
@@ -104,9 +110,7 @@ def add_commands(commands) -> None:
     p.add_argument("--student", required=True, help="zoo name (from scratch) or checkpoint")
     p.add_argument("--student-args", metavar="JSON", help="model arguments for a zoo student")
     add_flags(p, DISTILL_FLAGS, [("", "distill", f) for f in DISTILL_FLAGS])
-    p.add_argument(
-        "--bits", type=int, help="make the student fixed point first (weights and activations)"
-    )
+    BITS.add_to(p)
     p.add_argument("--seed", type=int, default=0, help="fills every seed the method leaves unset")
     add_data_args(p, default=None)
     p.add_argument("--no-latency", action="store_true", help="skip latency measurement")
@@ -130,8 +134,7 @@ def build_distill(args) -> list[Stage]:
     """The stages `distill` describes: `quantize` at --bits first if given, then `distill`."""
     stages = [flag_stage("distill", DISTILL_FLAGS, args)]
     if args.bits is not None:
-        bits = {"config.weights": args.bits, "config.activations": args.bits}
-        stages.insert(0, flag_stage("quantize", [], args, **bits))
+        stages.insert(0, flag_stage("quantize", [BITS], args))
     return stages
 
 
