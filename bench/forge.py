@@ -40,9 +40,9 @@ def _model() -> torch.nn.Module:
 
 
 def _forms() -> dict[str, Callable[[], torch.nn.Module]]:
+    from netshrink.fold import fold_batchnorm
     from netshrink.prune import PruneMagnitudeConfig, StdThreshold, prune_magnitude
     from netshrink.prune.filters import PruneFiltersConfig, prune_filters
-    from netshrink.quant.fold import fold_batchnorm
     from netshrink.quant.quantize import quantize
     from netshrink.share.scalar import ShareKmeansConfig, share_kmeans
     from netshrink.share.svd import FactorSvdConfig, factor_svd

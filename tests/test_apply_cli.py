@@ -63,7 +63,14 @@ def test_sharing_survives_the_checkpoint_so_quantize_refuses_to_fold_it(tmp_path
     capsys.readouterr()
     assert main(["quantize", str(shared), "--no-latency", "--out", str(tmp_path / "q")]) == 2
     err = capsys.readouterr().err
-    assert "fold batch norm first" in err and len(err.strip().splitlines()) == 1
+    assert "fold batch norm before sharing" in err and len(err.strip().splitlines()) == 1
+
+    folded = tmp_path / "folded"  # what the error says: fold first, then share, then quantize
+    assert main([*argv, "--fold-batchnorm", "--out", str(folded)]) == 0
+    assert main(["quantize", str(folded), "--no-latency", "--out", str(tmp_path / "q")]) == 0
+    quantized, _ = load_checkpoint(tmp_path / "q")
+    convs = [m for m in quantized.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs and all(torch.unique(m.weight).numel() <= 8 for m in convs)
 
 
 def test_a_sidecar_naming_no_layer_as_shared_is_a_corrupt_file():

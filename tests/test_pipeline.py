@@ -10,6 +10,8 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
+from torch import nn
 
 from netshrink.codec import pack, summarize, unpack
 from netshrink.data import load_data
@@ -195,3 +197,37 @@ def test_a_run_says_where_its_baseline_and_stages_come_from(tmp_path, capsys):
     assert "baseline: resumed from" in again and "stage 1/1 prune_magnitude: resumed" in again
     run_recipe(recipe, tmp_path / "other", cache_dir=cache, latency=False)
     assert "baseline: lenet300_100 loaded from the cache" in capsys.readouterr().out
+
+
+BN_CHAIN = """\
+name: bn-chain
+data: {source: digits}
+baseline:
+  model: vgg_small(width=0.125)
+  train: {epochs: 2, lr: 0.05, batch_size: 64}
+stages:
+  - method: prune_magnitude
+    config: {threshold: {kind: std, ratio: 0.5}}
+  - method: share_kmeans
+    config: {bits: 3}
+  - method: quantize
+    config: {calibration_images: 128}
+"""
+
+
+def test_prune_share_quantize_on_a_batchnorm_network_keeps_every_conv_shared(tmp_path):
+    """Han et al.'s chain then fixed point, on a network with batch norm after every conv: the
+    sharing stage folds batch norm first (a fixed-point stage follows), so quantize has nothing
+    to fold into shared weights and every conv keeps at most 2**bits distinct values."""
+    result = run_recipe(
+        parse_recipe(BN_CHAIN), tmp_path / "run", cache_dir=tmp_path / "cache", latency=False,
+        progress=False,
+    )  # fmt: skip
+    model = result.model
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    assert len(convs) >= 4
+    for conv in convs:
+        values = conv.weight.detach()
+        assert torch.unique(values[values != 0]).numel() <= 8
+    assert result.stages[-1].measurement["top1"] > 0.5  # digits: it still classifies

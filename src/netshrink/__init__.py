@@ -29,6 +29,7 @@ from .errors import (
     LimitError,
     UnsupportedLayerError,
 )
+from .fold import FoldBatchnormConfig, fold_batchnorm
 from .measure import (
     Measurement,
     count_macs,
@@ -53,7 +54,6 @@ from .prune import (
     prune_magnitude,
 )
 from .prune.sensitivity import sensitivity_analysis
-from .quant.fold import FoldBatchnormConfig, fold_batchnorm
 from .quant.qat import QatConfig, train_quantized
 from .quant.quantize import QuantConfig, quantize
 from .quant.search import BitSearchConfig, search_bits

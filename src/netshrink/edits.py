@@ -70,7 +70,7 @@ class FactorLayer(Config):
 
 class FoldBatchNorm(Config):
     """Fold the BatchNorm named `bn` into the Conv2d or Linear `conv` that feeds it, which gains
-    a bias; the BatchNorm becomes an nn.Identity (netshrink.quant.fold)."""
+    a bias; the BatchNorm becomes an nn.Identity (netshrink.fold)."""
 
     kind: Literal["fold_batchnorm"] = "fold_batchnorm"
     conv: str

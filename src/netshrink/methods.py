@@ -6,7 +6,7 @@ Adding a method: write its config, function and `Stage` subclass in its module, 
 `METHODS` below, and a line to the method table in docs/recipes.md.
 """
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, Union, get_args
 
 from pydantic import Field, TypeAdapter, ValidationError
@@ -15,13 +15,13 @@ from torch import nn
 from .compressive import CompressiveStage
 from .distill import DistillConfig, DistillStage, distill
 from .errors import ConfigError
+from .fold import FoldBatchnormStage
 from .prune.filters import PruneFiltersStage
 from .prune.gradual import PruneGradualStage
 from .prune.incremental import PruneIncrementalStage
 from .prune.iterative import PruneIterativeStage
 from .prune.magnitude import PruneMagnitudeStage
 from .prune.sensitivity import SensitivityStage
-from .quant.fold import FoldBatchnormStage
 from .quant.qat import QatStage
 from .quant.quantize import QuantizeStage
 from .quant.search import SearchBitsStage
@@ -96,6 +96,19 @@ def _caller_name(loc: list[str], names: Mapping[str, str]) -> str | None:
         if loc and loc[-1] == parts[-1] and [p for p in loc if p in parts] == parts:
             return name
     return None
+
+
+def plan_stages(stages: Sequence[Stage]) -> list[Stage]:
+    """The stages as a run executes them: a stage that leaves `fold_batchnorm` unset (the sharing
+    stages) folds batch norm first when a later stage of the run folds it itself
+    (`Stage.folds_batchnorm`: fixed point), which would otherwise scale shared values apart."""
+    planned = []
+    for index, stage in enumerate(stages):
+        if "fold_batchnorm" in type(stage).model_fields and stage.fold_batchnorm is None:
+            later = any(other.folds_batchnorm for other in stages[index + 1 :])
+            stage = stage.model_copy(update={"fold_batchnorm": later})
+        planned.append(stage)
+    return planned
 
 
 def run_stage(model: nn.Module, stage: Stage, ctx: StageContext) -> nn.Module:

@@ -48,7 +48,7 @@ from .errors import BudgetError, ConfigError
 from .files import atomic_write, directory_lock
 from .layers import select_layers
 from .measure import Measurement, dense_bytes, measure
-from .methods import run_stage
+from .methods import plan_stages, run_stage
 from .models.registry import AllowImport, allowed_imports
 from .prune import restore_masks
 from .prune.mask import get_mask
@@ -132,7 +132,7 @@ def run_recipe(
             atomic_write(directory / "recipe.yaml", lambda tmp: tmp.write_text(text))
         records, ctx = _baseline(recipe, data, directory, done, cache_dir, latency, progress, trust)
         run = _Run(recipe, data, directory, ctx, records, latency, trust)
-        for index, stage in enumerate(recipe.stages, start=1):
+        for index, stage in enumerate(plan_stages(recipe.stages), start=1):
             key = stage_key(recipe, index)
             if index < len(done) and done[index].key == key:
                 records.append(done[index])
@@ -242,8 +242,9 @@ class _Run:
         torch.manual_seed(self.recipe.seed + index)
         start = time.perf_counter()
         if is_main_process() and self.ctx.progress:
+            folds = ", batch norm folded first" if getattr(stage, "fold_batchnorm", False) else ""
             console().rule(
-                f"stage {index}/{len(self.recipe.stages)}: {stage.title} ({stage.method})"
+                f"stage {index}/{len(self.recipe.stages)}: {stage.title} ({stage.method}{folds})"
             )
         self.ctx.notes = {}
         stage = with_seed(stage, self.recipe.seed)

@@ -3,7 +3,7 @@ checkpoint or a `.nsk` file rebuilds a restructured model without storing code o
 
 This sits above the method families: each edit is checked and applied by the method that
 defines it (channel edits: netshrink.prune.surgery; factors: netshrink.share.svd; folds:
-netshrink.quant.fold; the fixed-point model: netshrink.quant.quantize), while netshrink.edits,
+netshrink.fold; the fixed-point model: netshrink.quant.quantize), while netshrink.edits,
 which the methods import to record what they did, imports none of them. A file's edit list is
 untrusted: every edit is checked against the model before any changes it (docs/format.md,
 "Checks and limits").
@@ -30,9 +30,9 @@ from netshrink.edits import (
     record_edits,
 )
 from netshrink.errors import ConfigError, UnsupportedLayerError
+from netshrink.fold import check_foldable, fold_into
 from netshrink.layers import unwrap
 from netshrink.prune.surgery import apply_keep, channel_count, check_keep, edit_target
-from netshrink.quant.fold import check_foldable, fold_into
 from netshrink.quant.quantize import apply_formats
 from netshrink.share.svd import check_factorable, factored_layers
 

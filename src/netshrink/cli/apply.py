@@ -27,7 +27,7 @@ from ..errors import ConfigError
 from ..layers import copy_model, select_layers
 from ..mask import restore_masks
 from ..measure import dense_bytes
-from ..methods import METHOD_NAMES, parse_stage, run_stage, stage_class
+from ..methods import METHOD_NAMES, parse_stage, plan_stages, run_stage, stage_class
 from ..report import print_measurements
 from ..stage import Stage, StageContext, with_seed
 from ..train import FitConfig
@@ -245,7 +245,7 @@ def run_stages(
     model, data, ctx = given.model, given.data, given.ctx
     dense = dense_bytes(ctx.baseline)
     rows = [measure_stage(ctx.baseline, given.before, data, args, dense)]
-    for stage in stages:
+    for stage in plan_stages(stages):
         model = run_stage(model, with_seed(stage, args.seed), ctx)
     rows.append(measure_stage(model, label or title, data, args, dense))
     metrics = {"test_top1": rows[-1].top1, "test_top5": rows[-1].top5}

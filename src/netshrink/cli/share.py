@@ -67,14 +67,18 @@ FLAGS = {
     "rank": Flag("--rank", "config.rank", "svd: fixed rank", type=int),
     "ratio": Flag("--ratio", "config.ratio", "svd: weights / factor weights per layer"),
     "energy": Flag("--energy", "config.energy", "svd: fraction of spectral energy kept"),
+    "fold": Flag(
+        "--fold-batchnorm", "fold_batchnorm", "fold batch norm into the layers first, so that a "
+        "later quantize keeps the sharing", type=bool,
+    ),
 }  # fmt: skip
 
 # --method: (the method it runs, the flags it reads)
 FACES = {
-    "kmeans": ("share_kmeans", ("bits", "init")),
-    "pq": ("share_pq", ("k", "segment", "axis")),
-    "rq": ("share_rq", ("stages", "k", "segment", "axis")),
-    "binary": ("share_binary", ("scale", "ternary")),
+    "kmeans": ("share_kmeans", ("bits", "init", "fold")),
+    "pq": ("share_pq", ("k", "segment", "axis", "fold")),
+    "rq": ("share_rq", ("stages", "k", "segment", "axis", "fold")),
+    "binary": ("share_binary", ("scale", "ternary", "fold")),
     "svd": ("factor_svd", ("rank", "ratio", "energy")),
 }
 

@@ -2,10 +2,10 @@
 batch-norm folding, the fake-quantized model, its bit-exact integer path, the automatic
 bit-width search and quantization-aware training."""
 
+from ..fold import fold_batchnorm
 from .calibrate import CalibrationMethod, RangeObserver
 from .fixed import FixedPoint, fake_quantize, frac_for_range
 from .fixed import quantize as quantize_tensor
-from .fold import fold_batchnorm
 from .integer import IntegerModel, IntegerOutput
 from .modules import ActQuant, WeightQuant
 from .quantize import (

@@ -110,6 +110,7 @@ def _steps_per_epoch(data: DataSplits, config: FitConfig) -> int:
 class QatStage(Stage):
     """Quantization-aware training at fixed bit widths."""
 
+    folds_batchnorm: ClassVar[bool] = True
     method: Literal["qat"]
     takes_layers: ClassVar[bool] = False
     config: QatConfig = QatConfig()

@@ -31,12 +31,12 @@ from ..edits import (
     structural_edits,
 )
 from ..errors import ConfigError
+from ..fold import fold_batchnorm
 from ..graph import trace
 from ..layers import copy_model, unwrap
 from ..stage import Stage
 from .calibrate import CalibrationMethod, RangeObserver
 from .fixed import FixedPoint, Rounding, format_for, frac_for_range
-from .fold import fold_batchnorm
 from .modules import ActQuant, WeightQuant
 from .plan import QuantPlan, avg_pool_divisor, plan_points
 
@@ -443,6 +443,7 @@ def layer_formats(model: nn.Module) -> Mapping[str, FixedPoint]:
 class QuantizeStage(Stage):
     """Dynamic fixed point after training (Ristretto's rule; Kim et al.'s layer outputs)."""
 
+    folds_batchnorm: ClassVar[bool] = True
     method: Literal["quantize"]
     takes_layers: ClassVar[bool] = False
     config: QuantConfig = QuantConfig()

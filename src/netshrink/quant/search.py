@@ -326,6 +326,7 @@ def _result(trials: _Trials, config: QuantConfig, rows, correct: int) -> BitSear
 class SearchBitsStage(Stage):
     """Per-layer bit widths within an accuracy budget (Al-Hami's hybrid search)."""
 
+    folds_batchnorm: ClassVar[bool] = True
     method: Literal["search_bits"]
     takes_layers: ClassVar[bool] = False
     config: BitSearchConfig = BitSearchConfig()

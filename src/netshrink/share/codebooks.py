@@ -19,6 +19,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from ..errors import ConfigError, UnsupportedLayerError
+from ..fold import fold_batchnorm
 from ..layers import LayerFilter, select_layers
 from ..mask import Mask, unparametrize
 from ..stage import Stage
@@ -32,9 +33,25 @@ CODEBOOK_LR_DIVISOR = 100
 
 
 class CodebookStage(Stage):
-    """The base of the sharing stages: fine-tuning trains codebooks."""
+    """The base of the sharing stages: fine-tuning trains codebooks. `fold_batchnorm` folds
+    batch norm into the layers before sharing them (netshrink.fold), so that the codebooks hold
+    the weights a device multiplies with, and a fixed-point stage later, which folds batch norm
+    itself, has nothing left to fold into shared weights (it would scale each channel's shared
+    values apart). Unset, it folds when a later stage of the same run folds batch norm
+    (`netshrink.methods.plan_stages`)."""
 
     finetune_lr_divisor: ClassVar[float] = CODEBOOK_LR_DIVISOR
+
+    fold_batchnorm: bool | None = None
+
+    def apply(self, model, ctx):
+        if self.fold_batchnorm:
+            fold_batchnorm(model)
+        return self.share(model, ctx)
+
+    def share(self, model: nn.Module, ctx) -> nn.Module:
+        """Run the sharing method on `model`."""
+        raise NotImplementedError
 
 
 class ScalarCodebook(nn.Module):

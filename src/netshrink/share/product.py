@@ -87,7 +87,7 @@ class SharePqStage(CodebookStage):
     method: Literal["share_pq"]
     config: SharePqConfig = SharePqConfig()
 
-    def apply(self, model, ctx):
+    def share(self, model, ctx):
         return share_pq(model, self.config, layers=self.layers, progress=ctx.progress)
 
 
@@ -97,5 +97,5 @@ class ShareRqStage(CodebookStage):
     method: Literal["share_rq"]
     config: ShareRqConfig = ShareRqConfig()
 
-    def apply(self, model, ctx):
+    def share(self, model, ctx):
         return share_rq(model, self.config, layers=self.layers, progress=ctx.progress)

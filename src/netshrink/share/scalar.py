@@ -142,7 +142,7 @@ class ShareKmeansStage(CodebookStage):
     method: Literal["share_kmeans"]
     config: ShareKmeansConfig = ShareKmeansConfig()
 
-    def apply(self, model, ctx):
+    def share(self, model, ctx):
         return share_kmeans(model, self.config, layers=self.layers, progress=ctx.progress)
 
 
@@ -152,5 +152,5 @@ class ShareBinaryStage(CodebookStage):
     method: Literal["share_binary"]
     config: ShareBinaryConfig = ShareBinaryConfig()
 
-    def apply(self, model, ctx):
+    def share(self, model, ctx):
         return share_binary(model, self.config, layers=self.layers, progress=ctx.progress)

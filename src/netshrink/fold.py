@@ -17,13 +17,13 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.utils import parametrize
 
-from ..config import Settings
-from ..edits import FoldBatchNorm, record_edits
-from ..errors import UnsupportedLayerError
-from ..graph import trace
-from ..layers import unwrap
-from ..mask import Mask
-from ..stage import Stage
+from .config import Settings
+from .edits import FoldBatchNorm, record_edits
+from .errors import UnsupportedLayerError
+from .graph import trace
+from .layers import unwrap
+from .mask import Mask
+from .stage import Stage
 
 
 def fold_batchnorm(model: nn.Module) -> nn.Module:
@@ -85,8 +85,9 @@ def check_foldable(conv: nn.Module, bn: nn.Module) -> None:
         chain = conv.parametrizations[name] if parametrize.is_parametrized(conv, name) else []
         if any(not isinstance(p, Mask) for p in chain):
             raise UnsupportedLayerError(
-                f"its {name} is weight-shared or quantized; fold batch norm first "
-                "(netshrink.quant.fold_batchnorm), then share or quantize"
+                f"its {name} is weight-shared or quantized; fold batch norm before sharing "
+                "(netshrink share --fold-batchnorm, netshrink.fold_batchnorm in Python; a "
+                "recipe's sharing stage does it by itself when fixed point follows)"
             )
     if parametrize.is_parametrized(conv, "bias"):
         # The folded bias is (b - mean) * scale + beta: a pruned bias would zero that shift.

@@ -179,7 +179,7 @@ def test_a_weight_shared_conv_is_refused_and_nothing_changes():
     x = _images()
     before = model(x)
     state = copy.deepcopy(model.state_dict())
-    with pytest.raises(UnsupportedLayerError, match="fold batch norm first"):
+    with pytest.raises(UnsupportedLayerError, match="fold batch norm before sharing"):
         fold_batchnorm(model)
     # refused before any change: the first conv + BN pair (foldable) is not folded either, so the
     # model and its recorded edits still agree
@@ -256,3 +256,13 @@ def test_fold_batchnorm_is_a_method_a_recipe_can_name():
     assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
     assert _error(folded(x), reference) < 1e-4
     assert {type(e) for e in structural_edits(folded)} == {FoldBatchNorm}
+
+
+def test_a_sharing_stage_folds_first_when_fixed_point_follows():
+    from netshrink.methods import parse_stage, plan_stages
+
+    share, quant = parse_stage({"method": "share_kmeans"}), parse_stage({"method": "quantize"})
+    kept = parse_stage({"method": "share_kmeans", "fold_batchnorm": False})
+    assert [getattr(s, "fold_batchnorm", None) for s in plan_stages([share, quant])] == [True, None]
+    assert plan_stages([share])[0].fold_batchnorm is False  # nothing folds after it
+    assert plan_stages([kept, quant])[0].fold_batchnorm is False  # asked not to
