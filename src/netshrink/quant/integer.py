@@ -96,14 +96,28 @@ class IntegerModel(nn.Module):
         return self
 
     @torch.no_grad()
-    def run(self, x: torch.Tensor) -> IntegerOutput:
-        """Run the integer datapath on a batch of normalized images."""
+    def run(self, x: torch.Tensor, *, quantized: dict | None = None) -> IntegerOutput:
+        """Run the integer datapath on a batch of normalized images. `quantized`, when given,
+        receives each activation quantizer's output by module name, in graph order, as the
+        values it stands for (integers * 2**-frac): what an export is compared with."""
         values, overflows = {}, {}
         for node in self.graph_module.graph.nodes:
             if node.op == "output":
                 return self._output(_arg(node.args[0], values), overflows)
             values[node] = self._step(node, x, values, overflows)
+            if quantized is not None and isinstance(self._by_name.get(node.target), ActQuant):
+                quantized[node.target] = _dequantize(values[node])
         raise AssertionError("an fx graph always ends in an output node")
+
+    def input_kind(self, quantizer: str) -> str:
+        """What produced the value the activation quantizer `quantizer` rounds: "layer",
+        "add", "avg_pool", "cat", "relu", ... (netshrink.quant.plan.node_kind), looking through
+        the ops that keep values (flatten, max pool)."""
+        node = next(n for n in self.graph_module.graph.nodes if n.target == quantizer)
+        source = node.args[0]
+        while isinstance(source, fx.Node) and self._kinds[source] in ("pass", "relu", "relu6"):
+            source = source.args[0]
+        return self._kinds.get(source, "other") if isinstance(source, fx.Node) else "other"
 
     def _step(self, node: fx.Node, x, values, overflows):
         kind = self._kinds[node]

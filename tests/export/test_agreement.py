@@ -1,0 +1,46 @@
+"""int8_agreement: the int8 ONNX file against the integer path, and where they first part. A
+file whose scale at one quantizer is changed is caught at that quantizer, not downstream."""
+
+import onnx
+import pytest
+import torch
+
+from helpers import train_on_digits
+from netshrink.export.agreement import AGREEMENT_TARGET, int8_agreement
+from netshrink.export.qdq import export_onnx_int8
+from netshrink.quant import QuantConfig, fixed_point_formats, quantize
+from netshrink.train import FitConfig
+
+
+@pytest.fixture(scope="module")
+def exported(digits, tmp_path_factory):
+    trained = train_on_digits(digits, FitConfig(epochs=5, batch_size=64, lr=0.05))
+    qmodel = quantize(trained, digits, QuantConfig(calibration_images=256))
+    path = export_onnx_int8(qmodel, tmp_path_factory.mktemp("agree") / "q.onnx", (1, 8, 8))
+    images = torch.cat([x for x, _ in digits.loader("test", 512)])
+    return qmodel, path, images
+
+
+def test_the_exported_file_agrees_and_says_so(exported):
+    qmodel, path, images = exported
+    result = int8_agreement(qmodel, path, images)
+    assert result.images == len(images) and result.top1 >= 0.99
+    text = result.describe()
+    assert f"of {len(images)} images" in text
+    assert ("first differs" in text) == (result.top1 < AGREEMENT_TARGET)
+
+
+def test_a_changed_scale_is_found_at_its_quantizer(exported, tmp_path):
+    qmodel, path, images = exported
+    quantizers = list(fixed_point_formats(qmodel).activations)
+    target = quantizers[1]  # after the first layer: the input quantizer agrees
+    model = onnx.load(str(path))
+    for node in model.graph.node:  # the scale constant that feeds this quantizer's pair
+        if node.op_type == "Constant" and node.name.startswith(f"/{target}/"):
+            value = onnx.numpy_helper.to_array(node.attribute[0].t)
+            node.attribute[0].t.CopyFrom(onnx.numpy_helper.from_array(value * 4, node.output[0]))
+    broken = tmp_path / "broken.onnx"
+    onnx.save(model, str(broken))
+    result = int8_agreement(qmodel, broken, images)
+    assert result.first is not None and result.first.quantizer == target
+    assert result.first.max_steps > 1 and "more than one step" in result.first.reason
