@@ -29,6 +29,9 @@ ZOO = {
     "vgg_small": ({"in_channels": 3, "input_size": 32}, (3, 32, 32)),
     "resnet20": ({"input_size": 32}, (3, 32, 32)),
     "mobilenet_v2": ({"input_size": 32}, (3, 32, 32)),
+    "vgg16": ({}, (3, 32, 32)),
+    "googlenet": ({}, (3, 32, 32)),
+    "densenet": ({}, (3, 32, 32)),
 }
 
 

@@ -26,10 +26,12 @@ from torch import nn
 
 from netshrink.config import Config
 from netshrink.errors import ConfigError, ImportNotAllowedError
+from netshrink.models.densenet import densenet
+from netshrink.models.googlenet import googlenet
 from netshrink.models.lenet import lenet5, lenet5_caffe, lenet300_100
 from netshrink.models.mobilenet import mobilenet_v2
 from netshrink.models.resnet import resnet20
-from netshrink.models.vgg import vgg_small
+from netshrink.models.vgg import vgg16, vgg_small
 
 from ..config import takes_mappings
 
@@ -40,6 +42,9 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "vgg_small": vgg_small,
     "resnet20": resnet20,
     "mobilenet_v2": mobilenet_v2,
+    "vgg16": vgg16,
+    "googlenet": googlenet,
+    "densenet": densenet,
 }
 
 _IDENT = r"[A-Za-z_]\w*"
