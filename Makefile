@@ -21,8 +21,12 @@ API_MODULES := netshrink netshrink.export.onnx netshrink.export.qdq netshrink.ex
 docs: $(INSTALLED)
 	$(PY) -m pdoc $(API_MODULES) -o docs/api
 
+# torch first, exactly the CPU wheel this machine holds: pyproject's range would otherwise pull
+# the newest CUDA build (GBs). A torch already in the venv is kept.
+TORCH := torch==2.13.0
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -c "import torch" 2>/dev/null || $(VENV)/bin/pip install -q '$(TORCH)'
 	$(VENV)/bin/pip install -q -e '.[dev]'
 	touch $@
 

@@ -439,3 +439,14 @@ def test_bad_source_and_fields_are_config_errors(tmp_path):
             load_data(bad)
     with pytest.raises(ValidationError):
         DataConfig().source = "digits"  # frozen
+
+
+def test_digits_without_scikit_learn_names_the_extra(monkeypatch):
+    import sys
+
+    from netshrink.data import DataConfig, load_data
+    from netshrink.errors import DataError
+
+    monkeypatch.setitem(sys.modules, "sklearn.datasets", None)  # import fails as if missing
+    with pytest.raises(DataError, match=r"netshrink\[digits\]"):
+        load_data(DataConfig(source="digits"))

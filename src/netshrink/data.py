@@ -357,7 +357,13 @@ def load_data(config: DataConfig | Mapping[str, Any]) -> DataSplits:
 def _read_source(config: DataConfig) -> tuple[_Pair, _Pair | None, tuple[str, ...]]:
     kind, path = _parse_source(config.source)
     if kind == "digits":
-        from sklearn.datasets import load_digits  # only this source needs scikit-learn
+        try:  # only this source needs scikit-learn: an extra, `pip install netshrink[digits]`
+            from sklearn.datasets import load_digits
+        except ImportError:
+            raise DataError(
+                "the digits data set comes with scikit-learn, which is not installed: "
+                "pip install 'netshrink[digits]' (or scikit-learn)"
+            ) from None
 
         digits = load_digits()
         images = np.round(digits.images * (255 / 16)).astype(np.uint8)[:, None]
