@@ -1,0 +1,381 @@
+"""Architectures in the styles users bring, for bench/architectures.py: plain PyTorch, written the
+way the reference implementations write them (not bent to suit netshrink), small widths, 3x32x32
+inputs, 10 classes, random weights. Each factory takes `num_classes`, `in_channels` and
+`input_size`, so netshrink can build it as `arch_styles:NAME` (bench/ on the path).
+
+The global pooling and flattening idioms vary on purpose (`nn.AdaptiveAvgPool2d`, `x.mean`,
+`F.adaptive_avg_pool2d`, `F.avg_pool2d`, `nn.AvgPool2d`; `flatten`, `view(x.size(0), -1)`), as
+they do across real code bases.
+"""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def conv_bn(cin: int, cout: int, k: int = 3, stride: int = 1, groups: int = 1) -> list[nn.Module]:
+    return [
+        nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=False),
+        nn.BatchNorm2d(cout),
+    ]
+
+
+class SqueezeExcite(nn.Module):
+    """Hu et al. 2018: x * sigmoid(fc(relu(fc(pool(x))))), the Linear form of the reference code."""
+
+    def __init__(self, channels: int, reduction: int = 4, act: type = nn.ReLU) -> None:
+        super().__init__()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Sequential(
+            nn.Linear(channels, channels // reduction),
+            act(),
+            nn.Linear(channels // reduction, channels),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, _, _ = x.size()
+        y = self.pool(x).view(b, c)
+        return x * torch.sigmoid(self.fc(y)).view(b, c, 1, 1)
+
+
+class SEBlock(nn.Module):
+    """A ResNet basic block with squeeze-and-excitation before the residual addition."""
+
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(*conv_bn(cin, cout, 3, stride), nn.ReLU(), *conv_bn(cout, cout))
+        self.se = SqueezeExcite(cout)
+        same = stride == 1 and cin == cout
+        self.shortcut = nn.Identity() if same else nn.Sequential(*conv_bn(cin, cout, 1, stride))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.se(self.body(x)) + self.shortcut(x))
+
+
+class SENet(nn.Module):
+    def __init__(self, num_classes: int, in_channels: int, widths=(16, 32, 64)) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(*conv_bn(in_channels, widths[0]), nn.ReLU())
+        blocks, cin = [], widths[0]
+        for i, w in enumerate(widths):
+            blocks.append(SEBlock(cin, w, 1 if i == 0 else 2))
+            cin = w
+        self.blocks = nn.Sequential(*blocks)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(cin, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool(self.blocks(self.stem(x)))
+        return self.fc(torch.flatten(x, 1))
+
+
+def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
+    """ShuffleNet's shuffle, as torchvision writes it: view, transpose, view."""
+    n, c, h, w = x.size()
+    x = x.view(n, groups, c // groups, h, w)
+    x = torch.transpose(x, 1, 2).contiguous()
+    return x.view(n, -1, h, w)
+
+
+class ShuffleUnit(nn.Module):
+    """A ShuffleNetV2 unit (Ma et al. 2018): split, a 1x1-dw3x3-1x1 branch, concat, shuffle."""
+
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.stride, half = stride, cout // 2
+        if stride > 1:
+            self.left = nn.Sequential(
+                *conv_bn(cin, cin, 3, stride, cin), *conv_bn(cin, half, 1), nn.ReLU()
+            )
+        into = cin if stride > 1 else half
+        self.right = nn.Sequential(
+            *conv_bn(into, half, 1), nn.ReLU(), *conv_bn(half, half, 3, stride, half),
+            *conv_bn(half, half, 1), nn.ReLU(),
+        )  # fmt: skip
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.stride == 1:
+            x1, x2 = x.chunk(2, dim=1)
+            out = torch.cat((x1, self.right(x2)), dim=1)
+        else:
+            out = torch.cat((self.left(x), self.right(x)), dim=1)
+        return channel_shuffle(out, 2)
+
+
+class ShuffleNet(nn.Module):
+    def __init__(self, num_classes: int, in_channels: int, widths=(48, 96, 192)) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(*conv_bn(in_channels, 24), nn.ReLU())
+        units, cin = [], 24
+        for w in widths:
+            units += [ShuffleUnit(cin, w, 2), ShuffleUnit(w, w, 1)]
+            cin = w
+        self.units = nn.Sequential(*units)
+        self.fc = nn.Linear(cin, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.units(self.stem(x))
+        return self.fc(x.mean([2, 3]))
+
+
+class DualPathBlock(nn.Module):
+    """DPN (Chen et al. 2017): the first `res` channels are added to the input's (ResNet), the
+    rest are concatenated to its dense part (DenseNet)."""
+
+    def __init__(self, cin: int, res: int, growth: int, first: bool) -> None:
+        super().__init__()
+        self.res, mid = res, 32
+        self.body = nn.Sequential(
+            *conv_bn(cin, mid, 1), nn.ReLU(), *conv_bn(mid, mid, 3, 1, 4), nn.ReLU(),
+            *conv_bn(mid, res + growth, 1),
+        )  # fmt: skip
+        self.project = nn.Sequential(*conv_bn(cin, res + growth, 1)) if first else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.body(x)
+        x = self.project(x) if self.project is not None else x
+        d = self.res
+        dense = torch.cat([x[:, d:, :, :], out[:, d:, :, :]], dim=1)
+        return F.relu(torch.cat([x[:, :d, :, :] + out[:, :d, :, :], dense], dim=1))
+
+
+class DualPathNet(nn.Module):
+    def __init__(self, num_classes: int, in_channels: int) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(*conv_bn(in_channels, 32), nn.ReLU(), nn.MaxPool2d(2))
+        blocks, cin = [], 32
+        for i, (res, growth) in enumerate([(32, 16), (32, 16), (64, 16), (64, 16)]):
+            first = i in (0, 2)
+            blocks.append(DualPathBlock(cin, res, growth, first))
+            cin = (res + growth if first else cin) + growth
+            if i == 1:
+                blocks.append(nn.MaxPool2d(2))
+        self.blocks = nn.Sequential(*blocks)
+        self.fc = nn.Linear(cin, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.adaptive_avg_pool2d(self.blocks(self.stem(x)), 1)
+        return self.fc(x.view(x.size(0), -1))
+
+
+class PreActBlock(nn.Module):
+    """He et al. 2016b: BN -> ReLU -> conv, twice; the shortcut taps the activated input."""
+
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.bn1, self.bn2 = nn.BatchNorm2d(cin), nn.BatchNorm2d(cout)
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.shortcut = None
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Conv2d(cin, cout, 1, stride, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(x))
+        shortcut = self.shortcut(out) if self.shortcut is not None else x
+        out = self.conv1(out)
+        out = self.conv2(F.relu(self.bn2(out)))
+        return out + shortcut
+
+
+class PreActResNet(nn.Module):
+    def __init__(self, num_classes: int, in_channels: int, widths=(16, 32, 64)) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False)
+        blocks, cin = [], widths[0]
+        for i, w in enumerate(widths):
+            blocks += [PreActBlock(cin, w, 1 if i == 0 else 2), PreActBlock(w, w, 1)]
+            cin = w
+        self.blocks = nn.Sequential(*blocks)
+        self.bn = nn.BatchNorm2d(cin)
+        self.linear = nn.Linear(cin, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn(self.blocks(self.conv1(x))))
+        out = F.avg_pool2d(out, out.size(3))
+        return self.linear(out.view(out.size(0), -1))
+
+
+class MBConv(nn.Module):
+    """EfficientNet's inverted residual (Tan & Le 2019): 1x1 expand, depthwise, SE, 1x1 project,
+    SiLU throughout, the residual only when the shape is kept."""
+
+    def __init__(self, cin: int, cout: int, stride: int, expand: int = 4) -> None:
+        super().__init__()
+        mid = cin * expand
+        self.use_residual = stride == 1 and cin == cout
+        self.block = nn.Sequential(
+            *conv_bn(cin, mid, 1), nn.SiLU(), *conv_bn(mid, mid, 3, stride, mid), nn.SiLU(),
+            SqueezeExcite(mid, 4 * expand, nn.SiLU), *conv_bn(mid, cout, 1),
+        )  # fmt: skip
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.block(x)
+        return x + out if self.use_residual else out
+
+
+class EfficientNetLike(nn.Module):
+    def __init__(self, num_classes: int, in_channels: int) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(*conv_bn(in_channels, 16), nn.SiLU())
+        plan = [(16, 16, 1), (16, 24, 2), (24, 24, 1), (24, 40, 2), (40, 40, 1)]
+        self.blocks = nn.Sequential(*(MBConv(a, b, s) for a, b, s in plan))
+        self.head = nn.Sequential(*conv_bn(40, 128, 1), nn.SiLU())
+        self.classifier = nn.Sequential(nn.Dropout(0.2), nn.Linear(128, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.head(self.blocks(self.stem(x)))
+        return self.classifier(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+class Inception(nn.Module):
+    """GoogLeNet's block (Szegedy et al. 2015): 1x1, 1x1-3x3, 1x1-3x3-3x3, maxpool-1x1, concat."""
+
+    def __init__(self, cin: int, b1: int, b3: int, b5: int, bp: int) -> None:
+        super().__init__()
+        relu = nn.ReLU
+        self.b1 = nn.Sequential(*conv_bn(cin, b1, 1), relu())
+        self.b3 = nn.Sequential(*conv_bn(cin, b3, 1), relu(), *conv_bn(b3, b3), relu())
+        self.b5 = nn.Sequential(
+            *conv_bn(cin, b5, 1), relu(), *conv_bn(b5, b5), relu(), *conv_bn(b5, b5), relu()
+        )
+        self.bp = nn.Sequential(nn.MaxPool2d(3, 1, 1), *conv_bn(cin, bp, 1), relu())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.b1(x), self.b3(x), self.b5(x), self.bp(x)], 1)
+
+
+class InceptionNet(nn.Module):
+    def __init__(self, num_classes: int, in_channels: int) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(*conv_bn(in_channels, 32), nn.ReLU())
+        self.a = Inception(32, 16, 24, 8, 8)
+        self.b = Inception(56, 24, 32, 16, 16)
+        self.pool = nn.MaxPool2d(2)
+        self.c = Inception(88, 32, 48, 16, 16)
+        self.fc = nn.Linear(112, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool(self.b(self.a(self.pool(self.stem(x)))))
+        x = nn.functional.adaptive_avg_pool2d(self.c(x), (1, 1))
+        return self.fc(x.flatten(1))
+
+
+class DenseLayer(nn.Module):
+    """DenseNet-BC (Huang et al. 2017): BN-ReLU-1x1, BN-ReLU-3x3, concatenated to the input."""
+
+    def __init__(self, cin: int, growth: int) -> None:
+        super().__init__()
+        self.bn1, self.conv1 = nn.BatchNorm2d(cin), nn.Conv2d(cin, 4 * growth, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(4 * growth)
+        self.conv2 = nn.Conv2d(4 * growth, growth, 3, padding=1, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.conv1(F.relu(self.bn1(x)))
+        out = self.conv2(F.relu(self.bn2(out)))
+        return torch.cat([out, x], 1)
+
+
+class Transition(nn.Sequential):
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__(
+            nn.BatchNorm2d(cin), nn.ReLU(), nn.Conv2d(cin, cout, 1, bias=False), nn.AvgPool2d(2)
+        )
+
+
+class DenseNet(nn.Module):
+    def __init__(self, num_classes: int, in_channels: int, growth: int = 12) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [nn.Conv2d(in_channels, 2 * growth, 3, padding=1, bias=False)]
+        cin = 2 * growth
+        for stage in range(3):
+            for _ in range(4):
+                layers.append(DenseLayer(cin, growth))
+                cin += growth
+            if stage < 2:
+                layers.append(Transition(cin, cin // 2))
+                cin //= 2
+        self.features = nn.Sequential(*layers, nn.BatchNorm2d(cin))
+        self.linear = nn.Linear(cin, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.avg_pool2d(F.relu(self.features(x)), 8)
+        return self.linear(out.view(out.size(0), -1))
+
+
+class MobileNetV1(nn.Module):
+    """Howard et al. 2017: depthwise-separable convolutions (dw3x3-BN-ReLU6, 1x1-BN-ReLU6) and a
+    global nn.AvgPool2d before the classifier."""
+
+    PLAN = [(32, 1), (64, 2), (64, 1), (128, 2), (128, 1), (256, 2), (256, 1)]
+
+    def __init__(self, num_classes: int, in_channels: int) -> None:
+        super().__init__()
+        layers, cin = [*conv_bn(in_channels, 32), nn.ReLU6(inplace=True)], 32
+        for cout, stride in self.PLAN:
+            layers += [*conv_bn(cin, cin, 3, stride, cin), nn.ReLU6(inplace=True)]
+            layers += [*conv_bn(cin, cout, 1), nn.ReLU6(inplace=True)]
+            cin = cout
+        self.features = nn.Sequential(*layers)
+        self.pool = nn.AvgPool2d(4)
+        self.fc = nn.Linear(cin, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool(self.features(x))
+        return self.fc(x.view(-1, self.fc.in_features))
+
+
+def se_resnet(*, num_classes: int = 10, in_channels: int = 3, input_size: int = 32) -> nn.Module:
+    """Basic ResNet blocks with squeeze-and-excitation (x * sigmoid(fc(pool(x))))."""
+    return SENet(num_classes, in_channels)
+
+
+def shufflenet(*, num_classes: int = 10, in_channels: int = 3, input_size: int = 32) -> nn.Module:
+    """ShuffleNetV2 units: chunk, branch, concat, channel shuffle (view / transpose / view)."""
+    return ShuffleNet(num_classes, in_channels)
+
+
+def dual_path(*, num_classes: int = 10, in_channels: int = 3, input_size: int = 32) -> nn.Module:
+    """DPN blocks: channel slices, one part added (residual), the other concatenated (dense)."""
+    return DualPathNet(num_classes, in_channels)
+
+
+def preact_resnet(
+    *, num_classes: int = 10, in_channels: int = 3, input_size: int = 32
+) -> nn.Module:
+    """Pre-activation ResNet: BN -> ReLU -> conv, no BN after any convolution."""
+    return PreActResNet(num_classes, in_channels)
+
+
+def efficientnet_like(
+    *, num_classes: int = 10, in_channels: int = 3, input_size: int = 32
+) -> nn.Module:
+    """MBConv blocks: inverted residual, depthwise, SiLU, squeeze-and-excitation (SiLU too)."""
+    return EfficientNetLike(num_classes, in_channels)
+
+
+def inception(*, num_classes: int = 10, in_channels: int = 3, input_size: int = 32) -> nn.Module:
+    """Inception blocks: four parallel branches (one through max pooling), concatenated."""
+    return InceptionNet(num_classes, in_channels)
+
+
+def densenet(*, num_classes: int = 10, in_channels: int = 3, input_size: int = 32) -> nn.Module:
+    """DenseNet-BC: BN-ReLU-conv layers each concatenated to their input; average-pool transitions."""
+    return DenseNet(num_classes, in_channels)
+
+
+def mobilenet_v1(*, num_classes: int = 10, in_channels: int = 3, input_size: int = 32) -> nn.Module:
+    """Depthwise-separable convolutions with ReLU6, global nn.AvgPool2d, view to the classifier."""
+    return MobileNetV1(num_classes, in_channels)
+
+
+STYLES = {
+    "se_resnet": se_resnet,
+    "shufflenet": shufflenet,
+    "dual_path": dual_path,
+    "preact_resnet": preact_resnet,
+    "efficientnet_like": efficientnet_like,
+    "inception": inception,
+    "densenet": densenet,
+    "mobilenet_v1": mobilenet_v1,
+}
