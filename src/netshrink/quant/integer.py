@@ -309,9 +309,11 @@ def _on_integers(node: fx.Node, module, args):
     value = args[0]
     if isinstance(module, nn.Dropout | nn.Dropout2d) or node.target is F.dropout:
         return value
-    if not isinstance(value, IntValue):
+    if not isinstance(value, IntValue):  # a part of a chunk / split: getitem on the tuple
         return _call(node, module, args)
     out = _call(node, module, [value.q.double(), *args[1:]])
+    if isinstance(out, (tuple, list)):  # chunk / split: every part keeps the format
+        return tuple(IntValue(part.round().long(), value.frac, value.divisor) for part in out)
     return IntValue(out.round().long(), value.frac, value.divisor)
 
 

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from ..errors import ConfigError
+from ..errors import ConfigError, UnsupportedLayerError
 
 _LAYERS = (nn.Conv2d, nn.Linear)
 _RELU = {nn.ReLU, F.relu, torch.relu, "relu", "relu_"}
@@ -45,7 +45,17 @@ _PASS = {
     "reshape",
     "contiguous",
     "clone",
+    "squeeze",
+    "unsqueeze",
+    torch.squeeze,
+    torch.unsqueeze,
 }
+# Ops that keep values but reorder them (channel shuffle's transpose): values stay on their grid,
+# but a stored tensor is not merely relabelled (the C export refuses them by name).
+_REORDER = {torch.transpose, torch.permute, "transpose", "permute"}
+# Ops that pick parts of a tensor (chunk, split, slicing by getitem): values stay on their grid.
+_SELECT = {torch.chunk, torch.split, "chunk", "split"}
+_PASS |= _REORDER | _SELECT
 _ADD = {operator.add, operator.iadd, torch.add, "add", "add_"}
 _AVG_POOL = {nn.AvgPool2d, nn.AdaptiveAvgPool2d, F.avg_pool2d, F.adaptive_avg_pool2d}
 _CAT = {torch.cat, torch.concat}
@@ -93,9 +103,11 @@ def node_kind(node: fx.Node, modules: dict[str, nn.Module], float_layers=()) -> 
         key = type(module)
     else:
         key = node.target
-    if key is operator.getitem:
+    if key is operator.getitem:  # a size, a part of a chunk, or a slice: values kept
         source = node.args[0]
-        return "meta" if isinstance(source, fx.Node) and _is_meta(source, modules) else "other"
+        return "meta" if isinstance(source, fx.Node) and _is_meta(source, modules) else "pass"
+    if key in _SIZE_ARITHMETIC and _on_sizes(node, modules):
+        return "meta"  # c // groups of a channel shuffle: arithmetic on shapes, no tensor
     for kind, members in (
         ("relu", _RELU),
         ("relu6", _RELU6),
@@ -112,6 +124,19 @@ def node_kind(node: fx.Node, modules: dict[str, nn.Module], float_layers=()) -> 
 
 def _is_meta(node: fx.Node, modules) -> bool:
     return node_kind(node, modules) == "meta"
+
+
+def _on_sizes(node: fx.Node, modules) -> bool:
+    """Whether every value `node` reads is a shape or a number (none is a tensor)."""
+    inputs = [a for a in node.args if isinstance(a, fx.Node)]
+    return bool(inputs) and all(_is_meta(a, modules) for a in inputs)
+
+
+def reorders(node: fx.Node) -> bool:
+    """Whether `node` moves or picks values in memory (transpose, permute, chunk, split, a
+    slice) rather than relabelling a tensor whole."""
+    targets = _REORDER | _SELECT | {operator.getitem}
+    return node.op in ("call_method", "call_function") and node.target in targets
 
 
 def _adds_two_tensors(node: fx.Node) -> bool:
@@ -228,7 +253,42 @@ def pool_options(node: fx.Node, module) -> dict:
     options = dict(zip(names, defaults), divisor_override=None)
     options.update(zip(names, node.args[1:]))
     options.update(node.kwargs)
-    return options
+    return {name: static_value(value, node) for name, value in options.items()}
+
+
+# Arithmetic on sizes that a traced graph may do before it calls a pool (h // 2, k * 2).
+_SIZE_ARITHMETIC = {operator.floordiv, operator.mul, operator.add, operator.sub, operator.getitem}
+
+
+def static_value(value, user: fx.Node):
+    """A pool setting as a constant: as given, or computed from tensor shapes that are fixed for
+    the traced input shape (`F.avg_pool2d(x, x.size(3))`), read from ShapeProp's `node.meta`.
+    UnsupportedLayerError, naming `user`, for a setting that depends on values."""
+    if isinstance(value, (list, tuple)):
+        return type(value)(static_value(v, user) for v in value)
+    if not isinstance(value, fx.Node):
+        return value
+    if value.op == "call_method" and value.target == "size":
+        shape = _shape_of(value.args[0])
+        if shape is not None:
+            dim = value.args[1] if len(value.args) > 1 else value.kwargs.get("dim")
+            return shape if dim is None else shape[dim]
+    elif value.op == "call_function" and value.target is getattr and value.args[1] == "shape":
+        shape = _shape_of(value.args[0])
+        if shape is not None:
+            return shape
+    elif value.op == "call_function" and value.target in _SIZE_ARITHMETIC:
+        return value.target(*(static_value(a, user) for a in value.args))
+    raise UnsupportedLayerError(
+        f"{user.name}: its setting {value.name} ({value.format_node()}) is computed while the "
+        "model runs and is not a fixed shape; give the pool a constant window (or use "
+        "nn.AdaptiveAvgPool2d)"
+    )
+
+
+def _shape_of(node) -> tuple[int, ...] | None:
+    meta = node.meta.get("tensor_meta") if isinstance(node, fx.Node) else None
+    return None if meta is None else tuple(int(d) for d in meta.shape)
 
 
 def _pair(value) -> tuple[int, int]:

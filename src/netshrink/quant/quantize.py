@@ -342,6 +342,8 @@ def _insert_quantizers(graph_module: fx.GraphModule, plan: QuantPlan) -> None:
         graph_module.add_submodule(point.name, ActQuant(None))
         with graph_module.graph.inserting_after(anchor):
             quantized = graph_module.graph.call_module(point.name, (anchor,))
+        if "tensor_meta" in anchor.meta:  # a quantizer keeps the shape: later shape reads see it
+            quantized.meta["tensor_meta"] = anchor.meta["tensor_meta"]
         anchor.replace_all_uses_with(quantized, delete_user_cb=lambda user: user is not quantized)
     graph_module.recompile()
 
