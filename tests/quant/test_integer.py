@@ -335,6 +335,28 @@ def test_shape_ops_quantize_and_run_on_integers_exactly():
     _assert_identical(quantize(model, x), x)
 
 
+class MeanHead(nn.Module):
+    """A global average pool written as a mean over the spatial dimensions (ShuffleNet,
+    EfficientNet), once keeping the dimensions and once not."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.head = nn.Linear(16, 10)
+
+    def forward(self, x):
+        x = F.relu(self.conv(x))
+        a = x.mean((2, 3))
+        b = torch.mean(x, dim=(-2, -1), keepdim=True).flatten(1)
+        return self.head(torch.cat([a, b], dim=1))
+
+
+def test_a_spatial_mean_runs_on_integers_exactly():
+    torch.manual_seed(0)
+    model, x = MeanHead().eval(), _images()
+    _assert_identical(quantize(model, x), x)
+
+
 def test_the_c_export_refuses_reordering_by_name(tmp_path):
     from netshrink.export.c import export_c
 

@@ -15,7 +15,7 @@ from torch import fx, nn
 
 from ..errors import UnsupportedLayerError
 from ..quant.modules import ActQuant
-from ..quant.plan import node_kind, pool_options, reorders
+from ..quant.plan import node_kind, pool_options, reorders, spatial_mean
 from .c_fixed import LIMIT, mac_range, relu_bounds, term
 from .c_kernels import (
     ELEMENTWISE,
@@ -55,6 +55,8 @@ class Builder:
                 bad.append(f"{node.name} (left in float; the C code runs integers only)")
             elif kind == "other" and not isinstance(module, ActQuant):
                 bad.append(f"{node.name} ({_describe(node, module)})")
+            elif kind == "avg_pool" and spatial_mean(node):
+                bad.append(f"{node.name} (a mean: the C code has average pooling modules only)")
             elif kind == "pass" and reorders(node):
                 bad.append(
                     f"{node.name} ({_describe(node, self._module(node))}: the C code "

@@ -59,6 +59,7 @@ _PASS |= _REORDER | _SELECT
 _ADD = {operator.add, operator.iadd, torch.add, "add", "add_"}
 _AVG_POOL = {nn.AvgPool2d, nn.AdaptiveAvgPool2d, F.avg_pool2d, F.adaptive_avg_pool2d}
 _CAT = {torch.cat, torch.concat}
+_MEAN = {torch.mean, "mean"}
 _META = {getattr, "size", "dim"}
 
 
@@ -106,6 +107,8 @@ def node_kind(node: fx.Node, modules: dict[str, nn.Module], float_layers=()) -> 
     if key is operator.getitem:  # a size, a part of a chunk, or a slice: values kept
         source = node.args[0]
         return "meta" if isinstance(source, fx.Node) and _is_meta(source, modules) else "pass"
+    if key in _MEAN and spatial_mean(node):
+        return "avg_pool"  # x.mean((2, 3)): a global average pool
     if key in _SIZE_ARITHMETIC and _on_sizes(node, modules):
         return "meta"  # c // groups of a channel shuffle: arithmetic on shapes, no tensor
     for kind, members in (
@@ -130,6 +133,17 @@ def _on_sizes(node: fx.Node, modules) -> bool:
     """Whether every value `node` reads is a shape or a number (none is a tensor)."""
     inputs = [a for a in node.args if isinstance(a, fx.Node)]
     return bool(inputs) and all(_is_meta(a, modules) for a in inputs)
+
+
+def spatial_mean(node: fx.Node) -> bool:
+    """Whether `node` is a mean over the two spatial dimensions of an NCHW tensor
+    (`x.mean((2, 3))`, `torch.mean(x, dim=(-2, -1), keepdim=True)`): a global average pool."""
+    if node.op not in ("call_method", "call_function") or node.target not in _MEAN:
+        return False
+    dims = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else None)
+    if not isinstance(dims, (tuple, list)) or len(dims) != 2:
+        return False
+    return {d % 4 if isinstance(d, int) else None for d in dims} == {2, 3}
 
 
 def reorders(node: fx.Node) -> bool:
@@ -226,6 +240,8 @@ def avg_pool_divisor(node: fx.Node, module: nn.Module | None) -> int | None:
     out_meta = node.meta.get("tensor_meta")
     if in_meta is None or out_meta is None:
         return None
+    if spatial_mean(node):
+        return int(in_meta.shape[-2]) * int(in_meta.shape[-1])
     (h, w), (oh, ow) = tuple(in_meta.shape[-2:]), tuple(out_meta.shape[-2:])
     if isinstance(module, nn.AdaptiveAvgPool2d) or node.target is F.adaptive_avg_pool2d:
         return (h // oh) * (w // ow) if h % oh == 0 and w % ow == 0 else None
