@@ -106,7 +106,8 @@ def _train_cli(tmp_path, name, launcher):
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "NETSHRINK_PROGRESS": "0"}
     proc = subprocess.run([*launcher, *args], capture_output=True, text=True, env=env, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    # both ends of stderr: a rank's own error comes first, torchrun's summary last
+    assert proc.returncode == 0, proc.stderr[:3000] + "\n...\n" + proc.stderr[-1500:]
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     assert len(lines) == 1, proc.stdout  # only rank 0 prints
     return json.loads(lines[0])
