@@ -209,6 +209,30 @@ def test_cifar10_load_data(cifar_dir):
         assert splits.test.labels.tolist() == [k % 10 for k in range(20)]
 
 
+def test_cifar10_with_some_of_its_batches(cifar_dir):
+    batches = cifar_dir / "cifar-10-batches-bin"
+    for name in ("data_batch_2.bin", "data_batch_4.bin", "data_batch_5.bin"):
+        (batches / name).unlink()
+    splits = load_data(DataConfig(source=f"cifar10:{cifar_dir}", val_fraction=0.1))
+    assert (len(splits.train), len(splits.val), len(splits.test)) == (36, 4, 20)
+    (batches / "test_batch.bin").unlink()  # no test batch: one is drawn, as for digits
+    splits = load_data(DataConfig(source=f"cifar10:{cifar_dir}", val_fraction=0.1))
+    assert len(splits.train) + len(splits.val) + len(splits.test) == 40 and len(splits.test) == 8
+    for name in ("data_batch_1.bin", "data_batch_3.bin"):
+        (batches / name).unlink()
+    with pytest.raises(DataError, match="none of data_batch_1.bin"):
+        load_data(DataConfig(source=f"cifar10:{cifar_dir}"))
+
+
+def test_a_relative_data_directory_is_recorded_absolute(tmp_path, monkeypatch, cifar_dir):
+    monkeypatch.chdir(cifar_dir)
+    config = DataConfig(source="cifar10:cifar-10-batches-bin")
+    assert config.source == f"cifar10:{cifar_dir / 'cifar-10-batches-bin'}"
+    monkeypatch.chdir(tmp_path.parent)  # a checkpoint read from elsewhere finds it again
+    assert len(load_data(config).test) == 20
+    assert DataConfig(source="digits").source == "digits"
+
+
 def test_cifar10_refuses_pickles_and_bad_sizes(tmp_path, cifar_dir):
     pickled = tmp_path / "data_batch_1"
     pickled.write_bytes(pickle.dumps({"data": [1, 2], "labels": [0]}, protocol=2))

@@ -7,6 +7,11 @@ function is named as its recipe `method:`, except `sensitivity` -> `sensitivity_
 (`export_onnx`, `export_onnx_int8`, `export_c`: imported on first use, they load ONNX Runtime),
 and `evaluate` / `measure`.
 
+Data: netshrink's own sources (`load_data`) or the user's (`LoaderSplits`, or a torch Dataset /
+DataLoader / list of batches handed straight to `fit`, `quantize`, `distill`, ...). Device:
+everything computes where the model is; `device=` / `resolve_device` move it (CUDA when
+present for "auto").
+
 Methods change the model in place and return it, except the fixed-point ones, which build a
 new module (a traced graph) and leave theirs as it was: `quantize` returns it,
 `train_quantized` returns it with its training history, `search_bits` a `BitSearchResult`
@@ -19,6 +24,7 @@ from .checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
 from .codec import PackConfig, load_packed, pack, packed_bytes, summarize, unpack
 from .compressive import CompressiveConfig, train_compressive
 from .data import DataConfig, DataSplits, load_data
+from .device import resolve_device
 from .distill import DistillConfig, distill
 from .errors import (
     ConfigError,
@@ -30,6 +36,7 @@ from .errors import (
     UnsupportedLayerError,
 )
 from .fold import FoldBatchnormConfig, fold_batchnorm
+from .loaders import LoaderSplits
 from .measure import (
     Measurement,
     count_macs,
@@ -107,6 +114,7 @@ __all__ = [
     "FoldBatchnormConfig",
     "ImportNotAllowedError",
     "LimitError",
+    "LoaderSplits",
     "load_checkpoint",
     "load_data",
     "load_packed",
@@ -135,6 +143,7 @@ __all__ = [
     "QuantConfig",
     "quantize",
     "Recipe",
+    "resolve_device",
     "run_recipe",
     "run_stage",
     "RunResult",

@@ -22,6 +22,7 @@ from .checkpoint import (
 )
 from .config import takes_mappings
 from .data import DataConfig, DataSplits
+from .device import place
 from .models import ModelSpec, build_model
 from .models.registry import AllowImport
 from .train import FitConfig, evaluate, fit, is_main_process
@@ -55,6 +56,7 @@ def train_model(
     progress: bool = True,
     resume: Path | None = None,
     allow_import: AllowImport = (),
+    device: str | torch.device | None = None,
 ) -> tuple[nn.Module, CheckpointMeta]:
     """Build `spec` for `data`'s input shape, train it with `fit`, and measure it on the test split.
 
@@ -72,7 +74,7 @@ def train_model(
         allow_import=allow_import,
     )
     start = time.perf_counter()
-    history = fit(model, data, config, progress=progress, resume=resume)
+    history = fit(model, data, config, progress=progress, resume=resume, device=device)
     seconds = time.perf_counter() - start
     test = evaluate(model, data.loader("test", 256), progress=progress, description="test")
     metrics = {
@@ -128,15 +130,17 @@ def cached_baseline(
     cache_dir: Path | None = None,
     progress: bool = True,
     allow_import: AllowImport = (),
+    device: str | torch.device | None = None,
 ) -> tuple[nn.Module, CheckpointMeta, Path]:
     """Load the baseline for (spec, data, config) from `cache_dir`/baselines, training it if missing.
 
-    Returns the model, its metadata and the checkpoint's path (stem).
+    Returns the model (on `device` when given), its metadata and the checkpoint's path (stem).
+    The cache is keyed by what decides the weights, not by the device.
     """
     stem = cache_stem(spec, data.config, config, cache_dir)
     if is_cached(stem):
         model, meta = load_checkpoint(stem, allow_import=allow_import)
-        return model, meta, stem
+        return place(model, device), meta, stem
     model, meta = train_model(
         spec,
         data,
@@ -144,6 +148,7 @@ def cached_baseline(
         progress=progress,
         resume=stem.with_name(stem.name + ".partial"),
         allow_import=allow_import,
+        device=device,
     )
     if is_main_process():
         save_checkpoint(model, stem, meta)

@@ -112,7 +112,7 @@ def effective_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     compressed model's checkpoint is never larger than the dense one.
     """
     state = {
-        k: v.detach()
+        k: v.detach().cpu()
         for k, v in model.state_dict().items()
         if "parametrizations" not in k.split(".")
     }
@@ -120,7 +120,7 @@ def effective_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
         if parametrize.is_parametrized(module):
             prefix = f"{name}." if name else ""
             for tensor_name in module.parametrizations:
-                state[prefix + tensor_name] = getattr(module, tensor_name).detach()
+                state[prefix + tensor_name] = getattr(module, tensor_name).detach().cpu()
     return state
 
 

@@ -44,6 +44,7 @@ from .config import Settings, takes_mappings
 from .data import DataSplits
 from .errors import UnsupportedLayerError
 from .layers import LayerFilter, select_layers
+from .loaders import LoaderSplits, as_data
 from .mask import Mask, apply_mask, get_mask, unparametrize
 from .prune.magnitude import GlobalSparsity, PruneMagnitudeConfig, prune_magnitude, sparsity_keep
 from .prune.sensitivity import sensitivity_analysis
@@ -254,7 +255,7 @@ class CompressiveResult:
 @takes_mappings
 def train_compressive(
     model: nn.Module,
-    data: DataSplits,
+    data: DataSplits | LoaderSplits,
     config: CompressiveConfig,
     *,
     layers: LayerFilter = None,
@@ -269,7 +270,8 @@ def train_compressive(
         >>> result = train_compressive(model, data, CompressiveConfig(global_sparsity=0.8))
         >>> result.constrained.keys(), result.compression_rate
     """
-    val = data.loader("val" if len(data.val) else "test", 512)
+    data = as_data(data)
+    val = data.loader("val" if data.has("val") else "test", 512)
     names = [n for n, _ in select_layers(model, layers)]
     reference = evaluate(model, val).top1
     order = _ranking(model, names, config, val, progress)  # sensitivity: before pruning

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import gzip
 import math
+import os
 import struct
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
@@ -23,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, field_validator
 
 from .config import Config
 from .errors import ConfigError, DataError
@@ -229,7 +230,7 @@ class DataConfig(Config):
 
     source: "fashion-mnist" (the Debian package's files), "fashion-mnist:DIR", "mnist:DIR",
     "digits" (scikit-learn, 8x8), "cifar10:DIR" (binary batches), "folder:DIR", or a directory
-    whose kind is detected. limit: at most this many examples in each split (quick runs).
+    whose kind is detected; a relative DIR is made absolute (against the working directory). limit: at most this many examples in each split (quick runs).
     val_fraction: share of the training file held out for validation. seed: the train / val
     split and the limit subsample. image_size: resize every image (bilinear) at load time, e.g.
     8x8 digits to 28 for LeNet-5. crop_padding, hflip: training augmentation (random crop after
@@ -245,6 +246,20 @@ class DataConfig(Config):
     crop_padding: int = Field(0, ge=0)
     hflip: bool = False
     test_fraction: float = Field(0.2, gt=0.0, lt=1.0)
+
+    @field_validator("source")
+    @classmethod
+    def _absolute(cls, source: str) -> str:
+        """A directory as an absolute path, so that a checkpoint or a run that records this
+        config finds its data again from any working directory."""
+        try:
+            kind, path = _parse_source(source)
+        except ConfigError:
+            return source  # load_data says what is wrong with it
+        if path is None or path == FASHION_MNIST_DIR and kind == "fashion-mnist":
+            return source
+        absolute = os.path.abspath(path)
+        return absolute if kind == "auto" else f"{kind}:{absolute}"
 
 
 @dataclass(frozen=True, eq=False)
@@ -289,6 +304,21 @@ class DataSplits:
         c, h, w = self.train.images.shape[1:]
         return int(c), int(h), int(w)
 
+    def has(self, split: str) -> bool:
+        """Whether `split` holds any example (a source without validation images has none)."""
+        return len(getattr(self, check_split(split))) > 0
+
+    def subset(self, split: str, images: int | None, *, seed: int = 0, batch_size: int = 500):
+        """`images` examples of `split` (all for None) drawn by a permutation seeded with
+        `seed`, in file order, as a list of normalized batches: a fixed set to measure on
+        repeatedly (the bit-width search's)."""
+        data = getattr(self, check_split(split))
+        count = len(data) if images is None else min(images, len(data))
+        generator = torch.Generator().manual_seed(seed)
+        index = torch.randperm(len(data), generator=generator)[:count].sort().values
+        subset = ImageSet(data.images[index], data.labels[index])
+        return list(BatchLoader(subset, batch_size, mean=self.mean, std=self.std))
+
     def loader(
         self,
         split: str,
@@ -304,8 +334,7 @@ class DataSplits:
         """A BatchLoader over "train", "val" or "test", e.g. `splits.loader("train", 128)`.
         Shuffling and the config's augmentation default to on for "train" only; seed to the
         config's."""
-        if split not in ("train", "val", "test"):
-            raise ConfigError(f'unknown split "{split}"; use "train", "val" or "test"')
+        check_split(split)
         augment = split == "train" if augment is None else augment
         return BatchLoader(
             getattr(self, split),
@@ -320,6 +349,12 @@ class DataSplits:
             world_size=world_size,
             drop_last=drop_last,
         )
+
+
+def check_split(split: str) -> str:
+    if split not in ("train", "val", "test"):
+        raise ConfigError(f'unknown split "{split}"; use "train", "val" or "test"')
+    return split
 
 
 def load_data(config: DataConfig | Mapping[str, Any]) -> DataSplits:
@@ -455,16 +490,20 @@ def _read_idx_dir(path: Path, names: tuple[str, ...] | None):
 
 
 def _read_cifar_dir(path: Path):
+    """The training batches that are there (any of data_batch_1..5.bin) and test_batch.bin when
+    it is there (else a test split is drawn from the training images, as for digits)."""
     if (path / "cifar-10-batches-bin").is_dir():  # the tarball's own folder
         path = path / "cifar-10-batches-bin"
-    missing = [name for name in _CIFAR_FILES if not (path / name).is_file()]
-    if missing:
+    present = [name for name in _CIFAR_FILES[:5] if (path / name).is_file()]
+    if not present:
         pickled = (path / "data_batch_1").is_file() or (path / "cifar-10-batches-py").is_dir()
         hint = _CIFAR_BINARY_ONLY if pickled else "unpack cifar-10-binary.tar.gz there"
-        raise DataError(f"{path} lacks {', '.join(missing)}; {hint}")
-    parts = [read_cifar10_binary(path / name) for name in _CIFAR_FILES]
-    train = tuple(np.concatenate([part[i] for part in parts[:5]]) for i in (0, 1))
-    return train, parts[5], CIFAR10_CLASSES
+        raise DataError(f"{path} holds none of data_batch_1.bin ... data_batch_5.bin; {hint}")
+    parts = [read_cifar10_binary(path / name) for name in present]
+    train = tuple(np.concatenate([part[i] for part in parts]) for i in (0, 1))
+    test_file = path / _CIFAR_FILES[5]
+    test = read_cifar10_binary(test_file) if test_file.is_file() else None
+    return train, test, CIFAR10_CLASSES
 
 
 def _read_folder_dir(path: Path, image_size: int | None):
@@ -541,7 +580,7 @@ def _channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float
     return tuple(means), tuple(stds)
 
 
-def _mix(*words: int) -> int:
+def mix_seed(*words: int) -> int:
     # one generator seed from (seed, epoch, stream); SeedSequence decorrelates nearby inputs
     state = np.random.SeedSequence([w % 2**64 for w in words]).generate_state(1, np.uint64)
     return int(state[0] >> np.uint64(1))
@@ -620,7 +659,7 @@ class BatchLoader:
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         order = self._order()
         # a stream per rank, so that ranks do not crop and flip in lockstep
-        gen = torch.Generator().manual_seed(_mix(self.seed, self.epoch, 1 + self.rank))
+        gen = torch.Generator().manual_seed(mix_seed(self.seed, self.epoch, 1 + self.rank))
         for start in range(0, len(self) * self.batch_size, self.batch_size):
             index = order[start : start + self.batch_size]
             x = self.data.images[index]
@@ -634,7 +673,7 @@ class BatchLoader:
     def _order(self) -> torch.Tensor:
         n = len(self.data)
         if self.shuffle:  # the same seed on every rank: one permutation, so shards are disjoint
-            gen = torch.Generator().manual_seed(_mix(self.seed, self.epoch, 0))
+            gen = torch.Generator().manual_seed(mix_seed(self.seed, self.epoch, 0))
             order = torch.randperm(n, generator=gen)
         else:
             order = torch.arange(n)

@@ -34,8 +34,10 @@ from torch import nn
 
 from .config import Settings, takes_mappings
 from .data import BatchLoader, DataSplits, ImageSet
+from .device import model_device, place, to_model
 from .errors import ConfigError
 from .layers import select_layers, unwrap
+from .loaders import LoaderSplits, as_data
 from .progress import make_progress
 from .prune.gradual import GradualPruner, PruneGradualConfig, gradual_schedule
 from .stage import Stage
@@ -153,20 +155,20 @@ class TeacherLogits:
             task = bar.add_task("teacher logits", total=len(loader), status="")
             for x, _ in loader:
                 keys.append(image_hash(x))
-                logits.append(self.teacher(x))
+                logits.append(self.teacher(to_model(self.teacher, x)))
                 bar.advance(task)
         self.keys, self.order = torch.sort(torch.cat(keys), stable=True)
         self.logits = torch.cat(logits)
 
     @torch.no_grad()
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        hit, index = self._lookup(x)
+        hit, index = self._lookup(x)  # on the CPU, where the keys are
         if bool(hit.all()):
-            return self.logits[index]
+            return to_model(self.teacher, self.logits[index])
         with _frozen(self.teacher):
-            out = self.teacher(x)
+            out = self.teacher(to_model(self.teacher, x))
         if bool(hit.any()):
-            out[hit] = self.logits[index[hit]]
+            out[to_model(self.teacher, hit)] = self.logits[index[hit]].to(out.device)
         return out
 
     def _lookup(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -181,14 +183,14 @@ class TeacherLogits:
             d = self.data
             images = ImageSet(d.train.images[index[hit]], d.train.labels[index[hit]])
             rebuilt, _ = next(iter(BatchLoader(images, int(hit.sum()), mean=d.mean, std=d.std)))
-            hit[hit.clone()] = (rebuilt == x[hit]).flatten(1).all(1)
+            hit[hit.clone()] = (rebuilt == x.cpu()[hit]).flatten(1).all(1)
         return hit, index
 
 
 def image_hash(x: torch.Tensor) -> torch.Tensor:
     """One int64 key per image of `x`: its float32 bits, hashed with fixed random weights modulo
-    2^31 - 1 (exact integer arithmetic, so the same pixels always give the same key)."""
-    bits = x.detach().float().contiguous().flatten(1).view(torch.int32).long() % _HASH_PRIME
+    2^31 - 1 (exact integer arithmetic, so the same pixels always give the same key), on the CPU."""
+    bits = x.detach().cpu().float().contiguous().flatten(1).view(torch.int32).long() % _HASH_PRIME
     gen = torch.Generator().manual_seed(0)
     weights = torch.randint(1, _HASH_PRIME, (bits.shape[1],), generator=gen, dtype=torch.int64)
     return ((bits * weights) % _HASH_PRIME).sum(1) % _HASH_PRIME
@@ -198,9 +200,10 @@ def image_hash(x: torch.Tensor) -> torch.Tensor:
 def distill(
     student: nn.Module,
     teacher: nn.Module,
-    data: DataSplits,
+    data: DataSplits | LoaderSplits,
     config: DistillConfig,
     *,
+    device: str | torch.device | None = None,
     step_hooks: Sequence[StepHook] = (),
     teacher_logits: TeacherLogits | None = None,
     progress: bool = True,
@@ -209,12 +212,17 @@ def distill(
     the AB stage when `config.ab_pairs` are given (Heo et al.), then `fit` with the soft-target
     loss (Hinton et al.). `step_hooks` (gradual pruning, ...) run in stage 2. A fixed-point
     student trains through its rounding as in QAT, its formats as calibrated. `teacher_logits`
-    reuses a cache over several runs. Returns the history, stage 1's epochs first (their train
-    loss is the AB loss).
+    reuses a cache over several runs (netshrink's data only: a user's transforms may change an
+    image from one epoch to the next). `data` may be the user's own (`netshrink.loaders`); both
+    models compute on the student's device (`device` moves the student first). Returns the
+    history, stage 1's epochs first (their train loss is the AB loss).
 
     Example:
         >>> distill(lenet, vgg, data, DistillConfig(ab_pairs=("conv1:features.1",)))
     """
+    data = as_data(data)
+    place(student, device)
+    teacher.to(model_device(student))
     first = History()
     if config.ab_pairs:
         first = _ab_stage(student, teacher, data, config, progress)
@@ -222,8 +230,9 @@ def distill(
         loss_fn = None
     else:
         if teacher_logits is None:
-            augmented = data.config.crop_padding > 0 or data.config.hflip
-            use_cache = config.cache_teacher and not augmented
+            own = isinstance(data, DataSplits)
+            augmented = own and (data.config.crop_padding > 0 or data.config.hflip)
+            use_cache = config.cache_teacher and own and not augmented
             teacher_logits = TeacherLogits(teacher, data if use_cache else None, progress=progress)
         T, alpha = config.temperature, config.alpha
 
@@ -256,6 +265,7 @@ class _ABStudent(nn.Module):
 def _ab_stage(student, teacher, data, config: DistillConfig, progress: bool) -> History:
     s_names, t_names = (list(names) for names in zip(*config.pairs))
     connectors = nn.ModuleList(_connectors(student, teacher, data, config.pairs))
+    connectors.to(model_device(student))
     wrapper = _ABStudent(student, s_names, connectors)
     n = len(t_names)
     weights = [config.ab_weight / 2 ** (n - 1 - i) for i in range(n)]
@@ -274,11 +284,11 @@ def _ab_stage(student, teacher, data, config: DistillConfig, progress: bool) -> 
 @torch.no_grad()
 def _connectors(student, teacher, data, pairs) -> list[nn.Module]:
     """A connector a pair, from the shapes one batch of training images gives each layer."""
-    x, _ = next(iter(data.loader("val" if len(data.val) else "train", 2, augment=False)))
+    x, _ = next(iter(data.loader("val" if data.has("val") else "train", 2, augment=False)))
     shapes = {}
     for model, names in ((student, [s for s, _ in pairs]), (teacher, [t for _, t in pairs])):
         with _frozen(model), capture(model, names) as found:
-            model(x)
+            model(to_model(model, x))
         shapes[id(model)] = {n: tuple(v.shape[1:]) for n, v in found.items()}
     return [make_connector(s, shapes[id(student)][s], t, shapes[id(teacher)][t]) for s, t in pairs]
 

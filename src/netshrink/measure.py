@@ -21,6 +21,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from .data import BatchLoader
+from .device import to_model
 from .train import evaluate
 
 
@@ -235,10 +236,15 @@ def _compute_modules(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
 
 
 def _forward_once(model: nn.Module, x: torch.Tensor) -> None:
+    """One forward pass in eval mode on the model's device, finished when it returns (CUDA runs
+    asynchronously: without the synchronisation a latency would time the launch only)."""
     was_training = model.training
     model.eval()
     try:
         with torch.inference_mode():
+            x = to_model(model, x)
             model(x)
+            if x.is_cuda:
+                torch.cuda.synchronize(x.device)
     finally:
         model.train(was_training)

@@ -44,6 +44,7 @@ from .checkpoint import (
 )
 from .codec import pack, packed_bytes, unpack
 from .data import DataSplits, load_data
+from .device import resolve_device
 from .errors import BudgetError, ConfigError
 from .files import atomic_write, directory_lock
 from .layers import select_layers
@@ -55,7 +56,7 @@ from .prune.mask import get_mask
 from .recipe import Recipe
 from .report import FinalRecord, ReportStage, RunReport, console, print_measurements, render_report
 from .stage import StageContext, with_seed
-from .train import _init_distributed, evaluate, is_main_process
+from .train import evaluate, init_distributed, is_main_process
 
 STATE_FORMAT = "netshrink-run"
 KEY_VERSION = 1  # bump when a stage's meaning changes, so old checkpoints are not reused
@@ -104,6 +105,7 @@ def run_recipe(
     progress: bool = True,
     allow_import: AllowImport = (),
     restart: bool = False,
+    device: str | None = None,
 ) -> RunResult:
     """Run `recipe` into `directory`, resuming after its last finished stage when the directory
     holds an earlier run of the same recipe (stages whose key changed are run again).
@@ -111,14 +113,16 @@ def run_recipe(
     A recipe is a file like any other: a baseline named by an import path
     (`package.module:factory`) is built only when `allow_import` lists that exact name.
     `restart=True` forgets the earlier run first. The directory is locked while the run works
-    in it: a second run there raises DirectoryInUseError at once.
+    in it: a second run there raises DirectoryInUseError at once. `device` overrides the
+    recipe's: stages train and measure there, files are written from the CPU.
 
     Example:
         >>> result = run_recipe(load_recipe("recipes/deep-compression-lenet5.yaml"), "runs/dc")
         >>> result.file, result.stages[-1].measurement["top1"]
     """
     directory = Path(directory)
-    _init_distributed()
+    device = resolve_device(device or recipe.device)
+    init_distributed(device)
     # one run at a time in a directory: two would overwrite each other's stages and state
     with directory_lock(directory) if is_main_process() else nullcontext():
         if restart and is_main_process():
@@ -130,8 +134,10 @@ def run_recipe(
         if is_main_process():
             text = recipe_text or yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False)
             atomic_write(directory / "recipe.yaml", lambda tmp: tmp.write_text(text))
-        records, ctx = _baseline(recipe, data, directory, done, cache_dir, latency, progress, trust)
-        run = _Run(recipe, data, directory, ctx, records, latency, trust)
+        records, ctx = _baseline(
+            recipe, data, directory, done, cache_dir, latency, progress, trust, device
+        )
+        run = _Run(recipe, data, directory, ctx, records, latency, trust, device)
         for index, stage in enumerate(plan_stages(recipe.stages), start=1):
             key = stage_key(recipe, index)
             if index < len(done) and done[index].key == key:
@@ -179,7 +185,7 @@ def _finished(directory: Path, recipe: Recipe) -> list[StageRecord]:
     return reusable
 
 
-def _baseline(recipe, data, directory, done, cache_dir, latency, progress, allow_import):
+def _baseline(recipe, data, directory, done, cache_dir, latency, progress, allow_import, device):
     """Stage 0: the baseline trained (or loaded from the cache) or read from a checkpoint, saved
     into the run, measured; then read back like every stage, so every run starts alike."""
     key = stage_key(recipe, 0)
@@ -192,6 +198,7 @@ def _baseline(recipe, data, directory, done, cache_dir, latency, progress, allow
         if recipe.baseline.checkpoint is not None:
             _say(progress, f"baseline: the checkpoint {recipe.baseline.checkpoint}")
             model, meta = load_checkpoint(recipe.baseline.checkpoint, allow_import=allow_import)
+            model.to(device)
         else:
             spec, fit_config = recipe.baseline.spec, recipe.baseline.fit
             cached = cache_stem(spec, data.config, fit_config, cache_dir)
@@ -209,6 +216,7 @@ def _baseline(recipe, data, directory, done, cache_dir, latency, progress, allow
                 cache_dir=cache_dir,
                 progress=progress,
                 allow_import=allow_import,
+                device=device,
             )
         if tuple(meta.input_shape) != data.input_shape:
             raise ConfigError(
@@ -221,7 +229,7 @@ def _baseline(recipe, data, directory, done, cache_dir, latency, progress, allow
         _save(model, meta, stem)
         _save_state(directory, [record])
     model, meta = _read_back(directory, record, allow_import)
-    ctx = StageContext(data, model, meta.fit or recipe.baseline.fit, progress)
+    ctx = StageContext(data, model.to(device), meta.fit or recipe.baseline.fit, progress)
     if progress:
         _announce(0, len(recipe.stages), "baseline", record)
     return [record], ctx
@@ -230,15 +238,16 @@ def _baseline(recipe, data, directory, done, cache_dir, latency, progress, allow
 class _Run:
     """The state a run carries from stage to stage."""
 
-    def __init__(self, recipe, data, directory, ctx, records, latency, allow_import):
+    def __init__(self, recipe, data, directory, ctx, records, latency, allow_import, device):
         self.recipe, self.data, self.directory = recipe, data, directory
         self.ctx, self.records, self.latency = ctx, records, latency
-        self.allow_import = allow_import
+        self.allow_import, self.device = allow_import, device
         self.baseline_bytes = dense_bytes(ctx.baseline)
 
     def stage(self, index: int, stage, key: str) -> None:
         """Run one stage from the previous stage's checkpoint, check its budget, save it."""
         model, meta = _read_back(self.directory, self.records[-1], self.allow_import)
+        model.to(self.device)
         torch.manual_seed(self.recipe.seed + index)
         start = time.perf_counter()
         if is_main_process() and self.ctx.progress:
@@ -291,7 +300,7 @@ class _Run:
         if is_main_process():
             pack(model, path, self.recipe.pack, meta=meta)
         _sync()
-        decoded = unpack(path, allow_import=self.allow_import)
+        decoded = unpack(path, allow_import=self.allow_import).to(self.device)
         row = measure(
             decoded,
             stage="packed (.nsk)",
@@ -365,7 +374,7 @@ def _read_back(
 
 
 def _val_top1(model: nn.Module, data: DataSplits) -> float | None:
-    return evaluate(model, data.loader("val", 256)).top1 if len(data.val) else None
+    return evaluate(model, data.loader("val", 256)).top1 if data.has("val") else None
 
 
 def _save_state(directory: Path, records: list[StageRecord]) -> None:

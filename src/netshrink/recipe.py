@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, mo
 from .checkpoint import checkpoint_paths
 from .codec import PackConfig
 from .data import DataConfig, source_path
+from .device import check_device_name
 from .errors import ConfigError, Error
 from .methods import METHOD_NAMES, AnyStage
 from .models import MODELS, ModelSpec
@@ -85,7 +86,8 @@ class Recipe(BaseModel):
     `seed` becomes every `seed` field a stage leaves unset (training order, k-means start) and
     stage i also starts torch's generator at seed + i, so a run is reproducible, a resumed run
     equals an uninterrupted one, and another seed is another run. The baseline keeps its own
-    `train.seed`: it is what the cache is keyed by."""
+    `train.seed`: it is what the cache is keyed by. `device` is where it computes ("auto": CUDA
+    when present); it is not part of what a stage's result is keyed by."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -95,6 +97,15 @@ class Recipe(BaseModel):
     baseline: BaselineConfig
     stages: list[AnyStage] = []
     pack: PackConfig = PackConfig()
+    device: str = "auto"
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, device: str) -> str:
+        try:
+            return check_device_name(device)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
 
     @field_validator("name")
     @classmethod

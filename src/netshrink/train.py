@@ -4,9 +4,14 @@ Compression methods are parametrizations, so retraining a pruned, clustered or q
 this same `fit`: the optimizer only sees parameters that require a gradient (a codebook freezes its
 dense original), and `step_hooks` let a schedule (gradual pruning) act after every step.
 
-Under `torchrun --nproc_per_node=N` the same call trains with DistributedDataParallel on the gloo
-backend: each rank sees its shard of every epoch, the global batch stays `batch_size`, and the
-weights stay identical on all ranks.
+Both compute on the model's device (`netshrink.device`): each batch follows the model, and
+`device=` moves the model first. Under `torchrun --nproc_per_node=N` the same call trains with
+DistributedDataParallel, over NCCL on CUDA (one GPU a rank, by LOCAL_RANK) and gloo on the CPU:
+each rank sees its shard of every epoch, the global batch stays `batch_size`, and the weights
+stay identical on all ranks.
+
+The data is netshrink's (`load_data`) or the user's own (`netshrink.loaders`): a Dataset, a
+DataLoader or a list of batches, e.g. `fit(model, train_loader, val=val_loader, epochs=3)`.
 """
 
 import math
@@ -24,9 +29,11 @@ from pydantic import Field
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from .config import Settings, takes_mappings
-from .data import BatchLoader, DataSplits
+from .config import Settings, takes_mappings, to_config
+from .data import DataSplits
+from .device import model_device, place, to_model
 from .errors import ConfigError
+from .loaders import LoaderSplits, as_data, batch_pair, batches_of, length_of
 from .progress import make_progress
 from .train_state import (
     clear_train_state,
@@ -85,16 +92,26 @@ class History:
 
 
 def evaluate(
-    model: nn.Module, loader: BatchLoader, *, progress: bool = False, description: str = "evaluate"
+    model: nn.Module,
+    loader,
+    *,
+    device: str | torch.device | None = None,
+    progress: bool = False,
+    description: str = "evaluate",
 ) -> EvalResult:
-    """Top-1, top-5 (top-k for fewer than 5 classes) and mean loss of `model` over `loader`."""
+    """Top-1, top-5 (top-k for fewer than 5 classes) and mean loss of `model` over `loader`: any
+    iterable of `(x, y)` batches (a netshrink loader, a DataLoader) or a Dataset, on the model's
+    device (moved to `device` first when given)."""
+    place(model, device)
+    loader = batches_of(loader)
     was_training = model.training
     model.eval()
     correct1 = correct5 = seen = 0
     loss_sum = 0.0
     with torch.inference_mode(), make_progress(progress) as bar:
-        task = bar.add_task(description, total=len(loader), status="")
-        for x, y in loader:
+        task = bar.add_task(description, total=length_of(loader), status="")
+        for batch in loader:
+            x, y = to_model(model, *batch_pair(batch))
             logits = model(x)
             loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
             k = min(5, logits.shape[1])
@@ -113,35 +130,49 @@ def evaluate(
 @takes_mappings
 def fit(
     model: nn.Module,
-    data: DataSplits,
-    config: FitConfig,
+    data: DataSplits | LoaderSplits,
+    config: FitConfig | None = None,
     *,
+    val=None,
+    device: str | torch.device | None = None,
     loss_fn: LossFn | None = None,
     step_hooks: Sequence[StepHook] = (),
     progress: bool = True,
     resume: Path | None = None,
+    **fields,
 ) -> History:
-    """Train `model` in place on `data.train`, validating on `data.val` after every epoch.
+    """Train `model` in place on the training split, validating after every epoch.
+
+    `data`: netshrink's splits (`load_data`), a `LoaderSplits`, or the training data itself (a
+    Dataset, a DataLoader, a list of `(x, y)` batches) with `val=` beside it. `config` (a
+    FitConfig or a dict) with any of its fields given as keywords over it: `fit(model,
+    train_loader, val=val_loader, epochs=3, lr=0.01)`. `device`: where to train (the model is
+    moved there; by default it trains where it is).
 
     SGD with momentum or Adam, a per-step cosine (or constant) learning rate, weight decay, seeded
-    shuffling. Runs under torchrun with DDP (gloo) when WORLD_SIZE > 1. With `resume`, the state
-    is saved there after every epoch and a run that was interrupted continues from its last epoch
-    (the state is removed when the run completes). Returns the history.
+    shuffling. Runs under torchrun with DDP when WORLD_SIZE > 1. With `resume`, the state is saved
+    there after every epoch and a run that was interrupted continues from its last epoch (the
+    state is removed when the run completes). Returns the history.
     """
-    rank, world = _init_distributed()
+    config = config or FitConfig()
+    if fields:  # keywords over the config, validated as one
+        config = to_config(FitConfig, {**config.model_dump(), **fields})
+    data = as_data(data, val=val)
+    place(model, device)
+    rank, world = init_distributed(model_device(model))
     torch.manual_seed(config.seed)  # dropout and anything else random in the forward pass
     if config.batch_size % world:
         raise ConfigError(f"batch size {config.batch_size} does not split over {world} processes")
     train = data.loader(
         "train", config.batch_size // world, rank=rank, world_size=world, seed=config.seed
     )
-    val = data.loader("val", 256) if len(data.val) else None
+    val = data.loader("val", 256) if data.has("val") else None
     optimizer = _make_optimizer([p for p in model.parameters() if p.requires_grad], config)
     total_steps = max(1, config.epochs * len(train))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_factor(config, total_steps))
     settings = {"fit": config.model_dump(mode="json"), "world": world, "steps": len(train)}
     history, first = _restore(resume, model, optimizer, scheduler, settings)
-    net = DistributedDataParallel(model) if world > 1 else model
+    net = _distributed(model) if world > 1 else model
     loss_fn = loss_fn or (lambda logits, y, x: F.cross_entropy(logits, y))
     with make_progress(progress) as bar:
         task = bar.add_task("train", total=total_steps, completed=first * len(train), status="")
@@ -195,6 +226,7 @@ def _train_epoch(net, loader, optimizer, scheduler, loss_fn, step_hooks, first_s
     net.train()
     loss_sum = correct = seen = 0.0
     for i, (x, y) in enumerate(loader):
+        x, y = to_model(net, x, y)
         logits = net(x)
         loss = loss_fn(logits, y, x)
         if not torch.isfinite(loss):
@@ -237,14 +269,21 @@ def _status(epoch: int, loss: float, result: EvalResult | None) -> str:
     return text + (f" val top-1 {result.top1:.2%}" if result else "")
 
 
-def _init_distributed() -> tuple[int, int]:
-    """(rank, world size); joins the gloo process group that torchrun describes, once."""
+def init_distributed(device: torch.device) -> tuple[int, int]:
+    """(rank, world size); joins the process group that torchrun describes, once: NCCL when the
+    model is on CUDA, gloo otherwise."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
         return 0, 1
     if not dist.is_initialized():
-        dist.init_process_group("gloo")
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return dist.get_rank(), dist.get_world_size()
+
+
+def _distributed(model: nn.Module) -> DistributedDataParallel:
+    device = model_device(model)
+    ids = [device.index] if device.type == "cuda" and device.index is not None else None
+    return DistributedDataParallel(model, device_ids=ids)
 
 
 def is_main_process() -> bool:

@@ -375,8 +375,6 @@ def test_a_pool_window_that_depends_on_values_is_refused_by_name():
     x = graph.placeholder("x")
     window = graph.call_method("sum", (x,))  # a value, not a shape
     pool = graph.call_function(F.avg_pool2d, (x, window))
-    with pytest.raises(
-        UnsupportedLayerError, match="avg_pool2d: its setting sum.*constant window"
-    ):
+    with pytest.raises(UnsupportedLayerError, match="avg_pool2d: its setting sum.*constant window"):
         static_value(window, pool)
     assert static_value((2, 3), pool) == (2, 3)

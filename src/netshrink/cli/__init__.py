@@ -14,6 +14,7 @@ from ..baseline import train_model
 from ..checkpoint import save_checkpoint
 from ..codec import packed_bytes
 from ..data import load_data
+from ..device import DEVICE_NAMES, resolve_device
 from ..errors import ConfigError, Error
 from ..files import directory_lock, os_error_line
 from ..measure import dense_bytes, measure
@@ -34,6 +35,7 @@ from .common import (
     add_allow_import,
     add_checkpoint_args,
     add_data_args,
+    add_device_arg,
     data_config,
     load_for_command,
     make_config,
@@ -106,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="extra keyword arguments for the model, as a JSON object",
     )
     add_data_args(train)
+    add_device_arg(train)
     _add_fit_args(train)
     train.add_argument(
         "--out",
@@ -167,6 +170,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-latency", action="store_true", help="skip latency measurement")
     run.add_argument("--cache", type=Path, help="baseline cache (default ~/.cache/netshrink)")
     run.add_argument(
+        "--device",
+        default=None,
+        help=f"where to compute: {DEVICE_NAMES} (default: the recipe's device:, auto)",
+    )
+    run.add_argument(
         "--limit", type=positive_int, help="try it quickly: at most N examples of each split"
     )
     run.add_argument(
@@ -226,6 +234,7 @@ def _add_fit_args(p: argparse.ArgumentParser) -> None:
 
 
 def run_train(args) -> None:
+    device = resolve_device(args.device)  # before any work: a missing GPU is a one-line error
     spec = ModelSpec.parse(args.model, args.model_args)
     data = load_data(
         data_config(
@@ -248,6 +257,7 @@ def run_train(args) -> None:
         spec,
         data,
         config,
+        device=device,
         resume=out.with_name(out.name + ".train-state"),
         allow_import=[*args.allow_import, spec.name] if ":" in spec.name else args.allow_import,
     )
@@ -321,6 +331,7 @@ def run_recipe_command(args) -> None:
             latency=not args.no_latency,
             allow_import=args.allow_import,
             restart=args.restart,
+            device=getattr(args, "device", None),
         )
     except KeyboardInterrupt:
         print(f"interrupted: `netshrink run {args.recipe} --out {out}` resumes it", file=sys.stderr)

@@ -9,6 +9,7 @@ from pydantic import BaseModel, ValidationError
 from ..checkpoint import checkpoint_paths, load_checkpoint
 from ..codec import load_packed_checkpoint, packed_bytes
 from ..data import DataConfig, load_data
+from ..device import DEVICE_NAMES, resolve_device
 from ..errors import ConfigError
 from ..files import refuse_overwrite_input
 from ..measure import measure
@@ -89,7 +90,18 @@ def add_checkpoint_args(p: argparse.ArgumentParser) -> None:
         "checkpoint", type=Path, help="checkpoint (.safetensors, .json or their stem) or .nsk file"
     )
     add_data_args(p, default=None)
+    add_device_arg(p)
     p.add_argument("--batch-size", type=int, default=256)
+
+
+def add_device_arg(p: argparse.ArgumentParser) -> None:
+    """`--device`: where a command trains, evaluates and calibrates (netshrink.device)."""
+    p.add_argument(
+        "--device",
+        default="auto",
+        help=f"where to compute: {DEVICE_NAMES}; auto is CUDA when present, else the CPU "
+        "(default: auto)",
+    )
 
 
 def make_config(cls: type[BaseModel], **fields) -> BaseModel:
@@ -128,7 +140,10 @@ def load_model_file(path: Path, allow_import) -> tuple:
 
 
 def load_for_command(args):
+    """(model on --device, its sidecar, its data, or --data's)."""
+    device = resolve_device(args.device)  # before any work: a missing GPU is a one-line error
     model, meta = load_model_file(args.checkpoint, args.allow_import)
+    model.to(device)
     if meta.data is None and args.data is None:
         raise ConfigError(f"{args.checkpoint} does not say its data set: pass --data")
     data = load_data(data_config(args, meta.data))

@@ -21,6 +21,7 @@ from rich.table import Table
 
 from ..checkpoint import CheckpointMeta, checkpoint_paths, load_checkpoint
 from ..data import load_data
+from ..device import resolve_device
 from ..errors import ConfigError
 from ..models import ModelSpec, build_model
 from ..report import console
@@ -35,7 +36,7 @@ from .apply import (
     run_stages,
     stage_options,
 )
-from .common import add_data_args, data_config, refuse_overwriting_checkpoint
+from .common import add_data_args, add_device_arg, data_config, refuse_overwriting_checkpoint
 
 
 def kd_fields(text: str) -> dict:
@@ -113,6 +114,7 @@ def add_commands(commands) -> None:
     BITS.add_to(p)
     p.add_argument("--seed", type=int, default=0, help="fills every seed the method leaves unset")
     add_data_args(p, default=None)
+    add_device_arg(p)
     p.add_argument("--no-latency", action="store_true", help="skip latency measurement")
     p.add_argument("--out", type=Path, required=True, help="output checkpoint path (no suffix)")
     p.set_defaults(run=run_distill, build=build_distill)
@@ -141,9 +143,11 @@ def build_distill(args) -> list[Stage]:
 def run_distill(args) -> None:
     refuse_overwriting_checkpoint(args.out, args.teacher, args.student)  # a zoo name is no file
     stages = build_distill(args)
+    device = resolve_device(args.device)
     teacher, t_meta = load_checkpoint(args.teacher, allow_import=args.allow_import)
     data = load_data(data_config(args, t_meta.data))
     student, s_meta = _student(args, data, t_meta)
+    teacher.to(device), student.to(device)
     args.batch_size = stages[-1].config.fit.batch_size  # what measure_stage evaluates with
     ctx = StageContext(data, teacher, t_meta.fit or FitConfig())
     s_meta = s_meta.model_copy(update={"fit": stages[-1].config.fit})

@@ -16,6 +16,7 @@ from ..config import Settings, takes_mappings
 from ..data import DataSplits
 from ..errors import ConfigError
 from ..layers import LayerFilter, select_layers
+from ..loaders import LoaderSplits, as_data
 from ..stage import Stage
 from ..train import FitConfig, fit
 from .magnitude import (
@@ -104,7 +105,7 @@ class GradualPruner:
 @takes_mappings
 def prune_gradual(
     model: nn.Module,
-    data: DataSplits,
+    data: DataSplits | LoaderSplits,
     config: PruneGradualConfig,
     fit_config: FitConfig,
     *,
@@ -116,6 +117,7 @@ def prune_gradual(
     The schedule must end within the training run, so that the model trains on at its final
     sparsity (Zhu & Gupta end pruning before the learning rate has decayed).
     """
+    data = as_data(data)
     total = training_steps(data, fit_config)
     if config.end_step > total:
         raise ConfigError(

@@ -106,5 +106,5 @@ class PruneIncrementalStage(Stage):
     config: PruneIncrementalConfig = PruneIncrementalConfig()
 
     def apply(self, model, ctx):
-        loader = ctx.data.loader("val" if len(ctx.data.val) else "train", 256)
+        loader = ctx.data.loader("val" if ctx.data.has("val") else "train", 256)
         return prune_incremental(model, loader, self.config, layers=self.layers)

@@ -14,6 +14,7 @@ from torch import nn
 from ..config import Settings, takes_mappings
 from ..data import DataSplits
 from ..layers import LayerFilter
+from ..loaders import LoaderSplits, as_data
 from ..stage import Stage
 from ..train import EvalResult, FitConfig, fit
 from .magnitude import (
@@ -56,7 +57,7 @@ def step_config(config: PruneMagnitudeConfig, fraction: float) -> PruneMagnitude
 @takes_mappings
 def prune_iterative(
     model: nn.Module,
-    data: DataSplits,
+    data: DataSplits | LoaderSplits,
     config: PruneIterativeConfig,
     *,
     layers: LayerFilter = None,
@@ -68,6 +69,7 @@ def prune_iterative(
     Follows Han et al. 2015. Pass a list as `log` to receive each step's threshold and validation
     accuracy.
     """
+    data = as_data(data)
     for step in range(1, config.steps + 1):
         current = step_config(config.prune, step / config.steps)
         prune_magnitude(model, current, layers=layers)

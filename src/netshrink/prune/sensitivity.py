@@ -121,7 +121,7 @@ class SensitivityStage(Stage):
     sparsities: tuple[float, ...] = DEFAULT_SPARSITIES
 
     def apply(self, model, ctx):
-        loader = ctx.data.loader("val" if len(ctx.data.val) else "test", 256)
+        loader = ctx.data.loader("val" if ctx.data.has("val") else "test", 256)
         result = sensitivity_analysis(
             model, loader, layers=self.layers, sparsities=self.sparsities, progress=ctx.progress
         )

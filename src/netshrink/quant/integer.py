@@ -62,6 +62,19 @@ class IntegerOutput:
     overflows: dict[str, int] = field(default_factory=dict)
 
 
+def _last_uses(graph: fx.Graph) -> dict[fx.Node, list[fx.Node]]:
+    """For each node, the values no node after it reads (freed once it has run), so the integer
+    path holds only the activations still to be used, as a device's buffer plan does."""
+    frees: dict[fx.Node, list[fx.Node]] = {node: [] for node in graph.nodes}
+    seen: set[fx.Node] = set()
+    for node in reversed(graph.nodes):
+        for used in node.all_input_nodes:
+            if used not in seen:
+                seen.add(used)
+                frees[node].append(used)
+    return frees
+
+
 class IntegerModel(nn.Module):
     """A snapshot of a fixed-point model's integer datapath; `run` gives the integers,
     `forward` the logits as float (so `netshrink.train.evaluate` measures it).
@@ -85,6 +98,7 @@ class IntegerModel(nn.Module):
             name: self._integer_layer(name, modules[name], formats) for name in formats.weights
         }
         self._check_supported()
+        self._frees = _last_uses(model.graph)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.run(x).logits.float()
@@ -107,6 +121,8 @@ class IntegerModel(nn.Module):
             values[node] = self._step(node, x, values, overflows)
             if quantized is not None and isinstance(self._by_name.get(node.target), ActQuant):
                 quantized[node.target] = _dequantize(values[node])
+            for done in self._frees[node]:  # int64 values of a whole batch: keep only live ones
+                del values[done]
         raise AssertionError("an fx graph always ends in an output node")
 
     def input_kind(self, quantizer: str) -> str:

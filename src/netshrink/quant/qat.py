@@ -16,6 +16,7 @@ from torch import fx, nn
 
 from ..config import Settings, takes_mappings
 from ..data import DataSplits
+from ..loaders import LoaderSplits, as_data
 from ..stage import Stage
 from ..train import FitConfig, History, fit
 from .quantize import QuantConfig, quantize, reestimate_weight_formats
@@ -42,7 +43,7 @@ class QatConfig(Settings):
 @takes_mappings
 def train_quantized(
     model: nn.Module,
-    data: DataSplits,
+    data: DataSplits | LoaderSplits,
     config: QatConfig = QatConfig(),
     *,
     progress: bool = True,
@@ -64,6 +65,7 @@ def train_quantized(
         >>> qmodel, history = train_quantized(model, data, QatConfig())
         >>> IntegerModel(qmodel).run(images).logits  # equal to qmodel(images).double()
     """
+    data = as_data(data)
     qmodel = quantize(model, data, config.quant)
     handle = None
     if config.reestimate == "epoch":

@@ -10,7 +10,8 @@ GraphModule keeping the module names), whose formats are recorded as one structu
 (netshrink.edits.FixedPointFormats): checkpoints and files rebuild it without pickles.
 """
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from itertools import chain
 from typing import Annotated, ClassVar, Literal
 
 import torch
@@ -22,6 +23,7 @@ from torch.nn.utils import parametrize
 
 from ..config import Settings, takes_mappings
 from ..data import DataSplits
+from ..device import model_device, to_model
 from ..edits import (
     ActivationSpec,
     FixedPointFormats,
@@ -34,13 +36,14 @@ from ..errors import ConfigError
 from ..fold import fold_batchnorm
 from ..graph import trace
 from ..layers import copy_model, unwrap
+from ..loaders import LoaderSplits
 from ..stage import Stage
 from .calibrate import CalibrationMethod, RangeObserver
 from .fixed import FixedPoint, Rounding, format_for, frac_for_range
 from .modules import ActQuant, WeightQuant
 from .plan import QuantPlan, avg_pool_divisor, plan_points, spatial_mean
 
-Batches = DataSplits | torch.Tensor | Iterable[torch.Tensor]
+Batches = DataSplits | LoaderSplits | torch.Tensor | Iterable[torch.Tensor]
 Bits = Annotated[int, Field(ge=2, le=16)]
 
 
@@ -71,7 +74,8 @@ def quantize(
     model: nn.Module, calibration: Batches, config: QuantConfig = QuantConfig()
 ) -> fx.GraphModule:
     """The fixed-point version of `model` (left as it was), calibrated on `calibration`: a
-    DataSplits (its training split), a tensor of normalized images, or an iterable of batches.
+    DataSplits or LoaderSplits (its training split), a tensor of normalized images, or an
+    iterable of batches (of images, or of `(x, y)`), on the model's device.
 
     Example:
         >>> qmodel = quantize(model, data, QuantConfig(weights=8, activations=8, calibrate="kl"))
@@ -81,14 +85,17 @@ def quantize(
     if is_quantized(root):
         raise ConfigError("the model is already fixed point; quantize its float original")
     root = fold_batchnorm(copy_model(root).eval())
+    device = model_device(root)
     batches = calibration_batches(calibration, config.calibration_images)
+    first = next(batches)
     graph_module = _traced(root)
-    ShapeProp(graph_module).propagate(batches[0][:1])
+    ShapeProp(graph_module).propagate(first[:1].to(device))
     plan = plan_points(graph_module, config.float_layers)
     _check_overrides(plan, config)
     divisors = _divisors(graph_module, plan)  # before the quantizers: it reads the shapes
     _insert_quantizers(graph_module, plan)
-    activations = _calibrate(graph_module, plan, batches, config, divisors)
+    graph_module.to(device)  # the quantizers join the model where it computes
+    activations = _calibrate(graph_module, plan, chain([first], batches), config, divisors)
     weights = {n: _weight_format(graph_module, n, config) for n in plan.layers}
     formats = FixedPointFormats(
         weights=weights,
@@ -285,24 +292,29 @@ def weight_quant(module: nn.Module, name: str = "weight") -> WeightQuant | None:
     return found[0] if found else None
 
 
-def calibration_batches(calibration: Batches, images: int, batch_size: int = 256) -> list:
-    """Up to `images` normalized images as a list of batches: the first of a seeded shuffle of
-    the training split for a DataSplits, else the given tensor or batches."""
-    if isinstance(calibration, DataSplits):
+def calibration_batches(
+    calibration: Batches, images: int, batch_size: int = 256
+) -> Iterator[torch.Tensor]:
+    """Up to `images` normalized images, batch by batch, read as they are needed (calibration
+    holds one batch at a time, however many images it sees): the first of a seeded shuffle of
+    the training split for netshrink's or the user's splits, else the given tensor or batches
+    (a batch may be `(x, y)`). ConfigError when there is no image at all."""
+    if isinstance(calibration, (DataSplits, LoaderSplits)):
         loader = calibration.loader("train", batch_size, shuffle=True, augment=False)
         calibration = (x for x, _ in loader)
     elif isinstance(calibration, torch.Tensor):
         calibration = calibration.split(batch_size)
-    batches, seen = [], 0
+    seen = 0
     for batch in calibration:
         batch = batch[0] if isinstance(batch, (tuple, list)) else batch
-        batches.append(batch[: images - seen])
-        seen += len(batches[-1])
+        batch = batch[: images - seen]
+        if len(batch):
+            seen += len(batch)
+            yield batch
         if seen >= images:
-            break
-    if not batches or seen == 0:
+            return
+    if seen == 0:
         raise ConfigError("calibration needs at least one image; the calibration data is empty")
-    return batches
 
 
 def _traced(root: nn.Module, keep_edits: bool = True) -> fx.GraphModule:
@@ -373,7 +385,7 @@ def _calibrate(graph_module, plan, batches, config, divisors) -> dict[str, Activ
         quantizer.observer = RangeObserver(config.calibrate, percentile=config.percentile)
     graph_module.eval()
     for batch in batches:
-        graph_module(batch)
+        graph_module(to_model(graph_module, batch))
     specs = {}
     for point in plan.points:
         quantizer = quantizers[point.name]

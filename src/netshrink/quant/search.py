@@ -19,9 +19,10 @@ from torch import fx, nn
 
 from ..budget import Points
 from ..config import Settings, takes_mappings
-from ..data import BatchLoader, DataSplits, ImageSet
+from ..data import DataSplits
 from ..errors import ConfigError
 from ..layers import unwrap
+from ..loaders import LoaderSplits
 from ..progress import make_progress
 from ..stage import Stage
 from ..train import evaluate
@@ -102,7 +103,7 @@ class BitSearchResult:
 @takes_mappings
 def search_bits(
     model: nn.Module,
-    data: DataSplits,
+    data: DataSplits | LoaderSplits,
     config: BitSearchConfig = BitSearchConfig(),
     *,
     progress: bool = True,
@@ -159,20 +160,17 @@ def search_bits(
     return _result(trials, final, _rows(qmodel, batches[0][0][:1]), correct)
 
 
-def search_batches(data: DataSplits, config: BitSearchConfig) -> list[tuple[torch.Tensor, ...]]:
+def search_batches(data: DataSplits | LoaderSplits, config: BitSearchConfig) -> list[tuple]:
     """The search's fixed subset of `config.split` as normalized batches: `eval_images` images
-    chosen by a permutation seeded with the data config's seed (all of them for None)."""
-    split = getattr(data, config.split)
-    if len(split) == 0:
+    (all for None), for netshrink's data chosen by a permutation seeded with the data config's
+    seed, for the user's own the first ones."""
+    if not data.has(config.split):
         raise ConfigError(
             f'the "{config.split}" split is empty: give the data a val_fraction, or search on '
             'split="test" (which then no longer measures unseen data)'
         )
-    count = len(split) if config.eval_images is None else min(config.eval_images, len(split))
-    generator = torch.Generator().manual_seed(data.config.seed)
-    index = torch.randperm(len(split), generator=generator)[:count].sort().values
-    subset = ImageSet(split.images[index], split.labels[index])
-    return list(BatchLoader(subset, 500, mean=data.mean, std=data.std))
+    seed = data.config.seed if data.config is not None else 0
+    return data.subset(config.split, config.eval_images, seed=seed)
 
 
 class _Trials:
