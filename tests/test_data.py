@@ -26,9 +26,9 @@ from netshrink.data import (
     load_data,
     read_cifar10_binary,
     read_idx,
-    read_image_folder,
 )
 from netshrink.errors import ConfigError, DataError
+from netshrink.folders import ImageFiles, read_image_folder
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 IDX_CODES = {"u1": 0x08, "i1": 0x09, "i2": 0x0B, "i4": 0x0C, "f4": 0x0D, "f8": 0x0E}
@@ -292,13 +292,53 @@ def test_image_folder_load_data_split_and_subfolders(tmp_path):
     )
     assert (len(splits.train), len(splits.val), len(splits.test)) == (12, 3, 5)
     assert splits.class_names == ("a", "b") and splits.num_classes == 2
-    every = torch.cat([s.images[:, 0, 0, 0] for s in (splits.train, splits.val, splits.test)])
+    assert all(isinstance(s, ImageFiles) for s in (splits.train, splits.val, splits.test))
+    pixels = [
+        next(s.batches([torch.arange(len(s))])) for s in (splits.train, splits.val, splits.test)
+    ]
+    every = torch.cat([p[:, 0, 0, 0] for p in pixels])
     assert sorted(every.tolist()) == [10] * 10 + [20] * 10
     write_folder(tmp_path / "tt" / "train", {"a": 4, "b": 4}, size=(5, 5))
     write_folder(tmp_path / "tt" / "test", {"a": 1, "b": 2}, size=(5, 5))
     splits = load_data(DataConfig(source=str(tmp_path / "tt"), val_fraction=0.25, image_size=8))
     assert (len(splits.train), len(splits.val), len(splits.test)) == (6, 2, 3)
     assert splits.input_shape == (1, 8, 8) and splits.test.labels.tolist() == [0, 1, 1]
+
+
+def test_a_folder_on_disk_serves_the_batches_the_same_images_in_memory_would(tmp_path):
+    rng = np.random.default_rng(0)
+    for i in range(40):  # colour images of two sizes, so that resizing is exercised too
+        size = (10, 12) if i % 3 else (7, 7)
+        pixels = rng.integers(0, 256, (*size[::-1], 3), dtype=np.uint8)
+        (tmp_path / "tree" / f"c{i % 4}").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(pixels).save(tmp_path / "tree" / f"c{i % 4}" / f"{i:03d}.png")
+    config = DataConfig(source=f"folder:{tmp_path / 'tree'}", image_size=8, crop_padding=2,
+                        hflip=True, val_fraction=0.25, workers=0)  # fmt: skip
+    lazy = load_data(config)
+    assert isinstance(lazy.train, ImageFiles) and lazy.input_shape == (3, 8, 8)
+    images, labels, _ = read_image_folder(tmp_path / "tree", image_size=8)
+    splits = (lazy.train, lazy.val, lazy.test)
+    in_memory = data.DataSplits(
+        *(ImageSet(next(s.batches([torch.arange(len(s))])), s.labels) for s in splits),
+        num_classes=4, class_names=lazy.class_names, mean=lazy.mean, std=lazy.std, config=config,
+    )  # fmt: skip
+    decoded = {  # each file, as the lazy splits decode it
+        str(f): x
+        for s, m in zip(splits, (in_memory.train, in_memory.val, in_memory.test))
+        for f, x in zip(s.files, m.images)
+    }
+    files = sorted((tmp_path / "tree").glob("*/*.png"))
+    assert len(decoded) == 40 and torch.equal(  # = the whole folder read into memory
+        torch.stack([decoded[str(f)] for f in files]), torch.from_numpy(images)
+    )
+    workers = data.DataSplits(**{**lazy.__dict__, "train": ImageFiles(
+        **{**lazy.train.__dict__, "workers": 2})})  # fmt: skip
+    for other in (in_memory, workers):
+        a, b = lazy.loader("train", 8, seed=3), other.loader("train", 8, seed=3)
+        a.set_epoch(1), b.set_epoch(1)
+        for (xa, ya), (xb, yb) in zip(a, b, strict=True):
+            assert torch.equal(xa, xb) and torch.equal(ya, yb)
+    assert len(lazy.subset("val", 5, seed=1)[0][0]) == 5
 
 
 def test_image_folder_errors(tmp_path):
@@ -345,7 +385,7 @@ def test_normalised_train_epoch_has_zero_mean_unit_std():
     assert x.shape == (1294, 1, 8, 8) and x.dtype == torch.float32
     assert abs(x.mean().item()) < 0.05 and abs(x.std().item() - 1) < 0.05
     rgb = ids_set(50, (3, 4, 4))
-    mean, std = data._channel_stats(rgb.images)
+    mean, std = data._channel_stats(rgb)
     x = torch.cat([x for x, _ in BatchLoader(rgb, 7, mean=mean, std=std)])
     assert torch.allclose(x.mean((0, 2, 3)), torch.zeros(3), atol=1e-4)
     assert torch.allclose(x.std((0, 2, 3), correction=0), torch.ones(3), atol=1e-4)

@@ -101,7 +101,7 @@ def baseline_key(spec: ModelSpec, data: DataConfig, config: FitConfig) -> str:
     text = json.dumps(
         [
             spec.model_dump(mode="json"),
-            data.model_dump(mode="json"),
+            data.model_dump(mode="json", exclude={"workers"}),  # never changes a result
             config.model_dump(mode="json"),
         ],
         sort_keys=True,

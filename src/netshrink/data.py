@@ -15,7 +15,7 @@ import math
 import os
 import struct
 import zlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,11 +23,11 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from pydantic import Field, ValidationError, field_validator
 
 from .config import Config
 from .errors import ConfigError, DataError
+from .folders import ImageFiles, default_workers, folder_format, list_images
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_CLASSES = (
@@ -74,19 +74,6 @@ _CIFAR_BINARY_ONLY = (
     "netshrink reads only the binary version of CIFAR-10 (cifar-10-binary.tar.gz:"
     " data_batch_1.bin ... data_batch_5.bin, test_batch.bin), never pickles"
 )
-_IMAGE_SUFFIXES = {
-    ".png",
-    ".jpg",
-    ".jpeg",
-    ".bmp",
-    ".gif",
-    ".webp",
-    ".tif",
-    ".tiff",
-    ".ppm",
-    ".pgm",
-}
-_GRAY_MODES = {"1", "L", "LA", "I", "I;16", "F"}
 _Pair = tuple[np.ndarray, np.ndarray]
 
 
@@ -160,71 +147,6 @@ def read_cifar10_binary(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     return records[:, 1:].reshape(count, 3, 32, 32).copy(), labels
 
 
-def read_image_folder(
-    root: str | Path,
-    image_size: int | None = None,
-) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
-    """Read a folder with one sub-folder of images per class (sorted names -> labels 0..K-1) as
-    images uint8 [N, C, H, W], labels int64 [N] and the class names, e.g. `read_image_folder(
-    "pets/", 32)`. Images become "L" when all are grayscale, else "RGB", and are resized
-    (bilinear) to image_size when it is given, else must share one size. DataError, naming the
-    file, for no class folders, an empty class, an unreadable image or mixed sizes.
-    """
-    files, labels, names = _list_images(Path(root))
-    headers = [_open_image(f, lambda image: (image.mode, image.size)) for f in files]
-    mode = "L" if all(m in _GRAY_MODES for m, _ in headers) else "RGB"
-    for file, (_, size) in zip(files, headers):
-        if image_size is None and size != headers[0][1]:
-            raise DataError(
-                f"{file} is {size[0]}x{size[1]} but {files[0]} is {headers[0][1][0]}x"
-                f"{headers[0][1][1]}; set image_size to resize every image"
-            )
-    pixels = np.stack(
-        [_open_image(f, lambda image: _pixels(image, mode, image_size)) for f in files]
-    )
-    pixels = pixels[:, None] if mode == "L" else pixels.transpose(0, 3, 1, 2)
-    return np.ascontiguousarray(pixels), np.asarray(labels, np.int64), names
-
-
-def _list_images(root: Path) -> tuple[list[Path], list[int], tuple[str, ...]]:
-    if not root.is_dir():
-        raise DataError(f"image folder {root} does not exist or is not a directory")
-    names = tuple(sorted(p.name for p in root.iterdir() if p.is_dir() and p.name[0] != "."))
-    if not names:
-        raise DataError(
-            f"{root} has no class sub-folders; put each class's images in a folder "
-            f"named after it, e.g. {root / 'cat' / '001.png'}"
-        )
-    files: list[Path] = []
-    labels: list[int] = []
-    for label, name in enumerate(names):
-        found = sorted(p for p in (root / name).iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES)
-        if not found:
-            raise DataError(
-                f"class folder {root / name} holds no images (.png, .jpg, ...); add "
-                "some or remove it"
-            )
-        files += found
-        labels += [label] * len(found)
-    return files, labels, names
-
-
-def _open_image(path: Path, use):
-    # PIL signals a bad file with several exception types; the user needs only its name
-    try:
-        with Image.open(path) as image:
-            return use(image)
-    except (OSError, ValueError, Image.DecompressionBombError) as exc:
-        raise DataError(f"cannot read image {path} ({exc}); remove or replace it") from exc
-
-
-def _pixels(image: Image.Image, mode: str, size: int | None) -> np.ndarray:
-    image = image.convert(mode)
-    if size is not None and image.size != (size, size):
-        image = image.resize((size, size), Image.Resampling.BILINEAR)
-    return np.asarray(image, np.uint8)
-
-
 class DataConfig(Config):
     """Which data set to load, and how to split, shrink, resize and augment it.
 
@@ -235,7 +157,8 @@ class DataConfig(Config):
     split and the limit subsample. image_size: resize every image (bilinear) at load time, e.g.
     8x8 digits to 28 for LeNet-5. crop_padding, hflip: training augmentation (random crop after
     zero padding, random horizontal flip). test_fraction: held out as the test split by sources
-    without one (digits, a folder without train/ and test/).
+    without one (digits, a folder without train/ and test/). workers: processes decoding a
+    folder's images (None: up to 4); it never changes a result, so no cache or stage key holds it.
     """
 
     source: str = Field("fashion-mnist", min_length=1)
@@ -246,6 +169,7 @@ class DataConfig(Config):
     crop_padding: int = Field(0, ge=0)
     hflip: bool = False
     test_fraction: float = Field(0.2, gt=0.0, lt=1.0)
+    workers: int | None = Field(None, ge=0)
 
     @field_validator("source")
     @classmethod
@@ -280,18 +204,34 @@ class ImageSet:
     def __len__(self) -> int:
         return len(self.labels)
 
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of every image."""
+        c, h, w = self.images.shape[1:]
+        return int(c), int(h), int(w)
+
+    def take(self, index) -> ImageSet:
+        """The images at `index`, as another ImageSet."""
+        index = torch.as_tensor(index, dtype=torch.int64)
+        return ImageSet(self.images[index], self.labels[index])
+
+    def batches(self, indices: Iterable[torch.Tensor]) -> Iterator[torch.Tensor]:
+        """The uint8 pixels of each batch of indices (an ImageFiles reads them from disk)."""
+        for index in indices:
+            yield self.images[index]
+
     def __repr__(self) -> str:
-        return f"ImageSet({len(self)} x {tuple(self.images.shape[1:])})"
+        return f"ImageSet({len(self)} x {self.shape})"
 
 
 @dataclass(frozen=True, eq=False)
 class DataSplits:
-    """The train / val / test splits; mean and std are per channel, of the training split, in
-    [0, 1] scale."""
+    """The train / val / test splits (in memory, or an image folder's files on disk); mean and
+    std are per channel, of the training split, in [0, 1] scale."""
 
-    train: ImageSet
-    val: ImageSet
-    test: ImageSet
+    train: ImageSet | ImageFiles
+    val: ImageSet | ImageFiles
+    test: ImageSet | ImageFiles
     num_classes: int
     class_names: tuple[str, ...]
     mean: tuple[float, ...]
@@ -301,8 +241,7 @@ class DataSplits:
     @property
     def input_shape(self) -> tuple[int, int, int]:
         """(C, H, W) of every image."""
-        c, h, w = self.train.images.shape[1:]
-        return int(c), int(h), int(w)
+        return self.train.shape
 
     def has(self, split: str) -> bool:
         """Whether `split` holds any example (a source without validation images has none)."""
@@ -316,8 +255,7 @@ class DataSplits:
         count = len(data) if images is None else min(images, len(data))
         generator = torch.Generator().manual_seed(seed)
         index = torch.randperm(len(data), generator=generator)[:count].sort().values
-        subset = ImageSet(data.images[index], data.labels[index])
-        return list(BatchLoader(subset, batch_size, mean=self.mean, std=self.std))
+        return list(BatchLoader(data.take(index), batch_size, mean=self.mean, std=self.std))
 
     def loader(
         self,
@@ -383,7 +321,7 @@ def load_data(config: DataConfig | Mapping[str, Any]) -> DataSplits:
     ]
     if not len(sets[0]):
         raise DataError(f"{config.source} leaves no training examples; lower val_fraction")
-    mean, std = _channel_stats(sets[0].images)
+    mean, std = _channel_stats(sets[0])
     return DataSplits(
         *sets, num_classes=len(names), class_names=names, mean=mean, std=std, config=config
     )
@@ -412,7 +350,7 @@ def _read_source(config: DataConfig) -> tuple[_Pair, _Pair | None, tuple[str, ..
     if kind == "cifar10":
         return _read_cifar_dir(path)
     if kind == "folder":
-        return _read_folder_dir(path, config.image_size)
+        return _read_folder_dir(path, config)
     return _read_idx_dir(path, {"fashion-mnist": FASHION_MNIST_CLASSES, "mnist": _DIGITS}.get(kind))
 
 
@@ -506,24 +444,35 @@ def _read_cifar_dir(path: Path):
     return train, test, CIFAR10_CLASSES
 
 
-def _read_folder_dir(path: Path, image_size: int | None):
+def _read_folder_dir(path: Path, config: DataConfig):
+    """A folder's files (read lazily, see netshrink.folders), flat or with train/ and test/."""
+    workers = default_workers() if config.workers is None else config.workers
+
+    def files(root: Path):
+        found, labels, names = list_images(root)
+        mode, shape = folder_format(found, config.image_size)
+        paths = np.empty(len(found), object)
+        paths[:] = found
+        labels = torch.tensor(labels, dtype=torch.int64)
+        return ImageFiles(paths, labels, mode, config.image_size, shape, workers), names
+
     train_dir, test_dir = path / "train", path / "test"
     if not (train_dir.is_dir() and test_dir.is_dir()):
-        images, labels, names = read_image_folder(path, image_size)
-        return (images, labels), None, names
-    images, labels, names = read_image_folder(train_dir, image_size)
-    test_images, test_labels, test_names = read_image_folder(test_dir, image_size)
+        images, names = files(path)
+        return (images, images.labels.numpy()), None, names
+    images, names = files(train_dir)
+    test_images, test_names = files(test_dir)
     if test_names != names:
         raise DataError(
             f"{test_dir} has classes {test_names} but {train_dir} has {names}; give "
             "both the same class folders"
         )
-    if test_images.shape[1:] != images.shape[1:]:
+    if test_images.shape != images.shape:
         raise DataError(
-            f"images in {test_dir} are {test_images.shape[1:]} (C, H, W), in "
-            f"{train_dir} {images.shape[1:]}; set image_size and use one colour mode"
+            f"images in {test_dir} are {test_images.shape} (C, H, W), in "
+            f"{train_dir} {images.shape}; set image_size and use one colour mode"
         )
-    return (images, labels), (test_images, test_labels), names
+    return (images, images.labels.numpy()), (test_images, test_images.labels.numpy()), names
 
 
 def _rng(seed: int, purpose: int) -> np.random.Generator:
@@ -553,7 +502,9 @@ def _subsample(
     return images[keep], labels[keep]
 
 
-def _to_set(images: np.ndarray, labels: np.ndarray, size: int | None) -> ImageSet:
+def _to_set(images, labels: np.ndarray, size: int | None) -> ImageSet | ImageFiles:
+    if isinstance(images, ImageFiles):  # decoded at its size when a batch is read
+        return images
     x = torch.from_numpy(np.ascontiguousarray(images))
     if size is not None and x.shape[-2:] != (size, size):
         # bilinear, antialiased when shrinking (as PIL does); in chunks, so that a float copy
@@ -566,15 +517,27 @@ def _to_set(images: np.ndarray, labels: np.ndarray, size: int | None) -> ImageSe
     return ImageSet(x, torch.from_numpy(np.ascontiguousarray(labels, np.int64)))
 
 
-def _channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    # exact, from a 256-bin histogram per channel, with no float copy of the split; a constant
+STATS_SAMPLE = 10_000  # images of a folder on disk that its mean and std are read from
+
+
+def _channel_stats(split: ImageSet | ImageFiles) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    # exact, from a 256-bin histogram per channel, with no float copy of the split; of a folder
+    # on disk, from a seeded sample of STATS_SAMPLE images, read batch by batch. A constant
     # channel gets std 1 so that normalising cannot divide by zero
+    channels = split.shape[0]
+    hist = torch.zeros(channels, 256, dtype=torch.float64)
+    index = torch.arange(len(split))
+    if isinstance(split, ImageFiles) and len(split) > STATS_SAMPLE:
+        generator = torch.Generator().manual_seed(0)
+        index = torch.randperm(len(split), generator=generator)[:STATS_SAMPLE].sort().values
+    for images in split.batches(index.split(4096)):
+        for c in range(channels):
+            hist[c] += torch.bincount(images[:, c].reshape(-1), minlength=256).double()
     values = torch.arange(256, dtype=torch.float64) / 255
     means, stds = [], []
-    for c in range(images.shape[1]):
-        hist = torch.bincount(images[:, c].reshape(-1), minlength=256).double()
-        mean = (hist * values).sum() / hist.sum()
-        var = (hist * values.square()).sum() / hist.sum() - mean.square()
+    for c in range(channels):
+        mean = (hist[c] * values).sum() / hist[c].sum()
+        var = (hist[c] * values.square()).sum() / hist[c].sum() - mean.square()
         means.append(float(mean))
         stds.append(float(var.clamp_min(0).sqrt()) or 1.0)
     return tuple(means), tuple(stds)
@@ -600,8 +563,8 @@ def _random_crop(x: torch.Tensor, padding: int, gen: torch.Generator) -> torch.T
 
 class BatchLoader:
     """Batches (x float32 [B, C, H, W] = (pixels / 255 - mean) / std, y int64 [B]) cut straight
-    from an ImageSet's uint8 tensors, batch-wise: per-sample Python transforms are slow on a few
-    cores. E.g. `BatchLoader(splits.train, 128, mean=splits.mean, std=splits.std, shuffle=True)`.
+    from an ImageSet's uint8 tensors (or an ImageFiles' files, decoded by its workers),
+    batch-wise: per-sample Python transforms are slow on a few cores. E.g. `BatchLoader(splits.train, 128, mean=splits.mean, std=splits.std, shuffle=True)`.
 
     Shuffling and augmentation (random crop after crop_padding zeros, random horizontal flip)
     come from generators seeded by (seed, epoch): call set_epoch(epoch) before each epoch. For
@@ -611,7 +574,7 @@ class BatchLoader:
 
     def __init__(
         self,
-        data: ImageSet,
+        data: ImageSet | ImageFiles,
         batch_size: int,
         *,
         mean: Sequence[float],
@@ -624,7 +587,7 @@ class BatchLoader:
         world_size: int = 1,
         drop_last: bool = False,
     ) -> None:
-        channels = data.images.shape[1]
+        channels = data.shape[0]
         if (
             batch_size < 1
             or not 0 <= rank < world_size
@@ -660,9 +623,11 @@ class BatchLoader:
         order = self._order()
         # a stream per rank, so that ranks do not crop and flip in lockstep
         gen = torch.Generator().manual_seed(mix_seed(self.seed, self.epoch, 1 + self.rank))
-        for start in range(0, len(self) * self.batch_size, self.batch_size):
-            index = order[start : start + self.batch_size]
-            x = self.data.images[index]
+        indices = [
+            order[start : start + self.batch_size]
+            for start in range(0, len(self) * self.batch_size, self.batch_size)
+        ]
+        for index, x in zip(indices, self.data.batches(indices)):
             if self.crop_padding:
                 x = _random_crop(x, self.crop_padding, gen)
             if self.hflip:

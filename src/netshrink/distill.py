@@ -33,7 +33,7 @@ from pydantic import Field, field_validator, model_validator
 from torch import nn
 
 from .config import Settings, takes_mappings
-from .data import BatchLoader, DataSplits, ImageSet
+from .data import BatchLoader, DataSplits
 from .device import model_device, place, to_model
 from .errors import ConfigError
 from .layers import select_layers, unwrap
@@ -181,7 +181,7 @@ class TeacherLogits:
         hit = self.keys[pos] == keys
         if bool(hit.any()):
             d = self.data
-            images = ImageSet(d.train.images[index[hit]], d.train.labels[index[hit]])
+            images = d.train.take(index[hit])
             rebuilt, _ = next(iter(BatchLoader(images, int(hit.sum()), mean=d.mean, std=d.std)))
             hit[hit.clone()] = (rebuilt == x.cpu()[hit]).flatten(1).all(1)
         return hit, index

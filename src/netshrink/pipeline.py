@@ -153,7 +153,7 @@ def stage_key(recipe: Recipe, index: int) -> str:
     parts = [
         KEY_VERSION,
         recipe.seed,
-        recipe.data.model_dump(mode="json"),
+        recipe.data.model_dump(mode="json", exclude={"workers"}),  # never changes a result
         recipe.baseline.model_dump(mode="json"),
         [stage.model_dump(mode="json") for stage in recipe.stages[:index]],
     ]

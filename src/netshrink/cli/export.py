@@ -94,9 +94,8 @@ def _test_images(args, base: DataConfig | None):
         console().print("no data set known: outputs are written unchecked (pass --data)")
         return None
     data = load_data(data_config(args, base))
-    test = data.test
-    count = len(test) if args.check is None else min(args.check, len(test))
-    return torch.cat([x for x, _ in data.loader("test", 500)])[:count]
+    count = len(data.test) if args.check is None else min(args.check, len(data.test))
+    return torch.cat([x for x, _ in data.subset("test", count)])
 
 
 def _export_fp32(model, path: Path, input_shape, images) -> None:
