@@ -605,6 +605,7 @@ class BatchLoader:
         self.crop_padding, self.hflip, self.drop_last = crop_padding, hflip, drop_last
         self.rank, self.world_size, self.epoch = rank, world_size, 0
         self.dataset_size = math.ceil(len(data) / world_size)
+        self._pin = torch.cuda.is_available()
         std_t = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
         # (x / 255 - mean) / std folded into one multiply and one add per pixel
         self._scale = 1 / (255 * std_t)
@@ -633,7 +634,9 @@ class BatchLoader:
             if self.hflip:
                 flip = torch.rand(len(x), generator=gen) < 0.5
                 x = torch.where(flip[:, None, None, None], x.flip(3), x)
-            yield x.float().mul_(self._scale).add_(self._shift), self.data.labels[index]
+            x = x.float().mul_(self._scale).add_(self._shift)
+            # page-locked, so that the copy to a GPU overlaps the step (netshrink.device)
+            yield (x.pin_memory() if self._pin else x), self.data.labels[index]
 
     def _order(self) -> torch.Tensor:
         n = len(self.data)

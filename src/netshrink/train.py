@@ -276,6 +276,8 @@ def init_distributed(device: torch.device) -> tuple[int, int]:
     if world == 1:
         return 0, 1
     if not dist.is_initialized():
+        if device.type == "cuda":  # NCCL's collectives (barriers too) run on the current GPU
+            torch.cuda.set_device(device)
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return dist.get_rank(), dist.get_world_size()
 
