@@ -70,18 +70,19 @@ class Agreement:
         return line
 
 
-def int8_agreement(qmodel, path: str | Path, images: torch.Tensor) -> Agreement:
+def int8_agreement(qmodel, path: str | Path, images) -> Agreement:
     """Compare the int8 ONNX file at `path` with the integer path of `qmodel` on `images`: the
     top-1 classes of the file as it is, then, to place a difference, every quantizer's values
     from a second session that also outputs them. (Outputs in the middle can keep ONNX Runtime
     from fusing a layer into its int8 kernel; where that run agrees everywhere and the file does
-    not, the divergence names the fused kernels.)"""
+    not, the divergence names the fused kernels.) `images`: a tensor of normalized images, or
+    a re-iterable of batches with a length (read batch by batch)."""
     integer = IntegerModel(qmodel)
     formats = fixed_point_formats(qmodel).activations
     plain = onnx_session(path)
     probed, names = _session_with_quantizers(Path(path), list(formats))
     same, steps, differ = 0, {}, {}
-    for batch in images.split(256):
+    for batch in images.split(256) if isinstance(images, torch.Tensor) else images:
         captured: dict = {}
         ours = integer.run(batch, quantized=captured).logits.argmax(1).numpy()
         feed = {INPUT_NAME: batch.numpy().astype(np.float32)}
