@@ -22,7 +22,7 @@ from ..config import Settings, takes_mappings
 from ..data import DataSplits
 from ..errors import ConfigError
 from ..layers import unwrap
-from ..loaders import LoaderSplits
+from ..loaders import LoaderSplits, as_data
 from ..progress import make_progress
 from ..stage import Stage
 from ..train import evaluate
@@ -133,6 +133,7 @@ def search_bits(
         >>> print(result.table())  # a row a layer: weight bits, activation bits
         >>> qmodel = quantize(model, data, result.config)  # the same model again
     """
+    data = as_data(data)
     batches = search_batches(data, config)
     quant = config.quant.model_copy(
         update={"weights": config.start_weights, "activations": config.start_activations}
