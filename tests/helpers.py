@@ -32,3 +32,18 @@ def train_cli_baseline(out: Path, epochs: int) -> Path:
     argv = ["train", "--model", "lenet300_100", "--data", "digits", "--epochs", str(epochs)]
     assert main(argv + ["--batch-size", "64", "--out", str(out)]) == 0
     return out
+
+
+def randomize_batchnorms(model: nn.Module, seed: int = 1) -> nn.Module:
+    """`model` in eval mode with every BatchNorm2d's statistics and affine drawn at random (its
+    scales spread over a decade), so that folding and fixed point meet real per-channel maps."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                c = m.num_features
+                m.running_mean.copy_(torch.randn(c, generator=g) * 0.3)
+                m.running_var.copy_(torch.rand(c, generator=g) * 3 + 0.05)
+                m.weight.copy_(torch.rand(c, generator=g) + 0.5)
+                m.bias.copy_(torch.randn(c, generator=g) * 0.3)
+    return model.eval()

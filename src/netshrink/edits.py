@@ -77,6 +77,16 @@ class FoldBatchNorm(Config):
     bn: str
 
 
+class BatchNormAsConv(Config):
+    """Replace the BatchNorm2d named `bn`, which follows no layer it could fold into (after an
+    addition or a concatenation: pre-activation networks), by a depthwise 1x1 Conv2d computing the
+    same per-channel affine map, so that fixed point runs it as a per-channel integer
+    multiply-add (netshrink.fold)."""
+
+    kind: Literal["batchnorm_as_conv"] = "batchnorm_as_conv"
+    bn: str
+
+
 class FormatSpec(Config):
     """One dynamic fixed-point format: `bits`-bit integers scaled by 2**-frac."""
 
@@ -108,7 +118,7 @@ class FixedPointFormats(Config):
 
 
 Edit = Annotated[
-    Union[KeepChannels, FactorLayer, FoldBatchNorm, FixedPointFormats],
+    Union[KeepChannels, FactorLayer, FoldBatchNorm, BatchNormAsConv, FixedPointFormats],
     Field(discriminator="kind"),
 ]
 
@@ -166,6 +176,8 @@ def edit_names(edit: Edit) -> tuple[str, ...]:
     """The modules `edit` names (none for the fixed-point edit, which names the whole model)."""
     if isinstance(edit, FoldBatchNorm):
         return (edit.conv, edit.bn)
+    if isinstance(edit, BatchNormAsConv):
+        return (edit.bn,)
     return () if isinstance(edit, FixedPointFormats) else (edit.module,)
 
 

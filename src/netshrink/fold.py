@@ -18,7 +18,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.utils import parametrize
 
 from .config import Settings
-from .edits import FoldBatchNorm, record_edits
+from .edits import BatchNormAsConv, FoldBatchNorm, record_edits, structural_edits
 from .errors import UnsupportedLayerError
 from .graph import trace
 from .layers import unwrap
@@ -113,6 +113,55 @@ def fold_into(root: nn.Module, conv_name: str, bn_name: str) -> None:
         bias = _dense(conv, "bias")
         bias.copy_(bias * scale + shift)
     root.set_submodule(bn_name, nn.Identity())
+
+
+def batchnorms_as_convs(model: nn.Module) -> nn.Module:
+    """Replace every BatchNorm2d left in the (folded) model by a depthwise 1x1 Conv2d with the
+    same per-channel scale and shift, in place, and record it; returns `model`. What a device does
+    with a pre-activation BatchNorm (DenseNet, pre-activation ResNets), which follows an addition
+    or a concatenation and so folds into no layer: a per-channel multiply-add, which fixed point
+    then runs on its own grids like any layer."""
+    root = unwrap(model)
+    names = [n for n, m in root.named_modules() if isinstance(m, nn.BatchNorm2d)]
+    for name in names:  # every one checked before any changes: all or nothing
+        check_convertible(root.get_submodule(name), name)
+    for name in names:
+        batchnorm_as_conv(root, name)
+    record_edits(root, [BatchNormAsConv(bn=name) for name in names])
+    return model
+
+
+def check_convertible(bn: nn.Module, name: str) -> None:
+    """UnsupportedLayerError unless `bn` is a BatchNorm2d with running statistics."""
+    if not isinstance(bn, nn.BatchNorm2d):
+        raise UnsupportedLayerError(f"{name} is a {type(bn).__name__}, not a BatchNorm2d")
+    if bn.running_mean is None:
+        raise UnsupportedLayerError(
+            f"{name} keeps no running statistics (track_running_stats=False): its scale is "
+            "computed from each batch, which fixed point cannot do"
+        )
+
+
+@torch.no_grad()
+def batchnorm_as_conv(root: nn.Module, name: str) -> None:
+    """Replace the BatchNorm2d `name` of `root` by its depthwise 1x1 Conv2d, in place."""
+    bn = root.get_submodule(name)
+    check_convertible(bn, name)
+    scale = torch.rsqrt(bn.running_var + bn.eps)
+    shift = -bn.running_mean * scale
+    if bn.affine:
+        scale, shift = scale * bn.weight, shift * bn.weight + bn.bias
+    channels = bn.num_features
+    conv = nn.Conv2d(channels, channels, 1, groups=channels, bias=True)
+    conv = conv.to(device=scale.device, dtype=scale.dtype)
+    conv.weight.copy_(scale.reshape(channels, 1, 1, 1))
+    conv.bias.copy_(shift)
+    root.set_submodule(name, conv)
+
+
+def converted_batchnorms(model: nn.Module) -> set[str]:
+    """The layers of `model` that were BatchNorms (`batchnorms_as_convs`)."""
+    return {e.bn for e in structural_edits(model) if isinstance(e, BatchNormAsConv)}
 
 
 def _dense(module: nn.Module, name: str) -> torch.Tensor:

@@ -21,6 +21,7 @@ from collections.abc import Iterable
 from torch import nn
 
 from netshrink.edits import (
+    BatchNormAsConv,
     Edit,
     FactorLayer,
     FixedPointFormats,
@@ -30,7 +31,7 @@ from netshrink.edits import (
     record_edits,
 )
 from netshrink.errors import ConfigError, UnsupportedLayerError
-from netshrink.fold import check_foldable, fold_into
+from netshrink.fold import batchnorm_as_conv, check_convertible, check_foldable, fold_into
 from netshrink.layers import unwrap
 from netshrink.prune.surgery import apply_keep, channel_count, check_keep, edit_target
 from netshrink.quant.quantize import apply_formats
@@ -75,6 +76,15 @@ def _check_all(root: nn.Module, edits: list[Edit]) -> list[nn.Module]:
             modules.append(_check_fold(root, edit, number))
             replaced[edit.bn] = number
             continue
+        if isinstance(edit, BatchNormAsConv):
+            bn = edit_target(root, edit.bn, number)
+            try:
+                check_convertible(bn, edit.bn)
+            except UnsupportedLayerError as exc:
+                raise UnsupportedLayerError(f"structural edit {number}: {exc}") from None
+            modules.append(bn)
+            replaced[edit.bn] = number
+            continue
         module = edit_target(root, edit.module, number)
         if isinstance(edit, FactorLayer):
             _check_factor(module, edit, number, sizes)
@@ -116,6 +126,9 @@ def _apply(root: nn.Module, module: nn.Module | None, edit: Edit) -> nn.Module:
         return apply_formats(root, edit)
     if isinstance(edit, FoldBatchNorm):
         fold_into(root, edit.conv, edit.bn)
+        return root
+    if isinstance(edit, BatchNormAsConv):
+        batchnorm_as_conv(root, edit.bn)
         return root
     if isinstance(edit, FactorLayer):
         root.set_submodule(edit.module, factored_layers(module, edit.rank))

@@ -54,8 +54,13 @@ def test_onnx_rounds_ties_to_even_but_otherwise_matches(trained, digits, tmp_pat
     assert np.abs(ort - ours).max() < 50 * step  # a few LSBs from tie rounding, no more
 
 
-def test_formats_wider_than_int8_are_refused(trained, digits, tmp_path):
-    qmodel = quantize(trained, digits, QuantConfig(weights=10))
-    with pytest.raises(UnsupportedLayerError, match="at most 8 bits"):
+def test_wide_activations_are_refused_and_wide_weights_stay_float(trained, digits, tmp_path):
+    qmodel = quantize(trained, digits, QuantConfig(activations=10))
+    with pytest.raises(UnsupportedLayerError, match="activations of at most 8 bits"):
         export_onnx_int8(qmodel, tmp_path / "q.onnx", digits.input_shape)
     assert not (tmp_path / "q.onnx").exists()
+    qmodel = quantize(trained, digits, QuantConfig(weights=12))  # float initializers, on grid
+    session = onnx_session(export_onnx_int8(qmodel, tmp_path / "w.onnx", digits.input_shape))
+    x = next(iter(digits.loader("test", 64)))[0]
+    ort, ours = onnx_logits(session, x), qmodel(x).detach().numpy()
+    assert (ort.argmax(1) == ours.argmax(1)).mean() > 0.95 and np.abs(ort - ours).max() < 0.1

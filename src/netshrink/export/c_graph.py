@@ -55,8 +55,6 @@ class Builder:
                 bad.append(f"{node.name} (left in float; the C code runs integers only)")
             elif kind == "other" and not isinstance(module, ActQuant):
                 bad.append(f"{node.name} ({_describe(node, module)})")
-            elif kind == "avg_pool" and spatial_mean(node):
-                bad.append(f"{node.name} (a mean: the C code has average pooling modules only)")
             elif kind == "pass" and reorders(node):
                 bad.append(
                     f"{node.name} ({_describe(node, self._module(node))}: the C code "
@@ -261,9 +259,13 @@ class Builder:
             raise UnsupportedLayerError(
                 f"{node.name} pools a value that is not on a fixed-point grid"
             )
-        out_shape = self._shape(node)
-        (h, w), (oh, ow) = x.shape[-2:], out_shape[-2:]
-        if isinstance(module, nn.AdaptiveAvgPool2d) or node.target is F.adaptive_avg_pool2d:
+        out_shape = pooled = self._shape(node)
+        (h, w) = x.shape[-2:]
+        if spatial_mean(node):  # x.mean((2, 3)): one window over each map, (C,) or (C, 1, 1)
+            kernel, stride, padding = (h, w), (h, w), (0, 0)
+            pooled = (*x.shape[:-2], 1, 1)
+        elif isinstance(module, nn.AdaptiveAvgPool2d) or node.target is F.adaptive_avg_pool2d:
+            oh, ow = out_shape[-2:]
             kernel, stride, padding = (h // oh, w // ow), (h // oh, w // ow), (0, 0)
         else:
             options = pool_options(node, module)
@@ -275,7 +277,7 @@ class Builder:
         acc = "int32_t" if max(-lo, hi) < 1 << 31 else "int64_t"
 
         def body(epilogue, out):
-            return pool_body(x, out_shape, window, acc, "0", "s += t;", epilogue, out)
+            return pool_body(x, pooled, window, acc, "0", "s += t;", epilogue, out)
 
         divisor = self._divisor_after(node)
         args = [("x", x.buf, True)]

@@ -7,8 +7,10 @@ zero point 0 (int8, or uint8 for the unsigned formats after a ReLU); each quanti
 pair on its initializer, which ONNX Runtime folds into int8 kernels. Biases stay float: ONNX
 Runtime adds them to its int32 accumulator itself. Two differences from the integer path remain,
 both documented and measured rather than hidden: ONNX rounds ties to even (the integer path rounds
-them up), and an average pool divides in float before it rounds. Formats wider than 8 bits have
-no int8 form: they raise UnsupportedLayerError.
+them up), and an average pool divides in float before it rounds. Activations wider than 8 bits
+have no int8 form: they raise UnsupportedLayerError. A weight wider than 8 bits (a pre-activation
+BatchNorm's 16-bit per-channel scales, netshrink.fold.batchnorms_as_convs) stays a float
+initializer, exact on its grid, and ONNX Runtime runs that one layer in float.
 """
 
 from pathlib import Path
@@ -63,16 +65,18 @@ def export_onnx_int8(
     if len(input_shape) != 3 or any(int(d) < 1 for d in input_shape):
         raise ConfigError(f"input_shape must be (channels, height, width), got {input_shape!r}")
     formats = fixed_point_formats(qmodel)
-    wide = [n for n, s in {**formats.weights, **formats.activations}.items() if s.bits > 8]
+    wide = [n for n, s in formats.activations.items() if s.bits > 8]
     if wide:
         raise UnsupportedLayerError(
-            f"int8 QDQ holds formats of at most 8 bits; {', '.join(wide)} use more: quantize "
-            "with --weights / --activations <= 8, or export fp32 ONNX"
+            f"int8 QDQ holds activations of at most 8 bits; {', '.join(wide)} use more: "
+            "quantize with --activations <= 8, or export fp32 ONNX"
         )
     plain = effective_copy(qmodel)
     for name, spec in formats.activations.items():
         plain.set_submodule(name, _QdqActivation(FixedPoint(spec.bits, spec.frac, spec.signed)))
     for name, spec in formats.weights.items():
+        if spec.bits > 8:  # e.g. a pre-activation BatchNorm's 16-bit scales: kept as float
+            continue  # initializers, exact on their grid; ORT runs that layer in float
         fmt = FixedPoint(spec.bits, spec.frac, spec.signed)
         parametrize.register_parametrization(plain.get_submodule(name), "weight", _QdqWeight(fmt))
     plain.recompile()

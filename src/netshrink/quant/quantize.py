@@ -33,7 +33,7 @@ from ..edits import (
     structural_edits,
 )
 from ..errors import ConfigError
-from ..fold import fold_batchnorm
+from ..fold import batchnorms_as_convs, converted_batchnorms, fold_batchnorm
 from ..graph import trace
 from ..layers import copy_model, unwrap
 from ..loaders import LoaderSplits
@@ -45,6 +45,10 @@ from .plan import QuantPlan, avg_pool_divisor, plan_points, spatial_mean
 
 Batches = DataSplits | LoaderSplits | torch.Tensor | Iterable[torch.Tensor]
 Bits = Annotated[int, Field(ge=2, le=16)]
+# A BatchNorm that folds into no layer runs as a per-channel multiply (a depthwise 1x1 conv).
+# Its scales spread over decades across channels, so one power-of-two grid at 8 bits would
+# zero the small ones: they keep 16 bits unless `layer_weights` names the layer.
+BATCHNORM_BITS = 16
 
 
 class QuantConfig(Settings):
@@ -84,7 +88,7 @@ def quantize(
     root = unwrap(model)
     if is_quantized(root):
         raise ConfigError("the model is already fixed point; quantize its float original")
-    root = fold_batchnorm(copy_model(root).eval())
+    root = batchnorms_as_convs(fold_batchnorm(copy_model(root).eval()))
     device = model_device(root)
     batches = calibration_batches(calibration, config.calibration_images)
     first = next(batches)
@@ -406,7 +410,10 @@ def _calibrate(graph_module, plan, batches, config, divisors) -> dict[str, Activ
 
 def _weight_format(graph_module: fx.GraphModule, name: str, config: QuantConfig) -> FormatSpec:
     weight = graph_module.get_submodule(name).weight
-    return _spec(format_for(weight, config.layer_weights.get(name, config.weights)))
+    default = config.weights
+    if name in converted_batchnorms(graph_module):  # a per-channel scale: see BATCHNORM_BITS
+        default = max(BATCHNORM_BITS, config.weights)
+    return _spec(format_for(weight, config.layer_weights.get(name, default)))
 
 
 def _bias_formats(graph_module, plan, weights, activations, bits: int) -> dict[str, FormatSpec]:
