@@ -55,6 +55,9 @@ class Builder:
                 bad.append(f"{node.name} (left in float; the C code runs integers only)")
             elif kind == "other" and not isinstance(module, ActQuant):
                 bad.append(f"{node.name} ({_describe(node, module)})")
+            elif kind in ("mul", "lut"):  # the integer path runs them; C has no kernel yet
+                what = "a product of two tensors" if kind == "mul" else "a lookup table"
+                bad.append(f"{node.name} ({_describe(node, module)}: {what}, not in C yet)")
             elif kind == "pass" and reorders(node):
                 bad.append(
                     f"{node.name} ({_describe(node, self._module(node))}: the C code "

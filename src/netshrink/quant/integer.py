@@ -32,6 +32,7 @@ from .plan import node_kind, pool_options, spatial_mean
 from .quantize import fixed_point_formats
 
 EXACT_LIMIT = 2**53
+LUT_BITS = 16  # the widest input an element-wise function's lookup table is indexed by
 
 
 @dataclass
@@ -149,6 +150,10 @@ class IntegerModel(nn.Module):
             return module(_dequantize(args[0]))
         if kind == "add":
             return self._add(node.name, args[0], args[1], overflows)
+        if kind == "mul":
+            return self._mul(node.name, args[0], args[1], overflows)
+        if kind == "lut":
+            return _lookup(node, module, args)
         if kind in ("relu", "relu6"):
             return _relu(args[0], 6 if kind == "relu6" else None)
         if kind == "avg_pool":
@@ -170,12 +175,32 @@ class IntegerModel(nn.Module):
                 bad.append(f"{node.name} ({_describe(node, module)})")
             elif kind == "avg_pool" and self._divisor_after(node) is None:
                 bad.append(f"{node.name} (an average pool whose windows differ in size)")
+            elif kind == "lut" and (self._quantizer_before(node) or LUT_BITS + 1) > LUT_BITS:
+                bad.append(
+                    f"{node.name} ({_describe(node, module)} of a value wider than {LUT_BITS} "
+                    "bits: no lookup table)"
+                )
         if bad:
             raise UnsupportedLayerError(
                 "the integer path cannot run " + ", ".join(bad) + "; it supports conv, linear, "
-                "ReLU / ReLU6, max and average pooling, residual add, concat and flatten (leave "
-                "other layers in float with float_layers, or replace them)"
+                "ReLU / ReLU6, max and average pooling, residual add, products of two tensors, "
+                "element-wise functions of a value of up to 16 bits (sigmoid, SiLU, tanh, ...), "
+                "concat and flatten (leave other layers in float with float_layers, or replace "
+                "them)"
             )
+
+    def _quantizer_before(self, node: fx.Node) -> int | None:
+        """The bits of the quantizer whose values reach `node`'s input through ops that keep
+        them (None when none does)."""
+        source = node.args[0]
+        while isinstance(source, fx.Node):
+            module = self._by_name.get(source.target) if source.op == "call_module" else None
+            if isinstance(module, ActQuant):
+                return module.fmt.bits
+            if self._kinds[source] not in ("pass", "relu", "relu6"):
+                return None
+            source = source.args[0]
+        return None
 
     def _divisor_after(self, node: fx.Node) -> int | None:
         for user in node.users:
@@ -240,6 +265,13 @@ class IntegerModel(nn.Module):
         frac = max(a.frac, b.frac)
         total = (a.q << (frac - a.frac)) + (b.q << (frac - b.frac))
         return IntValue(self._saturate(name, total, overflows), frac)
+
+    def _mul(self, name: str, a: IntValue, b: IntValue, overflows) -> IntValue:
+        if not (isinstance(a, IntValue) and isinstance(b, IntValue)) or a.divisor * b.divisor != 1:
+            raise UnsupportedLayerError(
+                f"{name} multiplies values that are not on fixed-point grids"
+            )
+        return IntValue(self._saturate(name, a.q * b.q, overflows), a.frac + b.frac)
 
     def _saturate(self, name: str, acc: torch.Tensor, overflows) -> torch.Tensor:
         high = (1 << (self.accumulator - 1)) - 1
@@ -320,6 +352,17 @@ def _pool_sum(node: fx.Node, module, value: IntValue, divisor: int) -> IntValue:
             divisor_override=1,
         )
     return IntValue(sums.round().long(), value.frac, divisor)
+
+
+def _lookup(node: fx.Node, module, args) -> torch.Tensor:
+    """An element-wise function (sigmoid, SiLU, ...) of a value on a grid: what a device reads
+    from a table indexed by the input integer, each entry the function of that grid value in
+    float32 (the fake-quantized model's own computation); the quantizer after it rounds it."""
+    value = args[0]
+    if not isinstance(value, IntValue) or value.divisor != 1:
+        raise UnsupportedLayerError(f"{node.name} reads a value that is not on a fixed-point grid")
+    x = from_integers(value.q, FixedPoint(32, value.frac))
+    return _call(node, module, [x, *args[1:]])
 
 
 def _on_integers(node: fx.Node, module, args):

@@ -4,8 +4,9 @@ Every value that a quantized layer reads must be on a grid, and every operation 
 grid must be followed by a quantizer. So, walking the torch.fx graph:
 
 - values that *make* new numbers get an `ActQuant` after them: the model's input, each Conv2d /
-  Linear, each addition (residual joins), average pool, concatenation, and any op the plan does
-  not know (sigmoid, GELU, ...: the float model quantizes them; the integer path refuses them);
+  Linear, each addition (residual joins) and product of two tensors (gates), average pool,
+  concatenation, element-wise function (sigmoid, SiLU, hard-swish, tanh, GELU, ...: a lookup
+  table on a device), and any op the plan does not know (the integer path refuses those);
 - ops that keep values on their grid pass through: ReLU, max pooling, flatten / view, dropout,
   identity, reading a shape;
 - a ReLU (or ReLU6) that is the only user of a layer is fused: the quantizer goes after it, with
@@ -57,6 +58,24 @@ _REORDER = {torch.transpose, torch.permute, "transpose", "permute"}
 _SELECT = {torch.chunk, torch.split, "chunk", "split"}
 _PASS |= _REORDER | _SELECT
 _ADD = {operator.add, operator.iadd, torch.add, "add", "add_"}
+# An element-wise product of two quantized tensors (a squeeze-and-excitation gate): exact in
+# integers (the fractional lengths add), requantized after it.
+_MUL = {operator.mul, operator.imul, torch.mul, "mul", "mul_"}
+# Element-wise functions of one tensor: on a device, a lookup table indexed by the input's
+# integer (a 2**bits-entry table for a `bits`-bit input), filled offline by the float function;
+# the integer path computes exactly those entries (the function on the grid value, in float32).
+_LUT = {
+    nn.Sigmoid, torch.sigmoid, F.sigmoid, "sigmoid",
+    nn.Tanh, torch.tanh, F.tanh, "tanh",
+    nn.SiLU, F.silu,
+    nn.Hardswish, F.hardswish,
+    nn.Hardsigmoid, F.hardsigmoid,
+    nn.GELU, F.gelu,
+    nn.ELU, F.elu,
+    nn.LeakyReLU, F.leaky_relu,
+    nn.Softplus, F.softplus,
+    nn.Mish, F.mish,
+}  # fmt: skip
 _AVG_POOL = {nn.AvgPool2d, nn.AdaptiveAvgPool2d, F.avg_pool2d, F.adaptive_avg_pool2d}
 _CAT = {torch.cat, torch.concat}
 _MEAN = {torch.mean, "mean"}
@@ -89,8 +108,8 @@ class QuantPlan:
 
 
 def node_kind(node: fx.Node, modules: dict[str, nn.Module], float_layers=()) -> str:
-    """What a node does to quantized values: input, layer, float_layer, add, avg_pool, cat,
-    relu, relu6, pass, meta, output or other."""
+    """What a node does to quantized values: input, layer, float_layer, add, mul, lut, avg_pool,
+    cat, relu, relu6, pass, meta, output or other."""
     if node.op == "placeholder":
         return "input"
     if node.op == "output":
@@ -116,12 +135,16 @@ def node_kind(node: fx.Node, modules: dict[str, nn.Module], float_layers=()) -> 
         ("relu6", _RELU6),
         ("pass", _PASS),
         ("add", _ADD),
+        ("mul", _MUL),
+        ("lut", _LUT),
         ("avg_pool", _AVG_POOL),
         ("cat", _CAT),
         ("meta", _META),
     ):
         if key in members:
-            return "add" if kind == "add" and not _adds_two_tensors(node) else kind
+            if kind in ("add", "mul") and not _joins_two_tensors(node):
+                return "other"  # x + 1, x * 0.5: a constant leaves the grid like any unknown op
+            return kind
     return "other"
 
 
@@ -153,8 +176,8 @@ def reorders(node: fx.Node) -> bool:
     return node.op in ("call_method", "call_function") and node.target in targets
 
 
-def _adds_two_tensors(node: fx.Node) -> bool:
-    # x + 1 (a constant) is not a residual join: it leaves the grid like any unknown op.
+def _joins_two_tensors(node: fx.Node) -> bool:
+    # x + 1 (a constant) is not a residual join (nor x * 0.5 a gate).
     args = [a for a in node.args[:2]]
     return (
         len(args) == 2 and all(isinstance(a, fx.Node) for a in args) and "alpha" not in node.kwargs
@@ -194,11 +217,11 @@ def plan_points(graph_module: fx.GraphModule, float_layers: tuple[str, ...] = ()
 
 def _needs_point(node: fx.Node, kinds) -> bool:
     kind = kinds[node]
-    if kind in ("layer", "add"):
+    if kind in ("layer", "add", "mul"):
         return not _only_reaches(node, kinds, ("output",))
     if kind in ("input", "float_layer"):
         return not _only_reaches(node, kinds, ("output", "float_layer"))
-    return kind in ("avg_pool", "cat", "relu6", "other")
+    return kind in ("avg_pool", "cat", "relu6", "lut", "other")
 
 
 def _only_reaches(node: fx.Node, kinds, ends: tuple[str, ...]) -> bool:
