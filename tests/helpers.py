@@ -5,6 +5,7 @@ directory of the root conftest.py)."""
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from netshrink.data import DataSplits
@@ -47,3 +48,23 @@ def randomize_batchnorms(model: nn.Module, seed: int = 1) -> nn.Module:
                 m.weight.copy_(torch.rand(c, generator=g) + 0.5)
                 m.bias.copy_(torch.randn(c, generator=g) * 0.3)
     return model.eval()
+
+
+class Gates(nn.Module):
+    """Squeeze-and-excitation (x * sigmoid(fc(pool(x)))), SiLU, hard-swish, hard-sigmoid, tanh
+    and GELU: products of two tensors and element-wise functions (lookup tables on a device)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.squeeze, self.excite = nn.Linear(8, 4), nn.Linear(4, 8)
+        self.conv = nn.Conv2d(8, 8, 3, padding=1)
+        self.act = nn.Hardswish()
+        self.head = nn.Linear(8, 10)
+
+    def forward(self, x):
+        x = F.silu(self.stem(x))
+        gate = torch.sigmoid(self.excite(F.relu(self.squeeze(x.mean((2, 3))))))
+        x = x * gate.view(-1, 8, 1, 1)
+        x = self.act(self.conv(x)) * F.hardsigmoid(x) + torch.tanh(x)
+        return self.head(F.gelu(x).mean((2, 3)))

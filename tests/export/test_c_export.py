@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from helpers import Gates
 from netshrink.errors import UnsupportedLayerError
 from netshrink.export.c import (
     _HELPERS,
@@ -159,20 +160,20 @@ def test_mobilenet_v2_is_bit_exact(tmp_path, width):
     _check_bit_exact(qmodel, images[:32], tmp_path, (3, 32, 32))
 
 
-class WithSigmoid(nn.Module):
+class WithSoftmax(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.conv = nn.Conv2d(1, 4, 3)
         self.fc = nn.Linear(4 * 6 * 6, 3)
 
     def forward(self, x):
-        return self.fc(torch.flatten(torch.sigmoid(self.conv(x)), 1))
+        return self.fc(torch.flatten(torch.softmax(self.conv(x), 1), 1))
 
 
 def test_unsupported_op_is_named(tmp_path):
     images = torch.randn(8, 1, 8, 8)
-    qmodel = quantize(WithSigmoid().eval(), images, QuantConfig(calibration_images=8))
-    with pytest.raises(UnsupportedLayerError, match=r"sigmoid \(sigmoid: a lookup table, not in"):
+    qmodel = quantize(WithSoftmax().eval(), images, QuantConfig(calibration_images=8))
+    with pytest.raises(UnsupportedLayerError, match=r"softmax \(softmax\)"):
         export_c(qmodel, tmp_path, (1, 8, 8))
     assert not (tmp_path / "model.c").exists()
 
@@ -180,7 +181,7 @@ def test_unsupported_op_is_named(tmp_path):
 def test_float_layer_is_named(tmp_path):
     images = torch.randn(8, 1, 8, 8)
     config = QuantConfig(calibration_images=8, float_layers=("fc",))
-    qmodel = quantize(WithSigmoid().eval(), images, config)
+    qmodel = quantize(WithSoftmax().eval(), images, config)
     with pytest.raises(UnsupportedLayerError, match=r"fc \(left in float"):
         export_c(qmodel, tmp_path, (1, 8, 8))
 
@@ -249,3 +250,14 @@ def test_a_spatial_mean_is_bit_exact(tmp_path):
     torch.manual_seed(0)
     images = torch.randn(16, 3, 10, 10)
     _check_bit_exact(quantize(_SpatialMeans().eval(), images), images, tmp_path, (3, 10, 10))
+
+
+def test_gates_and_lookup_tables_are_bit_exact(tmp_path):
+    """Squeeze-and-excitation products (broadcast over the maps) and element-wise functions
+    (SiLU, sigmoid, hard-swish, hard-sigmoid, tanh, GELU) as tables indexed by the input."""
+    require_gcc()
+    torch.manual_seed(0)
+    images = torch.randn(32, 3, 12, 12)
+    for bits in (8, 6):
+        qmodel = quantize(Gates().eval(), images, QuantConfig(weights=bits, activations=bits))
+        _check_bit_exact(qmodel, images, tmp_path / str(bits), (3, 12, 12))

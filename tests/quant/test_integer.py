@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from helpers import train_on_digits
+from helpers import Gates, train_on_digits
 from netshrink.errors import UnsupportedLayerError
 from netshrink.models import ModelSpec, build_model
 from netshrink.quant import (
@@ -257,26 +257,6 @@ def test_an_op_the_integer_path_cannot_run_is_refused_by_name():
         IntegerModel(qmodel)
 
 
-class Gates(nn.Module):
-    """Squeeze-and-excitation (x * sigmoid(fc(pool(x)))), SiLU, hard-swish, hard-sigmoid, tanh
-    and GELU: products of two tensors and element-wise functions (lookup tables on a device)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.stem = nn.Conv2d(3, 8, 3, padding=1)
-        self.squeeze, self.excite = nn.Linear(8, 4), nn.Linear(4, 8)
-        self.conv = nn.Conv2d(8, 8, 3, padding=1)
-        self.act = nn.Hardswish()
-        self.head = nn.Linear(8, 10)
-
-    def forward(self, x):
-        x = F.silu(self.stem(x))
-        gate = torch.sigmoid(self.excite(F.relu(self.squeeze(x.mean((2, 3))))))
-        x = x * gate.view(-1, 8, 1, 1)
-        x = self.act(self.conv(x)) * F.hardsigmoid(x) + torch.tanh(x)
-        return self.head(F.gelu(x).mean((2, 3)))
-
-
 def test_gates_and_element_wise_functions_run_on_integers_exactly():
     torch.manual_seed(0)
     model, x = Gates().eval(), _images()
@@ -284,15 +264,6 @@ def test_gates_and_element_wise_functions_run_on_integers_exactly():
     _assert_identical(qmodel, x)
     coarse = quantize(model, x, QuantConfig(weights=6, activations=6))  # other grids and tables
     _assert_identical(coarse, x)
-
-
-def test_the_c_export_refuses_gates_and_tables_by_name(tmp_path):
-    from netshrink.export.c import export_c
-
-    torch.manual_seed(0)
-    x = _images()
-    with pytest.raises(UnsupportedLayerError, match=r"mul .*a product of two tensors, not in C"):
-        export_c(quantize(Gates().eval(), x), tmp_path / "c", (3, SIZE, SIZE))
 
 
 @pytest.mark.parametrize("bits", [8, 10])

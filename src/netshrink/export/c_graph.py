@@ -1,6 +1,6 @@
 """The graph walk of the C export: Builder visits a fixed-point model's fx graph in order and
-decides what each node becomes in C. A producer (conv / linear, residual add, average pool,
-concatenation) stays pending until the consumer that stores it is known, so that it is fused with
+decides what each node becomes in C. A producer (conv / linear, residual add, product, lookup
+table, average pool, concatenation) stays pending until the consumer that stores it is known, so that it is fused with
 what follows it up to its quantizer (saturation, ReLU / ReLU6, requantization) into one loop nest;
 max pooling works on stored tensors; flatten / view / dropout only relabel a stored tensor. What
 is emitted goes to the Builder's netshrink.export.c_program.Program."""
@@ -10,10 +10,13 @@ from __future__ import annotations
 import math
 from dataclasses import replace
 
+import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
 from ..errors import UnsupportedLayerError
+from ..quant.fixed import to_integers
+from ..quant.integer import LUT_BITS, call_node
 from ..quant.modules import ActQuant
 from ..quant.plan import node_kind, pool_options, reorders, spatial_mean
 from .c_fixed import LIMIT, mac_range, relu_bounds, term
@@ -21,6 +24,7 @@ from .c_kernels import (
     ELEMENTWISE,
     adaptive_window,
     bias_expression,
+    broadcast_index,
     conv_body,
     dilations,
     elementwise,
@@ -55,9 +59,11 @@ class Builder:
                 bad.append(f"{node.name} (left in float; the C code runs integers only)")
             elif kind == "other" and not isinstance(module, ActQuant):
                 bad.append(f"{node.name} ({_describe(node, module)})")
-            elif kind in ("mul", "lut"):  # the integer path runs them; C has no kernel yet
-                what = "a product of two tensors" if kind == "mul" else "a lookup table"
-                bad.append(f"{node.name} ({_describe(node, module)}: {what}, not in C yet)")
+            elif kind == "lut" and self._quantizer_after(node) is None:
+                bad.append(
+                    f"{node.name} ({_describe(node, module)}: a lookup table needs its one "
+                    "user to be its quantizer)"
+                )
             elif kind == "pass" and reorders(node):
                 bad.append(
                     f"{node.name} ({_describe(node, self._module(node))}: the C code "
@@ -74,8 +80,10 @@ class Builder:
         if bad:
             raise UnsupportedLayerError(
                 "the C export cannot run " + ", ".join(bad) + "; it supports conv (grouped, "
-                "depthwise), linear, ReLU / ReLU6, max and average pooling, residual add, concat "
-                "and flatten on a fixed-point model (quantize every layer, or replace these)"
+                "depthwise), linear, ReLU / ReLU6, max and average pooling, spatial means, "
+                "residual add, products of two tensors, element-wise functions (lookup tables), "
+                "concat and flatten on a fixed-point model (quantize every layer, or replace "
+                "these)"
             )
 
     def walk(self) -> None:
@@ -96,6 +104,10 @@ class Builder:
             return self._layer(node, module, self._stored(args[0], node))
         if kind == "add":
             return self._add(node, self._stored(args[0], node), self._stored(args[1], node))
+        if kind == "mul":
+            return self._mul(node, self._stored(args[0], node), self._stored(args[1], node))
+        if kind == "lut":
+            return self._lut(node, module, self._stored(args[0], node), args[1:])
         if kind in ("relu", "relu6"):
             return self._relu(node, args[0], 6 if kind == "relu6" else None)
         if kind == "avg_pool":
@@ -186,6 +198,80 @@ class Builder:
         args = [("a", a.buf, True), ("b", b.buf, True)]
         saturate = self._saturation()
         return Pending(node.name, a.shape, frac, 1, lo, hi, saturate, body, args, len(node.users))
+
+    def _mul(self, node: fx.Node, a: Stored, b: Stored) -> Pending:
+        """An element-wise product (a gate broadcast over the maps): the fractional lengths
+        add, the product is requantized by the quantizer after it."""
+        if a.divisor * b.divisor != 1:
+            raise UnsupportedLayerError(
+                f"{node.name} multiplies values that are not on fixed-point grids"
+            )
+        shape = self._shape(node)
+        corners = [x * y for x in (a.lo, a.hi) for y in (b.lo, b.hi)]
+        lo, hi = min(corners), max(corners)
+        if max(-lo, hi) >= LIMIT:
+            raise UnsupportedLayerError(f"{node.name}: products too large for 64-bit integers")
+        expr = (
+            f"(int64_t)a[{broadcast_index(shape, a.shape)}] * b[{broadcast_index(shape, b.shape)}]"
+        )
+        count = math.prod(shape)
+
+        def body(epilogue, out):
+            return ELEMENTWISE.format(n=count, expr=expr, out=out, epilogue=epilogue(2))
+
+        args = [("a", a.buf, True), ("b", b.buf, True)]
+        frac, saturate = a.frac + b.frac, self._saturation()
+        return Pending(node.name, shape, frac, 1, lo, hi, saturate, body, args, len(node.users))
+
+    def _lut(self, node: fx.Node, module, x: Stored, extra) -> Pending:
+        """An element-wise function as a device runs it: a table indexed by the input integer,
+        each entry the function of that grid value (float32, as the fake-quantized model
+        computes it), through any ReLU before the quantizer, rounded to the quantizer's
+        format; the quantizer after it then has nothing left to do."""
+        if x.divisor != 1:
+            raise UnsupportedLayerError(
+                f"{node.name} reads a value that is not on a fixed-point grid"
+            )
+        if x.hi - x.lo >= 1 << LUT_BITS:
+            raise UnsupportedLayerError(
+                f"{node.name}: its input spans {x.hi - x.lo + 1} values; a table takes at most "
+                f"2**{LUT_BITS}"
+            )
+        quantizer, relus = self._quantizer_after(node)
+        grid = torch.arange(x.lo, x.hi + 1, dtype=torch.float64)
+        values = (grid * 2.0**-x.frac).float()
+        with torch.no_grad():
+            values = call_node(node, module, [values, *extra])
+            for relu in relus:
+                values = F.relu(values) if relu == "relu" else F.relu6(values)
+        table = to_integers(values.double(), quantizer.fmt).long().tolist()
+        cname = self.program.table(node.name, table)
+        expr = f"{cname}[x[i] - ({x.lo})]"
+        count = math.prod(x.shape)
+
+        def body(epilogue, out):
+            return ELEMENTWISE.format(n=count, expr=expr, out=out, epilogue=epilogue(2))
+
+        fmt = quantizer.fmt
+        args = [("x", x.buf, True)]
+        return Pending(
+            node.name, x.shape, fmt.frac, 1, min(table), max(table), None, body, args,
+            len(node.users),
+        )  # fmt: skip
+
+    def _quantizer_after(self, node: fx.Node):
+        """(the ActQuant a lookup table's value reaches through its one user, possibly via
+        ReLUs, the ReLU kinds on the way), or None."""
+        relus = []
+        while len(node.users) == 1:
+            node = next(iter(node.users))
+            module = self._module(node)
+            if isinstance(module, ActQuant):
+                return module, relus
+            if self.kinds[node] not in ("relu", "relu6"):
+                return None
+            relus.append(self.kinds[node])
+        return None
 
     def _saturation(self) -> tuple[int, int]:
         bits = self.formats.accumulator

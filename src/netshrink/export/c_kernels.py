@@ -147,6 +147,21 @@ def dilations(window) -> tuple[int, int]:
     return (1, 1) if window[0] == "adaptive" else (window[2], window[5])
 
 
+def broadcast_index(out_shape: tuple[int, ...], shape: tuple[int, ...]) -> str:
+    """The C index into a tensor of `shape` broadcast to `out_shape` for the flat output index
+    `i` (numpy's rule: shapes aligned on the right, a size-1 dimension repeats)."""
+    if tuple(shape) == tuple(out_shape):
+        return "i"
+    shape = (1,) * (len(out_shape) - len(shape)) + tuple(shape)
+    terms, out_stride, stride = [], 1, 1
+    for out_size, size in zip(reversed(out_shape), reversed(shape)):
+        if size != 1:
+            terms.append(f"((i / {out_stride}) % {out_size}) * {stride}")
+        out_stride *= out_size
+        stride *= size
+    return " + ".join(terms) or "0"
+
+
 def elementwise(name: str, x: Stored, clamps, shape) -> Pending:
     """A pending copy of `x` through `clamps` and the epilogue its consumer chooses."""
 

@@ -94,6 +94,12 @@ class Program:
         self.step(cat.name, [*params, ("y", out, False)], body)
         return Stored(out, cat.shape, fmt.frac, fmt.qmin, fmt.qmax)
 
+    def table(self, name: str, values: list[int]) -> str:
+        """A const lookup table (an element-wise function's); returns its C name."""
+        cname = _unique(f"lut_{c_identifier(name)}", self.cnames)
+        self.consts.append(_array(cname, ctype_for(min(values), max(values)), values))
+        return cname
+
     def layer_weights(self, name: str, module: nn.Module) -> Weights:
         if name in self.weights:
             return self.weights[name]

@@ -164,7 +164,7 @@ class IntegerModel(nn.Module):
         if kind == "pass":
             return _on_integers(node, module, args)
         if kind == "meta":
-            return _call(node, module, [a.q if isinstance(a, IntValue) else a for a in args])
+            return call_node(node, module, [a.q if isinstance(a, IntValue) else a for a in args])
         raise AssertionError(f"unchecked node {node.name}")
 
     def _check_supported(self) -> None:
@@ -362,7 +362,7 @@ def _lookup(node: fx.Node, module, args) -> torch.Tensor:
     if not isinstance(value, IntValue) or value.divisor != 1:
         raise UnsupportedLayerError(f"{node.name} reads a value that is not on a fixed-point grid")
     x = from_integers(value.q, FixedPoint(32, value.frac))
-    return _call(node, module, [x, *args[1:]])
+    return call_node(node, module, [x, *args[1:]])
 
 
 def _on_integers(node: fx.Node, module, args):
@@ -372,14 +372,15 @@ def _on_integers(node: fx.Node, module, args):
     if isinstance(module, nn.Dropout | nn.Dropout2d) or node.target is F.dropout:
         return value
     if not isinstance(value, IntValue):  # a part of a chunk / split: getitem on the tuple
-        return _call(node, module, args)
-    out = _call(node, module, [value.q.double(), *args[1:]])
+        return call_node(node, module, args)
+    out = call_node(node, module, [value.q.double(), *args[1:]])
     if isinstance(out, (tuple, list)):  # chunk / split: every part keeps the format
         return tuple(IntValue(part.round().long(), value.frac, value.divisor) for part in out)
     return IntValue(out.round().long(), value.frac, value.divisor)
 
 
-def _call(node: fx.Node, module, args):
+def call_node(node: fx.Node, module, args):
+    """Run `node` (a module, method or function call of the fx graph) on `args`."""
     if node.op == "call_module":
         return module(*args)
     if node.op == "call_method":
