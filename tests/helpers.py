@@ -68,3 +68,24 @@ class Gates(nn.Module):
         x = x * gate.view(-1, 8, 1, 1)
         x = self.act(self.conv(x)) * F.hardsigmoid(x) + torch.tanh(x)
         return self.head(F.gelu(x).mean((2, 3)))
+
+
+class ShapeOps(nn.Module):
+    """What outside networks do between layers: a channel shuffle (view / transpose / view with
+    `c // groups` from the shape), a chunk, a channel slice, and a global average pool whose
+    window is the input's own size (`F.avg_pool2d(x, x.size(3))`)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.left = nn.Conv2d(4, 4, 3, padding=1)
+        self.head = nn.Linear(4 + 2, 10)
+
+    def forward(self, x):
+        x = F.relu(self.stem(x))
+        b, c, h, w = x.size()
+        x = x.view(b, 2, c // 2, h, w).transpose(1, 2).contiguous().view(b, c, h, w)
+        a, rest = x.chunk(2, dim=1)
+        x = torch.cat([F.relu(self.left(a)), rest[:, :2]], dim=1)
+        x = F.avg_pool2d(x, x.size(3))
+        return self.head(x.flatten(1))

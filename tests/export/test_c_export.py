@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from helpers import Gates
+from helpers import Gates, ShapeOps
 from netshrink.errors import UnsupportedLayerError
 from netshrink.export.c import (
     _HELPERS,
@@ -261,3 +261,11 @@ def test_gates_and_lookup_tables_are_bit_exact(tmp_path):
     for bits in (8, 6):
         qmodel = quantize(Gates().eval(), images, QuantConfig(weights=bits, activations=bits))
         _check_bit_exact(qmodel, images, tmp_path / str(bits), (3, 12, 12))
+
+
+def test_shuffles_chunks_and_slices_are_bit_exact(tmp_path):
+    """A channel shuffle (view / transpose / view), a chunk and a channel slice: gathers."""
+    require_gcc()
+    torch.manual_seed(0)
+    images = torch.randn(16, 3, 12, 12)
+    _check_bit_exact(quantize(ShapeOps().eval(), images), images, tmp_path, (3, 12, 12))

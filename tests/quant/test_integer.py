@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from helpers import Gates, train_on_digits
+from helpers import Gates, ShapeOps, train_on_digits
 from netshrink.errors import UnsupportedLayerError
 from netshrink.models import ModelSpec, build_model
 from netshrink.quant import (
@@ -317,27 +317,6 @@ def test_new_bit_widths_stay_identical():
     _assert_identical(qmodel, x)
 
 
-class ShapeOps(nn.Module):
-    """What outside networks do between layers: a channel shuffle (view / transpose / view with
-    `c // groups` from the shape), a chunk, a channel slice, and a global average pool whose
-    window is the input's own size (`F.avg_pool2d(x, x.size(3))`)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.stem = nn.Conv2d(3, 8, 3, padding=1)
-        self.left = nn.Conv2d(4, 4, 3, padding=1)
-        self.head = nn.Linear(4 + 2, 10)
-
-    def forward(self, x):
-        x = F.relu(self.stem(x))
-        b, c, h, w = x.size()
-        x = x.view(b, 2, c // 2, h, w).transpose(1, 2).contiguous().view(b, c, h, w)
-        a, rest = x.chunk(2, dim=1)
-        x = torch.cat([F.relu(self.left(a)), rest[:, :2]], dim=1)
-        x = F.avg_pool2d(x, x.size(3))
-        return self.head(x.flatten(1))
-
-
 def test_shape_ops_quantize_and_run_on_integers_exactly():
     torch.manual_seed(0)
     model, x = ShapeOps().eval(), _images()
@@ -364,15 +343,6 @@ def test_a_spatial_mean_runs_on_integers_exactly():
     torch.manual_seed(0)
     model, x = MeanHead().eval(), _images()
     _assert_identical(quantize(model, x), x)
-
-
-def test_the_c_export_refuses_reordering_by_name(tmp_path):
-    from netshrink.export.c import export_c
-
-    torch.manual_seed(0)
-    model, x = ShapeOps().eval(), _images()
-    with pytest.raises(UnsupportedLayerError, match=r"transpose .*does not reorder or slice"):
-        export_c(quantize(model, x), tmp_path / "c", (3, SIZE, SIZE))
 
 
 def test_a_pool_window_that_depends_on_values_is_refused_by_name():

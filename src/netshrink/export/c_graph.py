@@ -2,7 +2,8 @@
 decides what each node becomes in C. A producer (conv / linear, residual add, product, lookup
 table, average pool, concatenation) stays pending until the consumer that stores it is known, so that it is fused with
 what follows it up to its quantizer (saturation, ReLU / ReLU6, requantization) into one loop nest;
-max pooling works on stored tensors; flatten / view / dropout only relabel a stored tensor. What
+max pooling works on stored tensors; flatten / view / dropout only relabel a stored tensor, while
+transpose / permute / slices / chunk / split gather a copy (any strided view). What
 is emitted goes to the Builder's netshrink.export.c_program.Program."""
 
 from __future__ import annotations
@@ -64,11 +65,6 @@ class Builder:
                     f"{node.name} ({_describe(node, module)}: a lookup table needs its one "
                     "user to be its quantizer)"
                 )
-            elif kind == "pass" and reorders(node):
-                bad.append(
-                    f"{node.name} ({_describe(node, self._module(node))}: the C code "
-                    "relabels whole tensors only, it does not reorder or slice them)"
-                )
             elif kind == "avg_pool" and self._divisor_after(node) is None:
                 bad.append(f"{node.name} (an average pool whose windows differ in size)")
             elif kind == "input" and not (
@@ -114,6 +110,8 @@ class Builder:
             return self._avg_pool(node, module, self._stored(args[0], node))
         if kind == "cat":
             return self._cat(node, args)
+        if kind == "pass" and reorders(node):
+            return self._reorder(node, module, args)
         if kind == "pass" and (type(module) in _MAX_POOLS or node.target in _MAX_POOLS):
             return self._max_pool(node, module, self._stored(args[0], node))
         if kind == "pass":
@@ -177,6 +175,37 @@ class Builder:
             return replace(value, shape=shape, users=len(node.users))
         x = self._stored(value, node)
         return Stored(x.buf, shape, x.frac, x.lo, x.hi, x.divisor)
+
+    def _reorder(self, node: fx.Node, module, args):
+        """transpose / permute / a slice / chunk / split: a copy that gathers each output value
+        from where the view would read it. The view is worked out by running the op on a tensor
+        of flat indices: its storage offset and strides are the gather's (any strided view)."""
+        if isinstance(args[0], (tuple, list)):  # a part of a chunk / split: picked, not copied
+            return args[0][args[1]]
+        x = self._stored(args[0], node)
+        probe = torch.arange(math.prod(x.shape)).reshape(x.shape)
+        view = call_node(node, module, [probe, *args[1:]])
+        if isinstance(view, (tuple, list)):
+            return tuple(self.program.store(self._gather(node, x, v), None) for v in view)
+        return self._gather(node, x, view)
+
+    def _gather(self, node: fx.Node, x: Stored, view) -> Pending:
+        shape = tuple(view.shape)
+        source, out_stride = [str(view.storage_offset())], 1
+        for size, stride in zip(reversed(shape), reversed(view.stride())):
+            if size > 1 and stride:
+                source.append(f"((i / {out_stride}) % {size}) * {stride}")
+            out_stride *= size
+        expr = f"x[{' + '.join(source)}]"
+        count = math.prod(shape)
+
+        def body(epilogue, out):
+            return ELEMENTWISE.format(n=count, expr=expr, out=out, epilogue=epilogue(2))
+
+        args = [("x", x.buf, True)]
+        return Pending(
+            node.name, shape, x.frac, x.divisor, x.lo, x.hi, None, body, args, len(node.users)
+        )
 
     def _add(self, node: fx.Node, a: Stored, b: Stored) -> Pending:
         if a.divisor * b.divisor != 1:

@@ -52,7 +52,7 @@ _PASS = {
     torch.unsqueeze,
 }
 # Ops that keep values but reorder them (channel shuffle's transpose): values stay on their grid,
-# but a stored tensor is not merely relabelled (the C export refuses them by name).
+# but a stored tensor is not merely relabelled (the C export gathers them into a copy).
 _REORDER = {torch.transpose, torch.permute, "transpose", "permute"}
 # Ops that pick parts of a tensor (chunk, split, slicing by getitem): values stay on their grid.
 _SELECT = {torch.chunk, torch.split, "chunk", "split"}
