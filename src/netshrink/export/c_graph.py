@@ -1,10 +1,11 @@
 """The graph walk of the C export: Builder visits a fixed-point model's fx graph in order and
 decides what each node becomes in C. A producer (conv / linear, residual add, product, lookup
-table, average pool, concatenation) stays pending until the consumer that stores it is known, so that it is fused with
-what follows it up to its quantizer (saturation, ReLU / ReLU6, requantization) into one loop nest;
-max pooling works on stored tensors; flatten / view / dropout only relabel a stored tensor, while
-transpose / permute / slices / chunk / split gather a copy (any strided view). What
-is emitted goes to the Builder's netshrink.export.c_program.Program."""
+table, average pool, concatenation, gather) stays pending until the consumer that stores it is
+known, so that it is fused with what follows it up to its quantizer (saturation, ReLU / ReLU6,
+requantization) into one loop nest; max pooling works on stored tensors; flatten / view /
+dropout only relabel a stored tensor, while transpose / permute / slices / chunk / split gather
+a copy (any strided view). What is emitted goes to the Builder's
+netshrink.export.c_program.Program."""
 
 from __future__ import annotations
 
