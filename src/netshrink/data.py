@@ -530,7 +530,7 @@ def _channel_stats(split: ImageSet | ImageFiles) -> tuple[tuple[float, ...], tup
     if isinstance(split, ImageFiles) and len(split) > STATS_SAMPLE:
         generator = torch.Generator().manual_seed(0)
         index = torch.randperm(len(split), generator=generator)[:STATS_SAMPLE].sort().values
-    for images in split.batches(index.split(4096)):
+    for images in split.batches(index.split(512)):  # a few MB at a time, on disk or not
         for c in range(channels):
             hist[c] += torch.bincount(images[:, c].reshape(-1), minlength=256).double()
     values = torch.arange(256, dtype=torch.float64) / 255
