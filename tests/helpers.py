@@ -1,9 +1,13 @@
-"""Helpers the tests share: a small zoo model trained on digits, and a baseline checkpoint
-trained through the CLI. Imported as `from helpers import ...` (tests/ is on sys.path, as the
+"""Helpers the tests share: a small zoo model trained on digits, a baseline checkpoint trained
+through the CLI, random batch-norm statistics, the small models of the integer-path and C tests
+(Gates, ShapeOps), and the gcc check. Imported as `from helpers import ...` (tests/ is on sys.path, as the
 directory of the root conftest.py)."""
 
+import os
+import shutil
 from pathlib import Path
 
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -89,3 +93,12 @@ class ShapeOps(nn.Module):
         x = torch.cat([F.relu(self.left(a)), rest[:, :2]], dim=1)
         x = F.avg_pool2d(x, x.size(3))
         return self.head(x.flatten(1))
+
+
+def require_gcc() -> None:
+    """Skip without gcc, except in CI (where .ci/run installs it): fail there."""
+    if shutil.which("gcc") is None or shutil.which("size") is None:
+        message = "gcc and binutils are not installed: apt-get install -y gcc binutils"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)

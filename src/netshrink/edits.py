@@ -24,7 +24,7 @@ Example:
 from collections.abc import Iterable
 from typing import Annotated, Literal, Union
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_serializer
 from torch import fx, nn
 
 from netshrink.config import Config
@@ -107,7 +107,8 @@ class FixedPointFormats(Config):
     """The fixed-point model (netshrink.quant): the model traced with torch.fx, an activation
     quantizer inserted at each quantization point (named in `activations`), and the weights and
     biases of the layers in `weights` on their grids; `accumulator` bits in the integer path;
-    `float_layers` left in floating point."""
+    `float_layers` left in floating point; `ties`: where rounding sends a value halfway between
+    two integers ("up", as a device's add-and-shift; "even", as ONNX Runtime)."""
 
     kind: Literal["fixed_point"] = "fixed_point"
     weights: dict[str, FormatSpec]
@@ -115,6 +116,15 @@ class FixedPointFormats(Config):
     activations: dict[str, ActivationSpec]
     accumulator: int = Field(32, ge=8, le=64)
     float_layers: tuple[str, ...] = ()
+    ties: Literal["up", "even"] = "up"
+
+    @model_serializer(mode="wrap")
+    def _default_ties_unwritten(self, handler):
+        # files written before `ties` existed read as "up": the default stays out of the header
+        data = handler(self)
+        if data.get("ties") == "up":
+            del data["ties"]
+        return data
 
 
 Edit = Annotated[

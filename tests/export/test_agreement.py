@@ -44,3 +44,33 @@ def test_a_changed_scale_is_found_at_its_quantizer(exported, tmp_path):
     result = int8_agreement(qmodel, broken, images)
     assert result.first is not None and result.first.quantizer == target
     assert result.first.max_steps > 1 and "more than one step" in result.first.reason
+
+
+def test_ties_to_even_make_the_file_agree_exactly(tmp_path):
+    """Random weights put many values on rounding ties: with ties up the file parts from the
+    integer path by one step there; quantized with ties="even" (ONNX Runtime's rule) every
+    quantizer's values agree and so does top-1, and the integer path is still the fake-quantized
+    model's and the C code's."""
+    from helpers import randomize_batchnorms, require_gcc
+    from netshrink.export.c import build_and_run, export_c, quantize_input
+    from netshrink.models import build_model
+    from netshrink.quant import IntegerModel
+
+    require_gcc()
+    torch.manual_seed(0)
+    spec = {"name": "vgg_small", "args": {"width": 0.25}}
+    model = randomize_batchnorms(build_model(spec, num_classes=10, in_channels=3, input_size=16))
+    images = torch.randn(64, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    results = {}
+    for ties in ("up", "even"):
+        qmodel = quantize(model, images, QuantConfig(ties=ties))
+        path = export_onnx_int8(qmodel, tmp_path / f"{ties}.onnx", (3, 16, 16))
+        results[ties] = int8_agreement(qmodel, path, images)
+        out = IntegerModel(qmodel).run(images)
+        with torch.no_grad():
+            assert torch.equal(out.logits, qmodel(images).double())
+        export = export_c(qmodel, tmp_path / f"c_{ties}", (3, 16, 16))
+        logits = build_and_run(export, quantize_input(images, export), tmp_path / f"b_{ties}")
+        assert (logits == out.integers.numpy()).all()
+    assert results["up"].first is not None and "tie" in results["up"].first.reason
+    assert results["even"].first is None and results["even"].top1 == 1.0

@@ -1,8 +1,6 @@
 """The C99 export: generated code builds with -Werror and gives the integer path's logits bit for
 bit (netshrink.quant.IntegerModel is the reference)."""
 
-import os
-import shutil
 import subprocess
 
 import numpy as np
@@ -11,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from helpers import Gates, ShapeOps
+from helpers import Gates, ShapeOps, require_gcc
 from netshrink.errors import UnsupportedLayerError
 from netshrink.export.c import (
     _HELPERS,
@@ -24,15 +22,6 @@ from netshrink.export.c import (
 )
 from netshrink.models import lenet5, mobilenet_v2, resnet20
 from netshrink.quant import IntegerModel, QuantConfig, quantize
-
-
-def require_gcc() -> None:
-    """Skip without gcc, except in CI (where .ci/run installs it): fail there."""
-    if shutil.which("gcc") is None or shutil.which("size") is None:
-        message = "gcc and binutils are not installed: apt-get install -y gcc binutils"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
 
 
 def _randomise_batch_norm(model: nn.Module) -> nn.Module:

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from helpers import randomize_batchnorms
+from helpers import randomize_batchnorms, require_gcc
 from netshrink.codec import pack, unpack
 from netshrink.edits import BatchNormAsConv, structural_edits
 from netshrink.errors import UnsupportedLayerError
@@ -82,8 +82,6 @@ def test_a_batch_norm_without_statistics_is_refused_by_name():
 
 
 def test_the_c_export_computes_the_same_integers(tmp_path):
-    from export.test_c_export import require_gcc
-
     require_gcc()
     torch.manual_seed(0)
     model, x = randomize_batchnorms(PreActBlock()), _images()

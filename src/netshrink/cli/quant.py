@@ -51,6 +51,10 @@ QUANT_FLAGS = (
         "--layer-bits", "layer_weights", "weight bits per layer, e.g. conv1=8,fc3=6",
         type=str, parse=layer_bits,
     ),
+    Flag(
+        "--ties", "ties", "rounding of halfway values: up (a device's shift) or even (as ONNX "
+        "Runtime: the int8 ONNX file then agrees at ties)", type=str, choices=("up", "even"),
+    ),
 )  # fmt: skip
 
 

@@ -27,7 +27,8 @@ AGREEMENT_TARGET = 0.999
 # Why values part after each kind of op, where they differ by one step of the format.
 _ONE_STEP = {
     "layer": "rounding: one step apart, as where ONNX Runtime rounds a tie to even and the "
-    "integer path rounds it up (or its float accumulation lands on the other side)",
+    "integer path rounds it up (or its float accumulation lands on the other side); quantize "
+    "with ties='even' (--ties even) to round as ONNX Runtime does",
     "avg_pool": "average pool: ONNX Runtime divides in float before it rounds, the integer path "
     "rounds the exact integer quotient",
     "add": "addition: ONNX Runtime adds the dequantized values and rounds the sum once",

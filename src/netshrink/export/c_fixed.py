@@ -32,9 +32,12 @@ def mac_range(ints: np.ndarray, xlo: int, xhi: int, bias: list[int]) -> tuple[in
 def _rescale(v: int, frac: int, fmt: FixedPoint, divisor: int) -> int:
     # netshrink.quant.fixed.requantize on one Python integer, before saturation
     shift = frac - fmt.frac
+    up, down = max(-shift, 0), max(shift, 0)
+    if fmt.ties == "even" and (divisor > 1 or down):
+        q, r = divmod(v << up, divisor << down)  # floor, as Python's // and %
+        return q + (2 * r > divisor << down or (2 * r == divisor << down and q % 2 == 1))
     if divisor == 1:
         return (v + (1 << (shift - 1))) >> shift if shift > 0 else v << -shift
-    up, down = max(-shift, 0), max(shift, 0)
     return ((v << (up + 1)) + (divisor << down)) // ((2 * divisor) << down)
 
 
@@ -50,7 +53,11 @@ def make_epilogue(name: str, value: Pending, fmt: FixedPoint | None, lo: int, hi
         extreme = max(-lo, hi) << (max(-shift, 0) + 1)
         if extreme + (divisor << max(shift, 0)) * 2 >= LIMIT:
             raise UnsupportedLayerError(f"{name}: requantization too large for 64-bit integers")
-        if divisor > 1:
+        if fmt.ties == "even" and (divisor > 1 or shift > 0):  # ties to even, as ONNX Runtime
+            up, down = max(-shift, 0), max(shift, 0)
+            num, den = literal(1 << up), literal(divisor << down)
+            lines.append(f"v = ns_div_even(v * {num}, {den});")
+        elif divisor > 1:
             up, down = max(-shift, 0), max(shift, 0)
             num, den = literal(1 << (up + 1)), literal((2 * divisor) << down)
             lines.append(f"v = ns_floordiv(v * {num} + {literal(divisor << down)}, {den});")

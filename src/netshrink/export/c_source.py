@@ -62,6 +62,18 @@ static inline int64_t ns_floordiv(int64_t a, int64_t b)
     return (a % b != 0 && a < 0) ? q - 1 : q;
 }
 """,
+    "ns_div_even": """
+/* a / b rounded to the nearest integer, a tie to the even one, for b > 0 (ONNX Runtime's rule) */
+static inline int64_t ns_div_even(int64_t a, int64_t b)
+{
+    int64_t q = a / b, r = a % b;
+    if (r < 0) {
+        q -= 1;
+        r += b;
+    }
+    return (2 * r > b || (2 * r == b && q % 2 != 0)) ? q + 1 : q;
+}
+""",
     "ns_index": """
 /* index e of an array of b-bit indices (b = 1, 2, 4 or 8), least significant first */
 static inline unsigned ns_index(const uint8_t *p, int32_t e, int b)

@@ -7,7 +7,8 @@ zero point 0 (int8, or uint8 for the unsigned formats after a ReLU); each quanti
 pair on its initializer, which ONNX Runtime folds into int8 kernels. Biases stay float: ONNX
 Runtime adds them to its int32 accumulator itself. Two differences from the integer path remain,
 both documented and measured rather than hidden: ONNX rounds ties to even (the integer path rounds
-them up), and an average pool divides in float before it rounds. Activations wider than 8 bits
+them up, unless the model was quantized with `ties="even"`: then they agree), and an average pool
+divides in float before it rounds. Activations wider than 8 bits
 have no int8 form: they raise UnsupportedLayerError. A weight wider than 8 bits (a pre-activation
 BatchNorm's 16-bit per-channel scales, netshrink.fold.batchnorms_as_convs) stays a float
 initializer, exact on its grid, and ONNX Runtime runs that one layer in float.

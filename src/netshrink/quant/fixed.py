@@ -6,9 +6,12 @@ Ristretto does (integer length IL = ceil(log2(max|x|)) + 1 for signed numbers, t
 being the sign; FL = B - IL). FL may be negative (a coarse grid for large numbers) or exceed B
 (small numbers).
 
-Rounding. "nearest" rounds ties toward +infinity: q = floor(x * 2**FL + 1/2). It is the rounding
-of the integer requantization `(acc + (1 << (s - 1))) >> s` with an arithmetic shift, which is
-what a device does, so the float model and the integer path agree exactly, ties included.
+Rounding. "nearest" rounds ties toward +infinity by default: q = floor(x * 2**FL + 1/2). It is
+the rounding of the integer requantization `(acc + (1 << (s - 1))) >> s` with an arithmetic
+shift, which is what a device does, so the float model and the integer path agree exactly, ties
+included. A format with `ties="even"` rounds them to the even integer instead, as ONNX Runtime's
+QuantizeLinear (and IEEE arithmetic) does: the float model, the integer path and the C code then
+all do so, and an int8 ONNX file agrees with them at ties too.
 "stochastic" rounds up with probability equal to the fraction (Gupta et al. 2015), for training.
 Values beyond the grid saturate to the largest / smallest integer.
 
@@ -23,6 +26,7 @@ from typing import Literal
 import torch
 
 Rounding = Literal["nearest", "stochastic"]
+Ties = Literal["up", "even"]
 
 
 @dataclass(frozen=True)
@@ -32,6 +36,7 @@ class FixedPoint:
     bits: int
     frac: int
     signed: bool = True
+    ties: Ties = "up"  # where round-to-nearest sends a value halfway between two integers
 
     def __post_init__(self) -> None:
         if not 1 <= self.bits <= 32 or (self.signed and self.bits < 2):
@@ -81,6 +86,8 @@ def to_integers(x: torch.Tensor, fmt: FixedPoint, rounding: Rounding = "nearest"
     fraction = scaled - whole
     if rounding == "stochastic":
         up = torch.rand_like(scaled) < fraction
+    elif fmt.ties == "even":
+        up = (fraction > 0.5) | ((fraction == 0.5) & (torch.remainder(whole, 2) == 1))
     else:
         up = fraction >= 0.5
     return (whole + up.to(whole.dtype)).clamp_(fmt.qmin, fmt.qmax)
@@ -134,17 +141,26 @@ def requantize(q: torch.Tensor, frac: int, fmt: FixedPoint, divisor: int = 1) ->
     arithmetic shift floors, so ties go toward +infinity) or `q << -s`. An average pool's divisor
     n is applied by one floor division, floor((q * 2**a + n / 2) / n) with a = fmt.frac - frac,
     written over integers: the one place where a device needs a divide (or a multiply by a
-    reciprocal with enough bits).
+    reciprocal with enough bits). With `fmt.ties == "even"` a tie goes to the even integer.
     """
     shift = frac - fmt.frac
     up, down = max(-shift, 0), max(shift, 0)
     if up:  # a left shift must not wrap in int64: anything this large saturates anyway
         up = min(up, 40)
         q = q.clamp(-(1 << (61 - up)), 1 << (61 - up))
-    if divisor == 1:
+    if fmt.ties == "even" and (down or divisor > 1):
+        q = _divide_ties_even(q << up, divisor << down)
+    elif divisor == 1:
         q = (q + (1 << (down - 1))) >> down if down else q << up
     else:
         q = torch.div(
             (q << (up + 1)) + (divisor << down), (2 * divisor) << down, rounding_mode="floor"
         )
     return q.clamp(fmt.qmin, fmt.qmax)
+
+
+def _divide_ties_even(numerator: torch.Tensor, denominator: int) -> torch.Tensor:
+    """numerator / denominator rounded to the nearest integer, a tie to the even one (exact)."""
+    floor = torch.div(numerator, denominator, rounding_mode="floor")
+    twice = 2 * (numerator - floor * denominator)
+    return floor + ((twice > denominator) | ((twice == denominator) & (floor % 2 == 1))).long()

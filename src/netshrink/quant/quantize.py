@@ -11,6 +11,7 @@ GraphModule keeping the module names), whose formats are recorded as one structu
 """
 
 from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import replace
 from itertools import chain
 from typing import Annotated, ClassVar, Literal
 
@@ -39,7 +40,7 @@ from ..layers import copy_model, unwrap
 from ..loaders import LoaderSplits
 from ..stage import Stage
 from .calibrate import CalibrationMethod, RangeObserver
-from .fixed import FixedPoint, Rounding, format_for, frac_for_range
+from .fixed import FixedPoint, Rounding, Ties, format_for, frac_for_range
 from .modules import ActQuant, WeightQuant
 from .plan import QuantPlan, avg_pool_divisor, plan_points, spatial_mean
 
@@ -57,7 +58,10 @@ class QuantConfig(Settings):
     `weights` / `activations`: default bits; `layer_weights` / `layer_activations` override them
     per layer (an activation override names the layer or op that produces the value, or the
     quantizer itself). `bias` and `accumulator` bits; `calibrate` picks activation ranges over
-    `calibration_images` training images; `float_layers` stay in floating point.
+    `calibration_images` training images; `float_layers` stay in floating point. `rounding`:
+    in training ("stochastic": Gupta et al.); `ties`: where round-to-nearest sends a value halfway
+    between two integers, "up" (a device's add-and-shift) or "even" (ONNX Runtime's
+    QuantizeLinear: an int8 ONNX file then agrees with the integer path at ties too).
     """
 
     weights: int = Field(8, ge=2, le=16)
@@ -71,6 +75,7 @@ class QuantConfig(Settings):
     layer_weights: dict[str, Bits] = {}
     layer_activations: dict[str, Bits] = {}
     rounding: Rounding = "nearest"
+    ties: Ties = "up"
 
 
 @takes_mappings
@@ -107,6 +112,7 @@ def quantize(
         activations=activations,
         accumulator=config.accumulator,
         float_layers=config.float_layers,
+        ties=config.ties,
     )
     _attach(graph_module, plan, formats, config.rounding)
     record_edits(graph_module, [formats])
@@ -208,7 +214,18 @@ def set_bits(
             )
         quantizer.fmt = quantizer.statistics.choose(bits, quantizer.fmt.signed)
     _refresh_dependents(root, formats)
+    _keep_ties(root, formats)
     sync_formats(root)
+
+
+def _keep_ties(root: nn.Module, formats: FixedPointFormats) -> None:
+    """Every quantizer's format with the model's tie rule (new formats are chosen without it)."""
+    quantizers = [root.get_submodule(name) for name in formats.activations]
+    for name in formats.weights:
+        module = root.get_submodule(name)
+        quantizers += [q for t in ("weight", "bias") if (q := weight_quant(module, t)) is not None]
+    for quantizer in quantizers:
+        quantizer.fmt = replace(quantizer.fmt, ties=formats.ties)
 
 
 def reestimate_weight_formats(model: nn.Module) -> None:
@@ -432,7 +449,7 @@ def _attach(graph_module, plan: QuantPlan, formats: FixedPointFormats, rounding:
     for point in plan.points:
         spec = formats.activations[point.name]
         quantizer = graph_module.get_submodule(point.name)
-        quantizer.fmt = _format(spec)
+        quantizer.fmt = _format(spec, formats.ties)
         quantizer.divisor, quantizer.input_frac = spec.divisor, spec.input_frac
         quantizer.rounding = rounding
     for name in plan.layers:
@@ -442,9 +459,9 @@ def _attach(graph_module, plan: QuantPlan, formats: FixedPointFormats, rounding:
             if spec is None:
                 continue
             if weight_quant(module, tensor) is not None:
-                weight_quant(module, tensor).fmt = _format(spec)
+                weight_quant(module, tensor).fmt = _format(spec, formats.ties)
             else:
-                quant = WeightQuant(_format(spec), rounding)
+                quant = WeightQuant(_format(spec, formats.ties), rounding)
                 parametrize.register_parametrization(module, tensor, quant, unsafe=True)
 
 
@@ -452,13 +469,14 @@ def _spec(fmt: FixedPoint) -> FormatSpec:
     return FormatSpec(bits=fmt.bits, frac=fmt.frac, signed=fmt.signed)
 
 
-def _format(spec: FormatSpec) -> FixedPoint:
-    return FixedPoint(spec.bits, spec.frac, spec.signed)
+def _format(spec: FormatSpec, ties: Ties = "up") -> FixedPoint:
+    return FixedPoint(spec.bits, spec.frac, spec.signed, ties)
 
 
 def layer_formats(model: nn.Module) -> Mapping[str, FixedPoint]:
     """Weight format of every quantized layer, by layer name."""
-    return {name: _format(spec) for name, spec in fixed_point_formats(model).weights.items()}
+    formats = fixed_point_formats(model)
+    return {name: _format(spec, formats.ties) for name, spec in formats.weights.items()}
 
 
 class QuantizeStage(Stage):
