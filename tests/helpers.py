@@ -102,3 +102,19 @@ def require_gcc() -> None:
         if os.environ.get("CI"):
             pytest.fail(message)
         pytest.skip(message)
+
+
+class MeanHead(nn.Module):
+    """A global average pool written as a mean over the spatial dimensions (ShuffleNet,
+    EfficientNet), once keeping the dimensions and once not."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.head = nn.Linear(16, 10)
+
+    def forward(self, x):
+        x = F.relu(self.conv(x))
+        a = x.mean((2, 3))
+        b = torch.mean(x, dim=(-2, -1), keepdim=True).flatten(1)
+        return self.head(torch.cat([a, b], dim=1))

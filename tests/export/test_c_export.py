@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from helpers import Gates, ShapeOps, require_gcc
+from helpers import Gates, MeanHead, ShapeOps, require_gcc
 from netshrink.errors import UnsupportedLayerError
 from netshrink.export.c import (
     _HELPERS,
@@ -218,27 +218,11 @@ def test_export_is_deterministic(tmp_path):
     assert first.header.read_bytes() == second.header.read_bytes()
 
 
-class _SpatialMeans(nn.Module):
-    """Global average pools written as means over the spatial dimensions, with and without
-    keepdim (ShuffleNet, EfficientNet heads)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(3, 8, 3, padding=1)
-        self.head = nn.Linear(16, 10)
-
-    def forward(self, x):
-        x = F.relu(self.conv(x))
-        a = x.mean((2, 3))
-        b = torch.mean(x, dim=(-2, -1), keepdim=True).flatten(1)
-        return self.head(torch.cat([a, b], dim=1))
-
-
 def test_a_spatial_mean_is_bit_exact(tmp_path):
     require_gcc()
     torch.manual_seed(0)
     images = torch.randn(16, 3, 10, 10)
-    _check_bit_exact(quantize(_SpatialMeans().eval(), images), images, tmp_path, (3, 10, 10))
+    _check_bit_exact(quantize(MeanHead().eval(), images), images, tmp_path, (3, 10, 10))
 
 
 def test_gates_and_lookup_tables_are_bit_exact(tmp_path):

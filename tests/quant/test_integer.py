@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from helpers import Gates, ShapeOps, train_on_digits
+from helpers import Gates, MeanHead, ShapeOps, randomize_batchnorms, train_on_digits
 from netshrink.errors import UnsupportedLayerError
 from netshrink.models import ModelSpec, build_model
 from netshrink.quant import (
@@ -28,24 +28,11 @@ from netshrink.train import FitConfig, evaluate
 SIZE = 16
 
 
-def _randomize_batchnorms(model: nn.Module, seed: int = 1) -> nn.Module:
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                c = m.num_features
-                m.running_mean.copy_(torch.randn(c, generator=g) * 0.3)
-                m.running_var.copy_(torch.rand(c, generator=g) + 0.5)
-                m.weight.copy_(torch.rand(c, generator=g) + 0.5)
-                m.bias.copy_(torch.randn(c, generator=g) * 0.3)
-    return model
-
-
 def _zoo(name: str, size: int = SIZE, **args) -> nn.Module:
     torch.manual_seed(0)
     spec = ModelSpec(name=name, args=args)
     model = build_model(spec, num_classes=10, in_channels=3, input_size=size)
-    return _randomize_batchnorms(model).eval()
+    return randomize_batchnorms(model).eval()
 
 
 def _images(n: int = 16, size: int = SIZE, seed: int = 2) -> torch.Tensor:
@@ -321,22 +308,6 @@ def test_shape_ops_quantize_and_run_on_integers_exactly():
     torch.manual_seed(0)
     model, x = ShapeOps().eval(), _images()
     _assert_identical(quantize(model, x), x)
-
-
-class MeanHead(nn.Module):
-    """A global average pool written as a mean over the spatial dimensions (ShuffleNet,
-    EfficientNet), once keeping the dimensions and once not."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(3, 8, 3, padding=1)
-        self.head = nn.Linear(16, 10)
-
-    def forward(self, x):
-        x = F.relu(self.conv(x))
-        a = x.mean((2, 3))
-        b = torch.mean(x, dim=(-2, -1), keepdim=True).flatten(1)
-        return self.head(torch.cat([a, b], dim=1))
 
 
 def test_a_spatial_mean_runs_on_integers_exactly():
