@@ -142,3 +142,14 @@ def test_a_recipe_names_its_device_and_a_typo_fails_before_any_work():
     assert parse_recipe(text + "device: cpu\n").device == "cpu"
     with pytest.raises(ConfigError, match="unknown device 'gpu'"):
         parse_recipe(text + "device: gpu\n")
+
+
+def test_mixed_precision_is_refused_off_cuda_and_leaves_cache_keys_alone(user_sets):
+    from netshrink.baseline import BASELINES, baseline_key
+
+    with pytest.raises(ConfigError, match="mixed_precision trains on CUDA only"):
+        fit(_model(), DataLoader(user_sets[0], 64), epochs=1, mixed_precision=True, device="cpu")
+    spec, data, config = BASELINES["lenet5"]
+    assert "mixed_precision" not in config.model_dump()  # the default is left out of every key
+    on = config.model_copy(update={"mixed_precision": True})
+    assert baseline_key(spec, data, on) != baseline_key(spec, data, config)

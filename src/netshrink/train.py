@@ -25,7 +25,7 @@ from typing import Literal
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from pydantic import Field
+from pydantic import Field, model_serializer
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
@@ -48,7 +48,10 @@ StepHook = Callable[[int], None]
 
 
 class FitConfig(Settings):
-    """How to train: optimizer, learning-rate schedule, regularisation, length and seed."""
+    """How to train: optimizer, learning-rate schedule, regularisation, length and seed.
+    `mixed_precision`: the forward and backward passes in bfloat16 (float16 with loss scaling
+    where the GPU has no bfloat16) on CUDA, the weights and their updates in float32; CUDA only.
+    Never used by evaluation, calibration or the integer path, which must be exact."""
 
     epochs: int = Field(10, ge=0)
     lr: float = Field(0.05, gt=0)
@@ -58,6 +61,16 @@ class FitConfig(Settings):
     batch_size: int = Field(128, ge=1)
     schedule: Literal["cosine", "constant"] = "cosine"
     seed: int = 0
+    mixed_precision: bool = False
+
+    @model_serializer(mode="wrap")
+    def _default_precision_unwritten(self, handler):
+        # left out at its default, so the keys of cached baselines and finished stages (hashes
+        # of these dumps) are those of the runs made before the option existed
+        data = handler(self)
+        if data.get("mixed_precision") is False:
+            del data["mixed_precision"]
+        return data
 
 
 @dataclass(frozen=True)
@@ -159,7 +172,10 @@ def fit(
         config = to_config(FitConfig, {**config.model_dump(), **fields})
     data = as_data(data, val=val)
     place(model, device)
-    rank, world = init_distributed(model_device(model))
+    device = model_device(model)
+    if config.mixed_precision and device.type != "cuda":
+        raise ConfigError(f"mixed_precision trains on CUDA only; the model is on {device}")
+    rank, world = init_distributed(device)
     torch.manual_seed(config.seed)  # dropout and anything else random in the forward pass
     if config.batch_size % world:
         raise ConfigError(f"batch size {config.batch_size} does not split over {world} processes")
@@ -174,6 +190,7 @@ def fit(
     history, first = _restore(resume, model, optimizer, scheduler, settings)
     net = _distributed(model) if world > 1 else model
     loss_fn = loss_fn or (lambda logits, y, x: F.cross_entropy(logits, y))
+    precision = _Precision(config.mixed_precision)
     with make_progress(progress) as bar:
         task = bar.add_task("train", total=total_steps, completed=first * len(train), status="")
         for epoch in range(first, config.epochs):
@@ -189,6 +206,7 @@ def fit(
                 step_hooks,
                 epoch * len(train),
                 lambda: bar.advance(task),
+                precision,
             )
             result = evaluate(model, val) if val is not None else None
             history.epochs.append(
@@ -221,19 +239,42 @@ def _restore(resume, model, optimizer, scheduler, settings) -> tuple[History, in
     return History(epochs), done
 
 
-def _train_epoch(net, loader, optimizer, scheduler, loss_fn, step_hooks, first_step, advance):
+class _Precision:
+    """Mixed precision on CUDA (torch.autocast, and a gradient scaler for float16), or nothing."""
+
+    def __init__(self, enabled: bool) -> None:
+        bf16 = enabled and torch.cuda.is_bf16_supported()
+        self.enabled, self.dtype = enabled, torch.bfloat16 if bf16 else torch.float16
+        self.scaler = torch.amp.GradScaler("cuda") if enabled and not bf16 else None
+
+    def autocast(self):
+        return torch.autocast("cuda", dtype=self.dtype, enabled=self.enabled)
+
+    def step(self, loss: torch.Tensor, optimizer) -> None:
+        if self.scaler is None:
+            loss.backward()
+            optimizer.step()
+            return
+        self.scaler.scale(loss).backward()
+        self.scaler.step(optimizer)
+        self.scaler.update()
+
+
+def _train_epoch(
+    net, loader, optimizer, scheduler, loss_fn, step_hooks, first_step, advance, precision
+):
     """One pass over `loader`; returns this rank's mean loss and top-1 on the training batches."""
     net.train()
     loss_sum = correct = seen = 0.0
     for i, (x, y) in enumerate(loader):
         x, y = to_model(net, x, y)
-        logits = net(x)
-        loss = loss_fn(logits, y, x)
+        with precision.autocast():
+            logits = net(x)
+            loss = loss_fn(logits, y, x)
         if not torch.isfinite(loss):
             raise ConfigError(f"training diverged (loss {loss.item()}): lower the learning rate")
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        precision.step(loss, optimizer)
         scheduler.step()
         for hook in step_hooks:
             hook(first_step + i + 1)

@@ -229,6 +229,11 @@ def _add_fit_args(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--schedule", choices=("cosine", "constant"), default=defaults.schedule)
     g.add_argument("--seed", type=int, default=defaults.seed)
+    g.add_argument(
+        "--mixed-precision",
+        action="store_true",
+        help="train in bfloat16 / float16 on CUDA (weights stay float32)",
+    )
     g.add_argument("--crop-padding", type=int, default=0, help="augment: random crop after padding")
     g.add_argument("--hflip", action="store_true", help="augment: random horizontal flips")
 
@@ -250,6 +255,7 @@ def run_train(args) -> None:
         weight_decay=args.weight_decay,
         batch_size=args.batch_size,
         schedule=args.schedule,
+        mixed_precision=args.mixed_precision or None,
         seed=args.seed,
     )
     out = args.out or Path("runs") / spec.name.replace(":", "-")
