@@ -152,8 +152,8 @@ class DataConfig(Config):
 
     source: "fashion-mnist" (the Debian package's files), "fashion-mnist:DIR", "mnist:DIR",
     "digits" (scikit-learn, 8x8), "cifar10:DIR" (binary batches), "folder:DIR", or a directory
-    whose kind is detected; a relative DIR is made absolute (against the working directory). limit: at most this many examples in each split (quick runs).
-    val_fraction: share of the training file held out for validation. seed: the train / val
+    whose kind is detected; a relative DIR is made absolute (against the working directory).
+    limit: at most this many examples in each split (quick runs). val_fraction: share of the training file held out for validation. seed: the train / val
     split and the limit subsample. image_size: resize every image (bilinear) at load time, e.g.
     8x8 digits to 28 for LeNet-5. crop_padding, hflip: training augmentation (random crop after
     zero padding, random horizontal flip). test_fraction: held out as the test split by sources
@@ -564,7 +564,8 @@ def _random_crop(x: torch.Tensor, padding: int, gen: torch.Generator) -> torch.T
 class BatchLoader:
     """Batches (x float32 [B, C, H, W] = (pixels / 255 - mean) / std, y int64 [B]) cut straight
     from an ImageSet's uint8 tensors (or an ImageFiles' files, decoded by its workers),
-    batch-wise: per-sample Python transforms are slow on a few cores. E.g. `BatchLoader(splits.train, 128, mean=splits.mean, std=splits.std, shuffle=True)`.
+    batch-wise: per-sample Python transforms are slow on a few cores. E.g.
+    `BatchLoader(splits.train, 128, mean=splits.mean, std=splits.std, shuffle=True)`.
 
     Shuffling and augmentation (random crop after crop_padding zeros, random horizontal flip)
     come from generators seeded by (seed, epoch): call set_epoch(epoch) before each epoch. For

@@ -32,8 +32,9 @@ def check_device_name(name: str) -> str:
 
 def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
     """The torch device `name` means on this machine: "auto" (or None) is CUDA when there is
-    one, else the CPU; under torchrun "cuda" is the process's own GPU (LOCAL_RANK). A CUDA or MPS device this machine lacks is a ConfigError
-    in one line (the CLI exits 2), never a fall-back that would quietly train on the CPU."""
+    one, else the CPU; under torchrun "cuda" is the process's own GPU (LOCAL_RANK). A CUDA or
+    MPS device this machine lacks is a ConfigError in one line (the CLI exits 2), never a
+    fall-back that would quietly train on the CPU."""
     if isinstance(name, torch.device):
         name = str(name)
     name = check_device_name("auto" if name is None else name)

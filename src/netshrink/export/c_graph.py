@@ -33,6 +33,7 @@ from .c_kernels import (
     linear_body,
     pool_body,
     sliding_window,
+    strided_index,
 )
 from .c_program import Program
 from .c_values import Cat, Pending, Stored, ctype_for
@@ -192,12 +193,7 @@ class Builder:
 
     def _gather(self, node: fx.Node, x: Stored, view) -> Pending:
         shape = tuple(view.shape)
-        source, out_stride = [str(view.storage_offset())], 1
-        for size, stride in zip(reversed(shape), reversed(view.stride())):
-            if size > 1 and stride:
-                source.append(f"((i / {out_stride}) % {size}) * {stride}")
-            out_stride *= size
-        expr = f"x[{' + '.join(source)}]"
+        expr = f"x[{strided_index(shape, view.stride(), view.storage_offset())}]"
         count = math.prod(shape)
 
         def body(epilogue, out):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 
+import torch
 from torch import nn
 
 from ..errors import UnsupportedLayerError
@@ -147,19 +148,24 @@ def dilations(window) -> tuple[int, int]:
     return (1, 1) if window[0] == "adaptive" else (window[2], window[5])
 
 
+def strided_index(shape: tuple[int, ...], strides: tuple[int, ...], offset: int = 0) -> str:
+    """The C index that output value `i` (flat, of a contiguous tensor of `shape`) reads from a
+    buffer seen through `strides` and `offset` (a torch view's: transpose, slice, broadcast)."""
+    terms, out_stride = [str(offset)] if offset else [], 1
+    for size, stride in zip(reversed(shape), reversed(strides)):
+        if size > 1 and stride:
+            terms.append(f"((i / {out_stride}) % {size}) * {stride}")
+        out_stride *= size
+    return " + ".join(terms) or "0"
+
+
 def broadcast_index(out_shape: tuple[int, ...], shape: tuple[int, ...]) -> str:
     """The C index into a tensor of `shape` broadcast to `out_shape` for the flat output index
     `i` (numpy's rule: shapes aligned on the right, a size-1 dimension repeats)."""
     if tuple(shape) == tuple(out_shape):
         return "i"
-    shape = (1,) * (len(out_shape) - len(shape)) + tuple(shape)
-    terms, out_stride, stride = [], 1, 1
-    for out_size, size in zip(reversed(out_shape), reversed(shape)):
-        if size != 1:
-            terms.append(f"((i / {out_stride}) % {out_size}) * {stride}")
-        out_stride *= out_size
-        stride *= size
-    return " + ".join(terms) or "0"
+    view = torch.empty(shape).expand(out_shape)  # a repeated dimension has stride 0
+    return strided_index(tuple(out_shape), view.stride())
 
 
 def elementwise(name: str, x: Stored, clamps, shape) -> Pending:

@@ -175,7 +175,7 @@ class IntegerModel(nn.Module):
                 bad.append(f"{node.name} ({_describe(node, module)})")
             elif kind == "avg_pool" and self._divisor_after(node) is None:
                 bad.append(f"{node.name} (an average pool whose windows differ in size)")
-            elif kind == "lut" and (self._quantizer_before(node) or LUT_BITS + 1) > LUT_BITS:
+            elif kind == "lut" and not 0 < (self._quantizer_before(node) or 0) <= LUT_BITS:
                 bad.append(
                     f"{node.name} ({_describe(node, module)} of a value wider than {LUT_BITS} "
                     "bits: no lookup table)"
@@ -184,7 +184,8 @@ class IntegerModel(nn.Module):
             raise UnsupportedLayerError(
                 "the integer path cannot run " + ", ".join(bad) + "; it supports conv, linear, "
                 "ReLU / ReLU6, max and average pooling, residual add, products of two tensors, "
-                "element-wise functions of a value of up to 16 bits (sigmoid, SiLU, tanh, ...), "
+                f"element-wise functions of a value of up to {LUT_BITS} bits (sigmoid, SiLU, "
+                "tanh, ...), "
                 "concat and flatten (leave other layers in float with float_layers, or replace "
                 "them)"
             )
