@@ -172,8 +172,8 @@ def fixed_grid(values: np.ndarray) -> tuple[int, np.ndarray] | None:
     if top == 0:
         return None
     frac = MAX_FIXED_BITS - 1 - math.ceil(math.log2(top))
-    if frac > 64 or not _integral(np.ldexp(wide, frac)):
-        return None
+    if not -64 <= frac <= 64 or not _integral(np.ldexp(wide, frac)):
+        return None  # beyond the frac a header may hold (docs/format.md): another encoding
     while frac > -64 and _integral(np.ldexp(wide, frac - 1)):
         frac -= 1
     return frac, np.ldexp(wide, frac).astype(np.int64)
