@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_serializer
 
 from .config import Config
 from .errors import ConfigError, DataError
@@ -170,6 +170,14 @@ class DataConfig(Config):
     hflip: bool = False
     test_fraction: float = Field(0.2, gt=0.0, lt=1.0)
     workers: int | None = Field(None, ge=0)
+
+    @model_serializer(mode="wrap")
+    def _default_workers_unwritten(self, handler):
+        # a machine's setting, not the data's: at its default it stays out of files and keys
+        data = handler(self)
+        if data.get("workers") is None:
+            data.pop("workers", None)
+        return data
 
     @field_validator("source")
     @classmethod
