@@ -1,6 +1,6 @@
 """Helpers the tests share: a small zoo model trained on digits, a baseline checkpoint trained
 through the CLI, random batch-norm statistics, the small models of the integer-path and C tests
-(Gates, ShapeOps), and the gcc check. Imported as `from helpers import ...` (tests/ is on sys.path, as the
+(Branchy, Gates, ShapeOps), and the gcc check. Imported as `from helpers import ...` (tests/ is on sys.path, as the
 directory of the root conftest.py)."""
 
 import os
@@ -52,6 +52,35 @@ def randomize_batchnorms(model: nn.Module, seed: int = 1) -> nn.Module:
                 m.weight.copy_(torch.rand(c, generator=g) + 0.5)
                 m.bias.copy_(torch.randn(c, generator=g) * 0.3)
     return model.eval()
+
+
+class Branchy(nn.Module):
+    """Grouped, dilated, depthwise and 1x1 convs, concatenations (one under a ReLU), a padded
+    average pool of signed values, a residual add, padded and adaptive max pools, a view."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.relu6 = nn.ReLU6()
+        self.left = nn.Conv2d(8, 8, 3, padding=2, dilation=2, groups=2)
+        self.right = nn.Conv2d(8, 4, 1, bias=False)
+        self.pool = nn.AvgPool2d(3, 1, 1)
+        self.dw = nn.Conv2d(12, 12, 3, stride=2, padding=1, groups=12)
+        self.skip = nn.Conv2d(12, 12, 1, stride=2)
+        self.max_pool = nn.MaxPool2d(3, 2, 1)
+        self.adaptive = nn.AdaptiveMaxPool2d(3)
+        self.drop = nn.Dropout(0.5)
+        self.fc = nn.Linear(24 * 9, 10)
+
+    def forward(self, x):
+        x = self.relu6(self.bn(self.stem(x)))
+        y = self.pool(torch.cat([self.left(x), self.right(x)], dim=1))
+        s = self.skip(y)
+        z = torch.relu(self.dw(y) + s)
+        u = F.relu(torch.cat([z, torch.relu(s)], dim=1))
+        u = self.adaptive(self.max_pool(u))
+        return self.fc(self.drop(u.view(u.size(0), -1)))
 
 
 class Gates(nn.Module):

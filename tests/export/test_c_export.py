@@ -6,10 +6,9 @@ import subprocess
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from helpers import Gates, MeanHead, ShapeOps, require_gcc
+from helpers import Branchy, Gates, MeanHead, ShapeOps, require_gcc
 from netshrink.errors import UnsupportedLayerError
 from netshrink.export.c import (
     _HELPERS,
@@ -71,35 +70,6 @@ def test_resnet20_is_bit_exact_and_reuses_scratch(tmp_path):
     assert export.scratch_bytes == 3 * 16 * 32 * 32
     assert export.scratch_bytes < export.activation_bytes / 4
     assert export.input_ctype == "int8_t" and export.logits_ctype == "int32_t"
-
-
-class Branchy(nn.Module):
-    """Grouped, dilated, depthwise and 1x1 convs, concatenations (one under a ReLU), a padded
-    average pool of signed values, a residual add, padded and adaptive max pools, a view."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.stem = nn.Conv2d(3, 8, 3, padding=1)
-        self.bn = nn.BatchNorm2d(8)
-        self.relu6 = nn.ReLU6()
-        self.left = nn.Conv2d(8, 8, 3, padding=2, dilation=2, groups=2)
-        self.right = nn.Conv2d(8, 4, 1, bias=False)
-        self.pool = nn.AvgPool2d(3, 1, 1)
-        self.dw = nn.Conv2d(12, 12, 3, stride=2, padding=1, groups=12)
-        self.skip = nn.Conv2d(12, 12, 1, stride=2)
-        self.max_pool = nn.MaxPool2d(3, 2, 1)
-        self.adaptive = nn.AdaptiveMaxPool2d(3)
-        self.drop = nn.Dropout(0.5)
-        self.fc = nn.Linear(24 * 9, 10)
-
-    def forward(self, x):
-        x = self.relu6(self.bn(self.stem(x)))
-        y = self.pool(torch.cat([self.left(x), self.right(x)], dim=1))
-        s = self.skip(y)
-        z = torch.relu(self.dw(y) + s)
-        u = F.relu(torch.cat([z, torch.relu(s)], dim=1))
-        u = self.adaptive(self.max_pool(u))
-        return self.fc(self.drop(u.view(u.size(0), -1)))
 
 
 @pytest.mark.parametrize(

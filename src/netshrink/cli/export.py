@@ -21,6 +21,7 @@ from ..checkpoint import checkpoint_paths, load_checkpoint
 from ..codec.api import load_packed
 from ..data import DataConfig, load_data
 from ..errors import ConfigError
+from ..export.c_program import STORAGE
 from ..files import refuse_overwrite_input
 from ..quant import IntegerModel, is_quantized
 from ..report import console
@@ -41,6 +42,13 @@ def add_commands(commands) -> None:
     p.add_argument("--int8", type=Path, help="int8 QDQ ONNX file to write (fixed-point models)")
     p.add_argument("--c", type=Path, help="directory for the C99 sources (fixed-point models)")
     p.add_argument("--name", default="model", help="C file and symbol prefix (default model)")
+    p.add_argument(
+        "--c-storage",
+        choices=STORAGE,
+        default="smallest",
+        help="how the C code stores each layer's weights: the least flash of dense, codebook "
+        "indices and sparse (default), all dense, or sparse wherever a layer has a non-zero",
+    )
     p.add_argument("--check", type=int, default=None, help="check on at most N test images")
     add_data_args(p, default=None)
     p.set_defaults(run=run_export)
@@ -151,7 +159,7 @@ def _export_int8(model, path: Path, input_shape, images) -> None:
 def _export_c(model, args, input_shape, images) -> None:
     from ..export.c import build_and_run, export_c, flash_and_ram, quantize_input
 
-    export = export_c(model, args.c, input_shape, name=args.name)
+    export = export_c(model, args.c, input_shape, name=args.name, storage=args.c_storage)
     console().print(export.describe())
     with tempfile.TemporaryDirectory() as work:
         sizes = flash_and_ram(export, work)

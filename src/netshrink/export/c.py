@@ -4,9 +4,11 @@ Al-Hami et al.'s embedded fixed point; weights stored as in Deep Compression, Ha
 
 The generated code needs a C99 compiler and <stdint.h>, nothing else:
 
-- weights are `static const` arrays in OIHW order; a layer with few distinct integer weights (weight
-  sharing, 4-bit formats) stores packed 1/2/4/8-bit indices plus a codebook when that is smaller,
-  and unpacks one output channel's row at a time into the scratch arena;
+- weights are `static const` arrays in OIHW order, each layer in the least flash of three forms:
+  dense; packed 1/2/4/8-bit indices plus a codebook (weight sharing, 4-bit formats), one output
+  channel's row unpacked at a time into the scratch arena; sparse (a pruned layer: Deep
+  Compression's relative indices + codebook indices, walked by the kernel with no dense copy,
+  netshrink.export.c_sparse);
 - each producer is fused with what follows it up to its quantizer: conv / linear (+ bias,
   accumulator saturation, ReLU / ReLU6, requantization) is one loop nest, as are residual add,
   average pool (window sum + divide-requantize) and concatenation (one requantizing copy per part);
@@ -20,9 +22,9 @@ The generated code needs a C99 compiler and <stdint.h>, nothing else:
   No malloc; `model_run` is not reentrant.
 
 The pieces: netshrink.export.c_graph walks the fx graph and decides what each node becomes;
-c_program collects the steps, buffers and const arrays; c_kernels holds the loop nests and
-c_fixed the ranges and the requantizing epilogue; c_values the values passed around and the
-scratch plan; c_source the written files. This module is the public API and the gcc driver.
+c_program collects the steps, buffers and const arrays; c_kernels holds the loop nests (c_sparse
+those of the sparse form, and its encoding) and c_fixed the ranges and the requantizing
+epilogue; c_values the values passed around and the scratch plan; c_source the written files. This module is the public API and the gcc driver.
 
     >>> export = export_c(qmodel, "out", (1, 28, 28))
     >>> logits = build_and_run(export, quantize_input(images, export), "build")
@@ -49,7 +51,7 @@ from ..layers import copy_model
 from ..quant.fixed import to_integers
 from ..quant.quantize import fixed_point_formats
 from .c_graph import Builder
-from .c_program import LayerStorage
+from .c_program import STORAGE, LayerStorage
 from .c_source import HELPERS as _HELPERS  # noqa: F401 (tests compile the helpers on their own)
 from .c_source import CExport, header_text, source_text
 from .c_values import BITS, plan_arenas
@@ -72,7 +74,12 @@ _NUMPY |= {"int32_t": np.int32, "int64_t": np.int64}
 
 
 def export_c(
-    qmodel: fx.GraphModule, outdir: str | Path, input_shape: tuple[int, ...], *, name: str = "model"
+    qmodel: fx.GraphModule,
+    outdir: str | Path,
+    input_shape: tuple[int, ...],
+    *,
+    name: str = "model",
+    storage: str = "smallest",
 ) -> CExport:
     """Write `<name>.h` and `<name>.c` for a fixed-point model (netshrink.quant.quantize) whose
     images have `input_shape` (C, H, W); the entry point is
@@ -80,15 +87,22 @@ def export_c(
     `IntegerModel(qmodel).run(x).integers`. Raises UnsupportedLayerError naming every layer the C
     code cannot run (float layers, unknown ops).
 
+    `storage`: "smallest" stores each layer in the least flash of dense, packed codebook indices
+    and sparse (relative indices + codes, walked by the kernel: netshrink.export.c_sparse);
+    "dense" stores every layer dense (the reference a sparse build is timed against); "sparse"
+    stores every layer with a non-zero weight sparse.
+
     Example:
         >>> export = export_c(qmodel, "out", (1, 28, 28))
         >>> print(export.describe())
     """
     if not re.fullmatch(r"[A-Za-z_]\w*", name):
         raise ConfigError(f"the C export's name must be a C identifier, not {name!r}")
+    if storage not in STORAGE:
+        raise ConfigError(f"storage must be one of {', '.join(STORAGE)}, not {storage!r}")
     formats = fixed_point_formats(qmodel)
     graph_module = copy_model(qmodel).eval()
-    builder = Builder(graph_module, formats, name)
+    builder = Builder(graph_module, formats, name, storage)
     builder.check_supported()
     with torch.no_grad():
         ShapeProp(graph_module).propagate(torch.zeros(1, *input_shape))

@@ -32,6 +32,7 @@ from .c_kernels import (
     elementwise,
     linear_body,
     pool_body,
+    row_buffers,
     sliding_window,
     strided_index,
 )
@@ -45,12 +46,14 @@ class Builder:
     """check_supported, then (once ShapeProp has recorded every node's shape) walk: the steps,
     buffers and constants land in `program`; the input and logits formats on the Builder."""
 
-    def __init__(self, graph_module: fx.GraphModule, formats, name: str) -> None:
+    def __init__(
+        self, graph_module: fx.GraphModule, formats, name: str, storage: str = "smallest"
+    ) -> None:
         self.gm, self.formats, self.name = graph_module, formats, name
         self.modules = dict(graph_module.named_modules())
         nodes = graph_module.graph.nodes
         self.kinds = {n: node_kind(n, self.modules, formats.float_layers) for n in nodes}
-        self.program = Program(formats)
+        self.program = Program(formats, storage)
         self.input_format = self.input_ctype = self.logits_ctype = None
         self.output_frac = self.num_classes = None
 
@@ -349,14 +352,14 @@ class Builder:
         if bound >= LIMIT:
             raise UnsupportedLayerError(f"{node.name}: sums too large for 64-bit integers")
         args = [("x", x.buf, True)]
-        if w.packed:
-            args.append(("wrow", self.program.buffer(w.ctype, w.ints.shape[1]), False))
+        for pname, ctype, count in row_buffers(module, w, x):
+            args.append((pname, self.program.buffer(ctype, max(count, 1)), False))
         bias_expr = bias_expression(w, acc, shift)
         out_shape = self._shape(node)
         if isinstance(module, nn.Conv2d):
             body = conv_body(module, w, acc, bias_expr, x, out_shape)
         else:
-            body = linear_body(w, acc, bias_expr, x)
+            body = linear_body(module, w, acc, bias_expr, x)
         saturate = self._saturation()
         return Pending(node.name, out_shape, frac, 1, lo, hi, saturate, body, args, len(node.users))
 

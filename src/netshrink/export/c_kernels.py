@@ -13,7 +13,16 @@ from torch import nn
 
 from ..errors import UnsupportedLayerError
 from .c_fixed import literal
-from .c_values import Pending, Stored, Weights
+from .c_sparse import (
+    SPARSE_CONV,
+    SPARSE_DOT,
+    SPARSE_LINEAR,
+    conv_keep,
+    linear_keep,
+    multiply_keep,
+    row_walk,
+)
+from .c_values import Pending, Stored, Weights, ctype_for
 
 ELEMENTWISE = """\
     int i;
@@ -201,11 +210,29 @@ def _decode(w: Weights, indent: str) -> tuple[str, str]:
     )
 
 
-def conv_body(module: nn.Conv2d, w: Weights, acc: str, bias: str, x: Stored, out_shape):
+def row_buffers(module: nn.Module, w: Weights, x: Stored) -> list[tuple[str, str, int]]:
+    """The scratch a layer's loop nest writes besides its output, as (name, C type, count): a
+    packed layer's unpacked row, a sparse layer's list of one row's non-zeros (c_sparse)."""
+    if w.packed:
+        return [("wrow", w.ctype, w.ints.shape[1])]
+    if w.sparse is None or (isinstance(module, nn.Linear) and x.buf.count == w.ints.shape[1]):
+        return []  # a linear layer on one row multiplies as it walks
+    count = w.sparse.max_row
+    if isinstance(module, nn.Conv2d):
+        geometry = _conv_geometry(module, x)
+        return [
+            ("so", ctype_for(0, geometry["max_offset"]), count),
+            ("sy", ctype_for(0, max(module.kernel_size) - 1), count),
+            ("sx", ctype_for(0, max(module.kernel_size) - 1), count),
+            ("sv", w.ctype, count),
+        ]
+    return [("si", ctype_for(0, w.ints.shape[1] - 1), count), ("sv", w.ctype, count)]
+
+
+def _conv_geometry(module: nn.Conv2d, x: Stored) -> dict:
     if len(x.shape) != 4 or x.shape[0] != 1:
         raise UnsupportedLayerError(f"the C export runs one image at a time, not {x.shape}")
     _, c, h, width = x.shape
-    oc, oh, ow = out_shape[1:]
     kh, kw = module.kernel_size
     dilation = module.dilation
     if isinstance(module.padding, str):  # 'valid', or torch's 'same' (extra pad at the end)
@@ -213,36 +240,60 @@ def conv_body(module: nn.Conv2d, w: Weights, acc: str, bias: str, x: Stored, out
         padding = tuple(d * (k - 1) // 2 if same else 0 for d, k in zip(dilation, (kh, kw)))
     else:
         padding = module.padding
-    window = sliding_window((kh, kw), module.stride, padding, dilation)
-    window_y, window_x = _window_code(window, (h, width), 3)
+    icg = c // module.groups
+    max_offset = (icg - 1) * h * width + (kh - 1) * dilation[0] * width + (kw - 1) * dilation[1]
+    return dict(
+        c=c, h=h, width=width, kh=kh, kw=kw, dh=dilation[0], dw=dilation[1], icg=icg,
+        window=sliding_window((kh, kw), module.stride, padding, dilation), max_offset=max_offset,
+    )  # fmt: skip
+
+
+def conv_body(module: nn.Conv2d, w: Weights, acc: str, bias: str, x: Stored, out_shape):
+    g = _conv_geometry(module, x)
+    oc, oh, ow = out_shape[1:]
+    window_y, window_x = _window_code(g["window"], (g["h"], g["width"]), 3)
+    shape = dict(
+        oc=oc, ocg=oc // module.groups, group_in=g["icg"] * g["h"] * g["width"], in_t=x.buf.ctype,
+        w_t=w.ctype, acc=acc, bias=bias, oh=oh, ow=ow, window_y=window_y, window_x=window_x,
+        icg=g["icg"], hw=g["h"] * g["width"], khw=g["kh"] * g["kw"], dh=g["dh"], dw=g["dw"],
+        w=g["width"], kh=g["kh"], kw=g["kw"],
+    )  # fmt: skip
+    if w.sparse is not None:
+        so_t, sy_t = (ctype for _, ctype, _ in row_buffers(module, w, x)[:2])
+        keep = conv_keep(shape, so_t, sy_t)
+        walk = row_walk(w.cname, w.sparse, w.ints.shape[1], w.ctype, keep)
+        return lambda epilogue, out: SPARSE_CONV.format(
+            walk=walk, epilogue=epilogue(4), out=out, **shape
+        )
     decl, decode = _decode(w, "        ")
-    groups = module.groups
     row = f"w_{w.cname} + oc * {w.ints.shape[1]}" if not w.packed else "wrow"
-
-    def body(epilogue, out):
-        return _CONV.format(
-            decl=decl, decode=decode, oc=oc, ocg=oc // groups, group_in=(c // groups) * h * width,
-            in_t=x.buf.ctype, w_t=w.ctype, row=row, acc=acc, bias=bias, oh=oh, ow=ow,
-            window_y=window_y, window_x=window_x, icg=c // groups, hw=h * width, khw=kh * kw,
-            dh=dilation[0], dw=dilation[1], w=width, kw=kw, epilogue=epilogue(4), out=out,
-        )  # fmt: skip
-
-    return body
+    return lambda epilogue, out: _CONV.format(
+        decl=decl, decode=decode, row=row, epilogue=epilogue(4), out=out, **shape
+    )
 
 
-def linear_body(w: Weights, acc: str, bias: str, x: Stored):
+def linear_body(module: nn.Linear, w: Weights, acc: str, bias: str, x: Stored):
     in_f = w.ints.shape[1]
+    shape = dict(
+        out_f=len(w.ints), w_t=w.ctype, acc=acc, bias=bias, rows=x.buf.count // in_f,
+        in_t=x.buf.ctype, in_f=in_f,
+    )  # fmt: skip
+    if w.sparse is not None and shape["rows"] == 1:
+        walk = row_walk(w.cname, w.sparse, in_f, w.ctype, multiply_keep(acc))
+        return lambda epilogue, out: SPARSE_DOT.format(
+            walk=walk, epilogue=epilogue(2), out=out, **shape
+        )
+    if w.sparse is not None:
+        si_t = row_buffers(module, w, x)[0][1]
+        walk = row_walk(w.cname, w.sparse, in_f, w.ctype, linear_keep(si_t))
+        return lambda epilogue, out: SPARSE_LINEAR.format(
+            walk=walk, epilogue=epilogue(3), out=out, **shape
+        )
     decl, decode = _decode(w, "        ")
     row = f"w_{w.cname} + oc * {in_f}" if not w.packed else "wrow"
-
-    def body(epilogue, out):
-        return _LINEAR.format(
-            decl=decl, decode=decode, out_f=len(w.ints), w_t=w.ctype, row=row, acc=acc,
-            bias=bias, rows=x.buf.count // in_f, in_t=x.buf.ctype, in_f=in_f,
-            epilogue=epilogue(3), out=out,
-        )  # fmt: skip
-
-    return body
+    return lambda epilogue, out: _LINEAR.format(
+        decl=decl, decode=decode, row=row, epilogue=epilogue(3), out=out, **shape
+    )
 
 
 def bias_expression(w: Weights, acc: str, shift: int) -> str:

@@ -7,7 +7,7 @@ smaller (LayerStorage says which)."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from torch import nn
@@ -16,12 +16,17 @@ from ..errors import UnsupportedLayerError
 from ..quant.fixed import FixedPoint, to_integers
 from .c_fixed import make_epilogue
 from .c_kernels import CAT, CAT_PART, elementwise
+from .c_sparse import SparseWeights, sparse_weights
 from .c_values import BITS, Buffer, Cat, Step, Stored, Weights, c_identifier, ctype_for
+
+STORAGE = ("smallest", "dense", "sparse")  # export_c's choices of how layers are stored
 
 
 @dataclass(frozen=True)
 class LayerStorage:
-    """How one layer's constants are stored: `index_bits` and `codebook` entries when packed."""
+    """How one layer's constants are stored (`form`): "dense", "codebook" (`index_bits`-bit
+    indices into `codebook` entries) or "sparse" (`gap_bits`-bit relative indices and
+    `index_bits`-bit indices into `codebook` non-zero values: netshrink.export.c_sparse)."""
 
     name: str
     values: int
@@ -29,14 +34,17 @@ class LayerStorage:
     index_bits: int | None
     codebook: int
     bytes: int
+    form: str = "dense"
+    gap_bits: int | None = None
 
 
 class Program:
     """Steps, buffers and const arrays of the C program under construction; `layer_weights`
     converts a layer's weights (once) and records how they are stored."""
 
-    def __init__(self, formats) -> None:
+    def __init__(self, formats, storage: str = "smallest") -> None:
         self.formats = formats
+        self.storage_choice = storage
         self.steps: list[Step] = []
         self.buffers: list[Buffer] = []
         self.consts: list[str] = []
@@ -121,28 +129,57 @@ class Program:
         cname = _unique(c_identifier(name), self.cnames)
         ctype = "int8_t" if fmt.bits <= 8 else "int16_t"
         w = Weights(cname, fmt.frac, ctype, ints.reshape(len(ints), -1), bias, bias_frac, None)
-        w.packed, size = self._weight_arrays(w)
+        stored = self._weight_arrays(w, name, fmt.bits)
         if bias is not None:
             self.consts.append(_array(f"b_{cname}", bias_ctype, bias))
-            size += len(bias) * BITS[bias_ctype] // 8
-        self.storage.append(LayerStorage(name, ints.size, fmt.bits, *(w.packed or (None, 0)), size))
+            stored = replace(stored, bytes=stored.bytes + len(bias) * BITS[bias_ctype] // 8)
+        self.storage.append(stored)
         self.weights[name] = w
         return w
 
-    def _weight_arrays(self, w: Weights) -> tuple[tuple[int, int] | None, int]:
+    def _weight_arrays(self, w: Weights, name: str, bits: int) -> LayerStorage:
+        """Write the const arrays of the smallest form allowed by the storage choice (the
+        sparse one wherever it is asked for and the layer has a non-zero) and say which."""
         flat = w.ints.reshape(-1)
         width = BITS[w.ctype] // 8
-        codebook, indices = np.unique(flat, return_inverse=True)
-        bits = next((b for b in (1, 2, 4, 8) if len(codebook) <= 1 << b), None)
-        dense = flat.size * width
-        if bits is not None and flat.size * bits < 1 << 31:
-            packed = -(-flat.size * bits // 8) + len(codebook) * width
-            if packed < dense:
-                self.consts.append(_array(f"wi_{w.cname}", "uint8_t", _pack(indices, bits)))
-                self.consts.append(_array(f"wc_{w.cname}", w.ctype, codebook.tolist()))
-                return (bits, len(codebook)), packed
-        self.consts.append(_array(f"w_{w.cname}", w.ctype, flat.tolist()))
-        return None, dense
+        dense = LayerStorage(name, flat.size, bits, None, 0, flat.size * width)
+        options, sparse = [dense], None
+        if self.storage_choice != "dense":
+            sparse = sparse_weights(w.ints, width)
+            options += [*_codebook_option(dense, flat, width), *_sparse_option(dense, sparse)]
+        if self.storage_choice == "sparse":
+            options = [o for o in options if o.form == "sparse"] or options
+        stored = min(options, key=lambda o: o.bytes)
+        c = w.cname
+        if stored.form == "codebook":
+            codebook, indices = np.unique(flat, return_inverse=True)
+            w.packed = (stored.index_bits, stored.codebook)
+            self.consts.append(_array(f"wi_{c}", "uint8_t", _pack(indices, stored.index_bits)))
+            self.consts.append(_array(f"wc_{c}", w.ctype, codebook.tolist()))
+        elif stored.form == "sparse":
+            w.sparse = sparse
+            self.consts.append(_array(f"ws_{c}", "uint8_t", sparse.stream))
+            self.consts.append(_array(f"wc_{c}", w.ctype, sparse.codebook))
+        else:
+            self.consts.append(_array(f"w_{c}", w.ctype, flat.tolist()))
+        return stored
+
+
+def _codebook_option(dense: LayerStorage, flat: np.ndarray, width: int) -> list[LayerStorage]:
+    """Packed 1/2/4/8-bit indices into the layer's distinct integers, where they fit."""
+    count = len(np.unique(flat))
+    bits = next((b for b in (1, 2, 4, 8) if count <= 1 << b), None)
+    if bits is None or flat.size * bits >= 1 << 31:
+        return []
+    size = -(-flat.size * bits // 8) + count * width
+    return [replace(dense, form="codebook", index_bits=bits, codebook=count, bytes=size)]
+
+
+def _sparse_option(dense: LayerStorage, sparse: SparseWeights | None) -> list[LayerStorage]:
+    if sparse is None:
+        return []
+    fields = dict(index_bits=sparse.code_bits, gap_bits=sparse.gap_bits, bytes=sparse.bytes)
+    return [replace(dense, form="sparse", codebook=len(sparse.codebook), **fields)]
 
 
 def _unique(name: str, taken: set[str]) -> str:

@@ -38,7 +38,11 @@ class CExport:
         """A short text report: per-layer storage, flash for weights, RAM for the scratch."""
         lines = [f"{self.source}: {self.name}_run({self.input_ctype} in, {self.logits_ctype} out)"]
         for s in self.layers:
-            how = f"{s.index_bits}-bit indices + {s.codebook} codes" if s.index_bits else "dense"
+            how = s.form
+            if s.form == "codebook":
+                how = f"{s.index_bits}-bit indices + {s.codebook} codes"
+            elif s.form == "sparse":
+                how = f"sparse, {s.gap_bits}-bit relative indices + {s.index_bits}-bit codes"
             lines.append(f"  {s.name}: {s.values} weights, {s.bits}-bit, {how}: {s.bytes} B")
         lines.append(f"weights (flash): {self.weight_bytes} B")
         lines.append(f"scratch (RAM): {self.scratch_bytes} B ({self.activation_bytes} B unshared)")
@@ -72,6 +76,17 @@ static inline int64_t ns_div_even(int64_t a, int64_t b)
         r += b;
     }
     return (2 * r > b || (2 * r == b && q % 2 != 0)) ? q + 1 : q;
+}
+""",
+    "ns_field": """
+/* the b-bit field (b <= 25) that starts at bit o of a stream written most significant bit
+   first (the .nsk file's bit order); the stream is padded so that four bytes can be read */
+static inline uint32_t ns_field(const uint8_t *p, int32_t o, int b)
+{
+    const uint8_t *q = p + (o >> 3);
+    const uint32_t v = ((uint32_t)q[0] << 24) | ((uint32_t)q[1] << 16) | ((uint32_t)q[2] << 8)
+        | (uint32_t)q[3];
+    return (v >> (32 - (o & 7) - b)) & ((1u << b) - 1u);
 }
 """,
     "ns_index": """

@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from .c_sparse import SparseWeights
 
 _CTYPES = (
     ("int8_t", -(1 << 7), (1 << 7) - 1),
@@ -102,6 +105,7 @@ class Weights:
     bias: list[int] | None
     bias_frac: int | None
     packed: tuple[int, int] | None  # (index bits, codebook size)
+    sparse: SparseWeights | None = None  # set when the layer is stored sparse
 
 
 def plan_arenas(buffers: list[Buffer]) -> dict[int, int]:

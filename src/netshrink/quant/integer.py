@@ -255,8 +255,8 @@ class IntegerModel(nn.Module):
         else:
             acc = F.linear(x.q.double(), layer["weight"])
         acc = acc.long()
-        if layer["bias"] is not None:
-            shape = (1, -1) + (1,) * (acc.dim() - 2)
+        if layer["bias"] is not None:  # along the channels of a conv, the last axis of a linear
+            shape = (1, -1, 1, 1) if isinstance(module, nn.Conv2d) else (-1,)
             acc = acc + (layer["bias"] << (frac - layer["bias_frac"])).reshape(shape)
         return IntValue(self._saturate(name, acc, overflows), frac)
 
