@@ -110,3 +110,21 @@ def test_missing_tools_and_bad_arguments_are_config_errors(lenet, tmp_path, monk
         cortex_m_flash_and_ram(export, tmp_path)
     with pytest.raises(ConfigError, match="apt-get install -y qemu-system-arm"):
         run_on_qemu(export, quantize_input(images[:1], export), tmp_path)
+
+
+def test_sparse_layers_run_on_a_cortex_m3(lenet, tmp_path):
+    # the sparse walk (c_sparse) on a 32-bit target: 90% of LeNet-5's weights pruned
+    _require("arm-none-eabi-gcc", "arm-none-eabi-size", "qemu-system-arm")
+    _, dense_export, images = lenet
+    model = lenet5().eval()
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                m.weight.mul_((torch.rand(m.weight.shape) < 0.1).float())
+    qmodel = quantize(model, images, QuantConfig())
+    export = export_c(qmodel, tmp_path / "out", (1, 28, 28), storage="sparse")
+    logits = run_on_qemu(export, quantize_input(images[:8], export), tmp_path / "run")
+    np.testing.assert_array_equal(logits, IntegerModel(qmodel).run(images[:8]).integers.numpy())
+    sizes = cortex_m_flash_and_ram(export, tmp_path / "m3", cpu="cortex-m3")
+    assert sizes["flash_bytes"] < dense_export.weight_bytes / 3
