@@ -37,7 +37,7 @@ _EXPORTER_NOISE = (
     r"You are using the legacy TorchScript-based ONNX export",
     r"The feature will be removed",
 )
-_SESSION_ERRORS = (
+SESSION_ERRORS = (
     ort_state.Fail,
     ort_state.InvalidArgument,
     ort_state.InvalidGraph,
@@ -142,7 +142,7 @@ def onnx_session(path: str | Path, *, threads: int | None = None) -> ort.Inferen
         options.intra_op_num_threads = int(threads)
     try:
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    except _SESSION_ERRORS as exc:
+    except SESSION_ERRORS as exc:
         first = (str(exc).strip().splitlines() or ["unreadable"])[0]
         raise CorruptFileError(
             f"{path}: not a valid ONNX model ({first}); export it again with export_onnx"

@@ -3,19 +3,27 @@ whose scales are the model's own power-of-two formats, so that ONNX Runtime runs
 model that netshrink chose rather than quantizing it again.
 
 Each activation quantizer becomes a clip to its format's range and a Q/DQ pair at scale 2**-frac,
-zero point 0 (int8, or uint8 for the unsigned formats after a ReLU); each quantized weight a Q/DQ
-pair on its initializer, which ONNX Runtime folds into int8 kernels. Biases stay float: ONNX
-Runtime adds them to its int32 accumulator itself. Two differences from the integer path remain,
-both documented and measured rather than hidden: ONNX rounds ties to even (the integer path rounds
-them up, unless the model was quantized with `ties="even"`: then they agree), and an average pool
-divides in float before it rounds. Activations wider than 8 bits
-have no int8 form: they raise UnsupportedLayerError. A weight wider than 8 bits (a pre-activation
-BatchNorm's 16-bit per-channel scales, netshrink.fold.batchnorms_as_convs) stays a float
-initializer, exact on its grid, and ONNX Runtime runs that one layer in float.
+zero point 0 (int8, or uint8 for the unsigned formats after a ReLU). Each quantized weight is
+exported as a float initializer and a Q/DQ pair, then stored as the int8 integers that feed its
+DequantizeLinear (netshrink.export.onnx_int8: the same values, bit for bit), which ONNX Runtime
+folds into int8 kernels. A weight wider than 8 bits (a pre-activation BatchNorm's 16-bit
+per-channel scales, netshrink.fold.batchnorms_as_convs, or `weights` > 8) is stored as INT16
+through a DequantizeLinear, which needs opset 21: such a file is converted to it, and ONNX Runtime
+runs that layer in float on the exact grid values. (Left a float initializer, ONNX Runtime's
+optimizer quantizes it again to int8, off its grid, to fuse the layer; that is what happens where
+ONNX Runtime cannot open the opset-21 file and the export keeps the float weight.) Biases stay float: an int32 bias takes the
+same four bytes, and ONNX Runtime adds it to its int32 accumulator itself.
+
+Two differences from the integer path remain, both documented and measured rather than hidden:
+ONNX rounds ties to even (the integer path rounds them up, unless the model was quantized with
+`ties="even"`: then they agree), and an average pool divides in float before it rounds.
+Activations wider than 8 bits have no int8 form: they raise UnsupportedLayerError.
 """
 
 from pathlib import Path
 
+import onnx
+import onnxruntime as ort
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
@@ -24,7 +32,8 @@ from ..errors import ConfigError, UnsupportedLayerError
 from ..files import atomic_write
 from ..quant.fixed import FixedPoint
 from ..quant.quantize import fixed_point_formats
-from .onnx import _device, _export_checked, effective_copy
+from .onnx import SESSION_ERRORS, _device, _export_checked, effective_copy
+from .onnx_int8 import integer_weights, wide_weights_as_int16
 
 
 class _QdqActivation(nn.Module):
@@ -57,7 +66,8 @@ def export_onnx_int8(
 ) -> Path:
     """Write the fixed-point `qmodel` (netshrink.quant.quantize) to `path` as an int8 QDQ ONNX
     file with its own power-of-two scales; returns the path. Input "input" (float, normalized
-    images), output "logits" (float), batch dynamic.
+    images), output "logits" (float), batch dynamic. `opset`: the exporter's; a file with
+    weights wider than 8 bits is converted to opset 21 (INT16 DequantizeLinear).
 
     Example:
         >>> export_onnx_int8(quantize(model, data), "lenet5.int8.onnx", (1, 28, 28))
@@ -76,12 +86,45 @@ def export_onnx_int8(
     for name, spec in formats.activations.items():
         plain.set_submodule(name, _QdqActivation(FixedPoint(spec.bits, spec.frac, spec.signed)))
     for name, spec in formats.weights.items():
-        if spec.bits > 8:  # e.g. a pre-activation BatchNorm's 16-bit scales: kept as float
-            continue  # initializers, exact on their grid; ORT runs that layer in float
+        if spec.bits > 8:  # e.g. a pre-activation BatchNorm's 16-bit scales: torch exports no
+            continue  # wider Q/DQ pair; wide_weights_as_int16 stores them after the export
         fmt = FixedPoint(spec.bits, spec.frac, spec.signed)
         parametrize.register_parametrization(plain.get_submodule(name), "weight", _QdqWeight(fmt))
     plain.recompile()
     path = Path(path)
     example = torch.zeros(2, *(int(d) for d in input_shape), device=_device(plain))
-    atomic_write(path, lambda tmp: _export_checked(plain, example, tmp, opset))
+    int16 = {f"{n}.weight": s.frac for n, s in formats.weights.items() if s.bits > 8}
+    atomic_write(path, lambda tmp: _export_integer_weights(plain, example, tmp, opset, int16))
     return path
+
+
+def _export_integer_weights(plain, example, path: Path, opset: int, int16: dict[str, int]) -> None:
+    """Export and check, then store each quantized weight as integers (`int16`: the wide
+    weights' initializers and fractional lengths) and check again."""
+    _export_checked(plain, example, path, opset)
+    model = integer_weights(onnx.load(str(path)))
+    if int16:
+        wide = wide_weights_as_int16(_copy(model), int16)
+        # ONNX Runtime 1.32's QDQ optimizer can insert a QuantizeLinear that its own opset-21
+        # type check refuses (onnxruntime#25526; GoogLeNet's branch pools): keep float then.
+        model = wide if _loads_in_onnx_runtime(wide) else model
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, str(path))
+
+
+def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    return copy
+
+
+def _loads_in_onnx_runtime(model: onnx.ModelProto) -> bool:
+    """Whether ONNX Runtime opens `model` with every graph optimisation on (as onnx_session)."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 4
+    try:
+        ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    except SESSION_ERRORS:
+        return False
+    return True
