@@ -19,6 +19,7 @@ import torch
 
 from netshrink.codec import PackConfig, pack
 from netshrink.codec.container import MAGIC, PREFIX, TRAILER
+from netshrink.codec.header import TAG_VERSION
 from netshrink.models import ModelSpec, build_model
 
 SPEC = ModelSpec(name="vgg_small", args={"width": 0.125})
@@ -44,7 +45,13 @@ def _forms() -> dict[str, Callable[[], torch.nn.Module]]:
     from netshrink.prune import PruneMagnitudeConfig, StdThreshold, prune_magnitude
     from netshrink.prune.filters import PruneFiltersConfig, prune_filters
     from netshrink.quant.quantize import quantize
-    from netshrink.share.scalar import ShareKmeansConfig, share_kmeans
+    from netshrink.share.product import ShareRqConfig, share_rq
+    from netshrink.share.scalar import (
+        ShareBinaryConfig,
+        ShareKmeansConfig,
+        share_binary,
+        share_kmeans,
+    )
     from netshrink.share.svd import FactorSvdConfig, factor_svd
 
     def pruned():
@@ -58,6 +65,10 @@ def _forms() -> dict[str, Callable[[], torch.nn.Module]]:
         "filters": lambda: prune_filters(_model(), PruneFiltersConfig(amount=0.5), INPUT_SHAPE),
         "folded": lambda: fold_batchnorm(_model()),
         "fixed": lambda: quantize(_model(), torch.randn(16, *INPUT_SHAPE)),
+        "vector": lambda: share_rq(
+            pruned(), ShareRqConfig(stages=2, k=4, segment=3), progress=False
+        ),
+        "sign": lambda: share_binary(pruned(), ShareBinaryConfig(ternary=True), progress=False),
     }
 
 
@@ -94,8 +105,15 @@ def assemble(header: dict, payload: bytes) -> bytes:
             if isinstance(s, dict) and _ints(s.get("offset"), s.get("length")):
                 s["crc32"] = zlib.crc32(payload[s["offset"] : s["offset"] + s["length"]])
     packed = zlib.compress(json.dumps(header).encode(), 1)  # the size is not what is tested
-    out = PREFIX.pack(MAGIC, 1, 0, len(packed), zlib.crc32(packed)) + packed + payload
+    version = max([TAG_VERSION.get(r.get("encoding"), 1) for r in _dicts(records)], default=1)
+    out = PREFIX.pack(MAGIC, version, 0, len(packed), zlib.crc32(packed)) + packed + payload
     return out + struct.pack("<I", zlib.crc32(out))
+
+
+def _dicts(records) -> list[dict]:
+    """The records that are objects with a hashable encoding (the format version they need)."""
+    items = records if isinstance(records, list) else []
+    return [r for r in items if isinstance(r, dict) and isinstance(r.get("encoding"), str)]
 
 
 def _ints(*values) -> bool:

@@ -55,7 +55,7 @@ TARGETS: dict[str, tuple[float, str]] = {
     "deep-compression-lenet5-caffe-aggressive": (1.0, "past the paper: bench/peers.py's recipe"),
     "hierarchical-kim": (1.0, ""),
     "stable-fixed-point-alhami": (1.5, "stage budgets 0.5 + 0.5 pt on validation"),
-    "vector-quantization-gong": (1.0, "packed file: no vector-codebook encoding yet"),
+    "vector-quantization-gong": (1.0, "packed file: stage checkpoints keep no vector codebooks"),
     "embedded-shin-oh": (1.0, "bench/train_side.py: -0.14 pt at 10x"),
     "compressive-grimaldi": (1.0, ""),
 }

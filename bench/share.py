@@ -171,8 +171,8 @@ def _accuracy(head, batches) -> float:
 
 
 def _weight_bits(head) -> int:
-    """Bits of the weights in the head's .nsk file (a PQ / RQ layer is dense there until the
-    format has vector codebooks)."""
+    """Bits of the weights in the head's .nsk file (a PQ / RQ layer as its codebooks and codes,
+    the `vector` encoding; a per-channel binary one as scales and signs, `sign`)."""
     return sum(8 * r.nbytes for r in summarize_model(head).tensors if r.name.endswith("weight"))
 
 
@@ -413,10 +413,9 @@ def main() -> None:
         notes.append(
             "Gong et al. comparison: best top-1 of each family among the settings that reach a "
             "compression rate (the FC weights' dense fp32 bytes over their bytes in the .nsk "
-            "file, netshrink.codec.summarize_model; no retraining. The format has no vector "
-            "codebooks yet: PQ and RQ layers are stored as dense values, about 1x, so they reach "
-            "no rate of the table and a model whose PQ reaches none fails the target; "
-            "per-channel binary and ternary are near 1x too, each point's rate is in the JSON; "
+            "file, netshrink.codec.summarize_model; no retraining. PQ and RQ layers are stored "
+            "as codebooks plus codes (the `vector` encoding), per-channel binary and ternary as "
+            "scales plus sign symbols (`sign`); each point's rate is in the JSON; "
             "PQ = the better of PQ-x and PQ-y; SVD = the better of SVD at the same ratio in "
             "every FC layer and SVD that keeps the 10-way output layer at fp32, which truncation "
             "ruins; KM with k-means++ starts). Every point is in "

@@ -67,7 +67,17 @@ def test_every_seed_file_decodes(seeds, tmp_path):
     seed=st.integers(0, 2**32 - 1),
     name=st.sampled_from(
         sorted(
-            ["dense", "sparse", "codebook-bits", "factored", "filters", "folded", "fixed-huffman"]
+            [
+                "dense",
+                "sparse",
+                "codebook-bits",
+                "factored",
+                "filters",
+                "folded",
+                "fixed-huffman",
+                "vector",
+                "sign-huffman",
+            ]
         )
     ),  # fmt: skip
     kind=st.sampled_from(forge.FORGERIES),

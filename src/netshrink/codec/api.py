@@ -10,6 +10,7 @@ import zlib
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from pydantic import ValidationError
 from torch import nn
@@ -25,7 +26,7 @@ from ..models import ModelSpec, build_model
 from ..models.registry import AllowImport
 from ..quant.quantize import weight_quant
 from ..replay import replay_edits
-from ..share.codebooks import restore_codebook
+from ..share.codebooks import SignCodebook, VectorCodebook, attach, restore_codebook
 from ..untrusted import (
     MAX_DECODED_BYTES,
     build_skeleton,
@@ -36,7 +37,8 @@ from ..untrusted import (
 )
 from .container import Container, container_bytes, read_container
 from .encodings import PackConfig, decode_tensor, encode_tensor
-from .header import Header, TensorRecord
+from .header import DTYPES, Header, TensorRecord
+from .shared import VectorParts, sign_parts, vector_parts
 
 
 @takes_mappings
@@ -138,9 +140,10 @@ def _without_timing(values: dict | None) -> dict | None:
 
 def _encode_state(model: nn.Module, config: PackConfig) -> tuple[list[TensorRecord], list[bytes]]:
     records, payload, offset = [], [], 0
+    vector = _vector_parts(model)
     for name, tensor in _ordered_state(model).items():
         try:
-            dtype, tag, encoded = encode_tensor(tensor, config)
+            dtype, tag, encoded = encode_tensor(tensor, config, vector.get(name))
         except ValueError as exc:
             raise ConfigError(f"cannot pack {name}: {exc}") from None
         sections = {}
@@ -160,6 +163,24 @@ def _encode_state(model: nn.Module, config: PackConfig) -> tuple[list[TensorReco
             )
         )
     return records, payload
+
+
+def _vector_parts(model: nn.Module) -> dict[str, VectorParts]:
+    """The codebooks of every tensor a VectorCodebook computes (product / residual quantization),
+    by state-dict name: the `vector` encoding stores them, since the values alone do not say."""
+    found = {}
+    for module_name, module in model.named_modules():
+        for tensor, chain in getattr(module, "parametrizations", {}).items():
+            for p in chain:
+                if isinstance(p, VectorCodebook):
+                    key = f"{module_name}.{tensor}" if module_name else tensor
+                    found[key] = VectorParts(
+                        p.codebooks.detach().cpu().numpy(),
+                        p.indices.cpu().numpy(),
+                        p.mask.detach().cpu().numpy(),
+                        p.axis,
+                    )
+    return found
 
 
 def _ordered_state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -238,7 +259,7 @@ def load_packed(
         error = ConfigError if given else CorruptFileError
         raise error(f"{path}: the stored tensors do not fit the model ({first})") from None
     if not bake:
-        _reparametrize(model, header)
+        _reparametrize(model, container)
     return model.eval(), header
 
 
@@ -276,17 +297,42 @@ def load_packed_checkpoint(
     return model, meta
 
 
-def _reparametrize(model: nn.Module, header: Header) -> None:
-    """Masks on sparse layer weights and codebooks on codebook-coded ones, as they were packed."""
-    for record in header.tensors:
+def _reparametrize(model: nn.Module, container: Container) -> None:
+    """Masks on sparse layer weights and codebooks on codebook-coded ones (a ScalarCodebook, or
+    the SignCodebook / VectorCodebook of a `sign` / `vector` record), as they were packed."""
+    for record, data in zip(container.header.tensors, container.sections):
         owner, _, tensor = record.name.rpartition(".")
         module = model.get_submodule(owner) if owner else model
         if tensor != "weight" or not isinstance(module, (nn.Conv2d, nn.Linear)):
             continue
-        if "centroids" in record.sections and weight_quant(module) is None:
-            restore_codebook(module, tensor)  # a fixed-point layer's grid is its own codebook
+        quantized = weight_quant(module) is not None  # its grid is its own codebook
+        if "centroids" in record.sections and not quantized:
+            restore_codebook(module, tensor)
+        elif (
+            record.encoding in ("sign", "vector") and not quantized and _same_dtype(record, module)
+        ):
+            attach(module, _shared(record, {k: bytes(v) for k, v in data.items()}), tensor)
         elif record.encoding == "sparse":
             restore_masks(model, [(owner, module)])
+
+
+def _same_dtype(record: TensorRecord, module: nn.Module) -> bool:
+    """Whether the model holds the weight at the dtype the file decoded it to: only then does a
+    rebuilt codebook compute the loaded values (else the values stand alone)."""
+    return DTYPES[record.dtype][0] == module.weight.dtype
+
+
+def _shared(record: TensorRecord, data: dict[str, bytes]) -> nn.Module:
+    """The SignCodebook or VectorCodebook whose forward gives a `sign` / `vector` record's
+    values (decoded once already, so its sections are known to be sound)."""
+    if record.encoding == "sign":
+        scales, signs = (torch.from_numpy(a) for a in sign_parts(record, data))
+        signs = signs.reshape(record.shape)
+        return SignCodebook(scales, signs, (signs != 0).to(signs.dtype), ternary=False)
+    books, indices, mask, axis = vector_parts(record, data)
+    books = torch.from_numpy(np.ascontiguousarray(books))
+    mask = torch.from_numpy(mask).reshape(record.shape)
+    return VectorCodebook(books, torch.from_numpy(indices), mask, axis)
 
 
 def decode_all(container: Container, where: str) -> dict[str, torch.Tensor]:

@@ -2,7 +2,7 @@
 
     offset  size  field
     0       8     magic 89 4E 53 4B 0D 0A 1A 0A ("\\x89NSK\\r\\n\\x1a\\n")
-    8       2     format version (uint16 LE) = 1
+    8       2     format version (uint16 LE): 1, or 2 when a tensor is `sign` or `vector`
     10      2     flags (uint16 LE) = 0
     12      4     H: header length in bytes (uint32 LE)
     16      4     CRC32 of the H header bytes (uint32 LE)
@@ -27,11 +27,11 @@ from ..edits import MAX_EDITS, check_edit_counts
 from ..errors import ConfigError, CorruptFileError, LimitError
 from ..untrusted import MAX_DECODED_BYTES, check_budget, decode_budget
 from .encodings import working_bytes
-from .header import DTYPES, MAX_TENSORS, BytesSection, Header, TensorRecord
+from .header import DTYPES, MAX_TENSORS, TAG_VERSION, BytesSection, Header, TensorRecord
 from .streams import BitsSection, HuffmanSection
 
 MAGIC = b"\x89NSK\r\n\x1a\n"
-VERSION = 1
+VERSION = 2  # the newest this reader reads; a file states the oldest that holds its encodings
 PREFIX = struct.Struct("<8sHHII")
 TRAILER = 4
 MAX_FILE_BYTES = 1 << 32
@@ -59,7 +59,8 @@ def container_bytes(header: Header, payload: list[bytes], where: str = "<memory>
         header.model_dump(mode="json"), sort_keys=True, separators=(",", ":"), allow_nan=False
     )
     packed = zlib.compress(text.encode(), 9)
-    body = PREFIX.pack(MAGIC, VERSION, 0, len(packed), zlib.crc32(packed)) + packed
+    version = format_version(header)
+    body = PREFIX.pack(MAGIC, version, 0, len(packed), zlib.crc32(packed)) + packed
     body += b"".join(payload)
     body += struct.pack("<I", zlib.crc32(body))
     try:
@@ -68,6 +69,12 @@ def container_bytes(header: Header, payload: list[bytes], where: str = "<memory>
     except (CorruptFileError, ConfigError) as exc:
         raise ConfigError(f"cannot pack this model: {exc}") from None
     return body
+
+
+def format_version(header: Header) -> int:
+    """The oldest format version that has every encoding `header` uses (so a file without the
+    later encodings keeps version 1 and its bytes)."""
+    return max((TAG_VERSION.get(r.encoding, 1) for r in header.tensors), default=1)
 
 
 def read_container(
@@ -90,6 +97,8 @@ def parse_container(
     """Check and split the bytes of a .nsk file (see the module docstring for the order)."""
     header_bytes = _prefix(data, where)
     header = _parse_header(header_bytes, where)
+    if format_version(header) > PREFIX.unpack_from(data)[1]:
+        raise CorruptFileError(f"{where}: an encoding newer than the file's format version")
     payload = memoryview(data)[PREFIX.size + len(header_bytes) : len(data) - TRAILER]
     _check_tiling(header, len(payload), where)
     decoded = check_limits(header, len(data), where, max_decoded_bytes)
@@ -111,9 +120,9 @@ def _prefix(data: bytes, where: str) -> bytes:
         hint = " (a pickle: netshrink never unpickles)" if data[:1] == b"\x80" else ""
         raise CorruptFileError(f"{where}: not a netshrink compressed file{hint}")
     _, version, flags, length, crc = PREFIX.unpack_from(data)
-    if version != VERSION:
+    if not 1 <= version <= VERSION:
         raise CorruptFileError(
-            f"{where}: format version {version}; this netshrink reads version {VERSION}"
+            f"{where}: format version {version}; this netshrink reads versions 1 to {VERSION}"
             + (" (upgrade netshrink)" if version > VERSION else "")
         )
     if flags or PREFIX.size + length + TRAILER > len(data):

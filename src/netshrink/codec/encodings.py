@@ -12,8 +12,9 @@ compression methods produce (a pruning mask, a weight-sharing codebook, or both)
 
 A pruned weight is an exact zero (a pruning mask's output is one), so masks need no section of
 their own. Every applicable encoding is tried and the smallest kept. `ENCODINGS` is the registry:
-a plain dict from the header's tag to the encode and decode functions; fixed point and PQ / RQ
-join it with their own tags.
+a plain dict from the header's tag to the encode and decode functions. netshrink.codec.shared
+adds `sign` (binarization, read off the values too) and `vector` (product / residual
+quantization, Gong et al. 2014), whose codebooks come from the layer's parametrization.
 """
 
 import math
@@ -27,12 +28,21 @@ from pydantic import Field, field_validator
 from ..config import Config
 from ..errors import CorruptFileError
 from . import relative
-from .header import DTYPES, FLOAT_DTYPES, BytesSection, EncodingTag, Section, TensorRecord
-from .streams import CODERS, StreamSection, decode_stream, encode_stream
+from .header import DTYPES, FLOAT_DTYPES, BytesSection, EncodingTag, TensorRecord
+from .sections import (
+    Encoded,
+    Sections,
+    bytes_section,
+    get_section,
+    index_stream,
+    read_bytes,
+    stream_section,
+)
+from .shared import VectorParts, decode_sign, decode_vector, encode_sign, encode_vector, vector_work
+from .streams import CODERS, StreamSection, decode_stream
 
 MAX_CENTROIDS = 256
 MAX_FIXED_BITS = 16  # the `fixed` encoding holds integers of magnitude at most 2**15
-SECTION_COST = 16  # bytes a section adds to the header, roughly: tiny tensors stay dense
 # The decoders' working arrays, counted before anything is decoded (docs/format.md, "Checks and
 # limits"); measured peaks with a margin (tests/codec/test_forged_files.py holds them to it).
 WORK_PER_ELEMENT = 24  # the flat output and its int64 / float64 intermediates
@@ -53,7 +63,7 @@ class PackConfig(Config):
     index_bits: Literal["paper", "best"] | int = Field("paper", union_mode="left_to_right")
     float16: bool = False
     coders: tuple[Literal["bits", "huffman", "ans"], ...] = CODERS
-    encodings: tuple[EncodingTag, ...] = ("dense", "sparse", "codebook", "fixed")
+    encodings: tuple[EncodingTag, ...] = ("dense", "sparse", "codebook", "fixed", "sign", "vector")
 
     @field_validator("index_bits")
     @classmethod
@@ -63,30 +73,9 @@ class PackConfig(Config):
         return bits
 
 
-Sections = dict[str, tuple[Section, bytes]]
-
-
-class Encoded(NamedTuple):
-    params: dict[str, int]
-    sections: Sections
-
-    @property
-    def cost(self) -> int:
-        return sum(len(b) + SECTION_COST for _, b in self.sections.values())
-
-
 class Encoding(NamedTuple):
-    encode: Callable[[np.ndarray, tuple[int, ...], str, PackConfig], Encoded | None]
+    encode: Callable[..., Encoded | None]  # (values, shape, dtype, config); `vector`: + parts
     decode: Callable[[TensorRecord, dict[str, bytes]], np.ndarray]
-
-
-def _bytes(values: np.ndarray, dtype: str) -> tuple[BytesSection, bytes]:
-    data = np.ascontiguousarray(values, dtype=DTYPES[dtype][1]).tobytes()
-    return BytesSection(count=values.size, dtype=dtype), data
-
-
-def _stream(symbols: np.ndarray, config: PackConfig) -> tuple[StreamSection, bytes]:
-    return encode_stream(symbols, ("bits", *config.coders))
 
 
 def _store_dtype(dtype: str, config: PackConfig) -> str:
@@ -95,19 +84,19 @@ def _store_dtype(dtype: str, config: PackConfig) -> str:
 
 def encode_dense(values, shape, dtype, config) -> Encoded:
     """Every value, little-endian at the tensor's dtype (float16 if `config.float16`)."""
-    return Encoded({}, {"values": _bytes(values, _store_dtype(dtype, config))})
+    return Encoded({}, {"values": bytes_section(values, _store_dtype(dtype, config))})
 
 
 def decode_dense(record: TensorRecord, data: dict[str, bytes]) -> np.ndarray:
     """The flat values of a dense record."""
-    values = _section(record, "values", BytesSection)
+    values = get_section(record, "values", BytesSection)
     if values.count != record.numel:
         raise CorruptFileError(f"{record.name}: {values.count} values for {record.numel} elements")
     if values.dtype != record.dtype and not (
         values.dtype in FLOAT_DTYPES and record.dtype in FLOAT_DTYPES
     ):
         raise CorruptFileError(f"{record.name}: values stored as {values.dtype}")
-    return _read_bytes(values, data["values"])
+    return read_bytes(values, data["values"])
 
 
 def codebook(values: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
@@ -133,7 +122,7 @@ def _codebook_sections(values: np.ndarray, dtype: str, config: PackConfig) -> Se
     if found is None:
         return None
     centroids, index = found
-    return {"centroids": _bytes(centroids, dtype), "codes": _stream(index, config)}
+    return {"centroids": bytes_section(centroids, dtype), "codes": stream_section(index, config)}
 
 
 def encode_codebook(values, shape, dtype, config) -> Encoded | None:
@@ -150,8 +139,8 @@ def decode_codebook(record: TensorRecord, data: dict[str, bytes]) -> np.ndarray:
 
 
 def _decode_codes(record: TensorRecord, data: dict[str, bytes], count: int) -> np.ndarray:
-    centroids = _section(record, "centroids", BytesSection)
-    codes = _section(record, "codes", StreamSection)
+    centroids = get_section(record, "centroids", BytesSection)
+    codes = get_section(record, "codes", StreamSection)
     if codes.count != count or centroids.count > MAX_CENTROIDS or (count and not centroids.count):
         raise CorruptFileError(f"{record.name}: codebook sizes do not match the tensor")
     if centroids.dtype not in FLOAT_DTYPES:
@@ -159,7 +148,7 @@ def _decode_codes(record: TensorRecord, data: dict[str, bytes], count: int) -> n
     index = decode_stream(codes, data["codes"])
     if index.size and index.max() >= centroids.count:
         raise CorruptFileError(f"{record.name}: codebook index past its {centroids.count} entries")
-    return _read_bytes(centroids, data["centroids"])[index]
+    return read_bytes(centroids, data["centroids"])[index]
 
 
 def fixed_grid(values: np.ndarray) -> tuple[int, np.ndarray] | None:
@@ -191,7 +180,7 @@ def _fixed_sections(values: np.ndarray, config: PackConfig):
         return None
     frac, q = found
     offset = int(q.min())
-    return {"frac": frac, "offset": offset}, {"codes": _stream(q - offset, config)}
+    return {"frac": frac, "offset": offset}, {"codes": stream_section(q - offset, config)}
 
 
 def encode_fixed(values, shape, dtype, config) -> Encoded | None:
@@ -211,7 +200,7 @@ def _decode_fixed(record: TensorRecord, data: dict[str, bytes], count: int) -> n
     frac, offset = record.params.get("frac"), record.params.get("offset")
     if frac is None or offset is None or abs(frac) > 64 or abs(offset) >= 2**32:
         raise CorruptFileError(f"{record.name}: fixed point needs frac and offset parameters")
-    codes = _section(record, "codes", StreamSection)
+    codes = get_section(record, "codes", StreamSection)
     if codes.count != count:
         raise CorruptFileError(f"{record.name}: {codes.count} codes for {count} values")
     q = decode_stream(codes, data["codes"])
@@ -232,9 +221,9 @@ def encode_sparse(values, shape, dtype, config) -> Encoded | None:
     if nonzero.all():
         return None
     positions = np.flatnonzero(nonzero)
-    bits, index = _index_stream(config, shape, positions)
+    bits, index = index_stream(config, shape, positions)
     kept = values[positions]
-    raw = _bytes(kept, _store_dtype(dtype, config))
+    raw = bytes_section(kept, _store_dtype(dtype, config))
     options = [Encoded({"index_bits": bits}, {"index": index, "values": raw})]
     shared = _codebook_sections(kept, dtype, config)
     if shared is not None:
@@ -245,19 +234,6 @@ def encode_sparse(values, shape, dtype, config) -> Encoded | None:
     return min(options, key=lambda encoded: encoded.cost)  # ties: the earlier, simpler one
 
 
-def _index_stream(config: PackConfig, shape: tuple[int, ...], positions: np.ndarray):
-    """(b, coded relative-index stream): b as configured, or for "best" the smallest of the
-    likely candidates once coded (ties to the smaller b)."""
-    if config.index_bits == "paper":
-        candidates = [relative.paper_bits(shape)]
-    elif config.index_bits == "best":
-        candidates = relative.likely_bits(positions)
-    else:
-        candidates = [config.index_bits]
-    coded = [(b, _stream(relative.encode_positions(positions, b), config)) for b in candidates]
-    return min(coded, key=lambda c: (len(c[1][1]), c[0]))
-
-
 def decode_sparse(record: TensorRecord, data: dict[str, bytes]) -> np.ndarray:
     """The flat values of a sparse record: zeros, with the stored values at the decoded
     positions."""
@@ -265,13 +241,13 @@ def decode_sparse(record: TensorRecord, data: dict[str, bytes]) -> np.ndarray:
     extra = set(record.params) - {"index_bits"}
     if extra not in (set(), {"frac", "offset"}) or not 1 <= bits <= relative.MAX_BITS:
         raise CorruptFileError(f"{record.name}: sparse encoding needs index_bits in 1..16")
-    index = _section(record, "index", StreamSection)
+    index = get_section(record, "index", StreamSection)
     positions = relative.decode_positions(decode_stream(index, data["index"]), bits, record.numel)
     if "values" in record.sections:
-        values = _section(record, "values", BytesSection)
+        values = get_section(record, "values", BytesSection)
         if values.count != positions.size:
             raise CorruptFileError(f"{record.name}: {values.count} values, {positions.size} slots")
-        kept = _read_bytes(values, data["values"])
+        kept = read_bytes(values, data["values"])
     elif "centroids" in record.sections:
         kept = _decode_codes(record, data, positions.size)
     else:
@@ -281,24 +257,13 @@ def decode_sparse(record: TensorRecord, data: dict[str, bytes]) -> np.ndarray:
     return out
 
 
-def _section(record: TensorRecord, role: str, kind) -> Section:
-    section = record.sections.get(role)
-    if not isinstance(section, kind):
-        raise CorruptFileError(f"{record.name}: no {role} section of the right kind")
-    return section
-
-
-def _read_bytes(section: BytesSection, data: bytes) -> np.ndarray:
-    if section.dtype == "bool" and np.frombuffer(data, dtype=np.uint8).max(initial=0) > 1:
-        raise CorruptFileError("a bool section holds bytes other than 0 and 1")
-    return np.frombuffer(data, dtype=DTYPES[section.dtype][1], count=section.count).copy()
-
-
 ENCODINGS: dict[EncodingTag, Encoding] = {
     "dense": Encoding(encode_dense, decode_dense),
     "sparse": Encoding(encode_sparse, decode_sparse),
     "codebook": Encoding(encode_codebook, decode_codebook),
     "fixed": Encoding(encode_fixed, decode_fixed),
+    "sign": Encoding(encode_sign, decode_sign),
+    "vector": Encoding(encode_vector, decode_vector),
 }
 ROLES: dict[EncodingTag, tuple[frozenset[str], ...]] = {
     "dense": (frozenset({"values"}),),
@@ -309,16 +274,22 @@ ROLES: dict[EncodingTag, tuple[frozenset[str], ...]] = {
     ),
     "codebook": (frozenset({"centroids", "codes"}),),
     "fixed": (frozenset({"codes"}),),
+    "sign": (frozenset({"scales", "signs"}),),
+    "vector": (frozenset({"codebooks", "codes"}), frozenset({"index", "codebooks", "codes"})),
 }
 
 
-def encode_tensor(tensor: torch.Tensor, config: PackConfig) -> tuple[str, str, Encoded]:
-    """(dtype name, encoding tag, encoded parts) of the smallest encoding of `tensor`."""
+def encode_tensor(
+    tensor: torch.Tensor, config: PackConfig, parts: VectorParts | None = None
+) -> tuple[str, str, Encoded]:
+    """(dtype name, encoding tag, encoded parts) of the smallest encoding of `tensor`; `parts`:
+    the codebooks of the VectorCodebook that computes it, for the `vector` encoding."""
     dtype = dtype_name(tensor.dtype)
     values = _numpy(tensor)
     best = None
     for tag in ("dense", *(t for t in config.encodings if t != "dense")):
-        encoded = ENCODINGS[tag].encode(values, tuple(tensor.shape), dtype, config)
+        given = {"parts": parts} if tag == "vector" else {}
+        encoded = ENCODINGS[tag].encode(values, tuple(tensor.shape), dtype, config, **given)
         if encoded is not None and (best is None or encoded.cost < best[1].cost):
             best = (tag, encoded)
     return dtype, best[0], best[1]
@@ -328,9 +299,12 @@ def working_bytes(record: TensorRecord) -> int:
     """An upper bound on the bytes that decoding `record` allocates besides its output."""
     symbols = sum(s.count for s in record.sections.values() if not isinstance(s, BytesSection))
     raw = sum(s.length for s in record.sections.values())
+    extra = vector_work(record) if record.encoding == "vector" else 0
     return (
-        WORK_PER_ELEMENT * record.numel + WORK_PER_SYMBOL * symbols + WORK_PER_BYTE * raw
-    ) + WORK_TABLES
+        (WORK_PER_ELEMENT * record.numel + WORK_PER_SYMBOL * symbols + WORK_PER_BYTE * raw)
+        + WORK_TABLES
+        + extra
+    )
 
 
 def decode_tensor(record: TensorRecord, data: dict[str, bytes]) -> torch.Tensor:

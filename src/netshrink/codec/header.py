@@ -35,9 +35,10 @@ DTypeName = Literal[
     "float32", "float16", "float64", "bfloat16", "int8", "int16", "int32", "int64", "uint8", "bool"
 ]
 FLOAT_DTYPES = ("float32", "float16", "float64")  # the dtypes whose values the codec looks at
-# Tensor encodings; a new one (fixed point, PQ / RQ) adds its tag here and its functions to
-# netshrink.codec.encodings.ENCODINGS.
-EncodingTag = Literal["dense", "sparse", "codebook", "fixed"]
+# Tensor encodings; a new one adds its tag here, its functions to
+# netshrink.codec.encodings.ENCODINGS, and the format version that first has it to TAG_VERSION.
+EncodingTag = Literal["dense", "sparse", "codebook", "fixed", "sign", "vector"]
+TAG_VERSION = {"sign": 2, "vector": 2}  # the rest: version 1
 MAX_TENSORS = 1 << 16  # records in one header
 
 

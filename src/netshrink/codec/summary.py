@@ -113,12 +113,17 @@ def _section(role: str, section, data: bytes) -> SectionSummary:
     return SectionSummary(role, section.kind, section.count, len(data), bound)
 
 
+VECTOR_LABEL = (("k", "k"), ("t", "stages"), ("d", "segment"))  # Gong et al.'s k, stages, segment
+
+
 def _label(record: TensorRecord) -> str:
     parts = [record.encoding]
     if "index_bits" in record.params:
         parts.append(f"b={record.params['index_bits']}")
     if "centroids" in record.sections:
         parts.append(f"k={record.sections['centroids'].count}")
+    if record.encoding == "vector":  # k codewords a segment of d entries, t stages
+        parts += [f"{tag}={record.params.get(key)}" for tag, key in VECTOR_LABEL]
     return " ".join(parts)
 
 
