@@ -10,9 +10,10 @@ folds into int8 kernels. A weight wider than 8 bits (a pre-activation BatchNorm'
 per-channel scales, netshrink.fold.batchnorms_as_convs, or `weights` > 8) is stored as INT16
 through a DequantizeLinear, which needs opset 21: such a file is converted to it, and ONNX Runtime
 runs that layer in float on the exact grid values. (Left a float initializer, ONNX Runtime's
-optimizer quantizes it again to int8, off its grid, to fuse the layer; that is what happens where
-ONNX Runtime cannot open the opset-21 file and the export keeps the float weight.) Biases stay float: an int32 bias takes the
-same four bytes, and ONNX Runtime adds it to its int32 accumulator itself.
+optimizer quantizes it again to int8, off its grid, to fuse the layer; that is what happens
+where ONNX Runtime cannot open the opset-21 file and the export keeps the float weight.) Biases
+stay float: an int32 bias takes the same four bytes, and ONNX Runtime adds it to its int32
+accumulator itself.
 
 Two differences from the integer path remain, both documented and measured rather than hidden:
 ONNX rounds ties to even (the integer path rounds them up, unless the model was quantized with
