@@ -3,6 +3,7 @@ SIGKILL with identical bytes, budgets."""
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import pytest
 import torch
 from torch import nn
 
+from helpers import require_gcc
 from netshrink.codec import pack, summarize, unpack
 from netshrink.data import load_data
 from netshrink.errors import BudgetError
@@ -231,3 +233,24 @@ def test_prune_share_quantize_on_a_batchnorm_network_keeps_every_conv_shared(tmp
         values = conv.weight.detach()
         assert torch.unique(values[values != 0]).numel() <= 8
     assert result.stages[-1].measurement["top1"] > 0.5  # digits: it still classifies
+
+
+def test_an_export_section_deploys_c_and_int8_beside_the_file(finished, tmp_path, cache):
+    # the stages are resumed from the finished run: only packing and the exports run
+    require_gcc()
+    out = tmp_path / "tiny"
+    shutil.copytree(finished.directory, out)
+    recipe = parse_recipe(TINY + "export: {c: true, int8: true}\n")
+    result = run_recipe(recipe, out, cache_dir=cache, latency=False, progress=False)
+    assert (out / "c" / "model.c").is_file() and (out / "model.int8.onnx").is_file()
+    c, int8 = result.artifacts
+    images = len(load_data(recipe.data).test)
+    assert c.check == f"bit-exact with the integer path on {images}/{images}"
+    assert c.flash_bytes >= c.bytes > 0 and c.ram_bytes > 0 and c.images_per_second > 0
+    assert int8.bytes == (out / "model.int8.onnx").stat().st_size
+    assert "agreement with the integer path" in int8.check
+    assert c.top1 > 0.85 and int8.top1 > 0.85  # digits: the decoded model reaches ~94%
+    report = json.loads((out / "report.json").read_text())
+    assert [a["artifact"] for a in report["artifacts"]] == [".nsk", "C99", "int8 ONNX"]
+    assert report["artifacts"][0]["bytes"] == (out / "model.nsk").stat().st_size
+    assert "## Deployed" in (out / "report.md").read_text()

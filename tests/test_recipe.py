@@ -80,6 +80,13 @@ BAD = [
         5,
         "required",
     ),
+    (
+        HEAD + "  - method: share_kmeans\nexport: {c: true}\n",
+        "recipe",
+        None,
+        "exports need a fixed-point model",
+    ),
+    (HEAD + "  - method: quantize\nexport: {c_storage: csr}\n", "export.c_storage", 5, "dense"),
     ("baseline: {model: lenet5}\nstagse: []\n", "stagse", 2, "unknown field"),
     ("baseline: {model: lenet5\n", "recipe", 2, "not valid YAML"),
 ]

@@ -50,4 +50,11 @@ def test_recipe_names_are_distinct():
 def test_the_demo_recipe_is_deep_compression_on_lenet5():
     recipe = load_recipe(RECIPES_DIR / f"{DEMO}.yaml")
     assert recipe.baseline.model == "lenet5"
-    assert [stage.method for stage in recipe.stages] == ["prune_iterative", "share_kmeans"]
+    methods = [stage.method for stage in recipe.stages]
+    assert methods == ["prune_iterative", "share_kmeans", "quantize"]  # ends deployable in C
+
+
+def test_deep_compression_recipes_end_in_fixed_point():
+    # the "the pipeline ends deployable": every Deep Compression recipe's file exports to C
+    for path in RECIPES_DIR.glob("deep-compression-*.yaml"):
+        assert load_recipe(path).stages[-1].method == "quantize", path.name

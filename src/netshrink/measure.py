@@ -170,6 +170,11 @@ def measure_latency(
     return 1000 * statistics.median(times)
 
 
+def simulates_arithmetic(model: nn.Module) -> bool:
+    """Whether `model` runs fake quantization (netshrink.quant's ActQuant says so)."""
+    return any(getattr(m, "simulates_arithmetic", False) for m in model.modules())
+
+
 def measure(
     model: nn.Module,
     *,
@@ -184,8 +189,11 @@ def measure(
     """Accuracy (when a test loader is given), size, MACs and latency of `model` as one record.
 
     `size_bytes` defaults to the dense fp32 bytes; `baseline_bytes` (default: the same) is what
-    the compression ratio divides.
+    the compression ratio divides. A model that simulates integer arithmetic in float (fake
+    quantization: a module with `simulates_arithmetic`) is not timed: its PyTorch latency says
+    nothing about a device, whose numbers the exports give (netshrink.deploy).
     """
+    latency = latency and not simulates_arithmetic(model)
     accuracy = (
         evaluate(model, test, progress=True, description=f"{stage}: evaluate") if test else None
     )

@@ -23,7 +23,7 @@ import json
 import shutil
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -44,6 +44,7 @@ from .checkpoint import (
 )
 from .codec import pack, packed_bytes, unpack
 from .data import DataSplits, load_data
+from .deploy import Artifact, export_artifacts, packed_artifact, print_artifacts
 from .device import resolve_device
 from .errors import BudgetError, ConfigError
 from .files import atomic_write, directory_lock
@@ -89,6 +90,7 @@ class RunResult:
     file: Path
     stages: list[StageRecord]
     model: nn.Module
+    artifacts: list[Artifact] = field(default_factory=list)
 
     @property
     def measurements(self) -> list[Measurement]:
@@ -300,7 +302,11 @@ class _Run:
         if is_main_process():
             pack(model, path, self.recipe.pack, meta=meta)
         _sync()
-        decoded = unpack(path, allow_import=self.allow_import).to(self.device)
+        decoded = unpack(path, allow_import=self.allow_import)
+        artifacts = []
+        if self.recipe.export.wanted and is_main_process():  # from the file, on the CPU
+            artifacts = export_artifacts(decoded, self.directory, self.recipe.export, self.data)
+        decoded.to(self.device)
         row = measure(
             decoded,
             stage="packed (.nsk)",
@@ -319,11 +325,13 @@ class _Run:
             val_top1=_val_top1(decoded, self.data),
             seconds=time.perf_counter() - start,
         )
-        result = RunResult(self.directory, path, [*self.records, record], decoded)
+        result = RunResult(self.directory, path, [*self.records, record], decoded, artifacts)
         if is_main_process():
-            _write_report(self.directory, self.recipe, result.stages, path, row, self.allow_import)
+            _write_report(self.directory, self.recipe, result, row, self.allow_import)
         if is_main_process() and self.ctx.progress:
             print_measurements(result.measurements, title=f"{self.recipe.name}: {path}")
+            if artifacts:
+                print_artifacts(artifacts, nsk=packed_artifact(path, row.top1))
         return result
 
 
@@ -402,9 +410,10 @@ def _announce(index: int, total: int, name: str, record: StageRecord) -> None:
     )
 
 
-def _write_report(directory, recipe, stages, path, row, allow_import) -> None:
+def _write_report(directory, recipe, result: RunResult, row, allow_import) -> None:
     """report.json in netshrink.report.run's schema (a stage's own fields beyond it are left out), then
     report.md and the plots from it."""
+    stages, path = result.stages, result.file
     report = RunReport(
         format="netshrink-report",
         version=1,
@@ -418,6 +427,7 @@ def _write_report(directory, recipe, stages, path, row, allow_import) -> None:
         sensitivity=next(
             (r.notes["sensitivity"] for r in reversed(stages) if "sensitivity" in r.notes), None
         ),
+        artifacts=[packed_artifact(path, row.top1), *result.artifacts] if result.artifacts else [],
     )
     text = report.model_dump_json(indent=2) + "\n"
     atomic_write(directory / "report.json", lambda tmp: tmp.write_text(text))

@@ -10,7 +10,10 @@
         config: {conv_bits: 8, fc_bits: 5}
         finetune: {epochs: 2, lr: 0.001}
         budget: 1.0
+      - method: quantize
+        config: {weights: 8, activations: 8}
     pack: {coders: [huffman, ans]}
+    export: {c: true, int8: true}
 
 Every field is validated by the config model the method itself uses (netshrink.methods lists
 them), so a recipe cannot say anything a method would refuse. A bad recipe is a
@@ -27,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, mo
 from .checkpoint import checkpoint_paths
 from .codec import PackConfig
 from .data import DataConfig, source_path
+from .deploy import ExportConfig
 from .device import check_device_name
 from .errors import ConfigError, Error
 from .methods import METHOD_NAMES, AnyStage
@@ -82,7 +86,8 @@ class BaselineConfig(BaseModel):
 
 
 class Recipe(BaseModel):
-    """A whole pipeline: the data, the baseline, the stages in order, and how to pack the file.
+    """A whole pipeline: the data, the baseline, the stages in order, how to pack the file and
+    what to deploy beside it (`export`: C99 sources, int8 / fp32 ONNX; netshrink.deploy).
     `seed` becomes every `seed` field a stage leaves unset (training order, k-means start) and
     stage i also starts torch's generator at seed + i, so a run is reproducible, a resumed run
     equals an uninterrupted one, and another seed is another run. The baseline keeps its own
@@ -97,6 +102,7 @@ class Recipe(BaseModel):
     baseline: BaselineConfig
     stages: list[AnyStage] = []
     pack: PackConfig = PackConfig()
+    export: ExportConfig = ExportConfig()
     device: str = "auto"
 
     @field_validator("device")
@@ -138,6 +144,16 @@ class Recipe(BaseModel):
             )
         return self
 
+    @model_validator(mode="after")
+    def _exports_fixed_point(self):
+        wants = [k for k in ("c", "int8") if getattr(self.export, k)]
+        if wants and not any(type(stage).fixed_point for stage in self.stages):
+            raise ValueError(
+                f"export: {', '.join(wants)}: the C and int8 exports need a fixed-point model: "
+                "add a quantize, qat or search_bits stage"
+            )
+        return self
+
 
 def trial_recipe(recipe: Recipe, *, limit: int | None = None, epochs: int | None = None) -> Recipe:
     """`recipe` cut down to try it quickly (`netshrink run --limit N --epochs E`): at most
@@ -170,7 +186,7 @@ def load_recipe(path: str | Path) -> Recipe:
     Example:
         >>> recipe = load_recipe("recipes/deep-compression-lenet5.yaml")
         >>> [stage.method for stage in recipe.stages]
-        ['prune_iterative', 'share_kmeans']
+        ['prune_iterative', 'share_kmeans', 'quantize']
     """
     path = Path(path)
     try:

@@ -53,6 +53,8 @@ class Stage(Settings):
     # The method folds batch norm into the layers before it (fixed point does, as a device does):
     # a sharing stage before it folds first, so that it shares the weights that will be kept.
     folds_batchnorm: ClassVar[bool] = False
+    # The method leaves a fixed-point model (what the C and int8 exports take).
+    fixed_point: ClassVar[bool] = False
     # Fine-tuning steps are this much smaller than the baseline's unless `finetune.lr` is given.
     finetune_lr_divisor: ClassVar[float] = 10
 

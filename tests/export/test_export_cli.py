@@ -31,7 +31,9 @@ def test_export_writes_and_checks_every_target(packed, tmp_path, capsys):
     assert "top-1 agreement with PyTorch 100.00%, max |diff| 0" in text
     int8 = float(re.search(r"agreement with the integer path ([\d.]+)%", text).group(1))
     assert int8 >= 99.0
-    assert "bit-identical to the integer path on 359/359" in text
+    assert "bit-exact with the integer path on 359/359" in text
+    # C: bytes, flash, RAM and images/s measured, top-1 on the test split
+    assert re.search(r"C99\s+│ model\.c\s+│(\s+[\d,]+\s+│){4}\s+\d+\.\d+%", text)
     assert (tmp_path / "c" / "model.c").is_file() and (tmp_path / "c" / "model.h").is_file()
 
 

@@ -9,21 +9,16 @@ netshrink.export.agreement), the C code compiled and run against the integer pat
 whose logits are identical bit for bit). --check N limits the images checked.
 """
 
-import statistics
-import tempfile
-import time
 from pathlib import Path
-
-import numpy as np
-import torch
 
 from ..checkpoint import checkpoint_paths, load_checkpoint
 from ..codec.api import load_packed
 from ..data import DataConfig, load_data
+from ..deploy import CheckImages, c_artifact, int8_artifact, onnx_artifact, print_artifacts
 from ..errors import ConfigError
 from ..export.c_program import STORAGE
 from ..files import refuse_overwrite_input
-from ..quant import IntegerModel, is_quantized
+from ..quant import is_quantized
 from ..report import console
 from .common import add_data_args, data_config
 
@@ -64,13 +59,17 @@ def run_export(args) -> None:
             f"{args.model} is not fixed point: --int8 and --c need a quantized model "
             "(netshrink quantize or qat first)"
         )
-    images = _test_images(args, data_cfg)
+    checks = _test_images(args, data_cfg)
+    rows = []
     if args.onnx:
-        _export_fp32(model, args.onnx, input_shape, images)
+        rows.append(onnx_artifact(model, args.onnx, input_shape, checks))
     if args.int8:
-        _export_int8(model, args.int8, input_shape, images)
+        rows.append(int8_artifact(model, args.int8, input_shape, checks))
     if args.c:
-        _export_c(model, args, input_shape, images)
+        row = c_artifact(model, args.c, input_shape, checks, args.c_storage, name=args.name)
+        console().print(row.detail)
+        rows.append(row)
+    print_artifacts(rows, title=f"{args.model}: exported (batch 1, one core / thread)")
 
 
 def _outputs(args) -> list[Path]:
@@ -97,95 +96,8 @@ def _load(args):
     return model.eval(), tuple(shape), data
 
 
-def _test_images(args, base: DataConfig | None):
+def _test_images(args, base: DataConfig | None) -> CheckImages | None:
     if base is None and args.data is None:
         console().print("no data set known: outputs are written unchecked (pass --data)")
         return None
-    data = load_data(data_config(args, base))
-    count = len(data.test) if args.check is None else min(args.check, len(data.test))
-    return CheckImages(data, count)
-
-
-class CheckImages:
-    """The first `count` test images an export is checked on, read batch by batch each time
-    they are iterated: the checks hold one batch, however large the test split."""
-
-    def __init__(self, data, count: int, batch_size: int = 256) -> None:
-        self.data, self.count, self.batch_size = data, count, batch_size
-
-    def __len__(self) -> int:
-        return self.count
-
-    def __iter__(self):
-        seen = 0
-        for x, _ in self.data.loader("test", self.batch_size, shuffle=False):
-            if seen >= self.count:
-                return
-            yield x[: self.count - seen]
-            seen += len(x)
-
-
-def _export_fp32(model, path: Path, input_shape, images) -> None:
-    from ..export.onnx import export_onnx, onnx_logits, onnx_session
-
-    export_onnx(model, path, input_shape)
-    session = onnx_session(path)
-    line = f"fp32 ONNX: {path} ({path.stat().st_size:,} B)"
-    if images is not None:
-        same, largest = 0, 0.0
-        for x in images:
-            with torch.no_grad():
-                ours = model(x).numpy()
-            theirs = onnx_logits(session, x)
-            same += int((ours.argmax(1) == theirs.argmax(1)).sum())
-            largest = max(largest, float(abs(ours - theirs).max()))
-        line += f"; top-1 agreement with PyTorch {same / len(images):.2%}, max |diff| {largest:.2g}"
-    console().print(line + "; " + _latency(session, input_shape))
-
-
-def _export_int8(model, path: Path, input_shape, images) -> None:
-    from ..export.agreement import int8_agreement
-    from ..export.onnx import onnx_session
-    from ..export.qdq import export_onnx_int8
-
-    export_onnx_int8(model, path, input_shape)
-    session = onnx_session(path)
-    line = f"int8 ONNX: {path} ({path.stat().st_size:,} B)"
-    if images is not None:  # below 99.9%: where the two first part, and why
-        line += "; " + int8_agreement(model, path, images).describe()
-    console().print(line + "; " + _latency(session, input_shape))
-
-
-def _export_c(model, args, input_shape, images) -> None:
-    from ..export.c import build_and_run, export_c, flash_and_ram, quantize_input
-
-    export = export_c(model, args.c, input_shape, name=args.name, storage=args.c_storage)
-    console().print(export.describe())
-    with tempfile.TemporaryDirectory() as work:
-        sizes = flash_and_ram(export, work)
-        console().print(
-            f"gcc -O2: flash {sizes['flash_bytes']:,} B (code + weights), "
-            f"RAM {sizes['ram_bytes']:,} B"
-        )
-        if images is not None:
-            inputs = np.concatenate([quantize_input(x, export) for x in images])
-            logits = build_and_run(export, inputs, work)
-            integer = IntegerModel(model)
-            expected = torch.cat([integer.run(x).integers for x in images]).numpy()
-            same = int((logits == expected).all(axis=1).sum())
-            console().print(f"C logits bit-identical to the integer path on {same}/{len(images)}")
-
-
-def _latency(session, input_shape) -> str:
-    times = []
-    for batch in (1, 64):
-        x = np.zeros((batch, *input_shape), dtype=np.float32)
-        feed = {session.get_inputs()[0].name: x}
-        session.run(None, feed)
-        runs = []
-        for _ in range(20):
-            start = time.perf_counter()
-            session.run(None, feed)
-            runs.append(time.perf_counter() - start)
-        times.append(f"{1000 * statistics.median(runs):.3f} ms @{batch}")
-    return "ONNX Runtime " + ", ".join(times)
+    return CheckImages(load_data(data_config(args, base)), args.check)

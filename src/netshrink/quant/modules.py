@@ -51,6 +51,8 @@ class ActQuant(nn.Module):
     when the float division by n is inexact.
     """
 
+    simulates_arithmetic = True  # in float: netshrink.measure does not time such a model
+
     def __init__(
         self,
         fmt: FixedPoint | None,

@@ -113,6 +113,7 @@ class QatStage(Stage):
     """Quantization-aware training at fixed bit widths."""
 
     folds_batchnorm: ClassVar[bool] = True
+    fixed_point: ClassVar[bool] = True
     method: Literal["qat"]
     takes_layers: ClassVar[bool] = False
     config: QatConfig = QatConfig()

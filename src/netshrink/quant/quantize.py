@@ -483,6 +483,7 @@ class QuantizeStage(Stage):
     """Dynamic fixed point after training (Ristretto's rule; Kim et al.'s layer outputs)."""
 
     folds_batchnorm: ClassVar[bool] = True
+    fixed_point: ClassVar[bool] = True
     method: Literal["quantize"]
     takes_layers: ClassVar[bool] = False
     config: QuantConfig = QuantConfig()

@@ -326,6 +326,7 @@ class SearchBitsStage(Stage):
     """Per-layer bit widths within an accuracy budget (Al-Hami's hybrid search)."""
 
     folds_batchnorm: ClassVar[bool] = True
+    fixed_point: ClassVar[bool] = True
     method: Literal["search_bits"]
     takes_layers: ClassVar[bool] = False
     config: BitSearchConfig = BitSearchConfig()

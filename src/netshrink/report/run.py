@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import nn
 
+from ..deploy import Artifact
 from ..errors import ConfigError, Error
 from ..files import atomic_write
 from ..layers import select_layers
@@ -70,6 +71,7 @@ class RunReport(_Record):
     stages: list[ReportStage] = Field(min_length=1)
     final: FinalRecord
     sensitivity: dict | None = None  # a Sensitivity as a dict; built lazily (see _sensitivity)
+    artifacts: list[Artifact] = []  # what the recipe's `export:` deployed, the .nsk file first
 
 
 def read_run_report(run_dir: Path) -> RunReport:
@@ -192,6 +194,7 @@ def report_markdown(
         "## Final file\n",
         f"`{final.file}`: {final.bytes:,} bytes ({format_size(final.bytes)}), top-1 {format_percent(final.top1)},"
         f" top-5 {format_percent(final.top5)}, measured on the model decoded from {final.file}.\n",
+        *_artifacts_markdown(report.artifacts),
         *_image("accuracy_vs_size.png", "top-1 against size, stage by stage", images),
         "## Layers of the final model\n",
         _layers_markdown(rows),
@@ -201,6 +204,27 @@ def report_markdown(
         *_image("sensitivity.png", "pruning sensitivity of each layer", images),
     ]
     return "\n".join(lines)
+
+
+def _artifacts_markdown(rows: Sequence[Artifact]) -> list[str]:
+    if not rows:
+        return []
+    lines = [
+        "## Deployed\n",
+        "What the recipe's `export:` wrote, each measured as a device runs it: images/s at batch 1"
+        " on one core (C) or one ONNX Runtime thread; top-1 on the test split.\n",
+        "| artifact | file | bytes | flash | RAM | images/s | top-1 | check |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |",
+    ]
+    for r in rows:
+        speed = "-" if r.images_per_second is None else f"{r.images_per_second:,.0f}"
+        flash = "-" if r.flash_bytes is None else f"{r.flash_bytes:,}"
+        ram = "-" if r.ram_bytes is None else f"{r.ram_bytes:,}"
+        lines.append(
+            f"| {r.artifact} | `{Path(r.file).name}` | {r.bytes:,} | {flash} | {ram} | {speed} "
+            f"| {format_percent(r.top1)} | {r.check or ''} |"
+        )
+    return [lines[0], lines[1], "\n".join(lines[2:]) + "\n"]
 
 
 def _timing_markdown(stages: Sequence[ReportStage]) -> str:
