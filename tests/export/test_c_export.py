@@ -147,7 +147,8 @@ def test_float_layer_is_named(tmp_path):
 
 def test_rounding_helpers_floor_negative_numbers(tmp_path):
     # C99 leaves >> of a negative number to the implementation and / truncates: the helpers
-    # must floor like Python's >> and // (netshrink.quant.fixed.requantize) on every sign
+    # must floor like Python's >> and // (netshrink.quant.fixed.requantize) on every sign, and
+    # round ties to even where asked (ONNX Runtime's rule)
     require_gcc()
     rng = np.random.default_rng(0)
     values = [0, 1, -1, 2, -2, 3, -3, 7, -7, 8, -8, 9, -9, (1 << 62) - 1, -(1 << 62)]
@@ -158,10 +159,15 @@ def test_rounding_helpers_floor_negative_numbers(tmp_path):
     program.write_text(
         "#include <stdint.h>\n#include <stdio.h>\n"
         + _HELPERS["ns_shr"]
+        + _HELPERS["ns_shr_even"]
         + _HELPERS["ns_floordiv"]
         + "int main(void)\n{\n"
         + "".join(
             f'    printf("%lld\\n", (long long)ns_shr(INT64_C({v}), {s}));\n' for v, s in cases
+        )
+        + "".join(
+            f'    printf("%lld\\n", (long long)ns_shr_even(INT64_C({v}), {s}));\n'
+            for v, s in cases
         )
         + "".join(
             f'    printf("%lld\\n", (long long)ns_floordiv(INT64_C({v}), {d}));\n'
@@ -175,7 +181,16 @@ def test_rounding_helpers_floor_negative_numbers(tmp_path):
         int(line)
         for line in subprocess.run([binary], capture_output=True, text=True).stdout.split()
     ]
-    assert out == [v >> s for v, s in cases] + [v // d for v, d in divisions]
+    assert out == (
+        [v >> s for v, s in cases]
+        + [_round_half_even(v, 1 << s) for v, s in cases]
+        + [v // d for v, d in divisions]
+    )
+
+
+def _round_half_even(a: int, b: int) -> int:
+    q, r = divmod(a, b)
+    return q + 1 if 2 * r > b or (2 * r == b and q % 2) else q
 
 
 def test_export_is_deterministic(tmp_path):

@@ -36,8 +36,9 @@ def _bit_exact(qmodel, images, out, shape, storage):
         QuantConfig(),
         QuantConfig(weights=4),
         QuantConfig(weights=12, activations=12, bias=24, accumulator=24),
+        QuantConfig(ties="even"),  # requantization rounds ties to even (shifts and divisions)
     ],
-    ids=["w8", "w4", "w12a12"],
+    ids=["w8", "w4", "w12a12", "ties-even"],
 )
 def test_pruned_branchy_model_runs_sparse_bit_exact(tmp_path, config):
     # grouped, dilated, depthwise, strided and padded convs (windows cut by the border), 1x1
@@ -50,6 +51,8 @@ def test_pruned_branchy_model_runs_sparse_bit_exact(tmp_path, config):
     assert {s.form for s in export.layers} == {"sparse"}
     source = export.source.read_text()
     assert "ns_field(ws_" in source and "static const int8_t w_" not in source
+    if config.ties == "even":
+        assert "ns_shr_even(v" in source and "ns_div_even(v" in source
 
 
 class Rows(nn.Module):

@@ -53,7 +53,9 @@ def make_epilogue(name: str, value: Pending, fmt: FixedPoint | None, lo: int, hi
         extreme = max(-lo, hi) << (max(-shift, 0) + 1)
         if extreme + (divisor << max(shift, 0)) * 2 >= LIMIT:
             raise UnsupportedLayerError(f"{name}: requantization too large for 64-bit integers")
-        if fmt.ties == "even" and (divisor > 1 or shift > 0):  # ties to even, as ONNX Runtime
+        if fmt.ties == "even" and divisor == 1 and shift > 0:  # ties to even, as ONNX Runtime
+            lines.append(f"v = ns_shr_even(v, {shift});")
+        elif fmt.ties == "even" and (divisor > 1 or shift > 0):
             up, down = max(-shift, 0), max(shift, 0)
             num, den = literal(1 << up), literal(divisor << down)
             lines.append(f"v = ns_div_even(v * {num}, {den});")

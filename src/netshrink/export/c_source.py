@@ -58,6 +58,16 @@ static inline int64_t ns_shr(int64_t v, int s)
     return v >= 0 ? v >> s : -1 - ((-1 - v) >> s);
 }
 """,
+    # uses ns_shr, emitted with it: "ns_shr" is part of its name, and the helpers are emitted
+    # in this order wherever a step's body names them
+    "ns_shr_even": """
+/* v / 2**s rounded to the nearest integer, a tie to the even one (ONNX Runtime's rule), s >= 1 */
+static inline int64_t ns_shr_even(int64_t v, int s)
+{
+    const int64_t q = ns_shr(v, s), r = v - q * ((int64_t)1 << s), half = (int64_t)1 << (s - 1);
+    return (r > half || (r == half && (q & 1) != 0)) ? q + 1 : q;
+}
+""",
     "ns_floordiv": """
 /* floor(a / b) for b > 0 (C's division truncates toward zero) */
 static inline int64_t ns_floordiv(int64_t a, int64_t b)
