@@ -1,9 +1,9 @@
-"""Deployment benchmark: ONNX Runtime fp32 vs int8, filter pruning through ONNX Runtime, and the
-C export's flash, RAM, speed and bit-exactness.
+"""Deployment benchmark: ONNX Runtime fp32 vs int8, filter pruning through ONNX Runtime, the C
+export's flash, RAM, speed and bit-exactness, and what the compressed recipes deploy as.
 
-    python bench/deploy.py [--cases ort filters c]
+    python bench/deploy.py [--cases ort filters c compressed] [--recipes NAME ...]
 
-Cases (the deployment issue's table):
+Cases:
 
 - ort: ONNX Runtime latency, fp32 vs the int8 QDQ export of the 8-bit fixed-point model, at
   batch 1 and 64, for the small VGG (trained baseline) and ResNet-20 (random weights: there is no
@@ -12,9 +12,19 @@ Cases (the deployment issue's table):
   only) against the dense one, ONNX Runtime fp32: the latency ratio beside the MACs ratio;
 - c: the C export of the pruned Caffe LeNet-5 (bench/pipeline.py's recipe, then 8-bit fixed
   point) and of the 8-bit small VGG: flash (`size` of the object), RAM (scratch), images/s at
-  batch 1 on one core, and the share of test images whose logits equal the integer path's.
+  batch 1 on one core, and the share of test images whose logits equal the integer path's;
+- compressed (the deployment issue's table): the Deep Compression recipes for LeNet-300-100 and
+  the Caffe LeNet-5 and Kim et al.'s hierarchical recipe for the small VGG, run by
+  netshrink.pipeline.run_recipe with C and int8 exports, then per model: the .nsk bytes; the C
+  code as exported (each layer's smallest form: sparse where pruned) against the same model
+  stored dense: flash and RAM (host gcc -O2 and arm-none-eabi-gcc for a Cortex-M4), images/s at
+  batch 1 on one core, bit-exactness on the whole test split, the logits of an emulated
+  Cortex-M3 (qemu mps2-an385) on 200 test images; the int8 ONNX file beside ONNX Runtime's own
+  quantize_static of the float model before fixed point (and its fp32 ONNX), bytes, images/s at
+  batch 1 on one thread, top-1.
 
-Writes bench/results/deploy.json and the deploy section of docs/benchmarks.md.
+Writes bench/results/deploy.json (ort, filters, c) and bench/results/deploy_compressed.json, and
+their sections of docs/benchmarks.md.
 """
 
 import argparse
@@ -31,6 +41,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import publish  # noqa: E402
+from deploy_compressed import COMPRESSED_COLUMNS, COMPRESSED_NOTES, compressed_rows  # noqa: E402
 from netshrink.export.c import (  # noqa: E402
     build_and_run,
     export_c,
@@ -165,7 +176,10 @@ def c_rows(work: Path) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cases", nargs="+", default=["ort", "filters", "c"])
+    parser.add_argument("--cases", nargs="+", default=["ort", "filters", "c", "compressed"])
+    parser.add_argument(
+        "--recipes", nargs="+", default=None, help="the compressed case's recipes (default all)"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(2)
     rows = []
@@ -177,11 +191,21 @@ def main(argv: list[str] | None = None) -> None:
             rows += filter_rows(work)
         if "c" in args.cases:
             rows += c_rows(work)
-    notes = (
-        "ONNX Runtime: median of 30 runs, 2 threads. The C export stores weights dense at their "
-        "bits (no sparse format yet), so pruning shows in accuracy, not in flash."
-    )
-    publish("deploy", "Deployment (bench/deploy.py)", rows, COLUMNS, notes)
+        if rows:
+            notes = (
+                "ONNX Runtime: median of 30 runs, 2 threads. The c case stores every layer in its "
+                "smallest form (a pruned layer sparse; 8-bit fixed point, no weight sharing here)."
+            )
+            publish("deploy", "Deployment (bench/deploy.py)", rows, COLUMNS, notes)
+        if "compressed" in args.cases:
+            compressed = compressed_rows(work, args.recipes)
+            publish(
+                "deploy_compressed",
+                "Deploying the compressed models (bench/deploy.py --cases compressed)",
+                compressed,
+                COMPRESSED_COLUMNS,
+                COMPRESSED_NOTES,
+            )
 
 
 if __name__ == "__main__":

@@ -133,3 +133,31 @@ def _weight_types(model) -> set[int]:
     """The element types of the initializers that hold the Conv / Gemm weights."""
     types = {t.name: t.data_type for t in model.graph.initializer}
     return {types[name] for name in _weight_names(model)}
+
+
+def test_a_layer_after_a_flatten_runs_in_an_int8_kernel(trained, digits, tmp_path, monkeypatch):
+    # LeNet-300-100 flattens its quantized input before fc1: ONNX Runtime fused no int8 kernel
+    # there and dequantized fc1's weights on every run; a Q/DQ pair after the Flatten (the same
+    # values) lets it fuse fc1 as it fuses fc2 (fc3 gives float logits: no kernel takes that)
+    qmodel = quantize(trained, digits)
+    path = export_onnx_int8(qmodel, tmp_path / "q.onnx", digits.input_shape)
+    with monkeypatch.context() as patch:
+        patch.setattr(qdq, "quantize_after_reshapes", lambda model: model)
+        before = export_onnx_int8(qmodel, tmp_path / "before.onnx", digits.input_shape)
+    assert _fused_int8_ops(path, tmp_path) == ["QGemm", "QGemm"]
+    assert _fused_int8_ops(before, tmp_path) == ["QGemm"]
+    x = torch.cat([x for x, _ in digits.loader("test", 512)])
+    got = onnx_logits(onnx_session(path, threads=1), x)
+    assert np.array_equal(got, onnx_logits(onnx_session(before, threads=1), x))
+
+
+def _fused_int8_ops(path, tmp_path) -> list[str]:
+    """The int8 kernels of the graph ONNX Runtime optimises `path` into."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    nodes = onnx.load(str(tmp_path / "optimized.onnx")).graph.node
+    return [n.op_type for n in nodes if n.op_type.startswith(("QGemm", "QLinear"))]

@@ -17,6 +17,13 @@ into QLinearConv / QGemm, off the model's grid. As INT16 through a DequantizeLin
 the file is converted to it) it takes half the bytes, and ONNX Runtime, which fuses no 16-bit
 weight on the CPU, runs the layer in float on the exact grid values.
 
+`quantize_after_reshapes`: a Flatten or Reshape between a DequantizeLinear (through max pools,
+transposes: ops that keep the values on its grid) and a layer (the model's own order: an
+activation quantizer, a max pool, then `flatten` before the first fc layer) keeps ONNX Runtime from fusing that layer into an int8 kernel: it dequantizes the layer's
+weights on every run instead (LeNet-300-100's int8 file: 4x slower at batch 1). A QuantizeLinear
+/ DequantizeLinear pair at the same scale after it, which changes no value (the values are on
+that grid already), is the pattern ONNX Runtime fuses, as its own quantizer writes it.
+
     >>> model = integer_weights(onnx.load("lenet5.int8.onnx"))
     >>> model = wide_weights_as_int16(model, {"bn1_conv.weight": 12})
 """
@@ -51,6 +58,53 @@ def integer_weights(model: onnx.ModelProto) -> onnx.ModelProto:
             _replace_quantizer(graph, node, integers)
     _remove_unused(graph)
     return model
+
+
+def quantize_after_reshapes(model: onnx.ModelProto) -> onnx.ModelProto:
+    """After every Flatten / Reshape that reads a per-tensor DequantizeLinear's values (directly or
+    through max pools, transposes: _ON_GRID), a QuantizeLinear /
+    DequantizeLinear pair at the same scale and zero point; `model` is changed in place and
+    returned."""
+    graph = model.graph
+    producer = {out: node for node in graph.node for out in node.output}
+    scales = _constant_values(graph)
+    order = []
+    for node in graph.node:
+        order.append(node)
+        dq = _grid_source(producer, node.input[0]) if node.op_type in _RESHAPES else None
+        if dq is None:
+            continue
+        if np.asarray(scales.get(dq.input[1], [0, 0])).size != 1:  # per tensor only
+            continue
+        order += _requantize(graph, node, list(dq.input[1:]))
+    del graph.node[:]
+    graph.node.extend(order)
+    return model
+
+
+_RESHAPES = ("Flatten", "Reshape")
+# what leaves values on their quantizer's grid and within its range (a max picks one of them)
+_ON_GRID = (*_RESHAPES, "MaxPool", "Transpose", "Squeeze", "Unsqueeze", "Identity")
+
+
+def _grid_source(producer: dict, name: str):
+    """The DequantizeLinear whose values `name` holds, through ops that keep them on its grid;
+    None when there is none."""
+    node = producer.get(name)
+    while node is not None and node.op_type in _ON_GRID:
+        node = producer.get(node.input[0])
+    return node if node is not None and node.op_type == "DequantizeLinear" else None
+
+
+def _requantize(graph: onnx.GraphProto, node: onnx.NodeProto, params: list[str]) -> list:
+    """x -> node -> y  becomes  x -> node -> Q -> DQ -> y (at `params`: scale, zero point)."""
+    y = node.output[0]
+    raw, quantized = _unused_name(graph, f"{y}_r"), _unused_name(graph, f"{y}_q")
+    node.output[0] = raw
+    return [
+        helper.make_node("QuantizeLinear", [raw, *params], [quantized]),
+        helper.make_node("DequantizeLinear", [quantized, *params], [y]),
+    ]
 
 
 def wide_weights_as_int16(model: onnx.ModelProto, fracs: Mapping[str, int]) -> onnx.ModelProto:

@@ -34,7 +34,7 @@ from ..files import atomic_write
 from ..quant.fixed import FixedPoint
 from ..quant.quantize import fixed_point_formats
 from .onnx import SESSION_ERRORS, _device, _export_checked, effective_copy
-from .onnx_int8 import integer_weights, wide_weights_as_int16
+from .onnx_int8 import integer_weights, quantize_after_reshapes, wide_weights_as_int16
 
 
 class _QdqActivation(nn.Module):
@@ -103,7 +103,7 @@ def _export_integer_weights(plain, example, path: Path, opset: int, int16: dict[
     """Export and check, then store each quantized weight as integers (`int16`: the wide
     weights' initializers and fractional lengths) and check again."""
     _export_checked(plain, example, path, opset)
-    model = integer_weights(onnx.load(str(path)))
+    model = quantize_after_reshapes(integer_weights(onnx.load(str(path))))
     if int16:
         wide = wide_weights_as_int16(_copy(model), int16)
         # ONNX Runtime 1.32's QDQ optimizer can insert a QuantizeLinear that its own opset-21
