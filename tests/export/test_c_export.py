@@ -166,8 +166,7 @@ def test_rounding_helpers_floor_negative_numbers(tmp_path):
             f'    printf("%lld\\n", (long long)ns_shr(INT64_C({v}), {s}));\n' for v, s in cases
         )
         + "".join(
-            f'    printf("%lld\\n", (long long)ns_shr_even(INT64_C({v}), {s}));\n'
-            for v, s in cases
+            f'    printf("%lld\\n", (long long)ns_shr_even(INT64_C({v}), {s}));\n' for v, s in cases
         )
         + "".join(
             f'    printf("%lld\\n", (long long)ns_floordiv(INT64_C({v}), {d}));\n'
