@@ -231,3 +231,32 @@ def test_prune_share_quantize_on_a_batchnorm_network_keeps_every_conv_shared(tmp
         values = conv.weight.detach()
         assert torch.unique(values[values != 0]).numel() <= 8
     assert result.stages[-1].measurement["top1"] > 0.5  # digits: it still classifies
+
+
+VQ = """\
+name: vq
+data: {source: digits}
+baseline:
+  model: lenet300_100
+  train: {epochs: 1, batch_size: 64}
+stages:
+  - method: share_pq
+    name: pq
+    layers: [fc1, fc2]
+    config: {segment: 4, k: 16, axis: columns}
+pack: {index_bits: best}
+"""
+
+
+def test_a_product_quantized_run_packs_the_file_its_stage_reports(tmp_path):
+    """The stage checkpoint keeps the VectorCodebooks, so model.nsk, packed from it, stores
+    codebooks and codes: the packed row's size is the pq row's, far below dense."""
+    result = run_recipe(
+        parse_recipe(VQ), tmp_path / "run", cache_dir=tmp_path / "cache", latency=False,
+        progress=False,
+    )  # fmt: skip
+    baseline, pq, packed = (r.measurement for r in result.stages)
+    assert packed["size_bytes"] == pq["size_bytes"] == result.file.stat().st_size
+    assert packed["size_bytes"] < baseline["size_bytes"] / 5
+    encodings = {t.name: t.encoding.split()[0] for t in summarize(result.file).tensors}
+    assert encodings["fc1.weight"] == encodings["fc2.weight"] == "vector"
