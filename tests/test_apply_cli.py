@@ -83,3 +83,29 @@ def test_a_sidecar_naming_no_layer_as_shared_is_a_corrupt_file():
     )
     with pytest.raises(CorruptFileError, match="'relu'"):
         restore_shared(model, ["relu"])
+
+
+def test_a_vector_codebook_survives_a_command_on_other_layers(tmp_path):
+    """A pruned fc2, product quantized, in a checkpoint: a command on fc3 gets its
+    VectorCodebook back (no mask stacked on it from its zeros) and saves it again."""
+    from netshrink.checkpoint import CheckpointMeta, save_checkpoint
+    from netshrink.models import ModelSpec, lenet300_100
+    from netshrink.share import share_pq
+    from netshrink.share.codebooks import VectorCodebook
+
+    torch.manual_seed(0)
+    model = lenet300_100(num_classes=10, in_channels=1, input_size=8)
+    with torch.no_grad():
+        model.fc2.weight[:, ::2] = 0
+    share_pq(model, {"k": 4, "segment": 4}, layers=["fc2"], progress=False)
+    meta = CheckpointMeta(
+        model=ModelSpec(name="lenet300_100"), input_shape=(1, 8, 8), num_classes=10,
+        data={"source": "digits"},
+    )  # fmt: skip
+    base = save_checkpoint(model, tmp_path / "pq", meta)
+    argv = ["apply", str(base), "share_pq", "--set", "config.k=4", "--layers", "fc3"]
+    assert main(argv + ["--no-latency", "--out", str(tmp_path / "more")]) == 0
+    loaded, meta = load_checkpoint(tmp_path / "more")
+    assert [v.layer for v in meta.vector] == ["fc2", "fc3"]
+    assert [type(p) for p in loaded.fc2.parametrizations.weight] == [VectorCodebook]
+    assert torch.equal(loaded.fc2.weight, model.fc2.weight)

@@ -254,3 +254,32 @@ def test_an_export_section_deploys_c_and_int8_beside_the_file(finished, tmp_path
     assert [a["artifact"] for a in report["artifacts"]] == [".nsk", "C99", "int8 ONNX"]
     assert report["artifacts"][0]["bytes"] == (out / "model.nsk").stat().st_size
     assert "## Deployed" in (out / "report.md").read_text()
+
+
+VQ = """\
+name: vq
+data: {source: digits}
+baseline:
+  model: lenet300_100
+  train: {epochs: 1, batch_size: 64}
+stages:
+  - method: share_pq
+    name: pq
+    layers: [fc1, fc2]
+    config: {segment: 4, k: 16, axis: columns}
+pack: {index_bits: best}
+"""
+
+
+def test_a_product_quantized_run_packs_the_file_its_stage_reports(tmp_path):
+    """The stage checkpoint keeps the VectorCodebooks, so model.nsk, packed from it, stores
+    codebooks and codes: the packed row's size is the pq row's, far below dense."""
+    result = run_recipe(
+        parse_recipe(VQ), tmp_path / "run", cache_dir=tmp_path / "cache", latency=False,
+        progress=False,
+    )  # fmt: skip
+    baseline, pq, packed = (r.measurement for r in result.stages)
+    assert packed["size_bytes"] == pq["size_bytes"] == result.file.stat().st_size
+    assert packed["size_bytes"] < baseline["size_bytes"] / 5
+    encodings = {t.name: t.encoding.split()[0] for t in summarize(result.file).tensors}
+    assert encodings["fc1.weight"] == encodings["fc2.weight"] == "vector"

@@ -8,7 +8,8 @@
       report.json, report.md, *.png
 
 After each stage the model is saved and the next stage starts from the checkpoint read back
-(masks and scalar codebooks re-attached as they were). A resumed run therefore continues from
+(masks and scalar codebooks re-attached as they were; a vector codebook is kept by the checkpoint
+itself). A resumed run therefore continues from
 exactly what an uninterrupted one continues from, and with every stage seeded by its position
 it writes the same file byte for byte. A stage's key hashes the data, the baseline and every
 stage up to it, so editing stage 3 of a recipe re-runs stages 3 onward and keeps 1 and 2. Every
@@ -374,7 +375,8 @@ def _read_back(
     directory: Path, record: StageRecord, allow_import: AllowImport
 ) -> tuple[nn.Module, CheckpointMeta]:
     """A stage's checkpoint as the next stage starts from it: masks and scalar codebooks
-    re-attached where the stage had them (a checkpoint stores values, not parametrizations)."""
+    re-attached where the stage had them (a checkpoint stores values, not parametrizations,
+    except VectorCodebooks, which load_checkpoint gives back)."""
     model, meta = load_checkpoint(directory / record.checkpoint, allow_import=allow_import)
     restore_shared(model, record.shared, where=str(directory / record.checkpoint))
     restore_masks(model, [(n, model.get_submodule(n)) for n in record.masked])

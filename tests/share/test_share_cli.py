@@ -104,3 +104,22 @@ def share_stage(base, *flags):
         ["share", str(base), "--method", "kmeans", *flags, "--out", "x"]
     )
     return build_share(args)[0]
+
+
+def test_pack_after_share_pq_stores_codebooks_and_codes(base, tmp_path):
+    """`netshrink share --method pq` then `netshrink pack`: the checkpoint keeps the
+    VectorCodebooks, so the file stores fc1 and fc2 as codebooks and codes."""
+    from netshrink.cli import main
+    from netshrink.codec import packed_bytes, summarize
+
+    out = tmp_path / "pq"
+    share([str(base), "--method", "pq", "--k", "16", "--segment", "4", "--axis", "columns",
+           "--layers", "fc1,fc2", "--out", str(out), "--no-latency"])  # fmt: skip
+    model, meta = load_checkpoint(out)
+    for files, ckpt in (("base.nsk", base), ("pq.nsk", out)):
+        assert main(["pack", str(ckpt), "-o", str(tmp_path / files)]) == 0
+    size = (tmp_path / "pq.nsk").stat().st_size
+    assert size == len(packed_bytes(model, meta=meta))
+    assert size < (tmp_path / "base.nsk").stat().st_size / 4
+    encodings = {t.name: t.encoding.split()[0] for t in summarize(tmp_path / "pq.nsk").tensors}
+    assert encodings["fc1.weight"] == encodings["fc2.weight"] == "vector"

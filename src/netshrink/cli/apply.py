@@ -21,7 +21,7 @@ from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 from torch import nn
 
-from ..checkpoint import CheckpointMeta, restore_shared, save_checkpoint
+from ..checkpoint import CheckpointMeta, has_codebook, restore_shared, save_checkpoint
 from ..data import DataSplits
 from ..errors import ConfigError
 from ..layers import copy_model, select_layers
@@ -29,6 +29,7 @@ from ..mask import restore_masks
 from ..measure import dense_bytes
 from ..methods import METHOD_NAMES, parse_stage, plan_stages, run_stage, stage_class
 from ..report import print_measurements
+from ..share.codebooks import VectorCodebook
 from ..stage import Stage, StageContext, with_seed
 from ..train import FitConfig
 from .common import (
@@ -223,7 +224,9 @@ def checkpoint_input(args) -> StageInput:
     refuse_overwriting_checkpoint(args.out, args.checkpoint)
     model, meta, data = load_for_command(args)
     restore_shared(model, meta.shared, where=str(args.checkpoint))  # before the masks: values
-    restore_masks(model, select_layers(model))  # a checkpoint's zeros are pruned weights
+    # a checkpoint's zeros are pruned weights; a VectorCodebook (loaded back) has its own mask
+    layers = [(n, m) for n, m in select_layers(model) if not has_codebook(m, (VectorCodebook,))]
+    restore_masks(model, layers)
     return StageInput(
         model, meta, data, StageContext(data, copy_model(model), meta.fit or FitConfig())
     )
