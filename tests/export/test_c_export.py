@@ -55,6 +55,12 @@ def test_lenet5_is_bit_exact(tmp_path):
     assert sizes["flash_bytes"] >= export.weight_bytes
     assert sizes["ram_bytes"] >= export.scratch_bytes > 0
     assert images_per_second(export, quantize_input(images[:4], export), tmp_path / "b2") > 0
+    scalar = ("-fno-tree-vectorize",)  # extra flags reach gcc (a bad one fails the build)
+    assert images_per_second(export, quantize_input(images[:4], export), tmp_path, cflags=scalar)
+    with pytest.raises(RuntimeError, match="no-such-flag"):
+        images_per_second(
+            export, quantize_input(images[:4], export), tmp_path, cflags=("-fno-such-flag",)
+        )
     header = export.header.read_text()
     assert "int model_run(const model_input_t *input, model_logit_t *logits);" in header
     assert f"#define MODEL_SCRATCH_BYTES {export.scratch_bytes}" in header

@@ -157,10 +157,17 @@ def build_and_run(
 
 
 def images_per_second(
-    export: CExport, inputs: np.ndarray, workdir: str | Path, *, repeats: int = 3
+    export: CExport,
+    inputs: np.ndarray,
+    workdir: str | Path,
+    *,
+    repeats: int = 3,
+    cflags: tuple[str, ...] = (),
 ) -> float:
-    """Throughput of the compiled C code (batch 1, one thread, CPU time), `repeats` passes."""
-    _, seconds = _run_driver(export, inputs, workdir, repeats)
+    """Throughput of the compiled C code (batch 1, one thread, CPU time), `repeats` passes;
+    `cflags` go to gcc after CFLAGS (e.g. -fno-tree-vectorize: a core without SIMD, as a
+    Cortex-M's compiler leaves these loops)."""
+    _, seconds = _run_driver(export, inputs, workdir, repeats, cflags=cflags)
     return len(inputs) * repeats / max(seconds, 1e-9)
 
 
@@ -242,22 +249,25 @@ def _compiler(cc: str) -> str:
     return path
 
 
-def _gcc(cc: str, args: list[str]) -> None:
-    done = subprocess.run([_compiler(cc), *CFLAGS, *args], capture_output=True, text=True)
+def _gcc(cc: str, args: list[str], cflags: tuple[str, ...] = ()) -> None:
+    command = [_compiler(cc), *CFLAGS, *cflags, *args]
+    done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"{cc} {' '.join(args)} failed:\n{done.stderr}")
 
 
-def _compile_object(export: CExport, workdir: Path, cc: str) -> Path:
+def _compile_object(export: CExport, workdir: Path, cc: str, cflags: tuple[str, ...] = ()) -> Path:
     workdir.mkdir(parents=True, exist_ok=True)
     obj = workdir / f"{export.name}.o"
-    _gcc(cc, ["-c", str(export.source), "-o", str(obj)])
+    _gcc(cc, ["-c", str(export.source), "-o", str(obj)], cflags)
     return obj
 
 
-def _run_driver(export: CExport, inputs: np.ndarray, workdir, repeats: int, cc: str = "gcc"):
+def _run_driver(
+    export: CExport, inputs: np.ndarray, workdir, repeats: int, cc: str = "gcc", cflags=()
+):
     workdir = Path(workdir)
-    obj = _compile_object(export, workdir, cc)
+    obj = _compile_object(export, workdir, cc, cflags)
     driver = workdir / "driver.c"
     driver.write_text(_DRIVER.format(name=export.name, upper=export.name.upper()))
     binary = workdir / "driver"
