@@ -1,6 +1,7 @@
 """`netshrink export` end to end: a fixed-point .nsk file to fp32 ONNX, int8 QDQ ONNX and C99,
 each checked on the test split; a float model refuses --int8 / --c with one line."""
 
+import json
 import re
 import shutil
 
@@ -43,3 +44,16 @@ def test_float_models_refuse_int8_and_c(packed, tmp_path, capsys):
     assert "not fixed point" in err and len(err.strip().splitlines()) == 1
     assert main(["export", str(packed / "base")]) == 2
     assert "nothing to export" in capsys.readouterr().err
+
+
+def test_measure_does_not_time_fake_quantization(packed, capsys):
+    # a fixed-point model in PyTorch simulates its integer arithmetic: no latency, a pointer to
+    # the code that a device runs instead
+    capsys.readouterr()
+    assert main(["measure", str(packed / "q"), "--format", "json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert row["latency_ms_b1"] is None and row["latency_ms_b64"] is None
+    assert main(["measure", str(packed / "q")]) == 0
+    assert "netshrink export" in capsys.readouterr().out
+    assert main(["measure", str(packed / "base"), "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["latency_ms_b1"] > 0  # a float model is timed

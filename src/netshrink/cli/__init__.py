@@ -17,12 +17,13 @@ from ..data import load_data
 from ..device import DEVICE_NAMES, resolve_device
 from ..errors import ConfigError, Error
 from ..files import directory_lock, os_error_line
-from ..measure import dense_bytes, measure
+from ..measure import dense_bytes, measure, simulates_arithmetic
 from ..models import ModelSpec
 from ..pipeline import run_recipe
 from ..recipe import load_recipe, trial_recipe
 from ..report import (
     WIDE_COLUMNS,
+    console,
     measurements_json,
     measurements_markdown,
     print_measurements,
@@ -309,6 +310,12 @@ def run_measure(args) -> None:
         print(measurements_markdown([row]), end="")
     else:
         print_measurements([row], title=str(args.checkpoint))
+        if simulates_arithmetic(model) and not args.no_latency:
+            console().print(
+                "latency: not measured in PyTorch, where this fixed-point model only simulates "
+                f"its integer arithmetic; `netshrink export {args.checkpoint} --c DIR --int8 "
+                "FILE` measures the code a device runs (images/s at batch 1, flash, RAM)"
+            )
 
 
 DEMO_RECIPE = "deep-compression-lenet5.yaml"
