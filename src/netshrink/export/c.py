@@ -69,8 +69,8 @@ __all__ = [
 
 CFLAGS = ("-O2", "-std=c99", "-Wall", "-Wextra", "-Werror")
 
-_NUMPY = {"int8_t": np.int8, "uint8_t": np.uint8, "int16_t": np.int16, "uint16_t": np.uint16}
-_NUMPY |= {"int32_t": np.int32, "int64_t": np.int64}
+NUMPY_TYPES = {"int8_t": np.int8, "uint8_t": np.uint8, "int16_t": np.int16, "uint16_t": np.uint16}
+NUMPY_TYPES |= {"int32_t": np.int32, "int64_t": np.int64}
 
 
 def export_c(
@@ -143,7 +143,7 @@ def quantize_input(images: torch.Tensor, export: CExport) -> np.ndarray:
     """The integers that `<name>_run` takes for normalized `images` (N, C, H, W): the input
     quantizer's rounding, exactly as IntegerModel applies it."""
     q = to_integers(images.detach(), export.input_format).long().numpy()
-    return q.astype(_NUMPY[export.input_ctype])
+    return q.astype(NUMPY_TYPES[export.input_ctype])
 
 
 def build_and_run(
@@ -174,12 +174,17 @@ def images_per_second(
 def flash_and_ram(export: CExport, workdir: str | Path, *, cc: str = "gcc") -> dict[str, int]:
     """`size` (binutils) of the compiled object: flash = text (code + const data) + data,
     RAM = data + bss (the scratch arenas); plus the export's own weight and scratch counts."""
-    workdir = Path(workdir)
-    obj = _compile_object(export, workdir, cc)
-    tool = shutil.which("size")
-    if tool is None:
-        raise ConfigError("`size` (binutils) is not installed: apt-get install -y binutils")
-    out = subprocess.run([tool, str(obj)], capture_output=True, text=True, check=True).stdout
+    obj = _compile_object(export, Path(workdir), cc)
+    return object_sizes(obj, export, "size", "apt-get install -y binutils")
+
+
+def object_sizes(obj: Path, export: CExport, tool: str, install: str) -> dict[str, int]:
+    """What binutils' `tool` (size, arm-none-eabi-size) says of the object `obj`, as
+    flash_and_ram reports it; ConfigError naming `install` when the tool is missing."""
+    path = shutil.which(tool)
+    if path is None:
+        raise ConfigError(f"`{tool}` is not installed: {install}")
+    out = subprocess.run([path, str(obj)], capture_output=True, text=True, check=True).stdout
     text, data, bss = (int(v) for v in out.splitlines()[1].split()[:3])
     return {
         "text": text,
@@ -190,6 +195,18 @@ def flash_and_ram(export: CExport, workdir: str | Path, *, cc: str = "gcc") -> d
         "weight_bytes": export.weight_bytes,
         "scratch_bytes": export.scratch_bytes,
     }
+
+
+def input_bytes(export: CExport, inputs: np.ndarray) -> bytes:
+    """`inputs` (quantize_input's integers, one image per row) as the bytes `<name>_run` reads;
+    ConfigError when they are not the model's size or do not fit its input type."""
+    data = np.ascontiguousarray(inputs).reshape(len(inputs), -1)
+    if data.shape[1] != math.prod(export.input_shape):
+        raise ConfigError(f"inputs of {data.shape[1]} values, the model takes {export.input_shape}")
+    dtype = NUMPY_TYPES[export.input_ctype]
+    if not np.array_equal(data.astype(dtype), data):
+        raise ConfigError(f"inputs do not fit {export.input_ctype}: use quantize_input")
+    return data.astype(dtype).tobytes()
 
 
 _DRIVER = """\
@@ -272,18 +289,12 @@ def _run_driver(
     driver.write_text(_DRIVER.format(name=export.name, upper=export.name.upper()))
     binary = workdir / "driver"
     _gcc(cc, ["-I", str(export.header.parent), str(driver), str(obj), "-o", str(binary)])
-    data = np.ascontiguousarray(inputs).reshape(len(inputs), -1)
-    if data.shape[1] != math.prod(export.input_shape):
-        raise ConfigError(f"inputs of {data.shape[1]} values, the model takes {export.input_shape}")
-    dtype = _NUMPY[export.input_ctype]
-    if not np.array_equal(data.astype(dtype), data):
-        raise ConfigError(f"inputs do not fit {export.input_ctype}: use quantize_input")
-    (workdir / "inputs.bin").write_bytes(data.astype(dtype).tobytes())
+    (workdir / "inputs.bin").write_bytes(input_bytes(export, inputs))
     out = workdir / "logits.bin"
-    command = [str(binary), str(workdir / "inputs.bin"), str(out), str(len(data)), str(repeats)]
+    command = [str(binary), str(workdir / "inputs.bin"), str(out), str(len(inputs)), str(repeats)]
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"the compiled model failed ({done.returncode}): {done.stderr}")
-    logits = np.fromfile(out, dtype=_NUMPY[export.logits_ctype])
+    logits = np.fromfile(out, dtype=NUMPY_TYPES[export.logits_ctype])
     seconds = float(done.stdout.split()[-1])
-    return logits.reshape(len(data), export.num_classes), seconds
+    return logits.reshape(len(inputs), export.num_classes), seconds

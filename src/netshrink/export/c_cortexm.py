@@ -20,7 +20,6 @@ speed is reported.
 
 from __future__ import annotations
 
-import math
 import re
 import shutil
 import subprocess
@@ -30,15 +29,13 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError
-from .c import CFLAGS
+from .c import CFLAGS, NUMPY_TYPES, input_bytes, object_sizes
 from .c_source import CExport
 
 __all__ = ["BOARDS", "Board", "cortex_m_flash_and_ram", "run_on_qemu"]
 
 _GCC_APT = "apt-get install -y gcc-arm-none-eabi"
 _QEMU_APT = "apt-get install -y qemu-system-arm"
-_NUMPY = {"int8_t": np.int8, "uint8_t": np.uint8, "int16_t": np.int16, "uint16_t": np.uint16}
-_NUMPY |= {"int32_t": np.int32, "int64_t": np.int64}
 
 
 @dataclass(frozen=True)
@@ -75,16 +72,7 @@ def cortex_m_flash_and_ram(
     workdir.mkdir(parents=True, exist_ok=True)
     obj = workdir / f"{export.name}.o"
     _cross_gcc(cpu, ["-c", str(export.source), "-o", str(obj)])
-    text, data, bss = _size(obj)
-    return {
-        "text": text,
-        "data": data,
-        "bss": bss,
-        "flash_bytes": text + data,
-        "ram_bytes": data + bss,
-        "weight_bytes": export.weight_bytes,
-        "scratch_bytes": export.scratch_bytes,
-    }
+    return object_sizes(obj, export, "arm-none-eabi-size", _GCC_APT)
 
 
 def run_on_qemu(
@@ -106,14 +94,14 @@ def run_on_qemu(
     qemu = shutil.which("qemu-system-arm")
     if qemu is None:
         raise ConfigError(f"qemu-system-arm is not installed: {_QEMU_APT}")
-    data = _input_bytes(export, inputs)
+    data = input_bytes(export, inputs)
     workdir = Path(workdir)
     elf = _build_program(export, workdir, BOARDS[board])
     (workdir / "inputs.bin").write_bytes(data)
     out = workdir / "logits.bin"
     out.unlink(missing_ok=True)
     _run_qemu(qemu, board, elf, workdir, timeout)
-    logits = np.fromfile(out, dtype=_NUMPY[export.logits_ctype])
+    logits = np.fromfile(out, dtype=NUMPY_TYPES[export.logits_ctype])
     count = len(inputs)
     if logits.size != count * export.num_classes:
         raise RuntimeError(f"qemu wrote {logits.size} logits for {count} images")
@@ -130,25 +118,6 @@ def _cross_gcc(cpu: str, args: list[str]) -> None:
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"arm-none-eabi-gcc {' '.join(args)} failed:\n{done.stderr}")
-
-
-def _size(path: Path) -> tuple[int, int, int]:
-    tool = shutil.which("arm-none-eabi-size")
-    if tool is None:
-        raise ConfigError(f"arm-none-eabi-size is not installed: {_GCC_APT}")
-    out = subprocess.run([tool, str(path)], capture_output=True, text=True, check=True).stdout
-    text, data, bss = (int(v) for v in out.splitlines()[1].split()[:3])
-    return text, data, bss
-
-
-def _input_bytes(export: CExport, inputs: np.ndarray) -> bytes:
-    data = np.ascontiguousarray(inputs).reshape(len(inputs), -1)
-    if data.shape[1] != math.prod(export.input_shape):
-        raise ConfigError(f"inputs of {data.shape[1]} values, the model takes {export.input_shape}")
-    dtype = _NUMPY[export.input_ctype]
-    if not np.array_equal(data.astype(dtype), data):
-        raise ConfigError(f"inputs do not fit {export.input_ctype}: use quantize_input")
-    return data.astype(dtype).tobytes()
 
 
 def _build_program(export: CExport, workdir: Path, board: Board) -> Path:
