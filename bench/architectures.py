@@ -503,7 +503,8 @@ def publish_matrix(results: list[dict]) -> None:
         console().print(note, markup=False)
     RESULTS.mkdir(parents=True, exist_ok=True)
     result = {"name": "architectures", "command": command, "date": date,
-              "capabilities": CAPABILITIES, "notes": NOTES, "rows": [json_row(r) for r in results]}  # fmt: skip
+              "capabilities": CAPABILITIES, "notes": NOTES, "rows": [json_row(r) for r in results],
+              "raw": results}  # fmt: skip
     (RESULTS / "architectures.json").write_text(json.dumps(result, indent=2) + "\n")
     section = markdown(columns, rows, footnotes, command, date)
     DOC.write_text(replace_block(DOC.read_text(), "architectures", section))
@@ -526,7 +527,33 @@ def main(argv: list[str] | None = None) -> None:
     for name in args.only:
         console().print(f"{label(name)} ...")
         results.append(run_architecture(name, args.timeout))
-    publish_matrix(results)
+    publish_matrix(merged(results, names))
+
+
+def merged(results: list[dict], names: list[str]) -> list[dict]:
+    """`results` laid over the last published matrix (its other architectures kept, in the
+    order of `names`), so that `--only` reruns a few rows without dropping the rest."""
+    path = RESULTS / "architectures.json"
+    if not path.is_file():
+        return results
+    published = json.loads(path.read_text())
+    by_label = {label(name): name for name in names}
+    earlier = published.get("raw") or [_raw(row, by_label) for row in published["rows"]]
+    rows = {r["architecture"]: r for r in earlier if r is not None}
+    rows.update({r["architecture"]: r for r in results})
+    return [rows[name] for name in names if name in rows]
+
+
+def _raw(row: dict, by_label: dict) -> dict | None:
+    """A published row read back as run_architecture's result (files written before `raw`)."""
+    name = by_label.get(row["architecture"])
+    if name is None:
+        return None
+    cells = {}
+    for capability in CHECKS:
+        status, _, detail = str(row[capability]).partition(": ")
+        cells[capability] = {"status": status, **({"detail": detail} if detail else {})}
+    return {"architecture": name, "params": row.get("params"), "cells": cells}
 
 
 if __name__ == "__main__":
