@@ -254,7 +254,9 @@ class _Run:
         torch.manual_seed(self.recipe.seed + index)
         start = time.perf_counter()
         if is_main_process() and self.ctx.progress:
-            folds = ", batch norm folded first" if getattr(stage, "fold_batchnorm", False) else ""
+            folds = ""
+            if getattr(stage, "fold_batchnorm", False) and _has_batchnorm(model):
+                folds = ", batch norm folded first"
             console().rule(
                 f"stage {index}/{len(self.recipe.stages)}: {stage.title} ({stage.method}{folds})"
             )
@@ -334,6 +336,10 @@ class _Run:
             if artifacts:
                 print_artifacts(artifacts, nsk=packed_artifact(path, row.top1))
         return result
+
+
+def _has_batchnorm(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
 
 def _finish(
