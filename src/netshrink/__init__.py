@@ -5,6 +5,7 @@ function is named as its recipe `method:`, except `sensitivity` -> `sensitivity_
 `qat` -> `train_quantized`, `compressive` -> `train_compressive`), recipes (`load_recipe`,
 `run_recipe`), the file (`pack`, `unpack`, `packed_bytes`, `summarize`), the exports
 (`export_onnx`, `export_onnx_int8`, `export_c`: imported on first use, they load ONNX Runtime),
+what a model deploys as, measured (`ExportConfig`, `export_artifacts`: a recipe's `export:`),
 and `evaluate` / `measure`.
 
 Data: netshrink's own sources (`load_data`) or the user's (`LoaderSplits`, or a torch Dataset /
@@ -24,6 +25,7 @@ from .checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
 from .codec import PackConfig, load_packed, pack, packed_bytes, summarize, unpack
 from .compressive import CompressiveConfig, train_compressive
 from .data import DataConfig, DataSplits, load_data
+from .deploy import Artifact, ExportConfig, export_artifacts
 from .device import resolve_device
 from .distill import DistillConfig, distill
 from .errors import (
@@ -88,6 +90,7 @@ def __getattr__(name: str):
 
 
 __all__ = [
+    "Artifact",
     "BitSearchConfig",
     "build_model",
     "cached_baseline",
@@ -106,6 +109,8 @@ __all__ = [
     "Error",
     "EvalResult",
     "evaluate",
+    "export_artifacts",
+    "ExportConfig",
     "factor_svd",
     "FactorSvdConfig",
     "fit",

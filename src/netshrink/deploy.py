@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from .config import Config
+from .config import Config, takes_mappings
 from .errors import ConfigError
 from .quant import IntegerModel, is_quantized
 from .terminal import console
@@ -103,6 +103,7 @@ class _Images:
         return (x for x, _ in self.checks)
 
 
+@takes_mappings
 def export_artifacts(model, directory, config: ExportConfig, data) -> list[Artifact]:
     """Write what `config` asks for into `directory` for `model` and measure each on `data`'s
     test split; a float model asked for C or int8 is a ConfigError."""
