@@ -488,9 +488,10 @@ def markdown(columns, rows, footnotes, command: str, date: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def publish_matrix(results: list[dict]) -> None:
-    """Print the table, write bench/results/architectures.json and the block in the doc."""
-    command, date = command_line(), datetime.date.today().isoformat()
+def publish_matrix(results: list[dict], command: str | None = None) -> None:
+    """Print the table, write bench/results/architectures.json and the block in the doc;
+    `command`: what made the rows (default: this run's command line)."""
+    command, date = command or command_line(), datetime.date.today().isoformat()
     columns = ["architecture", "params", *CHECKS]
     rows, footnotes = table_rows(results)
     table = Table(title="Architectures x capabilities (bench/architectures.py)")
@@ -527,21 +528,28 @@ def main(argv: list[str] | None = None) -> None:
     for name in args.only:
         console().print(f"{label(name)} ...")
         results.append(run_architecture(name, args.timeout))
-    publish_matrix(merged(results, names))
+    if args.only == names:
+        publish_matrix(results)
+        return
+    rows, earlier = merged(results, names)
+    rerun = ", ".join(label(name) for name in args.only)
+    publish_matrix(rows, f"{earlier}; the rows of {rerun} rerun by {command_line()}")
 
 
-def merged(results: list[dict], names: list[str]) -> list[dict]:
+def merged(results: list[dict], names: list[str]) -> tuple[list[dict], str]:
     """`results` laid over the last published matrix (its other architectures kept, in the
-    order of `names`), so that `--only` reruns a few rows without dropping the rest."""
+    order of `names`), so that `--only` reruns a few rows without dropping the rest; and the
+    command (with its date) that made the published rows."""
     path = RESULTS / "architectures.json"
     if not path.is_file():
-        return results
+        return results, "no earlier matrix"
     published = json.loads(path.read_text())
     by_label = {label(name): name for name in names}
     earlier = published.get("raw") or [_raw(row, by_label) for row in published["rows"]]
     rows = {r["architecture"]: r for r in earlier if r is not None}
     rows.update({r["architecture"]: r for r in results})
-    return [rows[name] for name in names if name in rows]
+    made_by = f"{published['command']} ({published['date']})"
+    return [rows[name] for name in names if name in rows], made_by
 
 
 def _raw(row: dict, by_label: dict) -> dict | None:
