@@ -12,6 +12,7 @@ from netshrink import share
 from netshrink.checkpoint import CheckpointMeta
 from netshrink.cli.common import measure_stage
 from netshrink.codec import ENCODINGS, PackConfig, pack, packed_bytes, summarize, summarize_model
+from netshrink.codec.summary import print_summary
 from netshrink.models import ModelSpec, build_model
 from netshrink.prune import (
     PruneFiltersConfig,
@@ -119,3 +120,19 @@ def test_per_channel_binary_scales_cost_what_the_file_spends_on_them(digits):
     assert [s.role for s in conv.sections] == ["scales", "signs"]
     assert conv.nbytes <= 4 * channels + math.ceil(conv.numel / 8)
     assert sum(s.nbytes for s in conv.sections) == conv.nbytes
+
+
+def test_the_information_floor_is_below_the_file_by_the_coders_overhead(digits, capsys):
+    # pruned and shared: relative and codebook indices coded near their order-0 entropy
+    model = _compressed("prune_magnitude", digits)
+    share.share_kmeans(model, share.ShareKmeansConfig(bits=3), progress=False)
+    summary = summarize_model(model, PackConfig(index_bits="best"))
+    streams = [s for t in summary.tensors for s in t.sections if s.entropy_bytes is not None]
+    raw = sum(s.nbytes for t in summary.tensors for s in t.sections if s.entropy_bytes is None)
+    assert streams and all(s.entropy_bytes <= s.nbytes + 1e-9 for s in streams)
+    overhead = summary.size - summary.floor_bytes
+    assert overhead == pytest.approx(sum(s.nbytes - s.entropy_bytes for s in streams))
+    assert summary.floor_bytes > summary.header_bytes + raw  # the streams carry information
+    assert 0 < overhead < 0.2 * summary.size  # tables and rounding: a few percent here
+    print_summary(summary)
+    assert "information floor" in capsys.readouterr().out

@@ -2,7 +2,9 @@
 (`summarize`), and of the file a model would pack to before it is written (`summarize_model`).
 
 For every integer stream it gives the bits a symbol it takes and its order-0 entropy bound (the
-empirical entropy of its symbols), so the coder's overhead is visible per stream. Both read the
+empirical entropy of its symbols), so the coder's overhead is visible per stream, and for the
+file its information floor (`FileSummary.floor_bytes`: the streams at that bound, the rest as
+stored), so what the file still wastes is visible as a whole. Both read the
 same container bytes the same way, so a model's rows are the rows `inspect` prints for its file:
 every size netshrink reports for a model (a stage's bytes, the layer tables) comes from here.
 """
@@ -57,6 +59,18 @@ class FileSummary:
     header_bytes: int
     header: Header
     tensors: list[TensorSummary]
+
+    @property
+    def floor_bytes(self) -> float:
+        """The file's information floor: every integer stream at its order-0 entropy (no coder
+        tables), raw values and the header as they are; `size` over it is what coding still
+        wastes beyond what the symbols' frequencies allow."""
+        streams = sum(
+            s.nbytes if s.entropy_bytes is None else s.entropy_bytes
+            for t in self.tensors
+            for s in t.sections
+        )
+        return self.header_bytes + PREFIX.size + TRAILER + streams
 
     @property
     def dense_bytes(self) -> int:
@@ -169,5 +183,7 @@ def print_summary(summary: FileSummary) -> None:
     out.print(
         f"model {model}; {len(h.edits)} structural edits; header {summary.header_bytes:,} bytes; "
         f"dense {summary.dense_bytes:,} bytes -> {summary.size:,} bytes "
-        f"({summary.dense_bytes / summary.size:.1f}x)"
+        f"({summary.dense_bytes / summary.size:.1f}x); information floor "
+        f"{summary.floor_bytes:,.0f} bytes (streams at their order-0 entropy): the file is "
+        f"{summary.size / summary.floor_bytes:.3f}x it"
     )
