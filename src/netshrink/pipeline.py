@@ -5,6 +5,7 @@
       state.json         the finished stages: key, checkpoint, measurement
       stages/NN-name.*   a checkpoint after each stage (safetensors + JSON)
       model.nsk          the packed model
+      c/, model.int8.onnx, model.onnx   what the recipe's `export:` deploys (netshrink.deploy)
       report.json, report.md, *.png
 
 After each stage the model is saved and the next stage starts from the checkpoint read back
