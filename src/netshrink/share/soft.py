@@ -17,7 +17,9 @@ component: those of the zero component are pruned, the rest share the means, sto
 ScalarCodebook (mask + per-layer codebook), which the .nsk file packs as sparse shared values.
 
 The training is this module's own loop (four learning rates, the prior's parameters beside the
-model's): one process only, no torchrun, no mixed precision, no resume.
+model's): one process only, no torchrun, no mixed precision, no resume. Each step evaluates the
+prior on every chosen weight against every component (weights x J values, forward and backward):
+on a CPU that, not the network, is most of the time for LeNet-300-100.
 """
 
 import math
