@@ -80,6 +80,7 @@ CASES = {
         {"config": {"ternary": True}},
         ["share", "CKPT", "--method", "binary", "--ternary"],
     ),
+    "share_soft": ({"config": {"tau": 0.01, "epochs": 2}}, None),  # `apply` is its command
     "factor_svd": (
         {"config": {"energy": 0.9}, "finetune": {"lr": 0.001}},
         ["share", "CKPT", "--method", "svd", "--energy", "0.9", "--finetune-lr", "0.001"],

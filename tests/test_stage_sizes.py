@@ -36,6 +36,7 @@ QUICK = {
     "share_pq": {"config": {"k": 8, "segment": 4}},
     "share_rq": {"config": {"k": 4, "segment": 4}},
     "share_binary": {"config": {"scale": "channel"}},
+    "share_soft": {"config": {"epochs": 1, "batch_size": 64}},
     "factor_svd": {"config": {"rank": 4}},
     "fold_batchnorm": {},
     "quantize": {"config": {"calibration_images": 128}},

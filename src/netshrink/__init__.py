@@ -69,6 +69,7 @@ from .quant.search import BitSearchConfig, search_bits
 from .recipe import Recipe, load_recipe
 from .share.product import SharePqConfig, ShareRqConfig, share_pq, share_rq
 from .share.scalar import ShareBinaryConfig, ShareKmeansConfig, share_binary, share_kmeans
+from .share.soft import ShareSoftConfig, share_soft
 from .share.svd import FactorSvdConfig, factor_svd
 from .train import EvalResult, FitConfig, evaluate, fit
 
@@ -159,10 +160,12 @@ __all__ = [
     "share_kmeans",
     "share_pq",
     "share_rq",
+    "share_soft",
     "ShareBinaryConfig",
     "ShareKmeansConfig",
     "SharePqConfig",
     "ShareRqConfig",
+    "ShareSoftConfig",
     "summarize",
     "train_compressive",
     "train_model",

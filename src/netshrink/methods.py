@@ -27,6 +27,7 @@ from .quant.quantize import QuantizeStage
 from .quant.search import SearchBitsStage
 from .share.product import SharePqStage, ShareRqStage
 from .share.scalar import ShareBinaryStage, ShareKmeansStage
+from .share.soft import ShareSoftStage
 from .share.svd import FactorSvdStage
 from .stage import Stage, StageContext
 from .train import fit
@@ -42,6 +43,7 @@ METHODS: tuple[type[Stage], ...] = (
     SharePqStage,
     ShareRqStage,
     ShareBinaryStage,
+    ShareSoftStage,
     FactorSvdStage,
     FoldBatchnormStage,
     QuantizeStage,
