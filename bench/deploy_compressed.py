@@ -20,6 +20,7 @@ from netshrink.export.c import export_c, flash_and_ram, images_per_second, quant
 from netshrink.export.c_cortexm import cortex_m_flash_and_ram, run_on_qemu
 from netshrink.export.onnx import export_onnx, onnx_logits, onnx_session
 from netshrink.measure import count_macs, dense_bytes
+from netshrink.methods import stage_class
 from netshrink.pipeline import run_recipe
 from netshrink.quant import IntegerModel
 from netshrink.recipe import load_recipe
@@ -59,8 +60,9 @@ COMPRESSED_NOTES = (
     "arm-none-eabi-gcc -mcpu=cortex-m4 -mthumb -O2); `images/s`: batch 1, C on one core (CPU "
     "time) over 500 test images, ONNX Runtime on one thread (median of 100 runs); C speeds of "
     "the exported and the dense code measured alternately, median of 3, also built without "
-    "vectorization (-fno-tree-vectorize: the dense loops as a core without SIMD runs them). `ratio`: dense fp32 "
-    "bytes / file bytes on the .nsk row, flash / .nsk bytes on the C rows, speed-up over the "
+    "vectorization (-fno-tree-vectorize: the dense loops as a core without SIMD runs them). "
+    "`ratio`: dense fp32 bytes / file bytes on the .nsk row, flash / .nsk bytes on the C rows, "
+    "speed-up over the "
     "dense C on the sparse C row. The machine is shared, so speeds are indicative."
 )
 
@@ -158,13 +160,12 @@ def _onnx_rows(label, result, data, int8_art, work: Path) -> list[dict]:
     calibration = [x.numpy() for _, (x, _) in zip(range(4), data.loader("train", 64))]
     static = ort_quantize_static(fp32, work / "static.onnx", calibration)
     static_bytes = static.stat().st_size
-    agreement = float(int8_art.check.split("integer path ")[1].split("%")[0]) / 100
     rows = [
         _row(
             label, "int8 ONNX (netshrink)", int8_art.bytes, speed=int8_art.images_per_second,
             top1=int8_art.top1, check=int8_art.check,
             target="bytes <= quantize_static's; agreement >= 99.9%",
-            meets=int8_art.bytes <= static_bytes and agreement >= 0.999,
+            meets=int8_art.bytes <= static_bytes and int8_art.agreement >= 0.999,
         )
     ]  # fmt: skip
     for name, path in (("int8 ONNX (ORT quantize_static)", static), ("fp32 ONNX", fp32)):
@@ -184,11 +185,7 @@ def _onnx_rows(label, result, data, int8_art, work: Path) -> list[dict]:
 
 def _last_float_model(result):
     """The model of the last stage before fixed point, read back from its checkpoint."""
-    record = next(
-        r
-        for r in reversed(result.stages[:-1])
-        if r.method not in ("quantize", "qat", "search_bits")
-    )
+    record = next(r for r in reversed(result.stages[:-1]) if not stage_class(r.method).fixed_point)
     model, _ = load_checkpoint(result.directory / record.checkpoint)
     return model.eval()
 

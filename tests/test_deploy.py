@@ -21,7 +21,7 @@ def test_a_float_model_deploys_as_fp32_onnx_only(trained, digits, tmp_path):
             export_artifacts(trained, tmp_path, ExportConfig(**wanted), digits)
     (row,) = export_artifacts(trained, tmp_path, ExportConfig(onnx=True, check=100), digits)
     assert row.artifact == "fp32 ONNX" and row.bytes == (tmp_path / "model.onnx").stat().st_size
-    assert row.check.startswith("top-1 agreement with PyTorch 100.00%")
+    assert row.check.startswith("top-1 agreement with PyTorch 100.00%") and row.agreement == 1.0
     assert row.images_per_second > 0 and 0.8 < row.top1 <= 1.0
 
 
@@ -37,3 +37,4 @@ def test_the_int8_file_checks_itself_against_the_integer_path(trained, digits, t
     qmodel = quantize(trained, digits, QuantConfig(ties="even"))
     (row,) = export_artifacts(qmodel, tmp_path, ExportConfig(int8=True, check=200), digits)
     assert row.check == "top-1 agreement with the integer path 100.00% of 200 images"
+    assert row.agreement == 1.0

@@ -153,10 +153,11 @@ class DataConfig(Config):
     source: "fashion-mnist" (the Debian package's files), "fashion-mnist:DIR", "mnist:DIR",
     "digits" (scikit-learn, 8x8), "cifar10:DIR" (binary batches), "folder:DIR", or a directory
     whose kind is detected; a relative DIR is made absolute (against the working directory).
-    limit: at most this many examples in each split (quick runs). val_fraction: share of the training file held out for validation. seed: the train / val
-    split and the limit subsample. image_size: resize every image (bilinear) at load time, e.g.
-    8x8 digits to 28 for LeNet-5. crop_padding, hflip: training augmentation (random crop after
-    zero padding, random horizontal flip). test_fraction: held out as the test split by sources
+    limit: at most this many examples in each split (quick runs). val_fraction: share of the
+    training file held out for validation. seed: the train / val split and the limit subsample.
+    image_size: resize every image (bilinear) at load time, e.g. 8x8 digits to 28 for LeNet-5.
+    crop_padding, hflip: training augmentation (random crop after zero padding, random
+    horizontal flip). test_fraction: held out as the test split by sources
     without one (digits, a folder without train/ and test/). workers: processes decoding a
     folder's images (None: up to 4); it never changes a result, so no cache or stage key holds it.
     """

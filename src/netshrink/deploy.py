@@ -63,6 +63,7 @@ class Artifact(Config):
     ram_bytes: int | None = None
     images_per_second: float | None = None
     top1: float | None = None
+    agreement: float | None = None  # top-1 agreement with the model it came from (ONNX files)
     check: str | None = None
     detail: str | None = None  # the C code: how each layer stores its weights
 
@@ -136,8 +137,9 @@ def c_artifact(
     )
     with tempfile.TemporaryDirectory() as work:
         sizes = flash_and_ram(export, work)
-        row = row.model_copy(update={"flash_bytes": sizes["flash_bytes"]})
-        row = row.model_copy(update={"ram_bytes": sizes["ram_bytes"]})
+        row = row.model_copy(
+            update={"flash_bytes": sizes["flash_bytes"], "ram_bytes": sizes["ram_bytes"]}
+        )
         if checks is None:
             return row
         integer, inputs, expected, labels = IntegerModel(model), [], [], []
@@ -169,7 +171,7 @@ def int8_artifact(model, path, input_shape, checks: CheckImages | None) -> Artif
     if checks is None:
         return row
     agreement = int8_agreement(model, path, checks.images())
-    return row.model_copy(update={"check": agreement.describe()})
+    return row.model_copy(update={"agreement": agreement.top1, "check": agreement.describe()})
 
 
 def onnx_artifact(model, path, input_shape, checks: CheckImages | None) -> Artifact:
@@ -189,7 +191,7 @@ def onnx_artifact(model, path, input_shape, checks: CheckImages | None) -> Artif
         same += int((ours.argmax(1) == theirs.argmax(1)).sum())
         largest = max(largest, float(abs(ours - theirs).max()))
     check = f"top-1 agreement with PyTorch {same / len(checks):.2%}, max |diff| {largest:.2g}"
-    return row.model_copy(update={"check": check})
+    return row.model_copy(update={"agreement": same / len(checks), "check": check})
 
 
 def _onnx_row(label: str, path: Path, input_shape, checks: CheckImages | None) -> Artifact:

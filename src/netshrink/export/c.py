@@ -24,7 +24,8 @@ The generated code needs a C99 compiler and <stdint.h>, nothing else:
 The pieces: netshrink.export.c_graph walks the fx graph and decides what each node becomes;
 c_program collects the steps, buffers and const arrays; c_kernels holds the loop nests (c_sparse
 those of the sparse form, and its encoding) and c_fixed the ranges and the requantizing
-epilogue; c_values the values passed around and the scratch plan; c_source the written files. This module is the public API and the gcc driver.
+epilogue; c_values the values passed around and the scratch plan; c_source the written files.
+This module is the public API and the gcc driver.
 
     >>> export = export_c(qmodel, "out", (1, 28, 28))
     >>> logits = build_and_run(export, quantize_input(images, export), "build")
