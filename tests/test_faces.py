@@ -48,6 +48,21 @@ CASES = {
         {"config": {"final_sparsity": 0.8}, "fit": {"epochs": 3}},
         ["prune", "CKPT", "--method", "gradual", "--sparsity", "0.8", "--retrain-epochs", "3"],
     ),
+    "prune_variational": (
+        {"config": {"kl_scale": 2.0, "fit": {"epochs": 3, "lr": 0.0005}}},
+        [
+            "prune",
+            "CKPT",
+            "--method",
+            "variational",
+            "--kl-scale",
+            "2",
+            "--retrain-epochs",
+            "3",
+            "--retrain-lr",
+            "0.0005",
+        ],
+    ),  # fmt: skip
     "prune_filters": (
         {"config": {"amount": 0.25, "criterion": "l2"}, "finetune": {"epochs": 1}},
         [

@@ -30,6 +30,7 @@ QUICK = {
     },  # fmt: skip
     "prune_incremental": {"config": {"budget": 2.0}},
     "prune_gradual": {"config": {"final_sparsity": 0.5}, "fit": ONE_EPOCH},
+    "prune_variational": {"config": {"fit": ONE_EPOCH | {"optimizer": "adam", "lr": 0.001}}},
     "prune_filters": {"config": {"amount": 0.25}},
     "sensitivity": {"sparsities": [0.5]},
     "share_kmeans": {"config": {"bits": 3}, "finetune": {"epochs": 1}},

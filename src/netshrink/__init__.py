@@ -56,11 +56,13 @@ from .prune import (
     PruneIncrementalConfig,
     PruneIterativeConfig,
     PruneMagnitudeConfig,
+    PruneVariationalConfig,
     prune_filters,
     prune_gradual,
     prune_incremental,
     prune_iterative,
     prune_magnitude,
+    prune_variational,
 )
 from .prune.sensitivity import sensitivity_analysis
 from .quant.qat import QatConfig, train_quantized
@@ -140,11 +142,13 @@ __all__ = [
     "prune_incremental",
     "prune_iterative",
     "prune_magnitude",
+    "prune_variational",
     "PruneFiltersConfig",
     "PruneGradualConfig",
     "PruneIncrementalConfig",
     "PruneIterativeConfig",
     "PruneMagnitudeConfig",
+    "PruneVariationalConfig",
     "QatConfig",
     "QuantConfig",
     "quantize",

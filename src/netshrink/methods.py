@@ -22,6 +22,7 @@ from .prune.incremental import PruneIncrementalStage
 from .prune.iterative import PruneIterativeStage
 from .prune.magnitude import PruneMagnitudeStage
 from .prune.sensitivity import SensitivityStage
+from .prune.variational import PruneVariationalStage
 from .quant.qat import QatStage
 from .quant.quantize import QuantizeStage
 from .quant.search import SearchBitsStage
@@ -37,6 +38,7 @@ METHODS: tuple[type[Stage], ...] = (
     PruneIterativeStage,
     PruneIncrementalStage,
     PruneGradualStage,
+    PruneVariationalStage,
     PruneFiltersStage,
     SensitivityStage,
     ShareKmeansStage,

@@ -28,6 +28,7 @@ FLAGS = {
     "sparsity": Flag("--sparsity", "threshold.sparsity", "sparsity/global/gradual: fraction pruned"),
     "final": Flag("--sparsity", "final_sparsity", ""),
     "budget": Flag("--budget", "budget", "incremental: top-1 points it may lose (validation)"),
+    "kl_scale": Flag("--kl-scale", "kl_scale", "variational: KL weight (above 1 prunes harder)"),
     "amount": Flag("--amount", "amount", "filters: fraction of channels removed"),
     "target_macs": Flag("--target-macs", "target_macs", "filters: fraction of MACs to remove"),
     "criterion": Flag(
@@ -47,6 +48,7 @@ FACES = {
     "global": ("prune_magnitude", {"threshold.kind": "global"}, ("sparsity",)),
     "incremental": ("prune_incremental", {}, ("budget",)),
     "gradual": ("prune_gradual", {}, ("final",)),
+    "variational": ("prune_variational", {}, ("kl_scale",)),
     "filters": ("prune_filters", {}, ("amount", "target_macs", "criterion", "residual")),
 }
 
@@ -55,12 +57,13 @@ def add_commands(commands) -> None:
     """Register `prune` and `sensitivity` on the top-level sub-command parser."""
     p = commands.add_parser(
         "prune",
-        help="prune a checkpoint (magnitude, iterative, incremental, gradual, filters)",
+        help="prune a checkpoint (magnitude, iterative, incremental, gradual, variational, filters)",
         description="Prune a checkpoint and save the result. std: |w| < RATIO * std(W) per layer "
         "(Han et al.); sparsity: per-layer percentile; global: one threshold over all layers; "
         "--steps N > 1 makes any of these iterative with retraining between steps; incremental: "
         "per-layer ratios under an accuracy --budget, no retraining (Al-Hami et al.); gradual: "
-        "cubic schedule to --sparsity while training (Zhu & Gupta); filters: remove whole "
+        "cubic schedule to --sparsity while training (Zhu & Gupta); variational: a dropout "
+        "rate learned per weight, --kl-scale (Molchanov et al.); filters: remove whole "
         "channels (Li et al.), --amount or --target-macs. Defaults are the methods' own "
         "(netshrink apply METHOD sets any field).",
     )
@@ -79,8 +82,8 @@ def add_commands(commands) -> None:
     p.add_argument(
         "--retrain-epochs",
         type=int,
-        help="epochs of retraining after pruning (after each step with --steps; gradual: the "
-        "training it prunes during)",
+        help="epochs of retraining after pruning (after each step with --steps; gradual, "
+        "variational: the training it prunes during)",
     )
     p.add_argument("--retrain-lr", type=float, help="learning rate of that retraining")
     add_stage_options(p, finetune=False)
@@ -123,6 +126,10 @@ def build_prune(args) -> list[Stage]:
         if args.retrain_epochs is None:
             raise ConfigError("--method gradual prunes while it trains: give --retrain-epochs")
         return [_stage(method, flags, args, fixed, {f"fit.{k}": v for k, v in retrain.items()})]
+    if method == "prune_variational":  # its training is its config's `fit`
+        return [
+            _stage(method, flags, args, fixed | {f"fit.{k}": v for k, v in retrain.items()}, {})
+        ]
     return [_stage(method, flags, args, fixed, {f"finetune.{k}": v for k, v in retrain.items()})]
 
 

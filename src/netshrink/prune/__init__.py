@@ -1,5 +1,6 @@
-"""Pruning: magnitude thresholds, iterative / incremental / gradual schedules, filter pruning and
-sensitivity analysis. Masks are parametrizations (`weight = dense * mask`)."""
+"""Pruning: magnitude thresholds, iterative / incremental / gradual schedules, sparse variational
+dropout, filter pruning and sensitivity analysis. Masks are parametrizations
+(`weight = dense * mask`)."""
 
 from ..mask import Mask, bake_masks, layer_sparsity, restore_masks
 from .filters import FilterPlan, PruneFiltersConfig, mask_filters, plan_filters, prune_filters
@@ -26,6 +27,7 @@ from .sensitivity import (
     plot_sensitivity,
     sensitivity_analysis,
 )
+from .variational import PruneVariationalConfig, prune_variational
 
 __all__ = [
     "FilterPlan",
@@ -41,6 +43,7 @@ __all__ = [
     "PruneIncrementalConfig",
     "PruneIterativeConfig",
     "PruneMagnitudeConfig",
+    "PruneVariationalConfig",
     "Sensitivity",
     "StdThreshold",
     "bake_masks",
@@ -55,6 +58,7 @@ __all__ = [
     "prune_incremental",
     "prune_iterative",
     "prune_magnitude",
+    "prune_variational",
     "restore_masks",
     "sensitivity_analysis",
 ]
