@@ -113,6 +113,8 @@ def recipe_rows(case: str, recipe: Recipe, text: str, seeds: tuple[int, ...]) ->
         row["seeds"] = len(stage_rows)
         row["top-1 per seed"] = [r["top-1"] for r in stage_rows]
         row["bytes per seed"] = [r["bytes"] for r in stage_rows]
+        row["ratio per seed"] = [r["ratio"] for r in stage_rows]
+        row["loss pt per seed"] = [r["loss pt"] for r in stage_rows]
         rows.append(row)
     return rows
 

@@ -1,0 +1,105 @@
+"""Past Deep Compression: each method that went past it, run as a recipe on the network Deep
+Compression's recipe compresses, beside that recipe, against issue 20's targets.
+
+    python bench/beyond.py [--models lenet300_100] [--seeds 0 1 2] [--threads N]
+
+Each (model, recipe) pair runs once per seed through netshrink.pipeline.run_recipe (bench/papers.py's
+`recipe_rows`, from the cached baselines); the row is the packed file's: the median top-1 of the
+model decoded from it, the median loss against the baseline, the median file bytes and ratio,
+and the spread (min - max) over the seeds. The pruning stage's median ratio is shown beside it
+(how much of the file's ratio the pruning gives). Every recipe setting was chosen on the
+validation split (each recipe's header says how); the test split is read for this report only.
+
+Writes bench/results/beyond.json and the beyond section of docs/benchmarks.md.
+"""
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import ROOT, publish  # noqa: E402
+from netshrink.recipe import load_recipe  # noqa: E402
+from papers import LABELS, recipe_rows  # noqa: E402
+
+# model -> (Deep Compression's recipe, the recipes past it)
+RECIPES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "lenet300_100": ("deep-compression-lenet300", ("variational-dropout-lenet300",)),
+}
+# issue 20's targets: (ratio at least, loss at most in points)
+TARGETS: dict[str, tuple[float, float]] = {"lenet300_100": (64.0, 0.5)}
+COLUMNS = [
+    "model",
+    "recipe",
+    "seeds",
+    "top-1",
+    "loss pt",
+    "loss spread",
+    "prune ratio",
+    "ratio",
+    "ratio spread",
+    "bytes",
+    "target",
+    "meets target",
+]
+
+
+def recipe_row(model: str, stem: str, seeds: tuple[int, ...]) -> dict:
+    """The packed row of recipes/STEM.yaml over `seeds`, with the spread of loss and ratio."""
+    path = ROOT / "recipes" / f"{stem}.yaml"
+    stages = recipe_rows("beyond", load_recipe(path), path.read_text(), seeds)
+    packed, prune = stages[-1], next(r for r in stages if r["stage"].startswith("prune"))
+    losses, ratios = packed["loss pt per seed"], packed["ratio per seed"]
+    ratio_floor, loss_ceiling = TARGETS[model]
+    meets = packed["ratio"] >= ratio_floor and packed["loss pt"] <= loss_ceiling
+    return {
+        "model": LABELS[model],
+        "recipe": stem,
+        "seeds": packed["seeds"],
+        "top-1": round(packed["top-1"], 4),
+        "loss pt": packed["loss pt"],
+        "loss spread": f"{min(losses):.2f} - {max(losses):.2f}",
+        "prune ratio": round(prune["ratio"], 2),
+        "ratio": round(packed["ratio"], 2),
+        "ratio spread": f"{min(ratios):.1f} - {max(ratios):.1f}",
+        "bytes": int(packed["bytes"]),
+        "target": f">= {ratio_floor:g}x at <= {loss_ceiling:g} pt",
+        "meets target": meets,
+        "loss per seed": losses,
+        "ratio per seed": ratios,
+        "bytes per seed": packed["bytes per seed"],
+        "stages": stages,
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", choices=tuple(RECIPES), default=list(RECIPES))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    start, seeds = time.perf_counter(), tuple(args.seeds)
+    rows = []
+    for model in args.models:
+        deep_compression, past = RECIPES[model]
+        rows += [recipe_row(model, stem, seeds) for stem in (deep_compression, *past)]
+    notes = (
+        "Fashion-MNIST, the 10,000 test images, the model decoded from the packed .nsk file. "
+        f"Each recipe run with its seed set to each of {', '.join(map(str, seeds))} from the "
+        "cached baseline; `top-1`, `loss pt`, `ratio` (dense fp32 bytes over the file's) and "
+        "`bytes` are medians over the seeds, the spreads min - max, per-seed values and every "
+        "stage in bench/results/beyond.json. `prune ratio`: what the pruned model alone stores, "
+        "packed. Settings chosen on the validation split (the recipes' headers). `target`: "
+        "issue 20's (the literature's MNIST numbers: soft weight-sharing 64x on LeNet-300-100). "
+        f"Torch on {args.threads} thread(s); whole run {time.perf_counter() - start:.0f} s."
+    )
+    publish("beyond", "Past Deep Compression (bench/beyond.py)", rows, COLUMNS, notes)
+
+
+if __name__ == "__main__":
+    main()
