@@ -43,6 +43,7 @@ COLUMNS = [
     "ratio",
     "ratio spread",
     "bytes",
+    "floor bytes",
     "target",
     "meets target",
 ]
@@ -67,6 +68,7 @@ def recipe_row(model: str, stem: str, seeds: tuple[int, ...]) -> dict:
         "ratio": round(packed["ratio"], 2),
         "ratio spread": f"{min(ratios):.1f} - {max(ratios):.1f}",
         "bytes": int(packed["bytes"]),
+        "floor bytes": int(packed["floor bytes"]),
         "target": f">= {ratio_floor:g}x at <= {loss_ceiling:g} pt",
         "meets target": meets,
         "loss per seed": losses,
@@ -93,7 +95,9 @@ def main(argv: list[str] | None = None) -> None:
         f"Each recipe run with its seed set to each of {', '.join(map(str, seeds))} from the "
         "cached baseline; `top-1`, `loss pt`, `ratio` (dense fp32 bytes over the file's) and "
         "`bytes` are medians over the seeds, the spreads min - max, per-seed values and every "
-        "stage in bench/results/beyond.json. `prune ratio`: what the pruned model alone stores, "
+        "stage in bench/results/beyond.json. `floor bytes`: the file's information floor (its "
+        "integer streams at their order-0 entropy, the rest as stored; `netshrink inspect`), "
+        "what the coding could still save. `prune ratio`: what the pruned model alone stores, "
         "packed. Settings chosen on the validation split (the recipes' headers). `target`: "
         "issue 20's (the literature's MNIST numbers: soft weight-sharing 64x on LeNet-300-100). "
         f"Torch on {args.threads} thread(s); whole run {time.perf_counter() - start:.0f} s."

@@ -33,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import readme  # noqa: E402
 from common import ROOT, publish  # noqa: E402
 from netshrink.codec import packed_bytes  # noqa: E402
+from netshrink.codec.summary import summarize  # noqa: E402
 from netshrink.layers import select_layers  # noqa: E402
 from netshrink.measure import dense_bytes  # noqa: E402
 from netshrink.pipeline import run_recipe  # noqa: E402
@@ -108,8 +109,9 @@ def recipe_rows(case: str, recipe: Recipe, text: str, seeds: tuple[int, ...]) ->
     rows = []
     for stage_rows in zip(*runs, strict=True):
         row = dict(stage_rows[0])
-        for field in ("top-1", "top-5", "loss pt", "ratio", "bytes", "s"):
-            row[field] = statistics.median(r[field] for r in stage_rows)
+        for field in ("top-1", "top-5", "loss pt", "ratio", "bytes", "s", "floor bytes"):
+            if field in row:
+                row[field] = statistics.median(r[field] for r in stage_rows)
         row["seeds"] = len(stage_rows)
         row["top-1 per seed"] = [r["top-1"] for r in stage_rows]
         row["bytes per seed"] = [r["bytes"] for r in stage_rows]
@@ -127,6 +129,7 @@ def _stage_rows(case: str, recipe: Recipe, text: str, seed: int) -> list[dict]:
         recipe, text = recipe.model_copy(update={"seed": seed}), None
     with tempfile.TemporaryDirectory(prefix=f"netshrink-{recipe.name}-") as directory:
         result = run_recipe(recipe, directory, recipe_text=text, latency=False, progress=False)
+        floor = summarize(result.file).floor_bytes  # the packed file's information floor
     base = result.stages[0].measurement["top1"]
     rows = []
     for record in result.stages:
@@ -146,6 +149,7 @@ def _stage_rows(case: str, recipe: Recipe, text: str, seed: int) -> list[dict]:
                 "s": round(record.seconds, 1),
             }
         )
+    rows[-1]["floor bytes"] = round(floor)
     return rows
 
 
