@@ -359,7 +359,7 @@ def inception(*, num_classes: int = 10, in_channels: int = 3, input_size: int = 
     return InceptionNet(num_classes, in_channels)
 
 
-def densenet(*, num_classes: int = 10, in_channels: int = 3, input_size: int = 32) -> nn.Module:
+def dense_blocks(*, num_classes: int = 10, in_channels: int = 3, input_size: int = 32) -> nn.Module:
     """DenseNet-BC: BN-ReLU-conv layers each concatenated to their input; average-pool transitions."""
     return DenseNet(num_classes, in_channels)
 
@@ -376,6 +376,6 @@ STYLES = {
     "preact_resnet": preact_resnet,
     "efficientnet_like": efficientnet_like,
     "inception": inception,
-    "densenet": densenet,
+    "dense_blocks": dense_blocks,
     "mobilenet_v1": mobilenet_v1,
 }

@@ -513,6 +513,9 @@ def publish_matrix(results: list[dict], command: str | None = None) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    clash = sorted(set(ns.MODELS) & set(STYLES))
+    if clash:  # a style named like a zoo model would run the zoo's model twice
+        raise SystemExit(f"arch_styles names {', '.join(clash)} like zoo models: rename them")
     names = [*ns.MODELS, *STYLES]
     parser.add_argument("--only", nargs="+", choices=names, default=names)
     parser.add_argument("--timeout", type=int, default=120, help="seconds a cell may take")
