@@ -53,6 +53,7 @@ COLUMNS = [
     "loss pt",
     "ratio",
     "bytes",
+    "floor bytes",
     "paper",
     "s",
 ]
@@ -276,7 +277,9 @@ def _notes(threads: int, seeds: tuple[int, ...], total: float) -> str:
         f"recipe seed set to each of {', '.join(map(str, seeds))}: every number is the median "
         "over those runs (per-seed top-1 and bytes in the JSON); `bytes` is what "
         "a stage stores (the .nsk file the recipe's pack config writes for it, netshrink.codec.packed_bytes), on the packed row "
-        "the .nsk file itself, whose accuracy is that of the model decoded from it; `ratio`: "
+        "the .nsk file itself, whose accuracy is that of the model decoded from it, with its "
+        "information floor beside it (`floor bytes`: its integer streams at their order-0 "
+        "entropy, the rest as stored); `ratio`: "
         "dense fp32 bytes over `bytes`; `s`: the stage's time, measurement included. The "
         "LeNet-5 recipe uses the classic 62k-weight LeNet-5, the paper's 39x is for the Caffe "
         "LeNet-5 (third group). ristretto: power-of-two scale per layer, ranges calibrated on "
