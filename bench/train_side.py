@@ -72,6 +72,7 @@ COLUMNS = [
     "meets target",
     "seconds",
 ]
+CHANCE = 0.15  # top-1 below this on 10 classes: the run diverged
 STUDENT_EPOCHS = 20  # LeNet-5 from scratch with its baseline's settings (SGD, lr 0.05, cosine)
 KD = {"temperature": 2.0, "alpha": 0.5}  # chosen on validation: see the notes
 AB_PAIRS, AB_EPOCHS, AB_LR = ("conv1:features.1", "fc1:classifier.1"), 2, 0.005
@@ -254,10 +255,21 @@ def main() -> None:
     if "compressive_vgg" in args.cases:
         rows += compressive_rows("vgg_small", "small VGG", SparseSupport(sparsity=0.95))
     title = "Training-side compression (bench/train_side.py)"
-    publish("train_side", title, rows, COLUMNS, _notes(args.threads))
+    publish("train_side", title, rows, COLUMNS, _notes(args.threads, rows, args.seeds))
 
 
-def _notes(threads: int) -> str:
+def at_chance(rows: list[dict], seeds: list[int]) -> str:
+    """A sentence naming the runs that ended at chance (they set a median of three)."""
+    runs = [
+        f"{row['method']} seed {seed} ({top1:.2%})"
+        for row in rows
+        for seed, top1 in zip(seeds, row.get("per_seed") or [], strict=False)
+        if top1 < CHANCE
+    ]
+    return f" Ended at chance in this run: {'; '.join(runs)}." if runs else ""
+
+
+def _notes(threads: int, rows: list[dict], seeds: list[int]) -> str:
     s, c = SHIN_OH, COMPRESSIVE
     return (
         "Top-1 on the 10,000 Fashion-MNIST test images; delta pt against `ref top-1`. kd / ab: "
@@ -269,9 +281,10 @@ def _notes(threads: int) -> str:
         "T^2-scaled soft term's gradients are several times cross-entropy's early on) and at "
         f"lr 0.02 stayed 0.3-1.3 pt below plain training on validation. ab adds {AB_EPOCHS} "
         f"epochs of the AB stage at lr {AB_LR} (Heo et al.: connectors 1x1 conv + BN and "
-        "linear + BN, margin 1) before the same training; at the training's lr 0.05 the "
-        "connectors' batch norm let LeNet-5's conv1 weights grow 16x and two seeds of three "
-        "ended at chance. shin_oh: the small VGG baseline (augmented data) made "
+        "linear + BN, margin 1) before the same training (its own lr: at the training's lr "
+        "0.05 the connectors' batch norm let LeNet-5's conv1 weights grow 16x and an earlier "
+        f"run ended two seeds of three at chance).{at_chance(rows, seeds)} shin_oh: the small "
+        "VGG baseline (augmented data) made "
         f"{s['bits']}-bit fixed point, {s['ab_epochs']} AB epoch on the pre-ReLU outputs at the "
         f"end of each stage (no connector: same shapes), then {s['epochs']} epochs at lr "
         f"{s['lr']} of soft targets while gradual pruning (cubic, global) reaches "
