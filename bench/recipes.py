@@ -59,6 +59,7 @@ TARGETS: dict[str, tuple[float, str]] = {
     "embedded-shin-oh": (1.0, "bench/train_side.py: -0.14 pt at 10x"),
     "compressive-grimaldi": (1.0, ""),
     "variational-dropout-lenet300": (2.0, "sparser than DC at a higher loss: bench/beyond.py"),
+    "variational-dropout-lenet5-caffe": (1.0, "bench/beyond.py"),
 }
 DEFAULT_TARGET = (1.0, "")
 
