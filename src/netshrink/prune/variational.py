@@ -16,7 +16,7 @@ first `kl_warmup` of the steps (the authors' code warms the KL weight up too). A
 with log alpha >= `threshold` (3, the paper's) is pruned: the model keeps theta under a pruning
 Mask, which the rest of netshrink (sharing, fixed point, the .nsk file) treats as any pruning.
 
-Training is `netshrink.train.fit` (resume, validation each epoch, DDP): the log sigma^2 tensors
+Training is `netshrink.train.fit` (validation each epoch, DDP): the log sigma^2 tensors
 are registered on their layers for the run, forward hooks add the noise in training and apply
 the current mask in evaluation (so the validation top-1 fit prints is the pruned model's), and
 fit's loss gets the KL term. Weight decay must be 0: the KL term is the regularizer.
