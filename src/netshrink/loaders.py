@@ -125,6 +125,15 @@ def batch_pair(batch) -> tuple[torch.Tensor, torch.Tensor]:
     return x, y
 
 
+def training_examples(data: DataSplits | LoaderSplits) -> int:
+    """The examples of the training split: its length for netshrink's splits, one pass over
+    the batches for a user's loader (whose length may be unknown). A prior's or a KL term's
+    1 / N_train."""
+    if isinstance(data, DataSplits):
+        return len(data.train)
+    return sum(int(batch_pair(b)[1].shape[0]) for b in data.loader("train", 256))
+
+
 def length_of(source) -> int | None:
     """How many batches `source` yields in one pass, when it says; None otherwise."""
     try:

@@ -22,7 +22,6 @@ the current mask in evaluation (so the validation top-1 fit prints is the pruned
 fit's loss gets the KL term. Weight decay must be 0: the KL term is the regularizer.
 """
 
-import math
 from typing import Literal
 
 import torch
@@ -35,10 +34,11 @@ from ..config import Settings, takes_mappings
 from ..data import DataSplits
 from ..errors import ConfigError, UnsupportedLayerError
 from ..layers import LayerFilter, select_layers
-from ..loaders import LoaderSplits, as_data, batch_pair
+from ..loaders import LoaderSplits, as_data, training_examples
 from ..mask import Mask, apply_mask, get_mask
 from ..stage import Stage
 from ..train import FitConfig, fit
+from .gradual import training_steps
 
 LOG_SIGMA2 = "weight_log_sigma2"  # the parameter each chosen layer carries while it trains
 K1, K2, K3 = 0.63576, 1.87320, 1.48695  # the paper's fit of the KL divergence (eq. 14)
@@ -139,8 +139,7 @@ def prune_variational(
     chosen = _chosen(model, layers)
     variational = [VariationalLayer(module, config) for _, module in chosen]
     try:
-        size = len(data.train) if isinstance(data, DataSplits) else _count(data)
-        warmup = _KlWarmup(config, size)
+        warmup = _KlWarmup(config, training_examples(data), training_steps(data, config.fit))
         loss_fn = _loss(variational, warmup)
         fit(model, data, config.fit, loss_fn=loss_fn, step_hooks=[warmup], progress=progress)
         survivors = [layer.survivors() for layer in variational]
@@ -175,8 +174,7 @@ def _chosen(model: nn.Module, layers: LayerFilter) -> list[tuple[str, nn.Module]
 class _KlWarmup:
     """The KL term's weight: 0 -> `kl_scale` linearly over `kl_warmup` of the steps (a step hook)."""
 
-    def __init__(self, config: PruneVariationalConfig, size: int) -> None:
-        steps = config.fit.epochs * math.ceil(size / config.fit.batch_size)
+    def __init__(self, config: PruneVariationalConfig, size: int, steps: int) -> None:
         self.ramp = max(1, round(config.kl_warmup * steps))
         self.scale, self.size = config.kl_scale, max(size, 1)
         self.weight = 0.0 if config.kl_warmup else config.kl_scale
@@ -194,11 +192,6 @@ def _loss(variational: list[VariationalLayer], warmup: _KlWarmup):
         return ce + warmup.weight * kl / warmup.size
 
     return loss
-
-
-def _count(data: LoaderSplits) -> int:
-    """The examples of one pass over the training batches (the user's, whose length may be unknown)."""
-    return sum(int(batch_pair(b)[1].shape[0]) for b in data.loader("train", 256))
 
 
 class PruneVariationalStage(Stage):

@@ -35,7 +35,7 @@ from ..data import DataSplits
 from ..device import to_model
 from ..errors import ConfigError
 from ..layers import LayerFilter
-from ..loaders import LoaderSplits, as_data, batch_pair
+from ..loaders import LoaderSplits, as_data, batch_pair, training_examples
 from ..mask import apply_mask
 from ..progress import make_progress
 from .codebooks import CodebookStage, ScalarCodebook, attach, chosen_layers, take_weight
@@ -182,7 +182,7 @@ def _train(model, data, config, chosen, keeps, prior, progress) -> None:
     """Adam on cross-entropy + tau * -log prior / N_train, for `config.epochs` epochs."""
     torch.manual_seed(config.seed)
     loader = data.loader("train", config.batch_size, seed=config.seed)
-    size = len(data.train) if isinstance(data, DataSplits) else _count(loader)
+    size = training_examples(data)
     optimizer = torch.optim.Adam(
         [
             {"params": [p for p in model.parameters() if p.requires_grad]},
@@ -220,11 +220,6 @@ def _train(model, data, config, chosen, keeps, prior, progress) -> None:
                 bar.advance(task)
             bar.update(task, status=f"epoch {epoch + 1} loss {loss.item():.3f}")
     model.train(was_training)
-
-
-def _count(loader) -> int:
-    """The examples of one pass over `loader` (the user's batches, whose length may be unknown)."""
-    return sum(int(batch_pair(b)[1].shape[0]) for b in loader)
 
 
 def _merged(prior: MixturePrior, threshold: float):
