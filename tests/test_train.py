@@ -61,6 +61,29 @@ def test_cosine_schedule_decays_and_constant_stays(digits):
     assert [e.lr for e in constant.epochs] == [0.1, 0.1, 0.1]
 
 
+def test_warmup_rises_linearly_then_follows_the_schedule(digits):
+    config = FitConfig(epochs=3, lr=0.1, warmup_epochs=1)
+    history = fit(_lenet300(digits), digits, config)
+    per_epoch = len(digits.loader("train", 128))
+    lrs = [e.lr for e in history.epochs]  # the rate each epoch started with
+    assert lrs[0] == pytest.approx(0.1 / (per_epoch + 1))  # the first warm-up step
+    assert lrs[1] == pytest.approx(0.1)  # the cosine starts at the full rate after one epoch
+    assert lrs[2] == pytest.approx(0.1 * 0.5 * (1 + math.cos(math.pi / 2)))  # half its 2 epochs
+    without = fit(_lenet300(digits), digits, FitConfig(epochs=3, lr=0.1))
+    assert without.epochs[0].lr == 0.1
+
+
+def test_warmup_is_refused_when_it_leaves_no_training():
+    with pytest.raises(ValueError, match="warmup_epochs 2 leaves none of the 2 epochs"):
+        FitConfig(epochs=2, warmup_epochs=2)
+
+
+def test_warmup_at_its_default_leaves_the_config_dump_unchanged():
+    # the caches of baselines and finished stages are keyed by these dumps
+    assert "warmup_epochs" not in FitConfig().model_dump()
+    assert FitConfig(warmup_epochs=0.5).model_dump()["warmup_epochs"] == 0.5
+
+
 def test_adam_and_custom_loss_train_digits(digits):
     model = _lenet300(digits)
     calls = []

@@ -229,6 +229,13 @@ def _add_fit_args(p: argparse.ArgumentParser) -> None:
         help="global batch size (split over processes under torchrun)",
     )
     g.add_argument("--schedule", choices=("cosine", "constant"), default=defaults.schedule)
+    g.add_argument(
+        "--warmup-epochs",
+        type=float,
+        default=defaults.warmup_epochs,
+        help="linear learning-rate warm-up before the schedule (a network without batch norm "
+        "at a high rate from scratch)",
+    )
     g.add_argument("--seed", type=int, default=defaults.seed)
     g.add_argument(
         "--mixed-precision",
@@ -256,6 +263,7 @@ def run_train(args) -> None:
         weight_decay=args.weight_decay,
         batch_size=args.batch_size,
         schedule=args.schedule,
+        warmup_epochs=args.warmup_epochs,
         mixed_precision=args.mixed_precision or None,
         seed=args.seed,
     )

@@ -55,7 +55,7 @@ def constraint_fields(text: str) -> dict:
 DISTILL_FLAGS = (
     Flag(
         "--kd", "", "T,ALPHA: temperature and soft-target weight (alpha 0: plain "
-        "cross-entropy); T=4 with alpha=0.9 needs a learning rate several times lower",
+        "cross-entropy); T=4 with alpha=0.9 from scratch needs --warmup-epochs 1 or a lower rate",
         type=str, parse=kd_fields,
     ),
     Flag(
@@ -68,6 +68,7 @@ DISTILL_FLAGS = (
     Flag("--sparsity", "prune.final_sparsity", "gradual pruning to this sparsity meanwhile"),
     Flag("--epochs", "config.fit.epochs", "epochs of distillation", type=int),
     Flag("--lr", "config.fit.lr", "learning rate of the distillation"),
+    Flag("--warmup-epochs", "config.fit.warmup_epochs", "linear learning-rate warm-up first"),
     Flag("--batch-size", "config.fit.batch_size", "batch size of the distillation", type=int),
 )  # fmt: skip
 
