@@ -14,7 +14,6 @@ Writes bench/results/beyond.json and the beyond section of docs/benchmarks.md.
 """
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -23,7 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import ROOT, publish  # noqa: E402
+from common import ROOT, merge_published, publish  # noqa: E402
 from netshrink.recipe import load_recipe  # noqa: E402
 from papers import LABELS, recipe_rows  # noqa: E402
 
@@ -95,7 +94,8 @@ def main(argv: list[str] | None = None) -> None:
     for model in args.models:
         deep_compression, past = RECIPES[model]
         rows += [recipe_row(model, stem, seeds) for stem in (deep_compression, *past)]
-    rows, earlier = merged(rows, args.models)
+    order = [LABELS[m] for m in RECIPES]
+    rows, earlier = merge_published("beyond", rows, lambda row: row["model"], order.index)
     notes = (
         "Fashion-MNIST, the 10,000 test images, the model decoded from the packed .nsk file. "
         f"Each recipe run with its seed set to each of {', '.join(map(str, seeds))} from the "
@@ -111,21 +111,6 @@ def main(argv: list[str] | None = None) -> None:
         + earlier
     )
     publish("beyond", "Past Deep Compression (bench/beyond.py)", rows, COLUMNS, notes)
-
-
-def merged(rows: list[dict], models: list[str]) -> tuple[list[dict], str]:
-    """`rows` (the models rerun) with the published rows of the other models kept, in RECIPES'
-    order, and a sentence saying which rows an earlier command made."""
-    path = ROOT / "bench" / "results" / "beyond.json"
-    if set(models) == set(RECIPES) or not path.is_file():
-        return rows, ""
-    published = json.loads(path.read_text())
-    rerun = {LABELS[m] for m in models}
-    kept = [r for r in published["rows"] if r["model"] not in rerun]
-    order = [LABELS[m] for m in RECIPES]
-    rows = sorted(kept + rows, key=lambda r: order.index(r["model"]))
-    others = ", ".join(sorted({r["model"] for r in kept}))
-    return rows, f" The rows of {others} are from `{published['command']}` ({published['date']})."
 
 
 if __name__ == "__main__":

@@ -44,6 +44,24 @@ def publish(name: str, title: str, rows: list[dict], columns: list[str], notes: 
     _update_doc(name, _markdown(title, command, date, rows, columns, notes))
 
 
+def merge_published(name: str, rows: list[dict], part, order) -> tuple[list[dict], str]:
+    """A partial rerun's `rows` with the published rows of NAME.json that it did not rerun kept:
+    `part(row)` names the part of the benchmark a row belongs to (a part this run made replaces
+    every published row of it), `order(part)` sorts the parts. Also returns a sentence saying
+    which rows an earlier command made ("" when none were kept)."""
+    path = RESULTS / f"{name}.json"
+    if not path.is_file():
+        return rows, ""
+    published = json.loads(path.read_text())
+    rerun = {part(row) for row in rows}
+    kept = [row for row in published["rows"] if part(row) not in rerun]
+    if not kept:
+        return rows, ""
+    merged = sorted(kept + rows, key=lambda row: order(part(row)))  # stable: rows keep their order
+    parts = ", ".join(dict.fromkeys(str(part(row)) for row in kept))
+    return merged, f" The rows of {parts} are from `{published['command']}` ({published['date']})."
+
+
 def _cell(value) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"

@@ -58,3 +58,23 @@ def test_replace_block_swaps_only_the_named_block_and_appends_a_missing_one():
     assert replace_block(text, "x", "new\n") == "a\n<!-- bench:x -->\nnew\n<!-- /bench:x -->\nb\n"
     appended = replace_block("a\n", "y", "new\n")
     assert appended == "a\n\n<!-- bench:y -->\nnew\n<!-- /bench:y -->\n"
+
+
+def test_merge_published_keeps_the_parts_a_partial_rerun_did_not_make(tmp_path, monkeypatch):
+    import json
+
+    import common
+
+    monkeypatch.setattr(common, "RESULTS", tmp_path)
+    published = [{"part": "a", "v": 1}, {"part": "b", "v": 2}, {"part": "b", "v": 3},
+                 {"part": "c", "v": 4}]  # fmt: skip
+    (tmp_path / "t.json").write_text(
+        json.dumps({"command": "python bench/t.py", "date": "2026-01-02", "rows": published})
+    )
+    order = ["a", "b", "c"].index
+    rows, sentence = common.merge_published("t", [{"part": "b", "v": 9}], lambda r: r["part"], order)
+    assert [r["v"] for r in rows] == [1, 9, 4]  # b's two old rows replaced by the new one
+    assert sentence == " The rows of a, c are from `python bench/t.py` (2026-01-02)."
+    everything = [{"part": p, "v": 0} for p in "abc"]
+    assert common.merge_published("t", everything, lambda r: r["part"], order) == (everything, "")
+    assert common.merge_published("none", everything, lambda r: r["part"], order) == (everything, "")
