@@ -31,7 +31,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import readme  # noqa: E402
-from common import ROOT, publish  # noqa: E402
+from common import ROOT, merge_published, publish  # noqa: E402
 from netshrink.codec import packed_bytes  # noqa: E402
 from netshrink.codec.summary import summarize  # noqa: E402
 from netshrink.layers import select_layers  # noqa: E402
@@ -262,7 +262,8 @@ def main(argv: list[str] | None = None) -> None:
     start = time.perf_counter()
     seeds = tuple(args.seeds)
     rows = run_cases(args.cases, seeds)
-    notes = _notes(args.threads, seeds, time.perf_counter() - start)
+    rows, earlier = merge_published("papers", rows, lambda row: row["case"], CASES.index)
+    notes = _notes(args.threads, seeds, time.perf_counter() - start) + earlier
     publish("papers", "The papers at CPU scale (bench/papers.py)", rows, COLUMNS, notes)
     readme.refresh()
 

@@ -23,7 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import ROOT, publish  # noqa: E402
+from common import ROOT, merge_published, publish  # noqa: E402
 from netshrink.errors import Error  # noqa: E402
 from netshrink.pipeline import clear_run, run_recipe  # noqa: E402
 from netshrink.recipe import load_recipe  # noqa: E402
@@ -144,7 +144,11 @@ def main(argv: list[str] | None = None) -> None:
         with tempfile.TemporaryDirectory(prefix=f"netshrink-{path.stem}-") as directory:
             rows.append(run_one(path, Path(directory)))
     total = time.perf_counter() - start
-    publish("recipes", "Ready recipes (bench/recipes.py)", rows, COLUMNS, _notes(rows, args, total))
+    names = [p.stem for p in sorted(RECIPES.glob("*.yaml"))]
+    order = lambda name: names.index(name) if name in names else len(names)  # noqa: E731
+    rows, earlier = merge_published("recipes", rows, lambda row: row["recipe"], order)
+    notes = _notes(rows, args, total) + earlier
+    publish("recipes", "Ready recipes (bench/recipes.py)", rows, COLUMNS, notes)
 
 
 def _notes(rows: list[dict], args, total: float) -> str:

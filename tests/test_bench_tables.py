@@ -72,9 +72,14 @@ def test_merge_published_keeps_the_parts_a_partial_rerun_did_not_make(tmp_path, 
         json.dumps({"command": "python bench/t.py", "date": "2026-01-02", "rows": published})
     )
     order = ["a", "b", "c"].index
-    rows, sentence = common.merge_published("t", [{"part": "b", "v": 9}], lambda r: r["part"], order)
+    rows, sentence = common.merge_published(
+        "t", [{"part": "b", "v": 9}], lambda r: r["part"], order
+    )
     assert [r["v"] for r in rows] == [1, 9, 4]  # b's two old rows replaced by the new one
     assert sentence == " The rows of a, c are from `python bench/t.py` (2026-01-02)."
     everything = [{"part": p, "v": 0} for p in "abc"]
     assert common.merge_published("t", everything, lambda r: r["part"], order) == (everything, "")
-    assert common.merge_published("none", everything, lambda r: r["part"], order) == (everything, "")
+    assert common.merge_published("none", everything, lambda r: r["part"], order) == (
+        everything,
+        "",
+    )
