@@ -60,6 +60,7 @@ TARGETS: dict[str, tuple[float, str]] = {
     "compressive-grimaldi": (1.0, ""),
     "variational-dropout-lenet300": (2.0, "sparser than DC at a higher loss: bench/beyond.py"),
     "variational-dropout-lenet5-caffe": (1.0, "bench/beyond.py"),
+    "deep-compression-vgg-small": (1.0, "issue 20: >= 50x at <= 1 pt; bench/beyond.py"),
 }
 DEFAULT_TARGET = (1.0, "")
 
