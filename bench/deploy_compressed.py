@@ -53,7 +53,7 @@ COMPRESSED_COLUMNS = [
 ]
 COMPRESSED_NOTES = (
     "Recipes: deep-compression-lenet300 and deep-compression-lenet5-caffe (prune, share, 8-bit "
-    "fixed point), hierarchical-kim (small VGG: prune, fc sharing, 8-bit fixed point), one seed, "
+    "fixed point), hierarchical-kim (small VGG: prune, share, 8-bit fixed point), one seed, "
     "from the cached baselines; the float model for ONNX Runtime's own quantization is the "
     "recipe's last float stage. `bytes`: the file (for C, the weights' const bytes); `flash B` / "
     "`RAM B`: text + data / data + bss of the compiled object (`size`; Cortex-M4: "

@@ -16,7 +16,7 @@ table 3). Cases of the size part:
   static int8 of the same pruned model;
 - post-training int8 of the dense model: torch.ao, ONNX Runtime, NNCF, Brevitas, torchao and
   netshrink's 8/8 fixed point, all on the same 1,024 calibration images;
-- netshrink: its recipe for the model (Deep Compression for the LeNets, Kim et al. for the VGG;
+- netshrink: its recipe for the model (Deep Compression;
   bench/peers_netshrink.py's RECIPES) run by `netshrink.pipeline.run_recipe`.
 
 The filters part: Torch-Pruning and netshrink remove the same fraction of every conv's filters
