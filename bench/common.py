@@ -47,19 +47,27 @@ def publish(name: str, title: str, rows: list[dict], columns: list[str], notes: 
 def merge_published(name: str, rows: list[dict], part, order) -> tuple[list[dict], str]:
     """A partial rerun's `rows` with the published rows of NAME.json that it did not rerun kept:
     `part(row)` names the part of the benchmark a row belongs to (a part this run made replaces
-    every published row of it), `order(part)` sorts the parts. Also returns a sentence saying
-    which rows an earlier command made ("" when none were kept)."""
+    every published row of it), `order(part)` sorts the parts. A kept row carries the command
+    that made it (`made by`, kept over later partial reruns). Also returns a sentence saying
+    which rows earlier commands made ("" when none were kept)."""
     path = RESULTS / f"{name}.json"
     if not path.is_file():
         return rows, ""
     published = json.loads(path.read_text())
     rerun = {part(row) for row in rows}
-    kept = [row for row in published["rows"] if part(row) not in rerun]
+    made_by = f"`{published['command']}` ({published['date']})"
+    kept = [{"made by": made_by, **row} for row in published["rows"] if part(row) not in rerun]
     if not kept:
         return rows, ""
     merged = sorted(kept + rows, key=lambda row: order(part(row)))  # stable: rows keep their order
-    parts = ", ".join(dict.fromkeys(str(part(row)) for row in kept))
-    return merged, f" The rows of {parts} are from `{published['command']}` ({published['date']})."
+    by_command: dict[str, dict[str, None]] = {}
+    for row in kept:
+        by_command.setdefault(row["made by"], {})[str(part(row))] = None
+    sentences = [
+        f"The rows of {', '.join(parts)} are from {command}."
+        for command, parts in by_command.items()
+    ]
+    return merged, " " + " ".join(sentences)
 
 
 def _cell(value) -> str:

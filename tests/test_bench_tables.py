@@ -67,7 +67,7 @@ def test_merge_published_keeps_the_parts_a_partial_rerun_did_not_make(tmp_path, 
 
     monkeypatch.setattr(common, "RESULTS", tmp_path)
     published = [{"part": "a", "v": 1}, {"part": "b", "v": 2}, {"part": "b", "v": 3},
-                 {"part": "c", "v": 4}]  # fmt: skip
+                 {"part": "c", "v": 4, "made by": "`python bench/t.py --only c` (2026-01-01)"}]  # fmt: skip
     (tmp_path / "t.json").write_text(
         json.dumps({"command": "python bench/t.py", "date": "2026-01-02", "rows": published})
     )
@@ -76,7 +76,11 @@ def test_merge_published_keeps_the_parts_a_partial_rerun_did_not_make(tmp_path, 
         "t", [{"part": "b", "v": 9}], lambda r: r["part"], order
     )
     assert [r["v"] for r in rows] == [1, 9, 4]  # b's two old rows replaced by the new one
-    assert sentence == " The rows of a, c are from `python bench/t.py` (2026-01-02)."
+    assert sentence == (
+        " The rows of a are from `python bench/t.py` (2026-01-02)."
+        " The rows of c are from `python bench/t.py --only c` (2026-01-01)."  # kept over reruns
+    )
+    assert rows[0]["made by"] == "`python bench/t.py` (2026-01-02)" and "made by" not in rows[1]
     everything = [{"part": p, "v": 0} for p in "abc"]
     assert common.merge_published("t", everything, lambda r: r["part"], order) == (everything, "")
     assert common.merge_published("none", everything, lambda r: r["part"], order) == (
