@@ -62,7 +62,7 @@ class FitConfig(Settings):
     schedule: Literal["cosine", "constant"] = "cosine"
     # Linear learning-rate warm-up over the first epochs (Goyal et al. 2017), then the schedule
     # over the rest: from scratch at lr 0.05, a network without batch norm (LeNet-5) grows its
-    # weights ~6x in its first 60 steps, and a harder loss (soft targets) can leave it at chance.
+    # weights ~6x in its first 60 steps, where a harder loss (soft targets) can send it to NaN.
     warmup_epochs: float = Field(0.0, ge=0)
     seed: int = 0
     mixed_precision: bool = False

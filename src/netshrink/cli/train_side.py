@@ -55,7 +55,7 @@ def constraint_fields(text: str) -> dict:
 DISTILL_FLAGS = (
     Flag(
         "--kd", "", "T,ALPHA: temperature and soft-target weight (alpha 0: plain "
-        "cross-entropy); T=4 with alpha=0.9 from scratch needs --warmup-epochs 1 or a lower rate",
+        "cross-entropy); T=4 with alpha=0.9 needs a lower rate (from scratch also --warmup-epochs 1)",
         type=str, parse=kd_fields,
     ),
     Flag(
