@@ -45,7 +45,7 @@ from netshrink.compressive import (  # noqa: E402
     train_compressive,
 )
 from netshrink.distill import DistillConfig, TeacherLogits, distill  # noqa: E402
-from netshrink.errors import ConfigError  # noqa: E402
+from netshrink.errors import DivergedError  # noqa: E402
 from netshrink.layers import select_layers  # noqa: E402
 from netshrink.measure import measure_latency  # noqa: E402
 from netshrink.models import build_model  # noqa: E402
@@ -115,7 +115,7 @@ def _student_runs(seeds, config_for, cache, teacher, data) -> tuple[list[float],
                 fit(student, data, config, progress=False)
             else:
                 distill(student, teacher, data, config, teacher_logits=cache, progress=False)
-        except ConfigError as exc:  # the loss went to NaN: measured as it was left, at chance
+        except DivergedError as exc:  # the loss went to NaN: measured as it was left, at chance
             print(f"  seed {seed}: {exc}", file=sys.stderr, flush=True)
         results.append(_top1(student, data))
         print(f"  seed {seed}: {results[-1]:.4f}", file=sys.stderr, flush=True)

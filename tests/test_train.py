@@ -169,3 +169,10 @@ def test_an_interrupted_fit_resumes_to_the_same_weights(digits, tmp_path):
         fit(_lenet300(digits), digits, config, step_hooks=[interrupt], resume=state)
     with pytest.raises(ConfigError, match="other settings"):
         fit(_lenet300(digits), digits, FitConfig(epochs=4, batch_size=64), resume=state)
+
+
+def test_a_loss_gone_to_nan_is_a_diverged_error_naming_the_learning_rate(digits):
+    from netshrink.errors import DivergedError
+
+    with pytest.raises(DivergedError, match="lower the learning rate"):
+        fit(_lenet300(digits), digits, FitConfig(epochs=1, lr=1e12, momentum=0.0))

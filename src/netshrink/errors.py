@@ -19,6 +19,11 @@ class ImportNotAllowedError(ConfigError):
     not allow by its exact name; importing it would run code the user never chose."""
 
 
+class DivergedError(ConfigError):
+    """Training's loss went to NaN or infinity: the settings (most often the learning rate) are
+    too aggressive for the model."""
+
+
 class CorruptFileError(Error):
     """A checkpoint or compressed file is truncated, tampered with, or not what it claims to be."""
 

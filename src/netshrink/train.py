@@ -32,7 +32,7 @@ from torch.nn.parallel import DistributedDataParallel
 from .config import Settings, takes_mappings, to_config
 from .data import DataSplits
 from .device import model_device, place, to_model
-from .errors import ConfigError
+from .errors import ConfigError, DivergedError
 from .loaders import LoaderSplits, as_data, batch_pair, batches_of, length_of
 from .progress import make_progress
 from .train_state import (
@@ -286,7 +286,7 @@ def _train_epoch(
             logits = net(x)
             loss = loss_fn(logits, y, x)
         if not torch.isfinite(loss):
-            raise ConfigError(f"training diverged (loss {loss.item()}): lower the learning rate")
+            raise DivergedError(f"training diverged (loss {loss.item()}): lower the learning rate")
         optimizer.zero_grad(set_to_none=True)
         precision.step(loss, optimizer)
         scheduler.step()
