@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -23,8 +24,10 @@ from .checkpoint import (
 from .config import takes_mappings
 from .data import DataConfig, DataSplits
 from .device import place
+from .files import waiting_lock
 from .models import ModelSpec, build_model
 from .models.registry import AllowImport
+from .terminal import console
 from .train import FitConfig, evaluate, fit, is_main_process
 
 _FASHION = DataConfig(source="fashion-mnist")
@@ -135,12 +138,33 @@ def cached_baseline(
     """Load the baseline for (spec, data, config) from `cache_dir`/baselines, training it if missing.
 
     Returns the model (on `device` when given), its metadata and the checkpoint's path (stem).
-    The cache is keyed by what decides the weights, not by the device.
+    The cache is keyed by what decides the weights, not by the device. A process asking for a
+    baseline that another one is training waits for it (a lock file beside the checkpoint).
     """
     stem = cache_stem(spec, data.config, config, cache_dir)
-    if is_cached(stem):
-        model, meta = load_checkpoint(stem, allow_import=allow_import)
-        return place(model, device), meta, stem
+    if is_cached(stem):  # before any lock: a cache others made may be read-only
+        return _load(stem, allow_import, device)
+    # One process trains a baseline, the others wait and load it: two trainings would write
+    # the same .partial state. A torchrun job's ranks train together, so they take no lock.
+    single = int(os.environ.get("WORLD_SIZE", "1")) == 1
+    lock = stem.with_name(stem.name + ".lock")
+    with waiting_lock(lock, lambda: _say_waiting(stem, progress)) if single else nullcontext():
+        if is_cached(stem):  # trained by the process we waited for
+            return _load(stem, allow_import, device)
+        return _train_into(stem, spec, data, config, progress, allow_import, device)
+
+
+def _load(stem: Path, allow_import: AllowImport, device) -> tuple[nn.Module, CheckpointMeta, Path]:
+    model, meta = load_checkpoint(stem, allow_import=allow_import)
+    return place(model, device), meta, stem
+
+
+def _say_waiting(stem: Path, progress: bool) -> None:
+    if progress:
+        console().print(f"baseline {stem.name}: another process is training it; waiting for it")
+
+
+def _train_into(stem, spec, data, config, progress, allow_import, device):
     model, meta = train_model(
         spec,
         data,

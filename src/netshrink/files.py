@@ -159,9 +159,7 @@ def directory_lock(directory: Path) -> Iterator[None]:
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    # O_NOFOLLOW: a `.lock` planted as a symlink must not make us create or lock another file
-    flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
-    fd = os.open(directory / LOCK_NAME, flags, _NEW_FILE_MODE)
+    fd = _open_lock_file(directory / LOCK_NAME)
     try:
         _lock(fd, directory)
         yield
@@ -169,12 +167,43 @@ def directory_lock(directory: Path) -> Iterator[None]:
         os.close(fd)  # closing the file releases the lock
 
 
-def _lock(fd: int, directory: Path) -> None:
+@contextmanager
+def waiting_lock(path: Path, waiting: Callable[[], None] = lambda: None) -> Iterator[None]:
+    """Hold an exclusive lock on the file `path` (flock, created if missing) while the block
+    runs, waiting for another process that holds it; `waiting()` is called once before a wait.
+    For work two processes must not do twice (a baseline's training): the second waits, then
+    finds the first one's result."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = _open_lock_file(path)
+    try:
+        if not _try_lock(fd):
+            waiting()
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _open_lock_file(path: Path) -> int:
+    # O_NOFOLLOW: a lock file planted as a symlink must not make us create or lock another file
+    flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
+    return os.open(path, flags, _NEW_FILE_MODE)
+
+
+def _try_lock(fd: int) -> bool:
+    """Take the exclusive lock without waiting; False when another process holds it."""
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as exc:
         if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
             raise
+        return False
+    return True
+
+
+def _lock(fd: int, directory: Path) -> None:
+    if not _try_lock(fd):
         raise DirectoryInUseError(
             f"{directory} is in use by another netshrink run (it holds {directory / LOCK_NAME}):"
             " wait for that run to finish, or give another --out"
