@@ -85,11 +85,17 @@ def filter_rows(rows: list[dict]) -> list[list]:
 
 
 def paper_rows(rows: list[dict]) -> list[list]:
-    """The rows that carry a paper's figure on a finished result: packed files and Kim's stages."""
-    keep = [r for r in rows if r.get("paper") and r.get("loss pt") is not None
-            and (r["stage"].startswith("packed") or r["case"] == "kim")]  # fmt: skip
-    return [[r["model"], r["stage"], f"{r['ratio']:.1f}x", _pt(r["loss pt"]), r["paper"]]
+    """Each recipe's finished result: its packed file's rows."""
+    keep = [r for r in rows if r["stage"].startswith("packed") and r.get("loss pt") is not None]
+    return [[r["model"], r["stage"], f"{r['ratio']:.1f}x", _pt(r["loss pt"]), r["paper"] or "-"]
             for r in keep]  # fmt: skip
+
+
+def _made_by(result: dict, rows: list[dict]) -> str:
+    """The commands that measured `rows`: a row kept from an earlier partial run names its own
+    (`made by`, bench/common.merge_published), the others the result's."""
+    own = f"`{result['command']}` ({result['date']})"
+    return "; ".join(dict.fromkeys(row.get("made by", own) for row in rows))
 
 
 def section() -> str:
@@ -128,9 +134,11 @@ def section() -> str:
             "",
         ]
     if papers:
+        packed = [r for r in papers["rows"] if r["stage"].startswith("packed")]
         parts += [
-            "**The papers at CPU scale** (Fashion-MNIST here; the papers' own figures, mostly "
-            f"MNIST, as context). Measured by {_source(papers)}.",
+            "**The papers at CPU scale**, each recipe's packed file (Fashion-MNIST here; the "
+            "papers' own figures, mostly MNIST, as context; every stage in docs/benchmarks.md). "
+            f"Measured by {_made_by(papers, packed)}.",
             "",
             _table(["model", "stage", "ratio", "loss pt", "paper"], paper_rows(papers["rows"])),
             "",

@@ -87,3 +87,15 @@ def test_merge_published_keeps_the_parts_a_partial_rerun_did_not_make(tmp_path, 
         everything,
         "",
     )
+
+
+def test_the_readme_names_the_command_of_each_papers_row():
+    result = {"command": "python bench/papers.py --cases kim", "date": "2026-01-02"}
+    rows = [
+        {"made by": "`python bench/papers.py` (2026-01-01)"},
+        {},  # made by this result's own command
+        {"made by": "`python bench/papers.py` (2026-01-01)"},
+    ]
+    assert readme._made_by(result, rows) == (
+        "`python bench/papers.py` (2026-01-01); `python bench/papers.py --cases kim` (2026-01-02)"
+    )
