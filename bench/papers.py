@@ -1,8 +1,8 @@
 """The papers at CPU scale: each paper's pipeline on Fashion-MNIST, one row a stage, beside the
 paper's own figure (its model and data set differ: read the `paper` column as context).
 
-    python bench/papers.py [--cases deep-compression kim ristretto gong] [--seeds 0 1 2]
-                           [--threads N]
+    python bench/papers.py [--cases deep-compression kim kim-vgg16 kim-googlenet shin-oh
+                            ristretto gong] [--seeds 0 1 2] [--threads N]
 
 Cases:
 
@@ -11,6 +11,13 @@ Cases:
   each run end to end by netshrink.pipeline.run_recipe: baseline, prune, share, packed file;
 - kim: Kim et al.'s table 3 shape on the small VGG (recipes/hierarchical-kim.yaml): baseline,
   SP (synapse pruning), SP+SG (+ grouping), SP+SG+SQ (+ dynamic fixed point), the packed file;
+- kim-vgg16, kim-googlenet: the same on the networks of Kim et al.'s tables 3 and 5, VGG-16 and
+  GoogLeNet at full depth and CPU width (recipes/hierarchical-kim-*.yaml); GoogLeNet also runs
+  SP+SQ (its recipe without the group stage, the prune stage reused), as table 5 does;
+- shin-oh: Shin & Oh's fixed point -> AB distillation + gradual pruning on their DenseNet-BC
+  (recipes/embedded-shin-oh-densenet.yaml), each stage with its size, top-1 and latency at
+  batch 1 on one thread: PyTorch and the fp32 ONNX file for the float baseline, the int8 ONNX file
+  and the compiled C code for the fixed-point stages;
 - ristretto: dynamic fixed point of the cached LeNet-5 and Caffe LeNet-5 baselines at 8/8, 4/8,
   8/4 and 4/4 bits (weights / layer outputs), no retraining (Gysel et al.);
 - gong: Gong et al. 2014's KM / PQ / RQ / binary / SVD comparison on LeNet-300-100's FC layers
@@ -32,17 +39,29 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import readme  # noqa: E402
 from common import ROOT, merge_published, publish  # noqa: E402
+from netshrink.checkpoint import load_checkpoint  # noqa: E402
 from netshrink.codec import packed_bytes  # noqa: E402
 from netshrink.codec.summary import summarize  # noqa: E402
+from netshrink.data import load_data  # noqa: E402
+from netshrink.deploy import ExportConfig, export_artifacts  # noqa: E402
 from netshrink.layers import select_layers  # noqa: E402
 from netshrink.measure import dense_bytes  # noqa: E402
 from netshrink.pipeline import run_recipe  # noqa: E402
-from netshrink.quant import QuantConfig, quantize  # noqa: E402
+from netshrink.quant import QuantConfig, is_quantized, quantize  # noqa: E402
 from netshrink.recipe import Recipe, load_recipe  # noqa: E402
 from netshrink.train import evaluate  # noqa: E402
 from pipeline import baseline  # noqa: E402
 
-CASES = ("deep-compression", "kim", "ristretto", "gong")
+CASES = ("deep-compression", "kim", "kim-vgg16", "kim-googlenet", "shin-oh", "ristretto", "gong")
+# The cases that run one recipe file each; GoogLeNet's also runs without its group stage (SP+SQ).
+RECIPE_CASES = {
+    "kim": "hierarchical-kim",
+    "kim-vgg16": "hierarchical-kim-vgg16",
+    "kim-googlenet": "hierarchical-kim-googlenet",
+    "shin-oh": "embedded-shin-oh-densenet",
+}
+WITHOUT = {"hierarchical-kim-googlenet": ("group",)}
+DEPLOYED = ("embedded-shin-oh-densenet",)  # stages measured as deployed: ONNX, int8, C latency
 COLUMNS = [
     "case",
     "model",
@@ -52,6 +71,10 @@ COLUMNS = [
     "top-5",
     "loss pt",
     "ratio",
+    "torch ms",
+    "ORT ms",
+    "C ms",
+    "C flash",
     "bytes",
     "floor bytes",
     "paper",
@@ -62,6 +85,9 @@ LABELS = {
     "lenet5": "LeNet-5",
     "lenet5_caffe": "Caffe LeNet-5",
     "vgg_small": "small VGG",
+    "vgg16": "VGG-16 (width 0.25)",
+    "googlenet": "GoogLeNet (width 0.125)",
+    "densenet": "DenseNet-BC-40 (k=6)",
 }
 
 # The papers' figures by stage name (Han et al. 2015 / 2016, MNIST; Kim et al.'s own model).
@@ -88,6 +114,26 @@ PAPER = {
         "fixed-point": "table 3: SP+SG+SQ",
         "packed": "table 3 stores the same stages in its synapse code",
     },
+    "hierarchical-kim-vgg16": {
+        "baseline": "Kim et al. table 3 (VGG-16): baseline",
+        "prune": "table 3: SP",
+        "group": "table 3: SP+SG",
+        "fixed-point": "table 3: SP+SG+SQ",
+        "packed": "table 3: SP+SG+SQ, as the file stores it",
+    },
+    "hierarchical-kim-googlenet": {
+        "baseline": "Kim et al. table 5 (GoogLeNet): baseline",
+        "prune": "table 5: SP",
+        "group": "table 5: SP+SG",
+        "fixed-point, without group": "table 5: SP+SQ",
+        "packed, without group": "table 5: SP+SQ, as the file stores it",
+    },
+    "embedded-shin-oh-densenet": {
+        "baseline": "Shin & Oh (DenseNet-201): the float model, its size and latency",
+        "fixed-point": "fixed point: smaller, faster on the device",
+        "distill-prune": "QAT + gradual pruning + AB distillation: accuracy recovered",
+        "packed": "the compressed model as the device stores it",
+    },
 }
 RISTRETTO = "Gysel et al. 2016/2018: LeNet 4-bit weights / 4-bit layer outputs within ~0.3-1 pt, after fine-tuning"
 # (weights, activations, range calibration); min-max is Ristretto's (the integer length covers
@@ -101,6 +147,7 @@ GONG = {
     "SVD": "SVD (factorization): clearly below vector quantization",
 }
 GONG_RATES = (10, 20)
+LATENCY = ("torch ms", "ORT ms", "C ms", "C flash")
 
 
 def recipe_rows(case: str, recipe: Recipe, text: str, seeds: tuple[int, ...]) -> list[dict]:
@@ -110,8 +157,8 @@ def recipe_rows(case: str, recipe: Recipe, text: str, seeds: tuple[int, ...]) ->
     rows = []
     for stage_rows in zip(*runs, strict=True):
         row = dict(stage_rows[0])
-        for field in ("top-1", "top-5", "loss pt", "ratio", "bytes", "s", "floor bytes"):
-            if field in row:
+        for field in ("top-1", "top-5", "loss pt", "ratio", "bytes", "s", "floor bytes", *LATENCY):
+            if row.get(field) is not None:
                 row[field] = statistics.median(r[field] for r in stage_rows)
         row["seeds"] = len(stage_rows)
         row["top-1 per seed"] = [r["top-1"] for r in stage_rows]
@@ -124,34 +171,84 @@ def recipe_rows(case: str, recipe: Recipe, text: str, seeds: tuple[int, ...]) ->
 
 def _stage_rows(case: str, recipe: Recipe, text: str, seed: int) -> list[dict]:
     """One run of `recipe` with `seed` (it reaches every stage's training and k-means) into a
-    temporary directory."""
-    papers = PAPER.get(recipe.name, {})
+    temporary directory; then, for each stage named in WITHOUT, the recipe without that stage in
+    the same directory (the stages before it resumed), whose later stages are rows of their own."""
     if seed != recipe.seed:
         recipe, text = recipe.model_copy(update={"seed": seed}), None
+    deployed = recipe.name in DEPLOYED
     with tempfile.TemporaryDirectory(prefix=f"netshrink-{recipe.name}-") as directory:
-        result = run_recipe(recipe, directory, recipe_text=text, latency=False, progress=False)
-        floor = summarize(result.file).floor_bytes  # the packed file's information floor
-    base = result.stages[0].measurement["top1"]
+        result = run_recipe(recipe, directory, recipe_text=text, latency=deployed, progress=False)
+        rows = _result_rows(case, recipe, result, directory, deployed)
+        base = rows[0]["top-1"]
+        for dropped in WITHOUT.get(recipe.name, ()):
+            names = [stage.name for stage in recipe.stages]
+            stages = [stage for stage in recipe.stages if stage.name != dropped]
+            variant = recipe.model_copy(update={"stages": stages})
+            result = run_recipe(variant, directory, latency=deployed, progress=False)
+            later = _result_rows(case, recipe, result, directory, deployed, base)
+            for row in later[names.index(dropped) + 1 :]:  # + 1: the baseline's row
+                row["stage"] = f"{row['stage']}, without {dropped}"
+                row["paper"] = PAPER.get(recipe.name, {}).get(
+                    row.pop("name") + f", without {dropped}"
+                )
+                rows.append(row)
+    for row in rows:
+        row.pop("name", None)
+    return rows
+
+
+def _result_rows(case, recipe, result, directory, deployed, base=None) -> list[dict]:
+    """One row a stage of `result` (the packed file last, with its information floor); with
+    `deployed`, each stage's latency as deployed (stage_latency)."""
+    papers = PAPER.get(recipe.name, {})
+    base = result.stages[0].measurement["top1"] if base is None else base
+    data = load_data(recipe.data) if deployed else None
     rows = []
     for record in result.stages:
         m = record.measurement
         stage = record.name if record.name == record.method else f"{record.name} ({record.method})"
-        rows.append(
-            {
-                "case": case,
-                "model": LABELS[recipe.baseline.model],
-                "stage": stage,
-                "top-1": m["top1"],
-                "top-5": m["top5"],
-                "loss pt": round(100 * (base - m["top1"]), 2),
-                "ratio": round(m["compression_ratio"], 2),
-                "bytes": m["size_bytes"],
-                "paper": papers.get(record.name),
-                "s": round(record.seconds, 1),
-            }
-        )
-    rows[-1]["floor bytes"] = round(floor)
+        row = {
+            "case": case,
+            "model": LABELS[recipe.baseline.spec.name],
+            "stage": stage,
+            "name": record.name,
+            "top-1": m["top1"],
+            "top-5": m["top5"],
+            "loss pt": round(100 * (base - m["top1"]), 2),
+            "ratio": round(m["compression_ratio"], 2),
+            "bytes": m["size_bytes"],
+            "paper": papers.get(record.name),
+            "s": round(record.seconds, 1),
+        }
+        if deployed and record.checkpoint is None:  # the packed file: the decoded model
+            row |= stage_latency(result.model, m, data, result.artifacts)
+        elif deployed:
+            model, _ = load_checkpoint(Path(directory) / record.checkpoint)
+            row |= stage_latency(model, m, data)
+        rows.append(row)
+    rows[-1]["floor bytes"] = round(summarize(result.file).floor_bytes)
     return rows
+
+
+def stage_latency(model, measurement: dict, data, exported=()) -> dict:
+    """A stage's batch-1 latency on one thread as it deploys: PyTorch and the fp32 ONNX file for
+    a float model; the int8 ONNX file and the compiled C code (gcc) for a fixed-point one (the
+    recipe's own `exported` artifacts when it wrote both)."""
+    with tempfile.TemporaryDirectory(prefix="netshrink-deploy-") as directory:
+        if not is_quantized(model):
+            (onnx,) = export_artifacts(model, directory, ExportConfig(onnx=True), data)
+            return {"torch ms": measurement["latency_ms_b1"], "ORT ms": _ms(onnx)}
+        made = {artifact.artifact: artifact for artifact in exported}
+        if not {"C99", "int8 ONNX"} <= made.keys():
+            c, int8 = export_artifacts(model, directory, ExportConfig(c=True, int8=True), data)
+            made = {"C99": c, "int8 ONNX": int8}
+    c = made["C99"]
+    return {"ORT ms": _ms(made["int8 ONNX"]), "C ms": _ms(c), "C flash": c.flash_bytes}
+
+
+def _ms(artifact) -> float | None:
+    speed = artifact.images_per_second
+    return None if not speed else round(1000 / speed, 3)
 
 
 def file_recipe_rows(case: str, stem: str, seeds: tuple[int, ...]) -> list[dict]:
@@ -236,8 +333,9 @@ def run_cases(cases: list[str], seeds: tuple[int, ...]) -> list[dict]:
     rows = []
     if "deep-compression" in cases:
         rows += deep_compression_rows(seeds)
-    if "kim" in cases:
-        rows += file_recipe_rows("kim", "hierarchical-kim", seeds)
+    for case, stem in RECIPE_CASES.items():
+        if case in cases:
+            rows += file_recipe_rows(case, stem, seeds)
     if "ristretto" in cases:
         rows += ristretto_rows("lenet5") + ristretto_rows("lenet5_caffe")
     if "gong" in cases:
@@ -286,7 +384,15 @@ def _notes(threads: int, seeds: tuple[int, ...], total: float) -> str:
         "LeNet-5 (third group). ristretto: power-of-two scale per layer, ranges calibrated on "
         "1,024 training images (min-max as Ristretto; the last row MSE, as bench/quant.py's PTQ "
         "4/4), no fine-tuning (Ristretto fine-tunes); bytes: the weights at their bits. kim: "
-        "the rows follow Kim et al.'s table 3 (its model and numbers are not restated). gong: "
+        "the rows follow Kim et al.'s table 3 (its model and numbers are not restated); "
+        "kim-vgg16 / kim-googlenet: the networks of its tables 3 and 5 at full depth and CPU "
+        "width, trained here for few epochs (netshrink.baseline.BASELINES), with the small "
+        "VGG's settings (not chosen again); GoogLeNet's `without group` rows are SP+SQ. shin-oh: "
+        "the DenseNet-BC's stages as deployed, at batch 1 on one thread (medians): `torch ms` "
+        "PyTorch (float stages only: a fixed-point model only simulates its arithmetic), `ORT "
+        "ms` ONNX Runtime on the fp32 ONNX file (float stages) or the int8 QDQ file "
+        "(fixed-point stages), `C ms` / `C flash` the exported C99 code compiled with gcc -O2 "
+        "on this machine's CPU (not a microcontroller). gong: "
         "bench/share.py's points (FC weights only, codebooks and indices counted, no "
         "retraining; PQ = PQ-x or PQ-y, SVD with or without the output layer kept); `s` on "
         "its first row: all the points; its claims paraphrase Gong et al.'s "

@@ -38,7 +38,7 @@ def test_a_recipe_starts_from_a_cached_baseline(path):
     # data and baseline exactly as in netshrink.baseline.BASELINES: the same cache key, so a
     # recipe reuses the baseline that the benchmarks and the demo trained
     recipe = load_recipe(path)
-    spec, data, fit = BASELINES[recipe.baseline.model]
+    spec, data, fit = BASELINES[recipe.baseline.spec.name]
     assert (recipe.baseline.spec, recipe.data, recipe.baseline.fit) == (spec, data, fit)
 
 

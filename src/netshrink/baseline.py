@@ -42,6 +42,24 @@ BASELINES: dict[str, tuple[ModelSpec, DataConfig, FitConfig]] = {
     "vgg_small": (ModelSpec(name="vgg_small"), _FASHION_AUGMENTED, FitConfig(epochs=12, lr=0.05)),
     # For filter pruning across residual blocks (bench/peers.py); 28x28 input, no resizing.
     "resnet20": (ModelSpec(name="resnet20"), _FASHION_AUGMENTED, FitConfig(epochs=10, lr=0.05)),
+    # The seed papers' networks (Kim et al.: VGG-16, GoogLeNet; Shin & Oh: DenseNet) at full depth
+    # but CPU width, trained for few epochs: an epoch takes about 2.5 (vgg16), 9 (googlenet) and
+    # 6 (densenet) minutes at 1 thread on the 28x28 images.
+    "vgg16": (
+        ModelSpec(name="vgg16", args={"width": 0.25}),
+        _FASHION_AUGMENTED,
+        FitConfig(epochs=8, lr=0.05),
+    ),
+    "googlenet": (
+        ModelSpec(name="googlenet", args={"width": 0.125}),
+        _FASHION_AUGMENTED,
+        FitConfig(epochs=3, lr=0.05),
+    ),
+    "densenet": (
+        ModelSpec(name="densenet", args={"growth": 6}),
+        _FASHION_AUGMENTED,
+        FitConfig(epochs=4, lr=0.05),
+    ),
 }
 
 
