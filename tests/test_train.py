@@ -84,6 +84,32 @@ def test_warmup_at_its_default_leaves_the_config_dump_unchanged():
     assert FitConfig(warmup_epochs=0.5).model_dump()["warmup_epochs"] == 0.5
 
 
+def _step_sizes(model, digits, config, steps):
+    """The L2 norm of each of the first `steps` updates of `fit` (lr 1, no momentum or decay)."""
+    flat = lambda: torch.cat([p.detach().flatten() for p in model.parameters()])  # noqa: E731
+    last, sizes = [flat()], []
+
+    def hook(step):
+        now = flat()
+        sizes.append((now - last[0]).norm().item())
+        last[0] = now
+        if step == steps:
+            raise StopIteration
+
+    with pytest.raises(StopIteration):
+        fit(model, digits, config, step_hooks=[hook], progress=False)
+    return sizes
+
+
+def test_clip_grad_norm_bounds_every_step(digits):
+    plain = dict(epochs=1, lr=1.0, momentum=0, weight_decay=0, schedule="constant")
+    clipped = _step_sizes(_lenet300(digits), digits, FitConfig(**plain, clip_grad_norm=0.01), 5)
+    assert len(clipped) == 5 and max(clipped) <= 0.01 * (1 + 1e-5)
+    free = _step_sizes(_lenet300(digits), digits, FitConfig(**plain), 5)
+    assert min(free) > 0.05  # the same steps unclipped: the bound above is the clipping's
+    assert "clip_grad_norm" not in FitConfig().model_dump()  # cache keys unchanged at None
+
+
 def test_adam_and_custom_loss_train_digits(digits):
     model = _lenet300(digits)
     calls = []

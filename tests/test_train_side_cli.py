@@ -40,6 +40,10 @@ def test_distill_a_fresh_student_with_kd_and_ab(teacher, tmp_path, capsys):
             "1",
             "--epochs",
             "3",
+            "--warmup-epochs",
+            "1",
+            "--clip-grad-norm",
+            "5",
             "--no-latency",
             "--out",
             str(out),
@@ -49,6 +53,7 @@ def test_distill_a_fresh_student_with_kd_and_ab(teacher, tmp_path, capsys):
     assert "teacher" in text and "student (distilled)" in text
     model, meta = load_checkpoint(out)
     assert meta.model.name == "lenet300_100" and meta.fit.epochs == 3
+    assert (meta.fit.warmup_epochs, meta.fit.clip_grad_norm) == (1, 5)
     assert meta.metrics["test_top1"] > 0.8
     assert model(torch.zeros(1, 1, 8, 8)).shape == (1, 10)
 

@@ -64,6 +64,10 @@ class FitConfig(Settings):
     # over the rest: from scratch at lr 0.05, a network without batch norm (LeNet-5) grows its
     # weights ~6x in its first 60 steps, where a harder loss (soft targets) can send it to NaN.
     warmup_epochs: float = Field(0.0, ge=0)
+    # Rescale a step's gradient to at most this L2 norm (all parameters together; Pascanu et al.
+    # 2013): bounds the steps of a loss that outgrows cross-entropy early (soft targets at T=4
+    # step about T times harder while the student is far from its teacher). None: no clipping.
+    clip_grad_norm: float | None = Field(None, gt=0)
     seed: int = 0
     mixed_precision: bool = False
 
@@ -81,7 +85,11 @@ class FitConfig(Settings):
         # options added later are left out at their defaults, so the keys of cached baselines
         # and finished stages (hashes of these dumps) are those of the runs made before them
         data = handler(self)
-        for key, default in (("mixed_precision", False), ("warmup_epochs", 0.0)):
+        for key, default in (
+            ("mixed_precision", False),
+            ("warmup_epochs", 0.0),
+            ("clip_grad_norm", None),
+        ):
             if key in data and data[key] == default:
                 del data[key]
         return data
@@ -204,7 +212,7 @@ def fit(
     history, first = _restore(resume, model, optimizer, scheduler, settings)
     net = _distributed(model) if world > 1 else model
     loss_fn = loss_fn or (lambda logits, y, x: F.cross_entropy(logits, y))
-    precision = _Precision(config.mixed_precision)
+    precision = _Precision(config.mixed_precision, config.clip_grad_norm)
     with make_progress(progress) as bar:
         task = bar.add_task("train", total=total_steps, completed=first * len(train), status="")
         for epoch in range(first, config.epochs):
@@ -256,10 +264,11 @@ def _restore(resume, model, optimizer, scheduler, settings) -> tuple[History, in
 class _Precision:
     """Mixed precision on CUDA (torch.autocast, and a gradient scaler for float16), or nothing."""
 
-    def __init__(self, enabled: bool) -> None:
+    def __init__(self, enabled: bool, clip_norm: float | None = None) -> None:
         bf16 = enabled and torch.cuda.is_bf16_supported()
         self.enabled, self.dtype = enabled, torch.bfloat16 if bf16 else torch.float16
         self.scaler = torch.amp.GradScaler("cuda") if enabled and not bf16 else None
+        self.clip_norm = clip_norm
 
     def autocast(self):
         return torch.autocast("cuda", dtype=self.dtype, enabled=self.enabled)
@@ -267,11 +276,19 @@ class _Precision:
     def step(self, loss: torch.Tensor, optimizer) -> None:
         if self.scaler is None:
             loss.backward()
+            self._clip(optimizer)
             optimizer.step()
             return
         self.scaler.scale(loss).backward()
+        self.scaler.unscale_(optimizer)  # clip the true gradient, not the scaled one
+        self._clip(optimizer)
         self.scaler.step(optimizer)
         self.scaler.update()
+
+    def _clip(self, optimizer) -> None:
+        if self.clip_norm is not None:
+            params = [p for group in optimizer.param_groups for p in group["params"]]
+            torch.nn.utils.clip_grad_norm_(params, self.clip_norm)
 
 
 def _train_epoch(

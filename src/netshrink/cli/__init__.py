@@ -236,6 +236,12 @@ def _add_fit_args(p: argparse.ArgumentParser) -> None:
         help="linear learning-rate warm-up before the schedule (a network without batch norm "
         "at a high rate from scratch)",
     )
+    g.add_argument(
+        "--clip-grad-norm",
+        type=float,
+        default=defaults.clip_grad_norm,
+        help="rescale each step's gradient to at most this L2 norm (default: no clipping)",
+    )
     g.add_argument("--seed", type=int, default=defaults.seed)
     g.add_argument(
         "--mixed-precision",
@@ -264,6 +270,7 @@ def run_train(args) -> None:
         batch_size=args.batch_size,
         schedule=args.schedule,
         warmup_epochs=args.warmup_epochs,
+        clip_grad_norm=args.clip_grad_norm,
         mixed_precision=args.mixed_precision or None,
         seed=args.seed,
     )

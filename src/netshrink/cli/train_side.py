@@ -69,6 +69,8 @@ DISTILL_FLAGS = (
     Flag("--epochs", "config.fit.epochs", "epochs of distillation", type=int),
     Flag("--lr", "config.fit.lr", "learning rate of the distillation"),
     Flag("--warmup-epochs", "config.fit.warmup_epochs", "linear learning-rate warm-up first"),
+    Flag("--clip-grad-norm", "config.fit.clip_grad_norm", "rescale each step's gradient to at "
+         "most this L2 norm"),
     Flag("--batch-size", "config.fit.batch_size", "batch size of the distillation", type=int),
 )  # fmt: skip
 
