@@ -13,7 +13,7 @@ from torch.nn.utils import parametrize
 from netshrink.edits import structural_edits
 from netshrink.errors import ConfigError, UnsupportedLayerError
 from netshrink.measure import count_macs, count_parameters
-from netshrink.models import lenet5, lenet5_caffe, mobilenet_v2, resnet20, vgg_small
+from netshrink.models import lenet5, lenet5_caffe, lenet300_100, mobilenet_v2, resnet20, vgg_small
 from netshrink.prune.channel_graph import analyze_channels
 from netshrink.prune.filters import (
     PruneFiltersConfig,
@@ -58,6 +58,7 @@ CASES = {
     "vgg_small": (vgg_small, MNIST, {"amount": 0.3, "include_linear": True}),
     "lenet5": (lenet5, MNIST, {"amount": 0.3, "include_linear": True}),
     "lenet5_caffe": (lenet5_caffe, MNIST, {"amount": 0.5}),
+    "lenet300_100": (lenet300_100, MNIST, {"amount": 0.3}),  # no conv: its neurons, by default
 }
 
 
@@ -308,6 +309,15 @@ def test_layer_selection_errors_and_per_layer():
     prune_filters(model, PruneFiltersConfig(amount=0.0, per_layer={"layer1.0.conv1": 0.5}), CIFAR)
     assert model.layer1[0].conv1.out_channels == 8
     assert model.layer1[1].conv1.out_channels == 16 and len(structural_edits(model)) == 3
+
+
+def test_linear_layers_are_pruned_by_default_only_in_a_model_without_convolutions():
+    mlp = plan_filters(lenet300_100(), PruneFiltersConfig(amount=0.3), MNIST)
+    assert {p for s in mlp.spaces for p in s.producers} == {"fc1", "fc2"}
+    cnn = plan_filters(lenet5(), PruneFiltersConfig(amount=0.3), MNIST)
+    assert {p for s in cnn.spaces for p in s.producers} == {"conv1", "conv2"}
+    with pytest.raises(ConfigError, match="no convolution, and include_linear=False"):
+        plan_filters(lenet300_100(), PruneFiltersConfig(amount=0.3, include_linear=False), MNIST)
 
 
 def test_config_is_validated():

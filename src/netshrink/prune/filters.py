@@ -41,7 +41,8 @@ class PruneFiltersConfig(Settings):
     criterion: "l1" (Li et al.'s filter L1 norm), "l2", or "bn_scale" (|gamma| of the BatchNorm
     right after the producer). residual: "group" prunes a residual group's producers together
     (scores summed), "skip" leaves groups whole. per_layer: amount for the space of the named
-    producer. include_linear: also prune hidden Linear neurons.
+    producer. include_linear: also prune hidden Linear neurons; None (the default) does so only
+    in a model without convolutions, whose hidden neurons are the only channels it has (an MLP).
     """
 
     amount: float | None = None
@@ -50,7 +51,7 @@ class PruneFiltersConfig(Settings):
     residual: Literal["group", "skip"] = "group"
     per_layer: dict[str, float] = {}
     min_channels: int = 1
-    include_linear: bool = False
+    include_linear: bool | None = None
 
     @model_validator(mode="after")
     def _check(self) -> "PruneFiltersConfig":
@@ -162,8 +163,7 @@ def plan_filters(
             + (
                 f"({why})"
                 if why
-                else "(the model has no convolution; include_linear=True "
-                "prunes hidden Linear neurons)"
+                else "(no convolution, and include_linear=False leaves the Linear layers whole)"
             )
         )
     if config.amount is not None:
@@ -214,8 +214,12 @@ def _choose(
     model: nn.Module, graph: ChannelGraph, config: PruneFiltersConfig, layers: LayerFilter
 ) -> set[str]:
     modules = dict(model.named_modules())
-    kinds = (nn.Conv2d, nn.Linear) if config.include_linear else (nn.Conv2d,)
-    candidates = [p for s in graph.spaces for p in s.producers if isinstance(modules[p], kinds)]
+    producers = [p for s in graph.spaces for p in s.producers]
+    include_linear = config.include_linear
+    if include_linear is None:  # an MLP's neurons are its filters
+        include_linear = not any(isinstance(modules[p], nn.Conv2d) for p in producers)
+    kinds = (nn.Conv2d, nn.Linear) if include_linear else (nn.Conv2d,)
+    candidates = [p for p in producers if isinstance(modules[p], kinds)]
     if layers is None:
         chosen = set(candidates)
     elif callable(layers):
