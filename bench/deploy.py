@@ -40,8 +40,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import publish  # noqa: E402
-from deploy_compressed import COMPRESSED_COLUMNS, COMPRESSED_NOTES, compressed_rows  # noqa: E402
+from common import merge_published, publish  # noqa: E402
+from deploy_compressed import (  # noqa: E402
+    COMPRESSED_COLUMNS,
+    COMPRESSED_NOTES,
+    compressed_rows,
+)
+from deploy_compressed import RECIPES as COMPRESSED_RECIPES  # noqa: E402
 from netshrink.export.c import (  # noqa: E402
     build_and_run,
     export_c,
@@ -199,12 +204,17 @@ def main(argv: list[str] | None = None) -> None:
             publish("deploy", "Deployment (bench/deploy.py)", rows, COLUMNS, notes)
         if "compressed" in args.cases:
             compressed = compressed_rows(work, args.recipes)
+            # a --recipes rerun keeps the other models' published rows
+            labels = list(COMPRESSED_RECIPES)
+            compressed, earlier = merge_published(
+                "deploy_compressed", compressed, lambda row: row["model"], labels.index
+            )
             publish(
                 "deploy_compressed",
                 "Deploying the compressed models (bench/deploy.py --cases compressed)",
                 compressed,
                 COMPRESSED_COLUMNS,
-                COMPRESSED_NOTES,
+                COMPRESSED_NOTES + earlier,
             )
 
 
