@@ -87,8 +87,8 @@ def filter_rows(rows: list[dict]) -> list[list]:
 def paper_rows(rows: list[dict]) -> list[list]:
     """Each recipe's finished result: its packed file's rows."""
     keep = [r for r in rows if r["stage"].startswith("packed") and r.get("loss pt") is not None]
-    return [[r["model"], r["stage"], f"{r['ratio']:.1f}x", _pt(r["loss pt"]), r["paper"] or "-"]
-            for r in keep]  # fmt: skip
+    return [[r["model"], r["stage"], r.get("seeds") or "-", f"{r['ratio']:.1f}x",
+             _pt(r["loss pt"]), r["paper"] or "-"] for r in keep]  # fmt: skip
 
 
 def _made_by(result: dict, rows: list[dict]) -> str:
@@ -140,7 +140,10 @@ def section() -> str:
             "papers' own figures, mostly MNIST, as context; every stage in docs/benchmarks.md). "
             f"Measured by {_made_by(papers, packed)}.",
             "",
-            _table(["model", "stage", "ratio", "loss pt", "paper"], paper_rows(papers["rows"])),
+            _table(
+                ["model", "stage", "seeds", "ratio (median)", "loss pt (median)", "paper"],
+                paper_rows(papers["rows"]),
+            ),
             "",
         ]
     parts.append(
