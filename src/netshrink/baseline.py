@@ -43,7 +43,7 @@ BASELINES: dict[str, tuple[ModelSpec, DataConfig, FitConfig]] = {
     # For filter pruning across residual blocks (bench/peers.py); 28x28 input, no resizing.
     "resnet20": (ModelSpec(name="resnet20"), _FASHION_AUGMENTED, FitConfig(epochs=10, lr=0.05)),
     # The seed papers' networks (Kim et al.: VGG-16, GoogLeNet; Shin & Oh: DenseNet) at full depth
-    # but CPU width, trained for few epochs: an epoch takes about 2.5 (vgg16), 9 (googlenet) and
+    # but CPU width, trained for few epochs: an epoch took about 2.5 (vgg16), 13 (googlenet) and
     # 6 (densenet) minutes at 1 thread on the 28x28 images.
     "vgg16": (
         ModelSpec(name="vgg16", args={"width": 0.25}),
