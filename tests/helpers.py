@@ -4,8 +4,6 @@ through the CLI, random batch-norm statistics, the small models of the integer-p
 directory of the root conftest.py)."""
 
 import os
-import platform
-import re
 import shutil
 from pathlib import Path
 
@@ -149,17 +147,3 @@ class MeanHead(nn.Module):
         a = x.mean((2, 3))
         b = torch.mean(x, dim=(-2, -1), keepdim=True).flatten(1)
         return self.head(torch.cat([a, b], dim=1))
-
-
-def ort_int8_saturates() -> bool:
-    """True on an x86 CPU without VNNI: there ONNX Runtime's uint8 x int8 kernels use VPMADDUBSW,
-    whose 16-bit pair sums saturate (ONNX Runtime's quantization docs), so an int8 file can part
-    from the integer path by more than a rounding step (measured on an AMD EPYC with AVX2 only).
-    The export's own check names the layer where it does; exact-agreement tests need VNNI."""
-    if platform.machine().lower() not in ("x86_64", "amd64"):
-        return False
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return re.search(r"\b(avx512_vnni|avx_vnni)\b", flags) is None

@@ -37,13 +37,16 @@ TIMED_IMAGES = 1000  # images the compiled C code is timed on
 class ExportConfig(Config):
     """A recipe's `export:` section: which artifacts to write beside model.nsk (`c`: model.c /
     model.h in c/, `int8`: model.int8.onnx, `onnx`: model.onnx), how the C code stores its
-    weights (`c_storage`, netshrink.export.c.export_c) and on how many test images they are
-    checked (`check`; all by default). C and int8 need a fixed-point model."""
+    weights (`c_storage`, netshrink.export.c.export_c), the int8 file's integer type
+    (`int8_integers`: uint8 is exact on every CPU, int8 runs faster where ONNX Runtime has VNNI
+    or ARM dot products; netshrink.export.qdq) and on how many test images they are checked
+    (`check`; all by default). C and int8 need a fixed-point model."""
 
     c: bool = False
     int8: bool = False
     onnx: bool = False
     c_storage: Literal["smallest", "dense", "sparse"] = "smallest"
+    int8_integers: Literal["uint8", "int8"] = "uint8"
     check: int | None = Field(None, ge=1)
 
     @property
@@ -118,7 +121,10 @@ def export_artifacts(model, directory, config: ExportConfig, data) -> list[Artif
     if config.c:
         rows.append(c_artifact(model, directory / "c", data.input_shape, checks, config.c_storage))
     if config.int8:
-        rows.append(int8_artifact(model, directory / "model.int8.onnx", data.input_shape, checks))
+        path = directory / "model.int8.onnx"
+        rows.append(
+            int8_artifact(model, path, data.input_shape, checks, integers=config.int8_integers)
+        )
     if config.onnx:
         rows.append(onnx_artifact(model, directory / "model.onnx", data.input_shape, checks))
     return rows
@@ -160,13 +166,16 @@ def c_artifact(
     )
 
 
-def int8_artifact(model, path, input_shape, checks: CheckImages | None) -> Artifact:
-    """export_onnx_int8 to `path`: bytes, ONNX Runtime's images/s, top-1 and its agreement with
-    the integer path (below 99.9%: where they first part, netshrink.export.agreement)."""
+def int8_artifact(
+    model, path, input_shape, checks: CheckImages | None, integers: str = "uint8"
+) -> Artifact:
+    """export_onnx_int8 to `path` (`integers`: its 8-bit type): bytes, ONNX Runtime's images/s,
+    top-1 and its agreement with the integer path (below 99.9%: where they first part,
+    netshrink.export.agreement)."""
     from .export.agreement import int8_agreement
     from .export.qdq import export_onnx_int8
 
-    path = export_onnx_int8(model, path, input_shape)
+    path = export_onnx_int8(model, path, input_shape, integers=integers)
     row = _onnx_row("int8 ONNX", path, input_shape, checks)
     if checks is None:
         return row

@@ -57,3 +57,20 @@ def test_measure_does_not_time_fake_quantization(packed, capsys):
     assert "netshrink export" in capsys.readouterr().out
     assert main(["measure", str(packed / "base"), "--format", "json"]) == 0
     assert json.loads(capsys.readouterr().out)[0]["latency_ms_b1"] > 0  # a float model is timed
+
+
+def test_int8_integers_choose_the_files_8_bit_type(packed, tmp_path):
+    import onnx
+
+    def initializer_types(path) -> set[int]:
+        return {t.data_type for t in onnx.load(str(path)).graph.initializer}
+
+    base = ["export", str(packed / "q.nsk"), "--check", "50", "--int8"]
+    assert main(base + [str(tmp_path / "u.onnx")]) == 0
+    assert main(base + [str(tmp_path / "s.onnx"), "--int8-integers", "int8"]) == 0
+    unsigned, signed = (
+        initializer_types(tmp_path / "u.onnx"),
+        initializer_types(tmp_path / "s.onnx"),
+    )
+    assert onnx.TensorProto.UINT8 in unsigned and onnx.TensorProto.INT8 not in unsigned
+    assert onnx.TensorProto.INT8 in signed

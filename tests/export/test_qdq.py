@@ -8,8 +8,8 @@ import onnx
 import pytest
 import torch
 
-from helpers import ort_int8_saturates, train_on_digits
-from netshrink.errors import UnsupportedLayerError
+from helpers import train_on_digits
+from netshrink.errors import ConfigError, UnsupportedLayerError
 from netshrink.export import qdq
 from netshrink.export.onnx import export_onnx, onnx_logits, onnx_session
 from netshrink.export.qdq import export_onnx_int8
@@ -49,7 +49,6 @@ def _quantize_scales(graph) -> set[float]:
     return {float(values[n.input[1]]) for n in graph.node if n.op_type == "QuantizeLinear"}
 
 
-@pytest.mark.skipif(ort_int8_saturates(), reason="ONNX Runtime's int8 kernels saturate here")
 def test_onnx_rounds_ties_to_even_but_otherwise_matches(trained, digits, tmp_path):
     qmodel = quantize(trained, digits)
     session = onnx_session(export_onnx_int8(qmodel, tmp_path / "q.onnx", digits.input_shape))
@@ -82,7 +81,7 @@ def test_weights_are_integers_and_compute_what_the_float_graph_computed(
     qmodel = quantize(trained, digits)
     path = export_onnx_int8(qmodel, tmp_path / "q.onnx", digits.input_shape)
     model = onnx.load(str(path))
-    assert _weight_types(model) == {onnx.TensorProto.INT8}
+    assert _weight_types(model) == {onnx.TensorProto.UINT8}
     initializers = {t.name for t in model.graph.initializer}
     quantizers = [n for n in model.graph.node if n.op_type == "QuantizeLinear"]
     assert not any(n.input[0] in initializers for n in quantizers)
@@ -94,6 +93,25 @@ def test_weights_are_integers_and_compute_what_the_float_graph_computed(
     for threads in (1, None):
         got = onnx_logits(onnx_session(path, threads=threads), x)
         assert np.array_equal(got, onnx_logits(onnx_session(before, threads=threads), x))
+
+
+def test_signed_values_are_stored_unsigned_unless_asked(trained, digits, tmp_path):
+    # uint8 at zero point 128 (ONNX Runtime's exact uint8 x uint8 kernels on every CPU) holds
+    # the same values as int8 at zero point 0: the two files compute the same logits here
+    qmodel = quantize(trained, digits, QuantConfig(ties="even"))
+    unsigned = export_onnx_int8(qmodel, tmp_path / "u.onnx", digits.input_shape)
+    signed = export_onnx_int8(qmodel, tmp_path / "s.onnx", digits.input_shape, integers="int8")
+    assert _weight_types(onnx.load(str(signed))) == {onnx.TensorProto.INT8}
+    graph = onnx.load(str(unsigned)).graph
+    zero_points = {n.input[2] for n in graph.node if n.op_type == "DequantizeLinear"}
+    types = {t.name: t.data_type for t in graph.initializer if t.name in zero_points}
+    assert set(types.values()) == {onnx.TensorProto.UINT8}  # the input's zero point: 128
+    x = next(iter(digits.loader("test", 256)))[0]
+    expected = IntegerModel(qmodel).run(x).logits.numpy().astype(np.float32)
+    assert np.array_equal(onnx_logits(onnx_session(unsigned, threads=1), x), expected)
+    assert _fused_int8_ops(unsigned, tmp_path) == _fused_int8_ops(signed, tmp_path)
+    with pytest.raises(ConfigError, match="integers must be one of"):
+        export_onnx_int8(qmodel, tmp_path / "x.onnx", digits.input_shape, integers="int4")
 
 
 def test_the_int8_file_is_smaller_than_fp32_and_onnx_runtimes_quantize_static(
@@ -149,8 +167,7 @@ def test_a_layer_after_a_flatten_runs_in_an_int8_kernel(trained, digits, tmp_pat
     assert _fused_int8_ops(before, tmp_path) == ["QGemm"]
     x = torch.cat([x for x, _ in digits.loader("test", 512)])
     got = onnx_logits(onnx_session(path, threads=1), x)
-    if not ort_int8_saturates():  # a saturating int8 kernel computes fc1 differently
-        assert np.array_equal(got, onnx_logits(onnx_session(before, threads=1), x))
+    assert np.array_equal(got, onnx_logits(onnx_session(before, threads=1), x))
 
 
 def _fused_int8_ops(path, tmp_path) -> list[str]:

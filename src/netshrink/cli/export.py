@@ -10,11 +10,19 @@ whose logits are identical bit for bit). --check N limits the images checked.
 """
 
 from pathlib import Path
+from typing import get_args
 
 from ..checkpoint import checkpoint_paths, load_checkpoint
 from ..codec.api import load_packed
 from ..data import DataConfig, load_data
-from ..deploy import CheckImages, c_artifact, int8_artifact, onnx_artifact, print_artifacts
+from ..deploy import (
+    CheckImages,
+    ExportConfig,
+    c_artifact,
+    int8_artifact,
+    onnx_artifact,
+    print_artifacts,
+)
 from ..errors import ConfigError
 from ..export.c_program import STORAGE
 from ..files import refuse_overwrite_input
@@ -35,6 +43,14 @@ def add_commands(commands) -> None:
     p.add_argument("model", type=Path, help="a .nsk file or a checkpoint (stem)")
     p.add_argument("--onnx", type=Path, help="fp32 ONNX file to write")
     p.add_argument("--int8", type=Path, help="int8 QDQ ONNX file to write (fixed-point models)")
+    p.add_argument(
+        "--int8-integers",
+        choices=get_args(ExportConfig.model_fields["int8_integers"].annotation),
+        default=ExportConfig().int8_integers,
+        help="the int8 file's 8-bit type: uint8 at zero point 128, exact on every CPU (default), "
+        "or int8, faster where ONNX Runtime has VNNI or ARM dot products but saturating on x86 "
+        "CPUs without VNNI",
+    )
     p.add_argument("--c", type=Path, help="directory for the C99 sources (fixed-point models)")
     p.add_argument("--name", default="model", help="C file and symbol prefix (default model)")
     p.add_argument(
@@ -64,7 +80,7 @@ def run_export(args) -> None:
     if args.onnx:
         rows.append(onnx_artifact(model, args.onnx, input_shape, checks))
     if args.int8:
-        rows.append(int8_artifact(model, args.int8, input_shape, checks))
+        rows.append(int8_artifact(model, args.int8, input_shape, checks, args.int8_integers))
     if args.c:
         row = c_artifact(model, args.c, input_shape, checks, args.c_storage, name=args.name)
         console().print(row.detail)

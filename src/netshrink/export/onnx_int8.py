@@ -26,6 +26,12 @@ images/s at batch 1 without the pass, 49,628 with it). A QuantizeLinear / Dequan
 at the same scale after it, which changes no value (the values are on that grid already), is the
 pattern ONNX Runtime fuses, as its own quantizer writes it.
 
+`unsigned_integers`: every signed 8-bit value (weights, activations before a ReLU) stored as
+uint8 at zero point 128, the same values, so ONNX Runtime picks its uint8 x uint8 kernels,
+exact on every CPU; its uint8 x int8 kernels saturate on x86 CPUs without VNNI (the
+deployment test's LeNet-300-100 on digits under `qemu-x86_64 -cpu Haswell`:
+tests/export/test_int8_without_vnni.py), and cost less time only where they do not.
+
     >>> model = integer_weights(onnx.load("lenet5.int8.onnx"))
     >>> model = wide_weights_as_int16(model, {"bn1_conv.weight": 12})
 """
@@ -243,3 +249,66 @@ def _subgraph_reads(attribute: onnx.AttributeProto) -> set[str]:
     """What a control-flow node's subgraphs (If, Loop, Scan) read from the outer graph, or may."""
     graphs = [attribute.g] if attribute.HasField("g") else list(attribute.graphs)
     return {t for g in graphs for n in g.node for t in n.input}
+
+
+def unsigned_integers(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Store every int8 value of `model`'s QDQ pairs as uint8 at zero point + 128 (changed in
+    place and returned): the same values exactly, on the same grid and range, so that ONNX
+    Runtime runs its uint8 x uint8 kernels. Its uint8 x int8 kernels, on an x86 CPU without
+    VNNI (AVX2 only), multiply-add byte pairs into 16 bits with VPMADDUBSW, which saturates
+    (ONNX Runtime's quantization docs); the uint8 x uint8 kernels widen to 16 bits first and do
+    not, so the file computes the same integers on every CPU. Activations already uint8 (after a
+    ReLU) are left as they are; so are zero points held by non-constant tensors."""
+    graph = model.graph
+    constants = _constant_values(graph)
+    shifted: dict[str, str] = {}  # an int8 zero point's name -> its uint8 counterpart's
+    for node in graph.node:
+        if node.op_type not in ("QuantizeLinear", "DequantizeLinear") or len(node.input) < 3:
+            continue
+        zero = constants.get(node.input[2])
+        if zero is None or zero.dtype != np.int8:
+            continue
+        if node.input[2] not in shifted:
+            name = _unused_name(graph, f"{node.input[2]}_uint8")
+            graph.initializer.append(numpy_helper.from_array(_to_uint8(zero), name))
+            shifted[node.input[2]] = name
+        node.input[2] = shifted[node.input[2]]
+    readers = _readers(graph)
+    for index, tensor in enumerate(graph.initializer):
+        values = constants.get(tensor.name)
+        if values is not None and values.dtype == np.int8:
+            if all(_reads_shifted(n, tensor.name, shifted) for n in readers.get(tensor.name, [])):
+                integers = numpy_helper.from_array(_to_uint8(values), tensor.name)
+                graph.initializer[index].CopyFrom(integers)
+    _drop_integer_value_info(graph)
+    _remove_unused(graph)
+    return model
+
+
+def _reads_shifted(node: onnx.NodeProto, name: str, shifted: dict[str, str]) -> bool:
+    """Whether `node` dequantizes the integers `name` at a zero point now shifted to uint8."""
+    return (
+        node.op_type == "DequantizeLinear"
+        and node.input[0] == name
+        and len(node.input) > 2
+        and node.input[2] in shifted.values()
+    )
+
+
+def _to_uint8(values: np.ndarray) -> np.ndarray:
+    return (values.astype(np.int16) + 128).astype(np.uint8)
+
+
+def _readers(graph: onnx.GraphProto) -> dict[str, list]:
+    readers: dict[str, list] = {}
+    for node in graph.node:
+        for tensor in node.input:
+            readers.setdefault(tensor, []).append(node)
+    return readers
+
+
+def _drop_integer_value_info(graph: onnx.GraphProto) -> None:
+    """Forget the recorded types of 8-bit tensors (shape inference finds them again)."""
+    eight_bit = (onnx.TensorProto.INT8, onnx.TensorProto.UINT8)
+    for info in [i for i in graph.value_info if i.type.tensor_type.elem_type in eight_bit]:
+        graph.value_info.remove(info)

@@ -4,9 +4,13 @@ model that netshrink chose rather than quantizing it again.
 
 Each activation quantizer becomes a clip to its format's range and a Q/DQ pair at scale 2**-frac,
 zero point 0 (int8, or uint8 for the unsigned formats after a ReLU). Each quantized weight is
-exported as a float initializer and a Q/DQ pair, then stored as the int8 integers that feed its
+exported as a float initializer and a Q/DQ pair, then stored as the integers that feed its
 DequantizeLinear (netshrink.export.onnx_int8: the same values, bit for bit), which ONNX Runtime
-folds into int8 kernels. A weight wider than 8 bits (a pre-activation BatchNorm's 16-bit
+folds into int8 kernels. By default (`integers="uint8"`) every signed 8-bit value, weights and
+activations, is then stored as uint8 at zero point 128 (onnx_int8.unsigned_integers), the same
+values: ONNX Runtime's uint8 x uint8 kernels compute them exactly on every CPU, where its
+uint8 x int8 kernels saturate on x86 CPUs without VNNI. `integers="int8"` keeps int8, for those
+faster kernels on a CPU known to have VNNI (or ARM's dot products). A weight wider than 8 bits (a pre-activation BatchNorm's 16-bit
 per-channel scales, netshrink.fold.batchnorms_as_convs, or `weights` > 8) is stored as INT16
 through a DequantizeLinear, which needs opset 21: such a file is converted to it, and ONNX Runtime
 runs that layer in float on the exact grid values. (Left a float initializer, ONNX Runtime's
@@ -22,6 +26,7 @@ Activations wider than 8 bits have no int8 form: they raise UnsupportedLayerErro
 """
 
 from pathlib import Path
+from typing import Literal
 
 import onnx
 import onnxruntime as ort
@@ -34,7 +39,12 @@ from ..files import atomic_write
 from ..quant.fixed import FixedPoint
 from ..quant.quantize import fixed_point_formats
 from .onnx import SESSION_ERRORS, _device, _export_checked, effective_copy
-from .onnx_int8 import integer_weights, quantize_after_reshapes, wide_weights_as_int16
+from .onnx_int8 import (
+    integer_weights,
+    quantize_after_reshapes,
+    unsigned_integers,
+    wide_weights_as_int16,
+)
 
 
 class _QdqActivation(nn.Module):
@@ -62,13 +72,22 @@ class _QdqWeight(nn.Module):
         return torch.fake_quantize_per_tensor_affine(weight, self.step, 0, -128, 127)
 
 
+INTEGER_TYPES = ("uint8", "int8")
+
+
 def export_onnx_int8(
-    qmodel: nn.Module, path: str | Path, input_shape: tuple[int, int, int], *, opset: int = 17
+    qmodel: nn.Module,
+    path: str | Path,
+    input_shape: tuple[int, int, int],
+    *,
+    opset: int = 17,
+    integers: Literal["uint8", "int8"] = "uint8",
 ) -> Path:
     """Write the fixed-point `qmodel` (netshrink.quant.quantize) to `path` as an int8 QDQ ONNX
     file with its own power-of-two scales; returns the path. Input "input" (float, normalized
     images), output "logits" (float), batch dynamic. `opset`: the exporter's; a file with
-    weights wider than 8 bits is converted to opset 21 (INT16 DequantizeLinear).
+    weights wider than 8 bits is converted to opset 21 (INT16 DequantizeLinear). `integers`:
+    the type of the signed 8-bit values (module docstring: uint8 is exact on every CPU).
 
     Example:
         >>> export_onnx_int8(quantize(model, data), "lenet5.int8.onnx", (1, 28, 28))
@@ -76,6 +95,8 @@ def export_onnx_int8(
     """
     if len(input_shape) != 3 or any(int(d) < 1 for d in input_shape):
         raise ConfigError(f"input_shape must be (channels, height, width), got {input_shape!r}")
+    if integers not in INTEGER_TYPES:
+        raise ConfigError(f"integers must be one of {INTEGER_TYPES}, got {integers!r}")
     formats = fixed_point_formats(qmodel)
     wide = [n for n, s in formats.activations.items() if s.bits > 8]
     if wide:
@@ -95,15 +116,23 @@ def export_onnx_int8(
     path = Path(path)
     example = torch.zeros(2, *(int(d) for d in input_shape), device=_device(plain))
     int16 = {f"{n}.weight": s.frac for n, s in formats.weights.items() if s.bits > 8}
-    atomic_write(path, lambda tmp: _export_integer_weights(plain, example, tmp, opset, int16))
+    unsigned = integers == "uint8"
+    atomic_write(
+        path, lambda tmp: _export_integer_weights(plain, example, tmp, opset, int16, unsigned)
+    )
     return path
 
 
-def _export_integer_weights(plain, example, path: Path, opset: int, int16: dict[str, int]) -> None:
+def _export_integer_weights(
+    plain, example, path: Path, opset: int, int16: dict[str, int], unsigned: bool
+) -> None:
     """Export and check, then store each quantized weight as integers (`int16`: the wide
-    weights' initializers and fractional lengths) and check again."""
+    weights' initializers and fractional lengths; `unsigned`: 8-bit values as uint8) and check
+    again."""
     _export_checked(plain, example, path, opset)
     model = quantize_after_reshapes(integer_weights(onnx.load(str(path))))
+    if unsigned:
+        model = unsigned_integers(model)
     if int16:
         wide = wide_weights_as_int16(_copy(model), int16)
         # ONNX Runtime 1.32's QDQ optimizer can insert a QuantizeLinear that its own opset-21
