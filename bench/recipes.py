@@ -61,6 +61,9 @@ TARGETS: dict[str, tuple[float, str]] = {
     "variational-dropout-lenet300": (2.0, "sparser than DC at a higher loss: bench/beyond.py"),
     "variational-dropout-lenet5-caffe": (1.0, "bench/beyond.py"),
     "deep-compression-vgg-small": (1.0, "issue 20: >= 50x at <= 1 pt; bench/beyond.py"),
+    "hierarchical-kim-vgg16": (1.5, "paper: VGG-16 on ImageNet; bench/papers.py kim-vgg16"),
+    "hierarchical-kim-googlenet": (1.5, "paper: GoogLeNet on ImageNet; bench/papers.py"),
+    "embedded-shin-oh-densenet": (1.0, "paper: DenseNet-201; bench/papers.py shin-oh"),
 }
 DEFAULT_TARGET = (1.0, "")
 

@@ -10,7 +10,12 @@ from hypothesis.extra import numpy as hnp
 from onnx import TensorProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
-from netshrink.export.onnx_int8 import integer_weights, quantize_linear, wide_weights_as_int16
+from netshrink.export.onnx_int8 import (
+    integer_weights,
+    quantize_linear,
+    unsigned_integers,
+    wide_weights_as_int16,
+)
 
 _ZERO_TYPES = st.sampled_from([np.int8, np.uint8, np.int16, np.uint16])
 _VALUES = hnp.arrays(np.float32, (3, 4), elements=st.floats(-300, 300, width=32))
@@ -91,3 +96,45 @@ def test_wide_weights_become_int16_only_where_exact():
     types = {t.name: t.data_type for t in model.graph.initializer}
     assert types["w_quantized"] == TensorProto.INT16 and "w" not in types
     assert np.array_equal(ReferenceEvaluator(model).run(None, {"x": x})[0], before)
+
+
+def _int8_graph(extra_reader: bool) -> onnx.ModelProto:
+    """x -> Q/DQ (int8, zero point 0) -> MatMul with int8 weights through a DequantizeLinear;
+    with `extra_reader` the weight integers are also a graph output (not only dequantized)."""
+    weight = np.array([[-128, 127], [5, -7]], np.int8)
+    inits = [
+        numpy_helper.from_array(weight, "w"),
+        numpy_helper.from_array(np.array(0.5, np.float32), "s"),
+        numpy_helper.from_array(np.array(0, np.int8), "z"),
+    ]
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"]),
+        helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"]),
+        helper.make_node("DequantizeLinear", ["w", "s", "z"], ["wd"]),
+        helper.make_node("MatMul", ["xd", "wd"], ["y"]),
+    ]
+    outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 2])]
+    if extra_reader:
+        nodes.append(helper.make_node("Identity", ["w"], ["w_out"]))
+        outputs.append(helper.make_tensor_value_info("w_out", TensorProto.INT8, [2, 2]))
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 2])], outputs,
+        inits,
+    )  # fmt: skip
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)])
+
+
+def test_unsigned_integers_keep_the_values_and_skip_what_else_reads_them():
+    x = np.array([[-64.0, 63.5], [3.0, -2.5], [-100.0, 100.0]], np.float32)
+    for extra_reader in (False, True):
+        before = _int8_graph(extra_reader)
+        expected = ReferenceEvaluator(before).run(None, {"x": x})
+        after = unsigned_integers(_int8_graph(extra_reader))
+        onnx.checker.check_model(after, full_check=True)
+        got = ReferenceEvaluator(after).run(None, {"x": x})
+        assert all(np.array_equal(a, b) for a, b in zip(got, expected, strict=True))
+        types = {t.name: t.data_type for t in after.graph.initializer}
+        # the weight stays int8 where an Identity also reads it; the activation moves either way
+        assert types["w"] == (TensorProto.INT8 if extra_reader else TensorProto.UINT8)
+        quantize = next(n for n in after.graph.node if n.op_type == "QuantizeLinear")
+        assert types[quantize.input[2]] == TensorProto.UINT8

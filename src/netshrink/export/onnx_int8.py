@@ -257,41 +257,60 @@ def unsigned_integers(model: onnx.ModelProto) -> onnx.ModelProto:
     Runtime runs its uint8 x uint8 kernels. Its uint8 x int8 kernels, on an x86 CPU without
     VNNI (AVX2 only), multiply-add byte pairs into 16 bits with VPMADDUBSW, which saturates
     (ONNX Runtime's quantization docs); the uint8 x uint8 kernels widen to 16 bits first and do
-    not, so the file computes the same integers on every CPU. Activations already uint8 (after a
-    ReLU) are left as they are; so are zero points held by non-constant tensors."""
+    not, so the file computes the same integers on every CPU. An int8 tensor (an initializer, a
+    QuantizeLinear's output) changes only where every reader is a DequantizeLinear with a
+    constant zero point; activations already uint8 (after a ReLU) are left as they are."""
     graph = model.graph
     constants = _constant_values(graph)
-    shifted: dict[str, str] = {}  # an int8 zero point's name -> its uint8 counterpart's
-    for node in graph.node:
-        if node.op_type not in ("QuantizeLinear", "DequantizeLinear") or len(node.input) < 3:
-            continue
-        zero = constants.get(node.input[2])
-        if zero is None or zero.dtype != np.int8:
-            continue
-        if node.input[2] not in shifted:
-            name = _unused_name(graph, f"{node.input[2]}_uint8")
-            graph.initializer.append(numpy_helper.from_array(_to_uint8(zero), name))
-            shifted[node.input[2]] = name
-        node.input[2] = shifted[node.input[2]]
     readers = _readers(graph)
-    for index, tensor in enumerate(graph.initializer):
-        values = constants.get(tensor.name)
-        if values is not None and values.dtype == np.int8:
-            if all(_reads_shifted(n, tensor.name, shifted) for n in readers.get(tensor.name, [])):
-                integers = numpy_helper.from_array(_to_uint8(values), tensor.name)
-                graph.initializer[index].CopyFrom(integers)
+    outputs = {o.name for o in graph.output}
+    shifted: dict[str, str] = {}  # an int8 zero point's name -> its uint8 counterpart's
+
+    def unsigned_zero(name: str) -> str:
+        if name not in shifted:
+            shifted[name] = _unused_name(graph, f"{name}_uint8")
+            zero = numpy_helper.from_array(_to_uint8(constants[name]), shifted[name])
+            graph.initializer.append(zero)
+        return shifted[name]
+
+    for tensor, writer in _int8_sources(graph, constants):
+        users = readers.get(tensor, [])
+        if tensor in outputs or not users:
+            continue
+        if not all(_dequantizes_int8(node, tensor, constants) for node in users):
+            continue
+        for node in users + ([] if writer is None else [writer]):
+            node.input[2] = unsigned_zero(node.input[2])
+        if writer is None:  # an initializer: its values move by 128
+            index = next(i for i, t in enumerate(graph.initializer) if t.name == tensor)
+            values = numpy_helper.from_array(_to_uint8(constants[tensor]), tensor)
+            graph.initializer[index].CopyFrom(values)
     _drop_integer_value_info(graph)
     _remove_unused(graph)
     return model
 
 
-def _reads_shifted(node: onnx.NodeProto, name: str, shifted: dict[str, str]) -> bool:
-    """Whether `node` dequantizes the integers `name` at a zero point now shifted to uint8."""
+def _int8_sources(graph: onnx.GraphProto, constants: dict) -> list[tuple[str, object]]:
+    """(tensor, the QuantizeLinear writing it, or None for an initializer) for every int8
+    initializer and every QuantizeLinear with a constant int8 zero point."""
+    sources = [(t.name, None) for t in graph.initializer if constants[t.name].dtype == np.int8]
+    for node in graph.node:
+        if node.op_type == "QuantizeLinear" and _int8_zero_point(node, constants):
+            sources.append((node.output[0], node))
+    return sources
+
+
+def _int8_zero_point(node: onnx.NodeProto, constants: dict) -> bool:
+    zero = constants.get(node.input[2]) if len(node.input) > 2 else None
+    return zero is not None and zero.dtype == np.int8
+
+
+def _dequantizes_int8(node: onnx.NodeProto, tensor: str, constants: dict) -> bool:
+    """Whether `node` is a DequantizeLinear of `tensor` at a constant int8 zero point."""
     return (
         node.op_type == "DequantizeLinear"
-        and node.input[0] == name
-        and len(node.input) > 2
-        and node.input[2] in shifted.values()
+        and node.input[0] == tensor
+        and _int8_zero_point(node, constants)
     )
 
 

@@ -1,0 +1,138 @@
+"""Which part of Shin & Oh's distill-prune stage breaks the DenseNet: the stage taken apart on
+the validation split.
+
+    python bench/ablate_shin_oh.py [--variants fixed ab kd kd-prune ab-kd-prune ...]
+
+Each variant starts from the recipe's fixed-point model (recipes/embedded-shin-oh-densenet.yaml,
+stage 1, from the cached DenseNet baseline) and runs part of its distill-prune stage, with the
+recipe's own settings unless the variant says otherwise:
+
+- fixed: nothing more (the starting point);
+- ab: the activation-boundary stage alone (no soft targets, no pruning);
+- kd: the soft-target epochs alone (no AB, no pruning);
+- kd-prune: soft targets with gradual pruning (no AB);
+- ab-kd: AB, then soft targets (no pruning);
+- ab-kd-prune: the whole stage, as the recipe runs it.
+
+Per variant: validation top-1, the sparsity reached, and at each AB layer the student's
+pre-ReLU response beside the teacher's: its root mean square, and the share of neurons on the
+teacher's side of zero (Heo et al.'s boundary agreement). Writes bench/results/ablate_shin_oh.json
+(a rerun of some variants keeps the others' rows) and its section of docs/benchmarks.md.
+"""
+
+import argparse
+import copy
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import merge_published, publish  # noqa: E402
+from netshrink.distill import boundary_agreement, capture  # noqa: E402
+from netshrink.measure import count_parameters  # noqa: E402
+from netshrink.methods import plan_stages, run_stage  # noqa: E402
+from netshrink.recipe import load_recipe  # noqa: E402
+from netshrink.stage import StageContext, with_seed  # noqa: E402
+from netshrink.train import evaluate  # noqa: E402
+from pipeline import baseline  # noqa: E402
+
+RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "embedded-shin-oh-densenet.yaml"
+# variant: (AB stage, soft-target epochs, gradual pruning)
+VARIANTS = {
+    "fixed": (False, False, False),
+    "ab": (True, False, False),
+    "kd": (False, True, False),
+    "kd-prune": (False, True, True),
+    "ab-kd": (True, True, False),
+    "ab-kd-prune": (True, True, True),
+}
+COLUMNS = ["variant", "val top-1", "sparsity", "AB layers: RMS student / teacher, agreement"]
+
+
+def variant_stage(stage, ab: bool, kd: bool, prune: bool):
+    """The recipe's distill-prune stage with its parts switched on or off."""
+    config = stage.config
+    update = {}
+    if not ab:
+        update["ab_pairs"] = ()
+    if not kd:
+        update["fit"] = config.fit.model_copy(update={"epochs": 0})
+    return stage.model_copy(
+        update={
+            "config": config.model_copy(update=update),
+            "prune": stage.prune if prune else None,
+        }
+    )
+
+
+@torch.no_grad()
+def boundaries(student, teacher, data, pairs) -> str:
+    """At each AB pair: RMS of the student's and the teacher's responses on 512 validation
+    images, and their boundary agreement."""
+    x, _ = next(iter(data.loader("val", 512, augment=False)))
+    student.eval()
+    cells = []
+    with (
+        capture(student, [s for s, _ in pairs]) as ours,
+        capture(teacher, [t for _, t in pairs]) as theirs,
+    ):
+        student(x)
+        teacher(x)
+    for s, t in pairs:
+        rms = [float(v.pow(2).mean().sqrt()) for v in (ours[s], theirs[t])]
+        agree = boundary_agreement(ours[s], theirs[t])
+        cells.append(f"{s}: {rms[0]:.2f}/{rms[1]:.2f}, {agree:.1%}")
+    return "; ".join(cells)
+
+
+def run_variant(name: str, recipe, teacher, data, base_fit) -> dict:
+    ab, kd, prune = VARIANTS[name]
+    ctx = StageContext(data=data, baseline=teacher, baseline_fit=base_fit, progress=True)
+    quantize_stage, distill_stage = plan_stages(recipe.stages)
+    stages = [quantize_stage]
+    if ab or kd:
+        stages.append(variant_stage(distill_stage, ab, kd, prune))
+    model = copy.deepcopy(teacher)
+    for index, stage in enumerate(stages, start=1):  # as netshrink.pipeline runs a recipe
+        torch.manual_seed(recipe.seed + index)
+        model = run_stage(model, with_seed(stage, recipe.seed), ctx)
+    model.eval()
+    top1 = evaluate(model, data.loader("val", 256)).top1
+    count = count_parameters(model)
+    return {
+        "variant": name,
+        "val top-1": round(100 * top1, 2),
+        "sparsity": round(1 - count.nonzero / count.total, 3),
+        "AB layers: RMS student / teacher, agreement": boundaries(
+            model, teacher, data, distill_stage.config.pairs
+        ),
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
+    args = parser.parse_args(argv)
+    recipe = load_recipe(RECIPE)
+    teacher, data, base_fit = baseline("densenet")
+    rows = [run_variant(name, recipe, teacher, data, base_fit) for name in args.variants]
+    order = list(VARIANTS)
+    rows, earlier = merge_published("ablate_shin_oh", rows, lambda r: r["variant"], order.index)
+    notes = (
+        "Validation split (the test split is not read). One seed (the recipe's). Teacher: the "
+        "float DenseNet-BC-40 baseline; every variant starts from the recipe's 8/8 fixed-point "
+        "model." + earlier
+    )
+    publish(
+        "ablate_shin_oh",
+        "Shin & Oh's distill-prune stage taken apart on the DenseNet (bench/ablate_shin_oh.py)",
+        rows,
+        COLUMNS,
+        notes,
+    )
+
+
+if __name__ == "__main__":
+    main()
