@@ -7,7 +7,7 @@ Names are the model's own module names; a DistributedDataParallel wrapper is loo
 import copy
 from collections.abc import Callable, Iterable
 
-from torch import nn
+from torch import fx, nn
 from torch.nn.utils import parametrize
 
 from .errors import ConfigError
@@ -49,18 +49,23 @@ def select_layers(
     layers: LayerFilter = None,
     *,
     types: tuple[type[nn.Module], ...] = DEFAULT_TYPES,
+    scales: bool = False,
 ) -> list[tuple[str, nn.Module]]:
     """(name, module) of the layers a method should act on, in model order.
 
     `layers=None` takes every module of `types`; a predicate is asked about each module of
     `types`; names are taken as given (any module type) and an unknown name is a ConfigError.
+    Without `scales`, `None` and a predicate leave out the depthwise convs that hold a
+    pre-activation batch norm's per-channel scales (netshrink.fold.batchnorms_as_convs): they
+    are not weights to prune or share (pruning one zeroes a whole channel); a name still
+    chooses one, and `scales=True` (reports) takes them too.
     """
     model = unwrap(model)
     modules = dict(_real_modules(model))
-    if layers is None:
-        return [(n, m) for n, m in modules.items() if isinstance(m, types)]
-    if callable(layers):
-        return [(n, m) for n, m in modules.items() if isinstance(m, types) and layers(n, m)]
+    if layers is None or callable(layers):
+        held = set() if scales else _batchnorm_convs(model)
+        typed = [(n, m) for n, m in modules.items() if isinstance(m, types) and n not in held]
+        return typed if layers is None else [(n, m) for n, m in typed if layers(n, m)]
     wanted = [layers] if isinstance(layers, str) else list(layers)
     unknown = [n for n in wanted if n not in modules]
     if unknown:
@@ -68,6 +73,15 @@ def select_layers(
         raise ConfigError(f"no layer named {', '.join(unknown)} in the model; layers are: {known}")
     chosen = set(wanted)
     return [(n, m) for n, m in modules.items() if n in chosen]
+
+
+def _batchnorm_convs(model: nn.Module) -> set[str]:
+    """The modules that hold a batch norm as a depthwise conv: the `bn` of each
+    netshrink.edits.BatchNormAsConv in the model's edit list, found by its `kind` (edits imports
+    this module, so this one reads the list where edits.edit_list keeps it, changing nothing)."""
+    store = model.meta if isinstance(model, fx.GraphModule) else vars(model)
+    edits = store.get("structural_edits") or ()
+    return {e.bn for e in edits if getattr(e, "kind", None) == "batchnorm_as_conv"}
 
 
 def _real_modules(model: nn.Module):

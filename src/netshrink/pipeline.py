@@ -358,7 +358,7 @@ def _finish(
         baseline_bytes=baseline_bytes,
         latency=latency,
     )
-    layers = select_layers(model)
+    layers = select_layers(model, scales=True)
     return StageRecord(
         name=name,
         method=method,

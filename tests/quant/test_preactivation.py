@@ -89,3 +89,25 @@ def test_the_c_export_computes_the_same_integers(tmp_path):
     export = export_c(qmodel, tmp_path / "out", (3, 12, 12))
     logits = build_and_run(export, quantize_input(x, export), tmp_path / "build")
     np.testing.assert_array_equal(logits, IntegerModel(qmodel).run(x).integers.numpy())
+
+
+def test_pruning_leaves_the_batch_norm_scales_unless_named():
+    # a batch norm held as a depthwise conv has one scale a channel: pruning it by magnitude
+    # (per layer: 80% of them) would zero whole channels, so the methods' default layers skip it
+    from netshrink.layers import select_layers
+    from netshrink.prune.magnitude import LayerSparsity, PruneMagnitudeConfig, prune_magnitude
+
+    torch.manual_seed(0)
+    model, x = randomize_batchnorms(PreActBlock()), _images()
+    qmodel = quantize(model, x, QuantConfig(weights=8, activations=8))
+    held = [e.bn for e in structural_edits(qmodel) if isinstance(e, BatchNormAsConv)]
+    chosen = [n for n, _ in select_layers(qmodel)]
+    assert held and not set(held) & set(chosen) and "conv1" in chosen
+    assert set(held) <= {n for n, _ in select_layers(qmodel, scales=True)}
+    config = PruneMagnitudeConfig(threshold=LayerSparsity(sparsity=0.8))
+    prune_magnitude(qmodel, config)
+    for name in held:
+        assert bool(qmodel.get_submodule(name).weight.ne(0).all())
+    assert float(qmodel.conv1.weight.eq(0).float().mean()) >= 0.75
+    prune_magnitude(qmodel, config, layers=[held[0]])  # named: pruned as asked
+    assert float(qmodel.get_submodule(held[0]).weight.eq(0).float().mean()) >= 0.75

@@ -225,7 +225,11 @@ def checkpoint_input(args) -> StageInput:
     model, meta, data = load_for_command(args)
     restore_shared(model, meta.shared, where=str(args.checkpoint))  # before the masks: values
     # a checkpoint's zeros are pruned weights; a VectorCodebook (loaded back) has its own mask
-    layers = [(n, m) for n, m in select_layers(model) if not has_codebook(m, (VectorCodebook,))]
+    layers = [
+        (n, m)
+        for n, m in select_layers(model, scales=True)
+        if not has_codebook(m, (VectorCodebook,))
+    ]
     restore_masks(model, layers)
     return StageInput(
         model, meta, data, StageContext(data, copy_model(model), meta.fit or FitConfig())

@@ -368,5 +368,5 @@ class PruneFiltersStage(Stage):
     def apply(self, model, ctx):
         bake_masks(model)  # surgery edits plain tensors; earlier zeros are masked again below
         prune_filters(model, self.config, ctx.data.input_shape, layers=self.layers)
-        restore_masks(model, select_layers(model))
+        restore_masks(model, select_layers(model, scales=True))
         return model

@@ -137,7 +137,7 @@ def render_report(run_dir: Path, *, allow_import: Collection[str] = ()) -> list[
     model = unpack(packed, allow_import=allow_import)
     rows = layer_rows(summarize(packed), model)
     baseline = _baseline_model(run_dir, report.stages[0], allow_import)
-    layers = select_layers(model)
+    layers = select_layers(model, scales=True)
     written = [save_png(run_dir / "accuracy_vs_size.png", accuracy_vs_size_figure, report)]
     if layers:
         written.append(save_png(run_dir / "layers.png", layers_figure, rows))
@@ -174,7 +174,7 @@ def _baseline_model(
 def layer_rows(summary: "FileSummary", model: nn.Module) -> list["TensorSummary"]:
     """The rows of `summary` (a .nsk file's, or a model's before it is packed) that hold the
     convolution and linear weights of `model`, in the file's order."""
-    names = {f"{name}.weight" for name, _ in select_layers(model)}
+    names = {f"{name}.weight" for name, _ in select_layers(model, scales=True)}
     return [row for row in summary.tensors if row.name in names]
 
 
@@ -200,7 +200,7 @@ def report_markdown(
         _layers_markdown(rows),
         *_image("layers.png", "sparsity and bits per weight of each layer", images),
         *_image("weights.png", "non-zero weights of each layer", images),
-        *_weights_note(select_layers(model)),
+        *_weights_note(select_layers(model, scales=True)),
         *_image("sensitivity.png", "pruning sensitivity of each layer", images),
     ]
     return "\n".join(lines)
