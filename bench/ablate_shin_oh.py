@@ -12,7 +12,9 @@ recipe's own settings unless the variant says otherwise:
 - kd: the soft-target epochs alone (no AB, no pruning);
 - kd-prune: soft targets with gradual pruning (no AB);
 - ab-kd: AB, then soft targets (no pruning);
-- ab-kd-prune: the whole stage, as the recipe runs it.
+- ab-kd-prune: the whole stage, as the recipe runs it;
+- kd-prune-layer, ab-kd-prune-layer: the same with per-layer sparsity (Zhu & Gupta's own:
+  every layer to the scheduled sparsity) instead of the recipe's one global threshold.
 
 Per variant: validation top-1, the sparsity reached, and at each AB layer the student's
 pre-ReLU response beside the teacher's: its root mean square, and the share of neurons on the
@@ -31,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import merge_published, publish  # noqa: E402
 from netshrink.distill import boundary_agreement, capture  # noqa: E402
+from netshrink.layers import select_layers  # noqa: E402
 from netshrink.measure import count_parameters  # noqa: E402
 from netshrink.methods import plan_stages, run_stage  # noqa: E402
 from netshrink.recipe import load_recipe  # noqa: E402
@@ -39,20 +42,29 @@ from netshrink.train import evaluate  # noqa: E402
 from pipeline import baseline  # noqa: E402
 
 RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "embedded-shin-oh-densenet.yaml"
-# variant: (AB stage, soft-target epochs, gradual pruning)
+# variant: (AB stage, soft-target epochs, gradual pruning: None, or its scope)
 VARIANTS = {
-    "fixed": (False, False, False),
-    "ab": (True, False, False),
-    "kd": (False, True, False),
-    "kd-prune": (False, True, True),
-    "ab-kd": (True, True, False),
-    "ab-kd-prune": (True, True, True),
+    "fixed": (False, False, None),
+    "ab": (True, False, None),
+    "kd": (False, True, None),
+    "kd-prune": (False, True, "global"),
+    "ab-kd": (True, True, None),
+    "ab-kd-prune": (True, True, "global"),
+    "kd-prune-layer": (False, True, "layer"),
+    "ab-kd-prune-layer": (True, True, "layer"),
 }
-COLUMNS = ["variant", "val top-1", "sparsity", "AB layers: RMS student / teacher, agreement"]
+COLUMNS = [
+    "variant",
+    "val top-1",
+    "sparsity",
+    "layers' sparsity",
+    "AB layers: RMS student / teacher, agreement",
+]
 
 
-def variant_stage(stage, ab: bool, kd: bool, prune: bool):
-    """The recipe's distill-prune stage with its parts switched on or off."""
+def variant_stage(stage, ab: bool, kd: bool, scope: str | None):
+    """The recipe's distill-prune stage with its parts switched on or off (`scope`: the
+    pruning's, None for none)."""
     config = stage.config
     update = {}
     if not ab:
@@ -62,9 +74,17 @@ def variant_stage(stage, ab: bool, kd: bool, prune: bool):
     return stage.model_copy(
         update={
             "config": config.model_copy(update=update),
-            "prune": stage.prune if prune else None,
+            "prune": None if scope is None else stage.prune.model_copy(update={"scope": scope}),
         }
     )
+
+
+def layer_sparsities(model) -> str:
+    """The least and the most pruned of the layers pruning chooses (the 3x3 convs of a dense
+    layer against its 1x1 bottleneck, under one global threshold)."""
+    shares = {n: float(m.weight.eq(0).float().mean()) for n, m in select_layers(model)}
+    low, high = min(shares, key=shares.get), max(shares, key=shares.get)
+    return f"{shares[low]:.0%} ({low}) to {shares[high]:.0%} ({high})"
 
 
 @torch.no_grad()
@@ -88,12 +108,12 @@ def boundaries(student, teacher, data, pairs) -> str:
 
 
 def run_variant(name: str, recipe, teacher, data, base_fit) -> dict:
-    ab, kd, prune = VARIANTS[name]
+    ab, kd, scope = VARIANTS[name]
     ctx = StageContext(data=data, baseline=teacher, baseline_fit=base_fit, progress=True)
     quantize_stage, distill_stage = plan_stages(recipe.stages)
     stages = [quantize_stage]
     if ab or kd:
-        stages.append(variant_stage(distill_stage, ab, kd, prune))
+        stages.append(variant_stage(distill_stage, ab, kd, scope))
     model = copy.deepcopy(teacher)
     for index, stage in enumerate(stages, start=1):  # as netshrink.pipeline runs a recipe
         torch.manual_seed(recipe.seed + index)
@@ -105,6 +125,7 @@ def run_variant(name: str, recipe, teacher, data, base_fit) -> dict:
         "variant": name,
         "val top-1": round(100 * top1, 2),
         "sparsity": round(1 - count.nonzero / count.total, 3),
+        "layers' sparsity": layer_sparsities(model),
         "AB layers: RMS student / teacher, agreement": boundaries(
             model, teacher, data, distill_stage.config.pairs
         ),
