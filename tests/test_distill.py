@@ -175,6 +175,21 @@ def test_ab_stage_teaches_the_teachers_boundaries(digits):
     assert start < 0.6 and agreement() > 0.88
 
 
+def test_ab_stage_says_when_it_lowers_the_agreement(digits, capsys):
+    # a student that starts as the teacher agrees already; a rate far too high makes the AB
+    # loss diverge (the DenseNet's collapse in bench/ablate_shin_oh.py): the stage says so
+    teacher = _teacher(digits)
+    stage = FitConfig(epochs=0, lr=0.05, batch_size=64)
+    for ab_lr, fell in ((1e-4, False), (20.0, True)):
+        student = copy.deepcopy(teacher)
+        config = DistillConfig(fit=stage, ab_pairs=("fc1:fc1",), ab_epochs=1, ab_lr=ab_lr)
+        capsys.readouterr()
+        distill(student, teacher, digits, config, progress=True)
+        out = " ".join(capsys.readouterr().out.split())
+        assert "AB stage: boundary agreement with the teacher 100.0% ->" in out
+        assert ("it fell: ab_lr 20 may be too high" in out) is fell
+
+
 def test_shape_mismatch_names_both_layers(digits):
     teacher = build_model(TINY_VGG, num_classes=10, in_channels=1, input_size=8)
     config = DistillConfig(fit=FAST, ab_pairs=("0:features.8",), ab_epochs=1)

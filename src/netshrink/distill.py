@@ -41,6 +41,7 @@ from .loaders import LoaderSplits, as_data
 from .progress import make_progress
 from .prune.gradual import GradualPruner, PruneGradualConfig, gradual_schedule
 from .stage import Stage
+from .terminal import console
 from .train import FitConfig, History, StepHook, fit
 
 _PAIR = re.compile(r"^[^:\s]+:[^:\s]+$")
@@ -278,7 +279,44 @@ def _ab_stage(student, teacher, data, config: DistillConfig, progress: bool) -> 
 
     lr = config.ab_lr or config.fit.lr
     stage = config.fit.model_copy(update={"epochs": config.ab_epochs, "lr": lr})
-    return fit(wrapper, data, stage, loss_fn=loss_fn, progress=progress)
+    before = _agreement(wrapper, teacher, data, t_names)
+    history = fit(wrapper, data, stage, loss_fn=loss_fn, progress=progress)
+    after = _agreement(wrapper, teacher, data, t_names)
+    if progress:
+        console().print(_agreement_line(before, after, lr), soft_wrap=True)
+    return history
+
+
+# The AB stage teaches boundaries: a stage that leaves fewer neurons on the teacher's side
+# (by more than this) did harm, and says so.
+_AGREEMENT_DROP = 0.01
+
+
+@torch.no_grad()
+def _agreement(wrapper: "_ABStudent", teacher, data, teacher_names: list[str]) -> float:
+    """Heo et al.'s boundary agreement of the student's connected responses with the teacher's,
+    averaged over the AB pairs, on one batch of 256 un-augmented validation (else training)
+    images, both models in eval mode."""
+    x, _ = next(iter(data.loader("val" if data.has("val") else "train", 256, augment=False)))
+    with _frozen(teacher), capture(teacher, teacher_names) as found:
+        teacher(to_model(teacher, x))
+    with _frozen(wrapper):
+        wrapper(to_model(wrapper.student, x))
+    pairs = zip(wrapper.connected, teacher_names, strict=True)
+    shares = [boundary_agreement(s.float().cpu(), found[t].float().cpu()) for s, t in pairs]
+    return sum(shares) / len(shares)
+
+
+def _agreement_line(before: float, after: float, lr: float) -> str:
+    line = f"AB stage: boundary agreement with the teacher {before:.1%} -> {after:.1%}"
+    if after < before - _AGREEMENT_DROP:
+        line += (
+            f"; it fell: ab_lr {lr:g} may be too high for this network (the AB loss diverges), "
+            "or the student already shares the teacher's boundaries (one that starts as the "
+            "teacher), where the margin only moves neurons that agree: lower ab_lr, or leave "
+            "out ab_pairs"
+        )
+    return line
 
 
 @torch.no_grad()
