@@ -2,6 +2,7 @@
 the validation split.
 
     python bench/ablate_shin_oh.py [--variants fixed ab kd kd-prune ab-kd-prune ...]
+                                   [--lr LR] [--ab-lr LR]
 
 Each variant starts from the recipe's fixed-point model (recipes/embedded-shin-oh-densenet.yaml,
 stage 1, from the cached DenseNet baseline) and runs part of its distill-prune stage, with the
@@ -16,7 +17,8 @@ recipe's own settings unless the variant says otherwise:
 - kd-prune-layer, ab-kd-prune-layer: the same with per-layer sparsity (Zhu & Gupta's own:
   every layer to the scheduled sparsity) instead of the recipe's one global threshold.
 
-Per variant: validation top-1, the sparsity reached, and at each AB layer the student's
+`--lr` and `--ab-lr` replace the recipe's learning rates of the soft-target epochs and of the AB
+stage (0.005 each). Per variant and rates: validation top-1, the sparsity reached, and at each AB layer the student's
 pre-ReLU response beside the teacher's: its root mean square, and the share of neurons on the
 teacher's side of zero (Heo et al.'s boundary agreement). Writes bench/results/ablate_shin_oh.json
 (a rerun of some variants keeps the others' rows) and its section of docs/benchmarks.md.
@@ -55,6 +57,8 @@ VARIANTS = {
 }
 COLUMNS = [
     "variant",
+    "lr",
+    "ab lr",
     "val top-1",
     "sparsity",
     "layers' sparsity",
@@ -62,18 +66,23 @@ COLUMNS = [
 ]
 
 
-def variant_stage(stage, ab: bool, kd: bool, scope: str | None):
+def variant_stage(stage, ab: bool, kd: bool, scope: str | None, lr=None, ab_lr=None):
     """The recipe's distill-prune stage with its parts switched on or off (`scope`: the
-    pruning's, None for none)."""
+    pruning's, None for none) and its learning rates replaced where given."""
     config = stage.config
     update = {}
+    if lr is not None:
+        update["fit"] = config.fit.model_copy(update={"lr": lr})
+    if ab_lr is not None:
+        update["ab_lr"] = ab_lr
     if not ab:
         update["ab_pairs"] = ()
     if not kd:
         update["fit"] = config.fit.model_copy(update={"epochs": 0})
+    config = config.model_copy(update=update)
     return stage.model_copy(
         update={
-            "config": config.model_copy(update=update),
+            "config": config,
             "prune": None if scope is None else stage.prune.model_copy(update={"scope": scope}),
         }
     )
@@ -107,13 +116,14 @@ def boundaries(student, teacher, data, pairs) -> str:
     return "; ".join(cells)
 
 
-def run_variant(name: str, recipe, teacher, data, base_fit) -> dict:
+def run_variant(name: str, recipe, teacher, data, base_fit, lr=None, ab_lr=None) -> dict:
     ab, kd, scope = VARIANTS[name]
     ctx = StageContext(data=data, baseline=teacher, baseline_fit=base_fit, progress=True)
     quantize_stage, distill_stage = plan_stages(recipe.stages)
     stages = [quantize_stage]
     if ab or kd:
-        stages.append(variant_stage(distill_stage, ab, kd, scope))
+        stages.append(variant_stage(distill_stage, ab, kd, scope, lr, ab_lr))
+    config = stages[-1].config
     model = copy.deepcopy(teacher)
     for index, stage in enumerate(stages, start=1):  # as netshrink.pipeline runs a recipe
         torch.manual_seed(recipe.seed + index)
@@ -123,6 +133,8 @@ def run_variant(name: str, recipe, teacher, data, base_fit) -> dict:
     count = count_parameters(model)
     return {
         "variant": name,
+        "lr": config.fit.lr if kd else None,
+        "ab lr": (config.ab_lr or config.fit.lr) if ab else None,
         "val top-1": round(100 * top1, 2),
         "sparsity": round(1 - count.nonzero / count.total, 3),
         "layers' sparsity": layer_sparsities(model),
@@ -132,15 +144,27 @@ def run_variant(name: str, recipe, teacher, data, base_fit) -> dict:
     }
 
 
+def _order(variants: list[str]):
+    """Rows by variant, then by their rates, the recipe's first (None: no such stage)."""
+    return lambda part: (variants.index(part[0]), -(part[1] or 1), -(part[2] or 1))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
+    parser.add_argument("--lr", type=float, help="the soft-target epochs' rate (recipe: 0.005)")
+    parser.add_argument("--ab-lr", type=float, help="the AB stage's rate (recipe: 0.005)")
     args = parser.parse_args(argv)
     recipe = load_recipe(RECIPE)
     teacher, data, base_fit = baseline("densenet")
-    rows = [run_variant(name, recipe, teacher, data, base_fit) for name in args.variants]
+    rows = [
+        run_variant(name, recipe, teacher, data, base_fit, args.lr, args.ab_lr)
+        for name in args.variants
+    ]
     order = list(VARIANTS)
-    rows, earlier = merge_published("ablate_shin_oh", rows, lambda r: r["variant"], order.index)
+    rows, earlier = merge_published(
+        "ablate_shin_oh", rows, lambda r: (r["variant"], r.get("lr"), r.get("ab lr")), _order(order)
+    )
     notes = (
         "Validation split (the test split is not read). One seed (the recipe's). Teacher: the "
         "float DenseNet-BC-40 baseline; every variant starts from the recipe's 8/8 fixed-point "
