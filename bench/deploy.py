@@ -2,6 +2,7 @@
 export's flash, RAM, speed and bit-exactness, and what the compressed recipes deploy as.
 
     python bench/deploy.py [--cases ort filters c compressed] [--recipes NAME ...]
+                           [--ort-models vgg_small resnet20]
 
 Cases:
 
@@ -25,7 +26,8 @@ Cases:
   batch 1 on one thread, top-1.
 
 Writes bench/results/deploy.json (ort, filters, c) and bench/results/deploy_compressed.json, and
-their sections of docs/benchmarks.md.
+their sections of docs/benchmarks.md; a run of some cases (or `--ort-models`) keeps the published
+rows of the others.
 """
 
 import argparse
@@ -48,6 +50,7 @@ from deploy_compressed import (  # noqa: E402
     compressed_rows,
 )
 from deploy_compressed import RECIPES as COMPRESSED_RECIPES  # noqa: E402
+from netshrink.data import DataConfig, load_data  # noqa: E402
 from netshrink.export.c import (  # noqa: E402
     build_and_run,
     export_c,
@@ -115,12 +118,25 @@ def cpu_description() -> str:
     return f"{name}, {'with' if vnni else 'without'} VNNI"
 
 
-def ort_rows(work: Path) -> list[dict]:
-    vgg, data, _ = baseline("vgg_small")
+ORT_MODELS = {"vgg_small": "small VGG", "resnet20": "ResNet-20 (random weights)"}
+
+
+def ort_model(name: str):
+    """(model, data) for the ort case: the small VGG's trained baseline, or ResNet-20 with
+    random weights on Fashion-MNIST's shapes (its calibration images)."""
+    if name == "vgg_small":
+        model, data, _ = baseline("vgg_small")
+        return model, data
     torch.manual_seed(0)
-    resnet = build_model(ModelSpec(name="resnet20"), num_classes=10, in_channels=1, input_size=28)
+    model = build_model(ModelSpec(name="resnet20"), num_classes=10, in_channels=1, input_size=28)
+    return model.eval(), load_data(DataConfig(source="fashion-mnist"))
+
+
+def ort_rows(work: Path, names: list[str]) -> list[dict]:
     rows = []
-    for label, model in (("small VGG", vgg), ("ResNet-20 (random weights)", resnet.eval())):
+    for name in names:
+        model, data = ort_model(name)
+        label = ORT_MODELS[name]
         qmodel = quantize(model, data, QuantConfig())
         fp32 = export_onnx(model, work / "fp32.onnx", data.input_shape)
         int8 = export_onnx_int8(qmodel, work / "int8.onnx", data.input_shape)
@@ -202,28 +218,42 @@ def c_rows(work: Path) -> list[dict]:
     return rows
 
 
+def _case_order(part: tuple[str, str]) -> tuple[int, str]:
+    """Published rows by case (ort, filters, c), then model."""
+    case, model = part
+    cases = ("ORT int8", "filter-pruned", "C99")
+    return next((i for i, c in enumerate(cases) if case.startswith(c)), len(cases)), model
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", nargs="+", default=["ort", "filters", "c", "compressed"])
     parser.add_argument(
         "--recipes", nargs="+", default=None, help="the compressed case's recipes (default all)"
     )
+    parser.add_argument(
+        "--ort-models", nargs="+", choices=list(ORT_MODELS), default=list(ORT_MODELS),
+        help="the ort case's models (default both)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     torch.set_num_threads(2)
     rows = []
     with tempfile.TemporaryDirectory() as work:
         work = Path(work)
         if "ort" in args.cases:
-            rows += ort_rows(work)
+            rows += ort_rows(work, args.ort_models)
         if "filters" in args.cases:
             rows += filter_rows(work)
         if "c" in args.cases:
             rows += c_rows(work)
         if rows:
+            rows, earlier = merge_published(
+                "deploy", rows, lambda row: (row["case"], row["model"]), _case_order
+            )
             notes = (
                 "ONNX Runtime: median of 30 runs, 2 threads, on this CPU: "
                 f"{cpu_description()}. The c case stores every layer in its smallest form (a "
-                "pruned layer sparse; 8-bit fixed point, no weight sharing here)."
+                "pruned layer sparse; 8-bit fixed point, no weight sharing here)." + earlier
             )
             publish("deploy", "Deployment (bench/deploy.py)", rows, COLUMNS, notes)
         if "compressed" in args.cases:
