@@ -2,7 +2,7 @@
 the validation split.
 
     python bench/ablate_shin_oh.py [--variants fixed ab kd kd-prune ab-kd-prune ...]
-                                   [--lr LR] [--ab-lr LR]
+                                   [--lr LR] [--ab-lr LR] [--sparsity S]
 
 Each variant starts from the recipe's fixed-point model (recipes/embedded-shin-oh-densenet.yaml,
 stage 1, from the cached DenseNet baseline) and runs part of its distill-prune stage, with the
@@ -18,7 +18,7 @@ recipe's own settings unless the variant says otherwise:
   every layer to the scheduled sparsity) instead of the recipe's one global threshold.
 
 `--lr` and `--ab-lr` replace the recipe's learning rates of the soft-target epochs and of the AB
-stage (0.005 each). Per variant and rates: validation top-1, the sparsity reached, and at each AB layer the student's
+stage (0.005 each), `--sparsity` its final sparsity (0.8). Per variant and rates: validation top-1, the sparsity reached, and at each AB layer the student's
 pre-ReLU response beside the teacher's: its root mean square, and the share of neurons on the
 teacher's side of zero (Heo et al.'s boundary agreement). Writes bench/results/ablate_shin_oh.json
 (a rerun of some variants keeps the others' rows) and its section of docs/benchmarks.md.
@@ -59,6 +59,7 @@ COLUMNS = [
     "variant",
     "lr",
     "ab lr",
+    "target sparsity",
     "val top-1",
     "sparsity",
     "layers' sparsity",
@@ -66,7 +67,7 @@ COLUMNS = [
 ]
 
 
-def variant_stage(stage, ab: bool, kd: bool, scope: str | None, lr=None, ab_lr=None):
+def variant_stage(stage, ab: bool, kd: bool, scope: str | None, lr=None, ab_lr=None, sparsity=None):
     """The recipe's distill-prune stage with its parts switched on or off (`scope`: the
     pruning's, None for none) and its learning rates replaced where given."""
     config = stage.config
@@ -80,10 +81,11 @@ def variant_stage(stage, ab: bool, kd: bool, scope: str | None, lr=None, ab_lr=N
     if not kd:
         update["fit"] = config.fit.model_copy(update={"epochs": 0})
     config = config.model_copy(update=update)
+    prune = {"scope": scope} | ({} if sparsity is None else {"final_sparsity": sparsity})
     return stage.model_copy(
         update={
             "config": config,
-            "prune": None if scope is None else stage.prune.model_copy(update={"scope": scope}),
+            "prune": None if scope is None else stage.prune.model_copy(update=prune),
         }
     )
 
@@ -116,13 +118,13 @@ def boundaries(student, teacher, data, pairs) -> str:
     return "; ".join(cells)
 
 
-def run_variant(name: str, recipe, teacher, data, base_fit, lr=None, ab_lr=None) -> dict:
+def run_variant(name, recipe, teacher, data, base_fit, lr=None, ab_lr=None, sparsity=None):
     ab, kd, scope = VARIANTS[name]
     ctx = StageContext(data=data, baseline=teacher, baseline_fit=base_fit, progress=True)
     quantize_stage, distill_stage = plan_stages(recipe.stages)
     stages = [quantize_stage]
     if ab or kd:
-        stages.append(variant_stage(distill_stage, ab, kd, scope, lr, ab_lr))
+        stages.append(variant_stage(distill_stage, ab, kd, scope, lr, ab_lr, sparsity))
     config = stages[-1].config
     model = copy.deepcopy(teacher)
     for index, stage in enumerate(stages, start=1):  # as netshrink.pipeline runs a recipe
@@ -135,6 +137,7 @@ def run_variant(name: str, recipe, teacher, data, base_fit, lr=None, ab_lr=None)
         "variant": name,
         "lr": config.fit.lr if kd else None,
         "ab lr": (config.ab_lr or config.fit.lr) if ab else None,
+        "target sparsity": stages[-1].prune.final_sparsity if scope else None,
         "val top-1": round(100 * top1, 2),
         "sparsity": round(1 - count.nonzero / count.total, 3),
         "layers' sparsity": layer_sparsities(model),
@@ -145,8 +148,9 @@ def run_variant(name: str, recipe, teacher, data, base_fit, lr=None, ab_lr=None)
 
 
 def _order(variants: list[str]):
-    """Rows by variant, then by their rates, the recipe's first (None: no such stage)."""
-    return lambda part: (variants.index(part[0]), -(part[1] or 1), -(part[2] or 1))
+    """Rows by variant, then by their rates and sparsity, the recipe's first (None: no such
+    stage)."""
+    return lambda part: (variants.index(part[0]), -(part[1] or 1), -(part[2] or 1), -(part[3] or 1))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -154,16 +158,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
     parser.add_argument("--lr", type=float, help="the soft-target epochs' rate (recipe: 0.005)")
     parser.add_argument("--ab-lr", type=float, help="the AB stage's rate (recipe: 0.005)")
+    parser.add_argument("--sparsity", type=float, help="the final sparsity (recipe: 0.8)")
     args = parser.parse_args(argv)
     recipe = load_recipe(RECIPE)
     teacher, data, base_fit = baseline("densenet")
     rows = [
-        run_variant(name, recipe, teacher, data, base_fit, args.lr, args.ab_lr)
+        run_variant(name, recipe, teacher, data, base_fit, args.lr, args.ab_lr, args.sparsity)
         for name in args.variants
     ]
     order = list(VARIANTS)
     rows, earlier = merge_published(
-        "ablate_shin_oh", rows, lambda r: (r["variant"], r.get("lr"), r.get("ab lr")), _order(order)
+        "ablate_shin_oh",
+        rows,
+        lambda r: (r["variant"], r.get("lr"), r.get("ab lr"), r.get("target sparsity", 0.8)),
+        _order(order),
     )
     notes = (
         "Validation split (the test split is not read). One seed (the recipe's). Teacher: the "
