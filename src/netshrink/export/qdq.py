@@ -10,7 +10,8 @@ folds into int8 kernels. By default (`integers="uint8"`) every signed 8-bit valu
 activations, is then stored as uint8 at zero point 128 (onnx_int8.unsigned_integers), the same
 values: ONNX Runtime's uint8 x uint8 kernels compute them exactly on every CPU, where its
 uint8 x int8 kernels saturate on x86 CPUs without VNNI. `integers="int8"` keeps int8, for those
-faster kernels on a CPU known to have VNNI (or ARM's dot products). A weight wider than 8 bits (a pre-activation BatchNorm's 16-bit
+faster kernels on a CPU known to have VNNI or ARM's dot products (bench/deploy.py's ort case
+times both files). A weight wider than 8 bits (a pre-activation BatchNorm's 16-bit
 per-channel scales, netshrink.fold.batchnorms_as_convs, or `weights` > 8) is stored as INT16
 through a DequantizeLinear, which needs opset 21: such a file is converted to it, and ONNX Runtime
 runs that layer in float on the exact grid values. (Left a float initializer, ONNX Runtime's
