@@ -21,8 +21,9 @@ recipe's own settings unless the variant says otherwise:
 stage (0.005 each), `--sparsity` its final sparsity (0.8). Per variant and settings: validation
 top-1, the sparsity reached, the least and the most pruned layer, and at each AB layer the
 student's pre-ReLU response beside the teacher's: its root mean square, and the share of
-neurons on the teacher's side of zero (Heo et al.'s boundary agreement). Writes bench/results/ablate_shin_oh.json
-(a rerun of some variants keeps the others' rows) and its section of docs/benchmarks.md.
+neurons on the teacher's side of zero (Heo et al.'s boundary agreement). Writes
+bench/results/ablate_shin_oh.json (a rerun of some variants keeps the others' rows) and its
+section of docs/benchmarks.md.
 """
 
 import argparse
