@@ -8,8 +8,9 @@ Cases:
 
 - ort: ONNX Runtime latency, fp32 vs the int8 QDQ export of the 8-bit fixed-point model, at
   batch 1 and 64 (the file as exported by default, uint8 x uint8, and with int8 weights:
-  `integers="int8"`, faster where ONNX Runtime has VNNI, saturating without it), for the small VGG (trained baseline) and ResNet-20 (random weights: there is no
-  ResNet-20 baseline on Fashion-MNIST, and latency does not depend on the values);
+  `integers="int8"`, faster where ONNX Runtime has VNNI, saturating without it), for the small
+  VGG (trained baseline) and ResNet-20 (random weights: there is no ResNet-20 baseline on
+  Fashion-MNIST, and latency does not depend on the values);
 - filters: the small VGG with half its MACs removed by filter pruning (no retraining: latency
   only) against the dense one, ONNX Runtime fp32: the latency ratio beside the MACs ratio;
 - c: the C export of the pruned Caffe LeNet-5 (bench/pipeline.py's recipe, then 8-bit fixed

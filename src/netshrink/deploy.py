@@ -122,9 +122,7 @@ def export_artifacts(model, directory, config: ExportConfig, data) -> list[Artif
         rows.append(c_artifact(model, directory / "c", data.input_shape, checks, config.c_storage))
     if config.int8:
         path = directory / "model.int8.onnx"
-        rows.append(
-            int8_artifact(model, path, data.input_shape, checks, integers=config.int8_integers)
-        )
+        rows.append(int8_artifact(model, path, data.input_shape, checks, config.int8_integers))
     if config.onnx:
         rows.append(onnx_artifact(model, directory / "model.onnx", data.input_shape, checks))
     return rows
@@ -166,9 +164,7 @@ def c_artifact(
     )
 
 
-def int8_artifact(
-    model, path, input_shape, checks: CheckImages | None, integers: str = "uint8"
-) -> Artifact:
+def int8_artifact(model, path, input_shape, checks: CheckImages | None, integers: str) -> Artifact:
     """export_onnx_int8 to `path` (`integers`: its 8-bit type): bytes, ONNX Runtime's images/s,
     top-1 and its agreement with the integer path (below 99.9%: where they first part,
     netshrink.export.agreement)."""

@@ -264,6 +264,7 @@ def unsigned_integers(model: onnx.ModelProto) -> onnx.ModelProto:
     constants = _constant_values(graph)
     readers = _readers(graph)
     outputs = {o.name for o in graph.output}
+    initializers = {t.name: t for t in graph.initializer}
     shifted: dict[str, str] = {}  # an int8 zero point's name -> its uint8 counterpart's
 
     def unsigned_zero(name: str) -> str:
@@ -282,9 +283,8 @@ def unsigned_integers(model: onnx.ModelProto) -> onnx.ModelProto:
         for node in users + ([] if writer is None else [writer]):
             node.input[2] = unsigned_zero(node.input[2])
         if writer is None:  # an initializer: its values move by 128
-            index = next(i for i, t in enumerate(graph.initializer) if t.name == tensor)
             values = numpy_helper.from_array(_to_uint8(constants[tensor]), tensor)
-            graph.initializer[index].CopyFrom(values)
+            initializers[tensor].CopyFrom(values)
     _drop_integer_value_info(graph)
     _remove_unused(graph)
     return model

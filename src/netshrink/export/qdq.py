@@ -27,7 +27,7 @@ Activations wider than 8 bits have no int8 form: they raise UnsupportedLayerErro
 """
 
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 import onnx
 import onnxruntime as ort
@@ -73,7 +73,8 @@ class _QdqWeight(nn.Module):
         return torch.fake_quantize_per_tensor_affine(weight, self.step, 0, -128, 127)
 
 
-INTEGER_TYPES = ("uint8", "int8")
+Integers = Literal["uint8", "int8"]  # the type a file stores its signed 8-bit values in
+INTEGER_TYPES = get_args(Integers)
 
 
 def export_onnx_int8(
@@ -82,7 +83,7 @@ def export_onnx_int8(
     input_shape: tuple[int, int, int],
     *,
     opset: int = 17,
-    integers: Literal["uint8", "int8"] = "uint8",
+    integers: Integers = "uint8",
 ) -> Path:
     """Write the fixed-point `qmodel` (netshrink.quant.quantize) to `path` as an int8 QDQ ONNX
     file with its own power-of-two scales; returns the path. Input "input" (float, normalized
