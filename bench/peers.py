@@ -49,11 +49,12 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import peers_fronts as fronts  # noqa: E402
 import peers_netshrink as ns  # noqa: E402
 import peers_tables as tables  # noqa: E402
 import peers_tools as tools  # noqa: E402
 import readme  # noqa: E402
-from common import publish  # noqa: E402
+from common import DOC, merge_published, publish  # noqa: E402
 from netshrink.baseline import BASELINES, cached_baseline  # noqa: E402
 from netshrink.measure import dense_bytes  # noqa: E402
 from netshrink.report import console  # noqa: E402
@@ -78,8 +79,8 @@ PEERS = {
     "Torch-Pruning": "torch_pruning",
 }
 HAND_LR, FILTER_LR = 0.005, 0.01
-COLUMNS = ["model", "tool", "pipeline", "seeds", "top-1", "loss pt", "file bytes", "zip bytes",
-           "xz bytes", "ratio", "seconds"]  # fmt: skip
+COLUMNS = ["model", "tool", "pipeline", "seeds", "top-1", "loss pt", "val loss pt", "file bytes",
+           "zip bytes", "xz bytes", "ratio", "seconds"]  # fmt: skip
 FILTER_COLUMNS = ["model", "tool", "pipeline", "seeds", "top-1", "loss pt", "MACs removed",
                   "latency ratio @1", "latency ratio @64", "smallest", "seconds"]  # fmt: skip
 
@@ -90,10 +91,13 @@ class Settings:
     sparsities: tuple[float, ...] = (0.8, 0.9, 0.95)
     amounts: tuple[float, ...] = (0.3, 0.5, 0.7)
     epochs: int = 3
+    qat_bits: tuple[int, ...] = (4, 2)  # Brevitas QAT of each pruned model
+    qat_epochs: int = 2
     quick: bool = False
 
 
-QUICK = Settings(seeds=(0,), sparsities=(0.9,), amounts=(0.5,), epochs=1, quick=True)
+QUICK = Settings(seeds=(0,), sparsities=(0.9,), amounts=(0.5,), epochs=1, qat_bits=(2,),
+                 qat_epochs=1, quick=True)  # fmt: skip
 
 
 def available() -> tuple[set[str], list[str]]:
@@ -132,12 +136,14 @@ def summarize(model: str, ref: tuple[float, int], key: tuple, results: list) -> 
     top1 = statistics.median(r.top1 for r in results)
     macs = [r.macs_removed for r in results if r.macs_removed is not None]
     latency = [r.latency_ratio for r in results if r.latency_ratio is not None]
+    val_losses = [r.val_loss for r in results if r.val_loss is not None]
     return {
         "model": MODELS[model], "tool": tool, "pipeline": pipeline, "kind": kind,
         "seeds": len(results), "top-1": top1, "loss pt": round(100 * (fp32_top1 - top1), 2),
         "file bytes": median["file"], "zip bytes": median["zip"], "xz bytes": median["xz"],
         "smallest": median[stored], "stored as": stored, "ratio": fp32_bytes / median[stored],
         "MACs removed": statistics.median(macs) if macs else None,
+        "val loss pt": statistics.median(val_losses) if val_losses else None,
         **{f"latency ratio @{b}": statistics.median(r[b] for r in latency) if latency else None
            for b in tools.LATENCY_BATCHES},
         "seconds": round(statistics.median(r.seconds for r in results), 2),
@@ -174,8 +180,8 @@ class Run:
         console().print(f"  {MODELS[self.name]} | {tool} | {pipeline}: top-1 {result.top1:.4f}, "
                         f"{len(result.raw):,} B, {result.seconds:.1f} s")  # fmt: skip
 
-    def fit_config(self, lr: float, seed: int) -> FitConfig:
-        epochs = self.settings.epochs
+    def fit_config(self, lr: float, seed: int, epochs: int | None = None) -> FitConfig:
+        epochs = self.settings.epochs if epochs is None else epochs
         return FitConfig(epochs=epochs, lr=lr, batch_size=self.batch_size, seed=seed)
 
     def rows(self) -> list[dict]:
@@ -206,8 +212,9 @@ def ptq_cases(run: Run) -> None:
 
 
 def hand_cases(run: Run, seed: int) -> None:
-    """PyTorch by hand at each sparsity: fp32, torch.ao int8 and ONNX Runtime int8 files."""
-    epochs = run.settings.epochs
+    """PyTorch by hand at each sparsity: fp32, torch.ao int8 and ONNX Runtime int8 files, and
+    Brevitas low-bit QAT of the same pruned model."""
+    epochs, qat_epochs = run.settings.epochs, run.settings.qat_epochs
     for sparsity in run.settings.sparsities:
         config = run.fit_config(HAND_LR, seed)
         pruned, seconds = tools.torch_prune(run.model, run.data, sparsity, config)
@@ -217,6 +224,13 @@ def hand_cases(run: Run, seed: int) -> None:
                 tools.torch_ao_int8, pruned, run.data, run.calibration, seconds)  # fmt: skip
         run.add("ONNX Runtime", f"{label} (PyTorch), ORT int8", "size",
                 tools.ort_int8, pruned, run.data, run.calibration, seconds)  # fmt: skip
+        if "Brevitas" not in run.peers:
+            continue
+        qat = run.fit_config(HAND_LR, seed, qat_epochs)
+        for bits in run.settings.qat_bits:
+            run.add("Brevitas", f"{label} (PyTorch), {bits}-bit weights QAT {qat_epochs} ep",
+                    "size", tools.brevitas_qat, pruned, run.data, run.calibration, bits, qat,
+                    seconds)  # fmt: skip
 
 
 def filter_cases(run: Run, seed: int) -> None:
@@ -238,13 +252,13 @@ def size_model(name: str, settings: Settings, peers: set[str]) -> Run:
     run = Run(name, settings, peers)
     console().rule(f"{MODELS[name]}: size")
     ptq_cases(run)
-    recipe, source = ns.recipe_for(name)
-    recipe = ns.quick_recipe(recipe) if settings.quick else recipe
+    front = ns.front_recipes(name)
+    front = [(ns.quick_recipe(front[0][0]), front[0][1])] if settings.quick else front
     seeds = settings.seeds[:1] if name in FIRST_SEED_ONLY else settings.seeds
     for seed in seeds:
         hand_cases(run, seed)
-        run.add("netshrink", f"{recipe.name} recipe ({source})", "size",
-                ns.packed_recipe, recipe, seed)  # fmt: skip
+        for recipe, label in front:
+            run.add("netshrink", label, "size", ns.packed_recipe, recipe, seed)
     return run
 
 
@@ -296,15 +310,26 @@ def _seconds_note() -> str:
 
 
 def size_notes(rows: list[dict], settings: Settings, missing: list[str], seconds: float) -> str:
-    size, verdicts = tables.size_table(rows)
+    table, verdicts = fronts.equal_loss_table(rows)
+    plot = DOC.parent / "peers_fronts.png"
+    if not settings.quick:  # a smoke run writes nothing
+        fronts.plot_fronts(rows, plot)
     parts = [
         method_note(settings),
         *missing,
-        "### (1) Size at equal accuracy: each tool's smallest file within the loss bound",
-        size,
-        "Goal: netshrink's smallest file within a bound >= 3x smaller than the best peer's within "
-        "the same bound, at no more loss than that file (else: met only within the bound).",
+        "### (1) Size at equal loss, read off the fronts",
+        "Each tool's front: its points that no other of its points beats on both size and loss. "
+        "netshrink's file for a bound is chosen on the validation split (its smallest whose "
+        "validation loss is within the bound; the rows without a validation loss, chosen on "
+        "test); the best peer's front is read at that file's test loss, interpolated in log size "
+        "between two measured points, never extrapolated: beyond a peer's largest measured loss "
+        'its smallest file bounds what it needs from above ("at most"). Goal: >= '
+        f"{tables.GOAL:g}x smaller at equal loss.",
+        table,
         "\n".join(f"- {v}" for v in verdicts),
+        f"![size vs loss fronts]({plot.name})",
+        "### (1b) Each tool's smallest file within each loss bound (test)",
+        tables.size_table(rows)[0],
         "### (2) Accuracy at the peer's int8 size",
         tables.int8_size_table(rows),
         "### (4) Post-training int8: top-1 (loss), file bytes",
@@ -377,7 +402,11 @@ def main(argv: list[str] | None = None) -> None:
         runs = [run_one(model, settings, peers) for model in models]
         rows = [row for run in runs for row in run.rows()]
         failures = [failure for run in runs for failure in run.failures]
-        text = notes(rows, settings, missing + failures, time.perf_counter() - start)
+        kept = ""
+        if not settings.quick:  # a rerun of some models keeps the others' published rows
+            order = list(MODELS.values())
+            rows, kept = merge_published(name, rows, lambda r: r["model"], order.index)
+        text = notes(rows, settings, missing + failures, time.perf_counter() - start) + kept
         if settings.quick:
             show(rows, columns, text)
         elif rows:

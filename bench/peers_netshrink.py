@@ -51,14 +51,61 @@ def quick_recipe(recipe: Recipe) -> Recipe:
     return Recipe.model_validate(fields)
 
 
+# netshrink's front per model: its Deep Compression recipe swept over KNOBS (pruning thresholds
+# scaled: the knob its sparsity follows; k-means bits lowered by one), budgets off (a sweep
+# measures every point), and the recipes past Deep Compression as they are.
+FRONT = {
+    "lenet300_100": ("variational-dropout-lenet300",),
+    "lenet5_caffe": ("variational-dropout-lenet5-caffe",),
+    "vgg_small": (),
+}
+KNOBS = ((0.8, 0), (1.25, 0), (1.0, -1))  # (threshold scale, bits change); the recipe is (1, 0)
+
+
+def front_recipes(name: str) -> list[tuple[Recipe, str]]:
+    """The recipes of `name`'s front with their row labels: the model's recipe, its KNOBS
+    variants and the recipes of FRONT."""
+    recipe, source = recipe_for(name)
+    found = [(recipe, f"{recipe.name} recipe ({source})")]
+    for scale, bits in KNOBS:
+        label = f"{recipe.name}, thresholds x{scale:g}, bits {bits:+d}, no budgets"
+        found.append((variant(recipe, scale, bits), label))
+    for other in FRONT.get(name, ()):
+        path = ROOT / "recipes" / f"{other}.yaml"
+        found.append((load_recipe(path), f"{other} recipe ({path.relative_to(ROOT)})"))
+    return found
+
+
+def variant(recipe: Recipe, scale: float, bits: int) -> Recipe:
+    """`recipe` with every std-threshold ratio of its iterative pruning multiplied by `scale`,
+    every k-means bit width changed by `bits` (at least 1), and no stage budgets."""
+    fields = recipe.model_dump(mode="json")
+    for stage in fields["stages"]:
+        stage["budget"] = None
+        config = stage.get("config") or {}
+        if stage["method"] == "prune_iterative":
+            prune = config["prune"]
+            if prune.get("threshold", {}).get("kind") == "std":
+                prune["threshold"]["ratio"] *= scale
+                prune["per_layer"] = {k: v * scale for k, v in prune.get("per_layer", {}).items()}
+        if stage["method"] == "share_kmeans":
+            for key in ("conv_bits", "fc_bits"):
+                if config.get(key) is not None:
+                    config[key] = max(1, config[key] + bits)
+    return Recipe.model_validate(fields)
+
+
 def packed_recipe(recipe: Recipe, seed: int) -> Result:
     """`run_recipe` on the recipe with `seed` (it reaches every stage's training and k-means);
-    the packed file's bytes and the top-1 of the model decoded from it (the last record)."""
+    the packed file's bytes, the top-1 of the model decoded from it (the last record) and its
+    validation loss against the baseline's (what a point is chosen by)."""
     recipe = recipe.model_copy(update={"seed": seed})
     with tempfile.TemporaryDirectory() as work, Timer() as timer:
         result = run_recipe(recipe, work, latency=False, progress=False)
         raw = result.file.read_bytes()
-    return Result(result.stages[-1].measurement["top1"], raw, timer.seconds)
+    first, last = result.stages[0].val_top1, result.stages[-1].val_top1
+    val_loss = None if first is None or last is None else round(100 * (first - last), 2)
+    return Result(result.stages[-1].measurement["top1"], raw, timer.seconds, val_loss=val_loss)
 
 
 def _packed(model, meta, seconds: float):

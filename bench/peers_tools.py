@@ -30,14 +30,16 @@ TEST_BATCH = 500
 
 @dataclass(frozen=True)
 class Result:
-    """What one pipeline made: the file's bytes, its top-1, seconds, and for filter pruning the
-    MACs removed and the dense / pruned latency ratio at batch 1 and 64 (one thread)."""
+    """What one pipeline made: the file's bytes, its top-1, seconds, for filter pruning the MACs
+    removed and the dense / pruned latency ratio at batch 1 and 64 (one thread), and for
+    netshrink's recipes the validation loss its front points are chosen by."""
 
     top1: float
     raw: bytes
     seconds: float
     macs_removed: float | None = None
     latency_ratio: dict[int, float] | None = None
+    val_loss: float | None = None  # pt below the baseline on validation, where measured
 
 
 class Timer:
@@ -156,24 +158,57 @@ def brevitas_int8(model, data, calibration) -> Result:
     """Brevitas post-training int8: `preprocess_for_quantize` + `quantize` (its defaults: int8
     per-tensor weights and activations), calibrated in `calibration_mode`, exported as QCDQ
     ONNX (int8 weights); top-1 of the exported file under ONNX Runtime."""
-    from brevitas.export import export_onnx_qcdq
     from brevitas.graph.calibrate import calibration_mode
     from brevitas.graph.quantize import preprocess_for_quantize, quantize
 
+    with Timer() as timer:
+        quantized = quantize(preprocess_for_quantize(copy.deepcopy(model).eval())).eval()
+        with torch.no_grad(), calibration_mode(quantized):
+            for x in calibration:
+                quantized(x)
+    return _brevitas_file(quantized, data, calibration, timer.seconds)
+
+
+def brevitas_qat(pruned, data, calibration, bits: int, fit_config: FitConfig,
+                 seconds: float = 0.0) -> Result:  # fmt: skip
+    """Brevitas low-bit quantization-aware training of a pruned model, as a capable user would
+    run it: `quantize` with every conv / linear weight on `bits` bits (per output channel,
+    narrow-range signed; activations on its default 8 bits), the pruned zeros kept by masking
+    their gradients, trained with `fit_config`, exported as QCDQ ONNX (the low-bit weights held
+    in int8 containers: zip / xz take the slack); top-1 of the file under ONNX Runtime."""
+    from brevitas.graph.quantize import COMPUTE_LAYER_MAP, preprocess_for_quantize, quantize
+    from brevitas.quant import Int8WeightPerChannelFloat
+
+    layer_map = dict(COMPUTE_LAYER_MAP)
+    for kind in (nn.Conv2d, nn.Linear):
+        layer, kwargs = layer_map[kind]
+        kwargs = {**kwargs, "weight_quant": Int8WeightPerChannelFloat, "weight_bit_width": bits}
+        layer_map[kind] = (layer, kwargs)
+    with Timer() as timer:
+        model = preprocess_for_quantize(copy.deepcopy(pruned).eval())
+        quantized = quantize(model, compute_layer_map=layer_map)
+        for module in quantized.modules():
+            if isinstance(module, (nn.Conv2d, nn.Linear)):
+                mask = (module.weight != 0).to(module.weight.dtype)
+                module.weight.register_hook(lambda grad, mask=mask: grad * mask)
+        fit(quantized, data, fit_config, progress=False)
+    return _brevitas_file(quantized.eval(), data, calibration, seconds + timer.seconds)
+
+
+def _brevitas_file(quantized, data, calibration, seconds: float) -> Result:
+    """A Brevitas model exported as QCDQ ONNX: the file's bytes and its top-1 under ORT."""
+    from brevitas.export import export_onnx_qcdq
+
     with tempfile.TemporaryDirectory() as work:
         with Timer() as timer:
-            quantized = quantize(preprocess_for_quantize(copy.deepcopy(model).eval())).eval()
-            with torch.no_grad(), calibration_mode(quantized):
-                for x in calibration:
-                    quantized(x)
-            path = Path(work) / "int8.onnx"
+            path = Path(work) / "model.onnx"
             axes = {"input": {0: "batch"}, "logits": {0: "batch"}}
             export_onnx_qcdq(quantized, args=calibration[0][:1], export_path=str(path),
                              opset_version=17, dynamo=False, input_names=["input"],
                              output_names=["logits"], dynamic_axes=axes)  # fmt: skip
             raw = path.read_bytes()
         accuracy = onnx_top1(path, data)
-    return Result(accuracy, raw, timer.seconds)
+    return Result(accuracy, raw, seconds + timer.seconds)
 
 
 def torchao_int8(model, data) -> Result:
