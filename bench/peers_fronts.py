@@ -95,38 +95,42 @@ def best_peer(model_rows: list[dict], loss: float) -> tuple[str, Reading] | None
     return tool, readings[tool]
 
 
+HEADER = ["model", "bound (validation)", "netshrink pipeline", "val loss pt", "test loss pt",
+          "bytes", "best peer's front at that loss, B", "smaller by", "goal"]  # fmt: skip
+
+
 def equal_loss_rows(rows: list[dict]) -> tuple[list[list], list[str]]:
     """Per model and bound: netshrink's validation-chosen file, the best peer front's size at its
-    test loss, the ratio and the goal's verdict; and one sentence each."""
+    test loss, the ratio and the goal's verdict (HEADER's columns); and one sentence each."""
     lines, verdicts = [], []
     for model in dict.fromkeys(r["model"] for r in rows):
         mine = [r for r in rows if r["model"] == model]
-        ours = [r for r in mine if r["tool"] == US and r["kind"] != "ptq"]
         for bound in BOUNDS:
-            row = chosen(ours, bound)
-            peer = best_peer(mine, row["loss pt"]) if row else None
-            if row is None or peer is None:
-                why = "no peer front" if row else "no netshrink file within the bound on validation"
-                lines.append([model, f"<= {bound:g} pt", *["-"] * 6, why])
-                verdicts.append(f"{model}, <= {bound:g} pt: {why}; goal **missed**.")
-                continue
-            tool, reading = peer
-            ratio = reading.size / row["smallest"]
-            verdict = _verdict(ratio, reading.relation)
-            lines.append([
-                model, f"<= {bound:g} pt", row["pipeline"], _val(row), _pt(row["loss pt"]),
-                f"{row['smallest']:,}", f"{tool}: {reading.relation} {reading.size:,.0f}",
-                f"{_relation_word(reading.relation)}{ratio:.2f}x", verdict,
-            ])  # fmt: skip
-            verdicts.append(
-                f"{model}, <= {bound:g} pt: netshrink {row['smallest']:,} B at "
-                f"{_pt(row['loss pt'])} pt test; {tool}'s front at that loss "
-                f"{reading.relation} {reading.size:,.0f} B: {_relation_word(reading.relation)}"
-                f"{ratio:.2f}x smaller; goal >= {GOAL:g}x **{verdict}**."
-            )
-    header = ["model", "bound (validation)", "netshrink pipeline", "val loss pt", "test loss pt",
-              "bytes", "best peer's front at that loss, B", "smaller by", "goal"]  # fmt: skip
-    return [header, *lines], verdicts
+            line, verdict = _bound_line(model, bound, mine)
+            lines.append(line)
+            verdicts.append(verdict)
+    return [HEADER, *lines], verdicts
+
+
+def _bound_line(model: str, bound: float, mine: list[dict]) -> tuple[list, str]:
+    head = f"{model}, <= {bound:g} pt"
+    row = chosen([r for r in mine if r["tool"] == US and r["kind"] != "ptq"], bound)
+    peer = best_peer(mine, row["loss pt"]) if row else None
+    if row is None or peer is None:
+        why = "no peer front" if row else "no netshrink file within the bound on validation"
+        return [model, f"<= {bound:g} pt", *["-"] * 6, why], f"{head}: {why}; goal **missed**."
+    tool, reading = peer
+    ratio, word = reading.size / row["smallest"], _relation_word(reading.relation)
+    verdict = _verdict(ratio, reading.relation)
+    line = [model, f"<= {bound:g} pt", row["pipeline"], _val(row), _pt(row["loss pt"]),
+            f"{row['smallest']:,}", f"{tool}: {word}{reading.size:,.0f}", f"{word}{ratio:.2f}x",
+            verdict]  # fmt: skip
+    sentence = (
+        f"{head}: netshrink {row['smallest']:,} B at {_pt(row['loss pt'])} pt test; {tool}'s "
+        f"front at that loss: {word}{reading.size:,.0f} B; {word}{ratio:.2f}x smaller; goal >= "
+        f"{GOAL:g}x **{verdict}**."
+    )
+    return line, sentence
 
 
 def _val(row: dict) -> str:

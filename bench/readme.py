@@ -15,16 +15,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import RESULTS, ROOT, replace_block  # noqa: E402
+from peers_fronts import equal_loss_rows  # noqa: E402
 from peers_tables import (  # noqa: E402
-    BOUNDS,
     GOAL,
-    US,
-    _bytes,
     _pt,
     _ratio,
-    _smallest,
     _table,
-    goal_verdict,
     most_macs_removed,
 )
 
@@ -41,22 +37,14 @@ def _source(result: dict) -> str:
 
 
 def size_rows(rows: list[dict]) -> list[list]:
-    """Per model and loss bound: netshrink's smallest file beside the best peer's."""
-    lines = []
-    for model in dict.fromkeys(r["model"] for r in rows):
-        mine = [r for r in rows if r["model"] == model]
-        for bound in BOUNDS:
-            ours = _smallest([r for r in mine if r["tool"] == US], bound)
-            peer = _smallest([r for r in mine if r["tool"] != US], bound)
-            ratio = peer["smallest"] / ours["smallest"] if ours and peer else None
-            lines.append([
-                model, f"<= {bound:g} pt",
-                f"{_bytes(ours)}, {_pt(ours['loss pt'])} pt" if ours else "none",
-                f"{peer['tool']}: {_bytes(peer)}, {_pt(peer['loss pt'])} pt" if peer else "none",
-                f"{ratio:.2f}x" if ratio else "-",
-                _emphasis(goal_verdict(peer, ours)) if ratio else "not assessed",
-            ])  # fmt: skip
-    return lines
+    """Per model and loss bound: netshrink's file (chosen on validation) beside the best peer's
+    front at its loss (bench/peers_fronts.py)."""
+    (_, *lines), _ = equal_loss_rows(rows)
+    return [
+        [model, bound, f"{bytes_} B, {loss} pt" if bytes_ != "-" else "none", peer, ratio,
+         _emphasis(verdict) if bytes_ != "-" else f"**missed** ({verdict})"]
+        for model, bound, _, _, loss, bytes_, peer, ratio, verdict in lines
+    ]  # fmt: skip
 
 
 def _emphasis(verdict: str) -> str:
@@ -104,13 +92,21 @@ def section() -> str:
     peers, filters, papers = _load("peers"), _load("peers_filters"), _load("papers")
     if peers:
         parts += [
-            "**Size at equal accuracy** (Fashion-MNIST): netshrink's smallest file within each "
-            f"top-1 loss bound beside the best peer's (PyTorch by hand, ONNX Runtime, NNCF, "
-            f"Brevitas, torchao; zip / xz applied where smaller). Goal: >= {GOAL:g}x smaller. "
-            f"Measured by {_source(peers)}.",
+            "**Size at equal loss** (Fashion-MNIST): netshrink's smallest file within each top-1 "
+            "loss bound (chosen on the validation split, loss on test) beside the best peer's "
+            "size at that loss, read off its size-vs-loss front (PyTorch by hand, ONNX Runtime, "
+            "NNCF, Brevitas incl. 4- / 2-bit QAT, torchao; zip / xz applied where smaller). "
+            f"Goal: >= {GOAL:g}x smaller. Measured by {_made_by(peers, peers['rows'])}.",
             "",
             _table(
-                ["model", "bound", "netshrink", "best peer", "smaller by", f"goal {GOAL:g}x"],
+                [
+                    "model",
+                    "bound",
+                    "netshrink",
+                    "best peer's front there, B",
+                    "smaller by",
+                    f"goal {GOAL:g}x",
+                ],
                 size_rows(peers["rows"]),
             ),  # fmt: skip
             "",

@@ -7,6 +7,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 
+import peers_fronts  # noqa: E402
 import peers_tables  # noqa: E402
 import readme  # noqa: E402
 from common import replace_block  # noqa: E402
@@ -27,18 +28,55 @@ def test_goal_verdict_needs_three_times_smaller_at_no_more_loss(ours, verdict):
     assert peers_tables.goal_verdict(peer, _row("netshrink", *ours)) == verdict
 
 
-def test_size_rows_pick_the_smallest_file_inside_each_bound():
+def test_a_front_keeps_only_the_points_no_other_beats_on_size_and_loss():
+    P = peers_fronts.Point
+    found = [P(0.0, 1000, "a"), P(0.5, 400, "b"), P(0.3, 500, "c"), P(0.6, 450, "dominated"),
+             P(1.0, 100, "d"), P(0.3, 800, "worse twin")]  # fmt: skip
+    assert [p.label for p in peers_fronts.pareto(found)] == ["a", "c", "b", "d"]
+
+
+def test_a_front_is_read_in_log_size_between_points_and_only_bounded_outside_them():
+    P = peers_fronts.Point
+    front = [P(0.0, 1000, "a"), P(1.0, 10, "b")]
+    middle = peers_fronts.size_at(front, 0.5)
+    assert middle.relation == "=" and middle.size == pytest.approx(100)  # geometric, not 505
+    assert peers_fronts.size_at(front, 1.0) == peers_fronts.Reading(10, "=")
+    assert peers_fronts.size_at(front, 2.0) == peers_fronts.Reading(10, "<=")  # never extrapolated
+    assert peers_fronts.size_at(front, -0.5) == peers_fronts.Reading(1000, ">=")
+    assert peers_fronts.size_at([], 0.5) is None
+
+
+def test_equal_loss_chooses_netshrinks_file_on_validation_and_reads_the_best_peer_there():
     rows = [
-        _row("peer", 0.2, 1000),
-        _row("peer", 0.8, 500),  # inside 1 pt only
-        _row("netshrink", 0.4, 300),
-        _row("netshrink", 0.9, 100),  # inside 1 pt only
-        _row("netshrink", 3.0, 10),  # outside both
+        _row("peer", 0.0, 1000),
+        _row("peer", 1.0, 10),
+        _row("other", 0.0, 2000),
+        _row("netshrink", 0.5, 20, **{"val loss pt": 0.4}),
+        _row("netshrink", 0.45, 5, **{"val loss pt": 0.9}),  # smaller, but above 0.5 on val
+        _row("netshrink", 0.0, 1, "ptq"),  # post-training rows are not chosen (no validation)
     ]
+    (header, half, one), verdicts = peers_fronts.equal_loss_rows(rows)
+    assert len(half) == len(header)
+    assert half[2:] == ["netshrink size", "0.40", "0.50", "20", "peer: 100", "5.00x", "met"]
+    assert one[5:] == ["5", "peer: 126", "25.18x", "met"]  # 10 ** (3 - 2 * 0.45) / 5
+    assert "**met**" in verdicts[0]
+
+
+@pytest.mark.parametrize(
+    ("ratio", "relation", "verdict"),
+    [(3.5, "=", "met"), (2.0, "=", "missed"), (3.5, ">=", "met"), (2.0, "<=", "missed"),
+     (3.5, "<=", "undecided (beyond the peer's measured losses)")],
+)  # fmt: skip
+def test_the_goal_is_met_only_where_the_front_shows_it(ratio, relation, verdict):
+    assert peers_fronts._verdict(ratio, relation) == verdict
+
+
+def test_readme_size_rows_come_from_the_fronts():
+    rows = [_row("peer", 0.0, 1000), _row("peer", 1.0, 10),
+            _row("netshrink", 0.5, 20, **{"val loss pt": 0.4})]  # fmt: skip
     half, one = readme.size_rows(rows)
-    assert half[1:5] == ["<= 0.5 pt", "300 (file), 0.40 pt", "peer: 1,000 (file), 0.20 pt", "3.33x"]
-    assert half[5] == "met only within the bound"
-    assert one[2:5] == ["100 (file), 0.90 pt", "peer: 500 (file), 0.80 pt", "5.00x"]
+    assert half[1:] == ["<= 0.5 pt", "20 B, 0.50 pt", "peer: 100", "5.00x", "met"]
+    assert one == ["M", "<= 1 pt", "20 B, 0.50 pt", "peer: 100", "5.00x", "met"]
 
 
 def test_filter_rows_take_the_most_macs_removed_within_one_point():
