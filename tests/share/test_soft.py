@@ -11,7 +11,14 @@ from netshrink.errors import ConfigError
 from netshrink.layers import copy_model
 from netshrink.mask import apply_mask
 from netshrink.share.codebooks import ScalarCodebook
-from netshrink.share.soft import MixturePrior, ShareSoftConfig, _merged, share_soft
+from netshrink.share.soft import (
+    MixturePrior,
+    ShareSoftConfig,
+    _merged,
+    harden_soft,
+    share_soft,
+    train_soft,
+)
 from netshrink.train import evaluate
 
 # Digits trains ~40 steps an epoch (MNIST: ~470): the paper's prior strength and initial width
@@ -47,6 +54,16 @@ def test_accuracy_holds_and_the_file_is_many_times_smaller(mlp, shared, digits):
     after = evaluate(shared, digits.loader("test", 256)).top1
     assert dense > 0.93 and after > 0.85, (dense, after)
     assert len(packed_bytes(shared)) * 20 < len(packed_bytes(mlp))
+
+
+def test_training_leaves_weights_continuous_and_hardening_snaps_them(mlp, digits):
+    training = train_soft(copy_model(mlp), digits, {**DIGITS, "epochs": 1}, progress=False)
+    (_, first), *_ = linears(training.model)
+    assert not hasattr(first, "parametrizations")  # still one plain weight, many values
+    assert first.weight.detach().unique().numel() > ShareSoftConfig().components
+    hardened = harden_soft(training)
+    assert hardened is training.model
+    assert first.weight.detach().unique().numel() <= ShareSoftConfig().components
 
 
 def test_the_defaults_are_the_papers():

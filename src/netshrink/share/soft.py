@@ -23,6 +23,7 @@ on a CPU that, not the network, is most of the time for LeNet-300-100.
 """
 
 import math
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -143,6 +144,32 @@ def share_soft(
     Example:
         >>> share_soft(model, data, ShareSoftConfig(epochs=30))  # doctest: +SKIP
     """
+    return harden_soft(train_soft(model, data, config, layers=layers, progress=progress))
+
+
+@dataclass
+class SoftTraining:
+    """A model retrained under the mixture prior, not yet hardened: its chosen layers (weights
+    still continuous), their kept positions, the learned prior and the settings."""
+
+    model: nn.Module
+    chosen: list[tuple[str, nn.Module]]
+    keeps: list[torch.Tensor]
+    prior: MixturePrior
+    config: ShareSoftConfig
+
+
+@takes_mappings
+def train_soft(
+    model: nn.Module,
+    data: DataSplits | LoaderSplits,
+    config: ShareSoftConfig,
+    *,
+    layers: LayerFilter = None,
+    progress: bool = True,
+) -> SoftTraining:
+    """share_soft's first step: retrain `model` in place under the Gaussian-mixture prior (the
+    weights stay continuous; measuring the model here shows what the hardening costs)."""
     data = as_data(data)
     chosen = chosen_layers(model, layers)
     keeps = _start(chosen)
@@ -152,8 +179,14 @@ def share_soft(
         raise ConfigError("the chosen layers have no surviving weights to share")
     prior = MixturePrior(config, float(flat.min()), float(flat.max())).to(flat.device)
     _train(model, data, config, chosen, keeps, prior, progress)
-    means, log_variances, log_proportions = _merged(prior, config.merge_kl)
-    for (name, module), keep in zip(chosen, keeps):
+    return SoftTraining(model, chosen, keeps, prior, config)
+
+
+def harden_soft(training: SoftTraining) -> nn.Module:
+    """share_soft's second step: merge close components (`merge_kl`), then give each weight its
+    most responsible component's mean (the zero component's are pruned); returns the model."""
+    means, log_variances, log_proportions = _merged(training.prior, training.config.merge_kl)
+    for (name, module), keep in zip(training.chosen, training.keeps):
         value, _ = take_weight(module, name)
         component = _assign(value[keep], means, log_variances, log_proportions)
         survive = keep.clone()
@@ -163,7 +196,7 @@ def share_soft(
         indices[survive] = inverse
         centroids = means[used].to(value.dtype) if used.numel() else value.new_zeros(1)
         attach(module, ScalarCodebook(centroids.clone(), indices, survive.to(value.dtype)))
-    return model
+    return training.model
 
 
 def _start(chosen: list[tuple[str, nn.Module]]) -> list[torch.Tensor]:
