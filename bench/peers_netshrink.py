@@ -31,7 +31,12 @@ def recipe_for(name: str) -> tuple[Recipe, str]:
     """The recipe netshrink runs on the baseline `name`, and its path."""
     if name not in RECIPES:
         raise ValueError(f"no netshrink recipe for {name}: add one to RECIPES")
-    path = ROOT / "recipes" / f"{RECIPES[name]}.yaml"
+    return _load(RECIPES[name], name)
+
+
+def _load(stem: str, name: str) -> tuple[Recipe, str]:
+    """recipes/STEM.yaml and its path, checked to compress the baseline `name`."""
+    path = ROOT / "recipes" / f"{stem}.yaml"
     recipe = load_recipe(path)
     if recipe.baseline.model != name:
         raise ValueError(f"{path} compresses {recipe.baseline.model}, not {name}")
@@ -70,9 +75,9 @@ def front_recipes(name: str) -> list[tuple[Recipe, str]]:
     for scale, bits in KNOBS:
         label = f"{recipe.name}, thresholds x{scale:g}, bits {bits:+d}, no budgets"
         found.append((variant(recipe, scale, bits), label))
-    for other in FRONT.get(name, ()):
-        path = ROOT / "recipes" / f"{other}.yaml"
-        found.append((load_recipe(path), f"{other} recipe ({path.relative_to(ROOT)})"))
+    for stem in FRONT.get(name, ()):
+        other, path = _load(stem, name)
+        found.append((other, f"{other.name} recipe ({path})"))
     return found
 
 

@@ -137,3 +137,20 @@ def test_the_readme_names_the_command_of_each_papers_row():
     assert readme._made_by(result, rows) == (
         "`python bench/papers.py` (2026-01-01); `python bench/papers.py --cases kim` (2026-01-02)"
     )
+
+
+def test_a_front_variant_scales_every_threshold_lowers_the_bits_and_drops_the_budgets():
+    import peers_netshrink
+
+    recipe, _ = peers_netshrink.recipe_for("lenet5_caffe")
+    changed = peers_netshrink.variant(recipe, 1.25, -1)
+    prune, share = changed.stages[0].config.prune, changed.stages[1].config
+    before = recipe.stages[0].config.prune
+    assert prune.threshold.ratio == pytest.approx(1.25 * before.threshold.ratio)
+    assert prune.per_layer == pytest.approx({k: 1.25 * v for k, v in before.per_layer.items()})
+    assert (share.conv_bits, share.fc_bits) == (
+        recipe.stages[1].config.conv_bits - 1,
+        recipe.stages[1].config.fc_bits - 1,
+    )
+    assert all(stage.budget is None for stage in changed.stages)
+    assert any(stage.budget is not None for stage in recipe.stages)  # the recipe itself keeps them
