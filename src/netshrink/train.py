@@ -365,6 +365,19 @@ def init_distributed(device: torch.device) -> tuple[int, int]:
     return dist.get_rank(), dist.get_world_size()
 
 
+def close_distributed(*, wait: bool = True) -> None:
+    """Leave the process group that `init_distributed` joined (nothing outside torchrun): every
+    rank waits for the others (`wait`), then the group is destroyed. A rank that exits with its
+    gloo group alive can abort in the group's threads while another rank still tears down
+    ("terminate called without an active exception", seen under load). `wait=False` after an
+    error, where the other ranks may never reach the barrier."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    if wait:
+        dist.barrier()
+    dist.destroy_process_group()
+
+
 def _distributed(model: nn.Module) -> DistributedDataParallel:
     device = model_device(model)
     ids = [device.index] if device.type == "cuda" and device.index is not None else None

@@ -29,7 +29,7 @@ from ..report import (
     print_measurements,
     render_report,
 )
-from ..train import FitConfig, evaluate, is_main_process
+from ..train import FitConfig, close_distributed, evaluate, is_main_process
 from . import apply, codec, export, prune, quant, share, train_side
 from .common import (
     DefaultsHelpFormatter,
@@ -60,8 +60,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     terminal.WIDE_TABLES = args.wide
+    failed = True
     try:
         args.run(args)
+        failed = False
     except Error as exc:
         print(f"netshrink: error: {exc}", file=sys.stderr)
         return 2
@@ -71,6 +73,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("netshrink: interrupted", file=sys.stderr)
         return 130
+    finally:
+        close_distributed(wait=not failed)  # under torchrun: no rank exits while others talk
     return 0
 
 
