@@ -193,10 +193,9 @@ def train_soft(
 def harden_soft(training: SoftTraining) -> nn.Module:
     """share_soft's second step: merge close components (`merge_kl`), then give each weight its
     most responsible component's mean (the zero component's are pruned); returns the model."""
-    means, log_variances, log_proportions = _merged(training.prior, training.config.merge_kl)
-    for (name, module), keep in zip(training.chosen, training.keeps):
+    means, components = assign_components(training)
+    for (name, module), keep, component in zip(training.chosen, training.keeps, components):
         value, _ = take_weight(module, name)
-        component = _assign(value[keep], means, log_variances, log_proportions)
         survive = keep.clone()
         survive[keep] = component > 0  # the zero component's weights are pruned
         used, inverse = torch.unique(component[component > 0], return_inverse=True)
@@ -205,6 +204,17 @@ def harden_soft(training: SoftTraining) -> nn.Module:
         centroids = means[used].to(value.dtype) if used.numel() else value.new_zeros(1)
         attach(module, ScalarCodebook(centroids.clone(), indices, survive.to(value.dtype)))
     return training.model
+
+
+def assign_components(training: SoftTraining) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """The components' means after merging (`merge_kl`; index 0 the zero component) and, per
+    chosen layer, each kept weight's most responsible component: what harden_soft snaps to."""
+    means, log_variances, log_proportions = _merged(training.prior, training.config.merge_kl)
+    components = []
+    for (name, module), keep in zip(training.chosen, training.keeps):
+        value, _ = take_weight(module, name)
+        components.append(_assign(value[keep], means, log_variances, log_proportions))
+    return means, components
 
 
 def _start(chosen: list[tuple[str, nn.Module]]) -> list[torch.Tensor]:
