@@ -154,3 +154,11 @@ def test_a_front_variant_scales_every_threshold_lowers_the_bits_and_drops_the_bu
     )
     assert all(stage.budget is None for stage in changed.stages)
     assert any(stage.budget is not None for stage in recipe.stages)  # the recipe itself keeps them
+
+
+def test_beyond_runs_only_the_recipes_named_and_refuses_others():
+    import beyond
+
+    assert "soft-weight-sharing-lenet300" in beyond._stems("lenet300_100")
+    with pytest.raises(SystemExit):  # argparse's error: not a recipe of the models given
+        beyond.main(["--models", "vgg_small", "--recipes", "soft-weight-sharing-lenet300"])
