@@ -60,7 +60,7 @@ def quick_recipe(recipe: Recipe) -> Recipe:
 # scaled: the knob its sparsity follows; k-means bits lowered by one), budgets off (a sweep
 # measures every point), and the recipes past Deep Compression as they are.
 FRONT = {
-    "lenet300_100": ("variational-dropout-lenet300",),
+    "lenet300_100": ("variational-dropout-lenet300", "soft-weight-sharing-lenet300"),
     "lenet5_caffe": ("variational-dropout-lenet5-caffe",),
     "vgg_small": (),
 }
