@@ -34,7 +34,10 @@ RECIPES: dict[str, tuple[str, tuple[str, ...]]] = {
         "deep-compression-lenet300",
         ("variational-dropout-lenet300", "soft-weight-sharing-lenet300"),
     ),
-    "lenet5_caffe": ("deep-compression-lenet5-caffe", ("variational-dropout-lenet5-caffe",)),
+    "lenet5_caffe": (
+        "deep-compression-lenet5-caffe",
+        ("variational-dropout-lenet5-caffe", "soft-weight-sharing-lenet5-caffe"),
+    ),
     "vgg_small": ("deep-compression-vgg-small", ()),
 }
 # issue 20's targets: (ratio at least, loss at most in points), each met or not
