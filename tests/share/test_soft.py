@@ -2,6 +2,8 @@
 Gaussian-mixture prior leaves each layer a few shared values and mostly zeros, keeps accuracy,
 and packs several times smaller than the dense file."""
 
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -12,6 +14,7 @@ from netshrink.layers import copy_model
 from netshrink.mask import apply_mask
 from netshrink.share.codebooks import ScalarCodebook
 from netshrink.share.soft import (
+    MixtureNLL,
     MixturePrior,
     ShareSoftConfig,
     _merged,
@@ -99,3 +102,17 @@ def test_close_components_merge_and_the_zero_component_keeps_mean_zero():
     assert log_proportions.exp().sum().item() == pytest.approx(1.0)
     assert len(log_variances) == 3
     assert len(_merged(prior, 0.0)[0]) == 5
+
+
+def test_the_mixture_term_and_its_gradients_are_the_plain_formulas():
+    torch.manual_seed(0)
+    w = (torch.randn(50, dtype=torch.double) * 0.3).requires_grad_()
+    means = torch.tensor([0.0, -0.4, 0.2, 0.5], dtype=torch.double, requires_grad=True)
+    log_variances = torch.tensor([-4.0, -2.0, -3.0, -2.5], dtype=torch.double, requires_grad=True)
+    log_proportions = torch.log_softmax(torch.randn(4, dtype=torch.double), 0).requires_grad_()
+    inputs = (w, means, log_variances, log_proportions)
+    assert torch.autograd.gradcheck(MixtureNLL.apply, inputs)
+    diff = w[:, None] - means[None, :]
+    joint = log_proportions - 0.5 * (math.log(2 * math.pi) + log_variances)
+    plain = -torch.logsumexp(joint - 0.5 * diff.square() * torch.exp(-log_variances), 1).sum()
+    assert torch.allclose(MixtureNLL.apply(*inputs), plain)
