@@ -121,7 +121,8 @@ def main(argv: list[str] | None = None) -> None:
         "stage in bench/results/beyond.json. `floor bytes`: the file's information floor (its "
         "integer streams at their order-0 entropy, the rest as stored; `netshrink inspect`), "
         "what the coding could still save. `prune ratio`: what the pruned model alone stores, "
-        "packed. Settings chosen on the validation split (the recipes' headers). `target`: "
+        'packed ("-": soft weight-sharing prunes and shares in one stage). Settings chosen on '
+        "the validation split (the recipes' headers). `target`: "
         "issue 20's (the literature's MNIST numbers: soft weight-sharing 64x on LeNet-300-100, "
         "162x on the Caffe LeNet-5), each met or not. "
         f"Torch on {args.threads} thread(s); this run {time.perf_counter() - start:.0f} s."
