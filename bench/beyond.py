@@ -9,8 +9,9 @@ Each (model, recipe) pair runs once per seed through netshrink.pipeline.run_reci
 model decoded from it, the median loss against the baseline, the median file bytes and ratio,
 and the spread (min - max) over the seeds. The pruning stage's median ratio is shown beside it
 (how much of the file's ratio the pruning gives; "-" where pruning is not a stage of its own).
-`--recipes` runs only those of the models' recipes and keeps the other published rows. Every recipe setting was chosen on the
-validation split (each recipe's header says how); the test split is read for this report only.
+`--recipes` runs only those of the models' recipes and keeps the other published rows. Every
+recipe setting was chosen on the validation split (each recipe's header says how); the test
+split is read for this report only.
 
 Writes bench/results/beyond.json and the beyond section of docs/benchmarks.md.
 """
