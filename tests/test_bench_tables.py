@@ -7,6 +7,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 
+import beyond  # noqa: E402
 import peers_fronts  # noqa: E402
 import peers_tables  # noqa: E402
 import readme  # noqa: E402
@@ -157,8 +158,6 @@ def test_a_front_variant_scales_every_threshold_lowers_the_bits_and_drops_the_bu
 
 
 def test_beyond_runs_only_the_recipes_named_and_refuses_others():
-    import beyond
-
     assert "soft-weight-sharing-lenet300" in beyond._stems("lenet300_100")
     with pytest.raises(SystemExit):  # argparse's error: not a recipe of the models given
         beyond.main(["--models", "vgg_small", "--recipes", "soft-weight-sharing-lenet300"])
