@@ -12,7 +12,7 @@ settings: validation top-1 of the baseline, of the soft-trained model (weights c
 of the hardened one; of the soft-trained model with only the zero component's weights pruned
 (the others left continuous: what pruning alone costs); with `--finetune`, of the hardened
 model after that many epochs of training its components' means (as a recipe stage's
-`finetune: {epochs: N, lr: 0.0005}` does); the share of weights pruned; the learned zero
+`finetune: {epochs: N}` does); the share of weights pruned; the learned zero
 component's std beside the weights' own; the nonzero components' means after merging; the packed file's bytes and ratio
 (fp32 codebooks, no fixed point). The test split is not read. Writes
 bench/results/ablate_soft.json (a rerun of other settings keeps the published rows) and its
@@ -33,12 +33,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import merge_published, publish  # noqa: E402
 from netshrink.codec import PackConfig, packed_bytes  # noqa: E402
 from netshrink.measure import count_parameters, dense_bytes  # noqa: E402
+from netshrink.share.codebooks import CODEBOOK_LR_DIVISOR  # noqa: E402
 from netshrink.share.soft import (  # noqa: E402
     ShareSoftConfig,
     assign_components,
     harden_soft,
     train_soft,
 )
+from netshrink.stage import relative_fit  # noqa: E402
 from netshrink.train import FitConfig, evaluate, fit  # noqa: E402
 from pipeline import baseline  # noqa: E402
 
@@ -89,7 +91,7 @@ def zeros_pruned(training) -> torch.nn.Module:
 
 
 def ablate(name: str, settings: dict, finetune: int) -> dict:
-    model, data, _ = baseline(name)
+    model, data, base_fit = baseline(name)
     config = ShareSoftConfig(**settings)
     start = time.perf_counter()
     training = train_soft(copy.deepcopy(model), data, config)
@@ -105,7 +107,7 @@ def ablate(name: str, settings: dict, finetune: int) -> dict:
     hardened_val = val_top1(hardened, data)
     tuned_val = None
     if finetune:
-        fit(hardened, data, FitConfig(epochs=finetune, lr=0.0005))
+        fit(hardened, data, relative_fit(FitConfig(epochs=finetune), base_fit, CODEBOOK_LR_DIVISOR))
         tuned_val = f"{val_top1(hardened.eval(), data)} ({finetune} ep)"
     raw = packed_bytes(hardened, PACK)
     return {
@@ -144,8 +146,10 @@ def main(argv: list[str] | None = None) -> None:
         "Validation split (the test split is not read); one seed (ShareSoftConfig's). "
         "`soft-trained`: the model right after the retraining under the prior, its weights "
         "still continuous; `hardened`: after merging and snapping (share_soft's result); "
-        "`fine-tuned`: the hardened model after training its means (SGD at 0.0005), the bytes "
-        "are then its file's. "
+        "`fine-tuned`: the hardened model after training its means as a recipe's `finetune` "
+        "does (SGD at the baseline's rate, each mean moved by its members' mean gradient; rows "
+        "made before that change (2026-12-07, 15:00 UTC) summed the gradients at 0.0005), the bytes are "
+        "then its file's. "
         "`pruned`: share of all parameters that are zero. Bytes: the packed .nsk of the hardened "
         f"model (fp32 codebooks, no fixed point); torch on {args.threads} thread(s)." + earlier
     )

@@ -36,6 +36,8 @@ from netshrink.codec.streams import entropy_bits  # noqa: E402
 from netshrink.data import load_data  # noqa: E402
 from netshrink.layers import select_layers  # noqa: E402
 from netshrink.prune import LayerSparsity, PruneMagnitudeConfig, prune_magnitude  # noqa: E402
+from netshrink.share.codebooks import CODEBOOK_LR_DIVISOR  # noqa: E402
+from netshrink.stage import relative_fit  # noqa: E402
 from netshrink.train import FitConfig, evaluate, fit  # noqa: E402
 from pipeline import pruned_baseline  # noqa: E402
 
@@ -47,8 +49,8 @@ PAPER_KEEP = {
 # conv 8 / fc 5 bits, as the weight-sharing issue and bench/share.py run Deep Compression
 SHARE_BITS = {"lenet300_100": {"fc_bits": 5}, "lenet5_caffe": {"conv_bits": 8, "fc_bits": 5}}
 PAPER_RATIO = {"lenet300_100": 40, "lenet5_caffe": 39}
-# Centroid fine-tuning as bench/share.py runs it (the CLI's default lr: the baseline's / 100).
-CENTROID_FINETUNE = FitConfig(epochs=2, lr=5e-4)
+# Centroid fine-tuning as bench/share.py runs it, at the sharing stages' default learning rate.
+CENTROID_FINETUNE = FitConfig(epochs=2)
 SMALL_STREAM = 10_000  # below this, a coder's tables weigh more than the targets allow
 LIMITS = {"ans": 1.01, "huffman": 1.05}
 COLUMNS = ["case", "measure", "netshrink", "reference", "ratio", "target", "meets target"]
@@ -234,8 +236,7 @@ def deep_compression_rows(name: str, cache: Path | None, tmp: Path) -> list[dict
     _, meta, _, base_fit = _baseline(name, cache)
     _, model, data = pruned_baseline(name)
     share_kmeans(model, ShareKmeansConfig(**SHARE_BITS[name]), progress=False)
-    fit(model, data, CENTROID_FINETUNE.model_copy(update={"batch_size": base_fit.batch_size}),
-        progress=False)  # fmt: skip
+    fit(model, data, relative_fit(CENTROID_FINETUNE, base_fit, CODEBOOK_LR_DIVISOR), progress=False)
     path = pack(model, tmp / f"{name}.nsk", PackConfig(index_bits="best"), meta=meta)
     decoded = unpack(path)
     top1 = evaluate(decoded, data.loader("test", 512)).top1
@@ -293,8 +294,8 @@ def _notes(extra: list[str]) -> str:
             "smaller streams the tables alone exceed 1%. Throughput: one thread, best of 3 runs,",
             "plan + code for ours. Deep Compression rows: the baseline pruned by bench/pipeline.py",
             "(iterative std thresholds with retraining, as bench/prune.py measures), k-means",
-            f"(linear init), {CENTROID_FINETUNE.epochs} epochs of centroid fine-tuning at lr",
-            f"{CENTROID_FINETUNE.lr:g}, packed with index_bits=best; the file includes its",
+            f"(linear init), {CENTROID_FINETUNE.epochs} epochs of centroid fine-tuning at the",
+            "baseline's learning rate, packed with index_bits=best; the file includes its",
             "header and the fp32 biases; its size depends on the entropy of the k-means codes,",
             "which netshrink.share produces (see `netshrink inspect`).",
             *extra,

@@ -1,6 +1,6 @@
 import torch
 
-from netshrink.share.gather import gather_rows
+from netshrink.share.gather import gather_rows, mean_over_members
 
 
 def test_gradient_is_each_rows_members_summed_and_deterministic():
@@ -21,3 +21,14 @@ def test_gradient_is_each_rows_members_summed_and_deterministic():
     assert torch.equal(gather_rows(table, indices), table[indices])
     with torch.no_grad():
         assert torch.equal(gather_rows(table, indices), table[indices])
+
+
+def test_mean_over_members_divides_the_gradient_only():
+    table = torch.tensor([1.0, 2.0, 3.0], requires_grad=True)
+    members = torch.tensor([4.0, 0.0, 2.0])
+    out = mean_over_members(table, members)
+    assert torch.equal(out, table)  # the forward value is untouched
+    out.backward(torch.tensor([8.0, 5.0, 1.0]))
+    assert table.grad.tolist() == [2.0, 5.0, 0.5]  # no members: nothing to divide
+    with torch.no_grad():
+        assert mean_over_members(table, members) is table

@@ -25,7 +25,7 @@ from netshrink.share import (
     share_rq,
     shared_layers,
 )
-from netshrink.train import FitConfig, fit
+from netshrink.train import FitConfig, evaluate, fit
 
 
 @pytest.fixture()
@@ -109,6 +109,57 @@ def test_pq_rq_binary_keep_zeros_and_train_their_codebooks(pruned, digits):
         assert len(shared_layers(model)) == 3
     fit(model, digits, FitConfig(epochs=1, lr=0.001, batch_size=64), progress=False)
     assert bool((model.fc2.weight[zeros] == 0).all())
+
+
+def _brute_force_member_mean(module, upstream):
+    """Each codebook entry's expected gradient for the loss sum(weight * upstream): the mean of
+    upstream over the kept weights that entry moves, each times how far it moves them (a shared
+    weight is linear in its codebook, so one unit step per entry finds them)."""
+    (book,) = module.parametrizations.weight
+    (table,) = [p for p in book.parameters()]
+    expected = torch.zeros_like(table).reshape(-1)
+    with torch.no_grad():
+        base = module.weight.clone()
+        for e in range(expected.numel()):
+            value = table.view(-1)[e].item()
+            table.view(-1)[e] = value + 1
+            moved = module.weight - base
+            table.view(-1)[e] = value  # restored exactly: `- 1` would leave a rounding error
+            members = moved != 0
+            if members.any():
+                expected[e] = (moved * upstream)[members].sum() / members.sum()
+    return table, expected.reshape(table.shape)
+
+
+@pytest.mark.parametrize(
+    ("method", "config"),
+    [
+        (share_kmeans, ShareKmeansConfig(bits=2)),
+        (share_pq, SharePqConfig(segment=3, k=4)),
+        (share_rq, ShareRqConfig(stages=2, k=3, segment=4, axis="columns")),
+        (share_binary, ShareBinaryConfig(scale="channel")),
+        (share_binary, ShareBinaryConfig(scale="layer", ternary=True)),
+    ],
+)
+def test_each_shared_value_moves_by_its_kept_members_mean_gradient(method, config):
+    torch.manual_seed(0)
+    layer = nn.Linear(10, 6)
+    with torch.no_grad():
+        layer.weight[layer.weight.abs() < 0.1] = 0  # pruned weights are no members
+    method(nn.Sequential(layer), config, progress=False)
+    upstream = torch.randn(6, 10)
+    table, expected = _brute_force_member_mean(layer, upstream)
+    (layer.weight * upstream).sum().backward()
+    assert torch.allclose(table.grad, expected, atol=1e-5)
+
+
+def test_finetuning_an_unpruned_model_at_the_baseline_rate_holds(mlp, digits):
+    """A big cluster's step does not grow with its size: 2-bit sharing of the unpruned fc1
+    (19,200 weights, ~5k to a centroid) fine-tunes at the rate the model trained with."""
+    model = share_kmeans(copy.deepcopy(mlp), ShareKmeansConfig(bits=2), progress=False)
+    shared = evaluate(model, digits.loader("val", 500)).top1
+    fit(model, digits, FitConfig(epochs=2, lr=0.05), progress=False)
+    assert evaluate(model, digits.loader("val", 500)).top1 >= shared - 0.02
 
 
 def test_binary_values_are_plus_minus_alpha_per_channel():

@@ -69,7 +69,8 @@ def share_kmeans(
     model. Follows Han et al. 2016 (Deep Compression, section 3).
 
     Each weight becomes `centroids[indices] * mask` with `centroids` the only trainable tensor:
-    fine-tune with `fit` to update each centroid by the sum of its members' gradients.
+    fine-tune with `fit` to move each centroid by the mean of its members' gradients (Han et al.
+    sum them; netshrink.share.gather says why the mean).
 
     Example:
         >>> share_kmeans(model, ShareKmeansConfig(conv_bits=8, fc_bits=5))  # doctest: +SKIP
