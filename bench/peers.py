@@ -3,6 +3,7 @@ models, data and machine, in one run.
 
     .venv-peers/bin/python bench/peers.py [--quick] [--part size filters] [--seeds 0 1 2]
                                           [--threads 1] [--models lenet5_caffe ...]
+                                          [--tools netshrink ...]
 
 Run it in the peers' own environment (docs/peers.md: `.venv-peers`, never a dependency of
 netshrink); a peer that does not import is left out and named in the notes. Models: the cached
@@ -28,7 +29,9 @@ the smallest of the three. Top-1 is measured on what the file holds (the decoded
 exported ONNX under ONNX Runtime, the quantized PyTorch model). `--quick` is a smoke run (one
 seed, one setting, one epoch) that prints the tables and writes nothing. Otherwise writes
 bench/results/peers.json (size) and peers_filters.json (filters) and their sections of
-docs/benchmarks.md.
+docs/benchmarks.md. `--models` and `--tools` rerun a part of it (after a change to netshrink,
+`--tools netshrink` remeasures its rows only): the published rows of the rest are kept, each
+with the command that made it.
 """
 
 import argparse
@@ -78,6 +81,7 @@ PEERS = {
     "torchao": "torchao",
     "Torch-Pruning": "torch_pruning",
 }
+TOOLS = ("PyTorch", "ONNX Runtime", *PEERS, "netshrink")
 HAND_LR, FILTER_LR = 0.005, 0.01
 COLUMNS = ["model", "tool", "pipeline", "seeds", "top-1", "loss pt", "val loss pt", "file bytes",
            "zip bytes", "xz bytes", "ratio", "seconds"]  # fmt: skip
@@ -155,8 +159,8 @@ def summarize(model: str, ref: tuple[float, int], key: tuple, results: list) -> 
 class Run:
     """One model's cases; `add` files each Result under (tool, pipeline, kind)."""
 
-    def __init__(self, name: str, settings: Settings, peers: set[str]) -> None:
-        self.name, self.settings, self.peers = name, settings, peers
+    def __init__(self, name: str, settings: Settings, peers: set[str], tools: set[str]) -> None:
+        self.name, self.settings, self.peers, self.tools = name, settings, peers, tools
         self.model, self.data, base_fit = baseline(name)
         spec, _, fit_config = BASELINES[name]
         self.meta = cached_baseline(spec, self.data, fit_config, progress=False)[1]
@@ -168,7 +172,9 @@ class Run:
     def add(self, tool: str, pipeline: str, kind: str, make, *args) -> None:
         """File `make(*args)`'s Result under (tool, pipeline, kind). A pipeline that raises is
         named in the notes with its error and the run goes on: one peer's failure on one model
-        must not cost the other measurements."""
+        must not cost the other measurements. A tool not chosen (`--tools`) is not run."""
+        if not self.wants(tool):
+            return
         try:
             result = make(*args)
         except Exception as exc:  # noqa: BLE001 - third-party code: any failure is a finding
@@ -179,6 +185,10 @@ class Run:
         self.results[(tool, pipeline, kind)].append(result)
         console().print(f"  {MODELS[self.name]} | {tool} | {pipeline}: top-1 {result.top1:.4f}, "
                         f"{len(result.raw):,} B, {result.seconds:.1f} s")  # fmt: skip
+
+    def wants(self, *tools: str) -> bool:
+        """Whether any of `tools` is run."""
+        return any(tool in self.tools for tool in tools)
 
     def fit_config(self, lr: float, seed: int, epochs: int | None = None) -> FitConfig:
         epochs = self.settings.epochs if epochs is None else epochs
@@ -215,6 +225,8 @@ def hand_cases(run: Run, seed: int) -> None:
     """PyTorch by hand at each sparsity: fp32, torch.ao int8 and ONNX Runtime int8 files, and
     Brevitas low-bit QAT of the same pruned model."""
     epochs, qat_epochs = run.settings.epochs, run.settings.qat_epochs
+    if not run.wants("PyTorch", "ONNX Runtime", "Brevitas"):
+        return  # the pruning they share costs the most
     for sparsity in run.settings.sparsities:
         config = run.fit_config(HAND_LR, seed)
         pruned, seconds = tools.torch_prune(run.model, run.data, sparsity, config)
@@ -246,10 +258,10 @@ def filter_cases(run: Run, seed: int) -> None:
                 ns.filters, run.model, run.meta, run.data, amount, config)  # fmt: skip
 
 
-def size_model(name: str, settings: Settings, peers: set[str]) -> Run:
+def size_model(name: str, settings: Settings, peers: set[str], tools: set[str]) -> Run:
     """The size part for one model: PTQ, PyTorch by hand and netshrink's recipe, every seed
     (the first only for the models in FIRST_SEED_ONLY)."""
-    run = Run(name, settings, peers)
+    run = Run(name, settings, peers, tools)
     console().rule(f"{MODELS[name]}: size")
     ptq_cases(run)
     front = ns.front_recipes(name)
@@ -262,10 +274,10 @@ def size_model(name: str, settings: Settings, peers: set[str]) -> Run:
     return run
 
 
-def filter_model(name: str, settings: Settings, peers: set[str]) -> Run:
+def filter_model(name: str, settings: Settings, peers: set[str], tools: set[str]) -> Run:
     """The filters part for one model: the first seed only (the VGG and ResNet-20 fine-tunings
     take minutes an epoch here)."""
-    run = Run(name, settings, peers)
+    run = Run(name, settings, peers, tools)
     console().rule(f"{MODELS[name]}: filters")
     filter_cases(run, settings.seeds[0])
     return run
@@ -380,6 +392,16 @@ PART_RUNS = {
 }  # fmt: skip
 
 
+def _part(row: dict) -> tuple[str, str]:
+    """What a partial rerun replaces: one tool's rows of one model."""
+    return row["model"], row["tool"]
+
+
+def _part_order(part: tuple[str, str]) -> tuple[int, int]:
+    labels = list(MODELS.values())
+    return labels.index(part[0]), TOOLS.index(part[1])
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smoke run; prints, writes nothing")
@@ -388,6 +410,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS),
                         help="run only these models (of each part's)")  # fmt: skip
+    parser.add_argument("--tools", nargs="+", default=list(TOOLS), choices=TOOLS,
+                        help="run only these tools' pipelines")  # fmt: skip
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")  # the peers' deprecation notices would drown the progress
@@ -399,13 +423,12 @@ def main(argv: list[str] | None = None) -> None:
         run_one, notes, columns, name, title = PART_RUNS[part]
         start = time.perf_counter()
         models = [m for m in PARTS[part] if m in args.models]
-        runs = [run_one(model, settings, peers) for model in models]
+        runs = [run_one(model, settings, peers, set(args.tools)) for model in models]
         rows = [row for run in runs for row in run.rows()]
         failures = [failure for run in runs for failure in run.failures]
         kept = ""
-        if not settings.quick:  # a rerun of some models keeps the others' published rows
-            order = list(MODELS.values())
-            rows, kept = merge_published(name, rows, lambda r: r["model"], order.index)
+        if not settings.quick:  # a rerun of some models or tools keeps the others' rows
+            rows, kept = merge_published(name, rows, _part, _part_order)
         text = notes(rows, settings, missing + failures, time.perf_counter() - start) + kept
         if settings.quick:
             show(rows, columns, text)
