@@ -33,14 +33,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import merge_published, publish  # noqa: E402
 from netshrink.codec import PackConfig, packed_bytes  # noqa: E402
 from netshrink.measure import count_parameters, dense_bytes  # noqa: E402
-from netshrink.share.codebooks import CODEBOOK_LR_DIVISOR  # noqa: E402
 from netshrink.share.soft import (  # noqa: E402
     ShareSoftConfig,
     assign_components,
     harden_soft,
     train_soft,
 )
-from netshrink.stage import relative_fit  # noqa: E402
+from netshrink.stage import Stage, relative_fit  # noqa: E402
 from netshrink.train import FitConfig, evaluate, fit  # noqa: E402
 from pipeline import baseline  # noqa: E402
 
@@ -107,7 +106,11 @@ def ablate(name: str, settings: dict, finetune: int) -> dict:
     hardened_val = val_top1(hardened, data)
     tuned_val = None
     if finetune:
-        fit(hardened, data, relative_fit(FitConfig(epochs=finetune), base_fit, CODEBOOK_LR_DIVISOR))
+        fit(
+            hardened,
+            data,
+            relative_fit(FitConfig(epochs=finetune), base_fit, Stage.finetune_lr_divisor),
+        )
         tuned_val = f"{val_top1(hardened.eval(), data)} ({finetune} ep)"
     raw = packed_bytes(hardened, PACK)
     return {
@@ -147,7 +150,7 @@ def main(argv: list[str] | None = None) -> None:
         "`soft-trained`: the model right after the retraining under the prior, its weights "
         "still continuous; `hardened`: after merging and snapping (share_soft's result); "
         "`fine-tuned`: the hardened model after training its means as a recipe's `finetune` "
-        "does (SGD at the baseline's rate, each mean moved by its members' mean gradient; rows "
+        "does (SGD at the baseline's rate / 10, each mean moved by its members' mean gradient; rows "
         "made before that change (2026-12-07, 15:00 UTC) summed the gradients at 0.0005), the bytes are "
         "then its file's. "
         "`pruned`: share of all parameters that are zero. Bytes: the packed .nsk of the hardened "

@@ -36,8 +36,7 @@ from netshrink.codec.streams import entropy_bits  # noqa: E402
 from netshrink.data import load_data  # noqa: E402
 from netshrink.layers import select_layers  # noqa: E402
 from netshrink.prune import LayerSparsity, PruneMagnitudeConfig, prune_magnitude  # noqa: E402
-from netshrink.share.codebooks import CODEBOOK_LR_DIVISOR  # noqa: E402
-from netshrink.stage import relative_fit  # noqa: E402
+from netshrink.stage import Stage, relative_fit  # noqa: E402
 from netshrink.train import FitConfig, evaluate, fit  # noqa: E402
 from pipeline import pruned_baseline  # noqa: E402
 
@@ -236,7 +235,12 @@ def deep_compression_rows(name: str, cache: Path | None, tmp: Path) -> list[dict
     _, meta, _, base_fit = _baseline(name, cache)
     _, model, data = pruned_baseline(name)
     share_kmeans(model, ShareKmeansConfig(**SHARE_BITS[name]), progress=False)
-    fit(model, data, relative_fit(CENTROID_FINETUNE, base_fit, CODEBOOK_LR_DIVISOR), progress=False)
+    fit(
+        model,
+        data,
+        relative_fit(CENTROID_FINETUNE, base_fit, Stage.finetune_lr_divisor),
+        progress=False,
+    )
     path = pack(model, tmp / f"{name}.nsk", PackConfig(index_bits="best"), meta=meta)
     decoded = unpack(path)
     top1 = evaluate(decoded, data.loader("test", 512)).top1

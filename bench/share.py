@@ -44,7 +44,7 @@ from netshrink.share import (  # noqa: E402
     share_pq,
     share_rq,
 )
-from netshrink.share.codebooks import CODEBOOK_LR_DIVISOR  # noqa: E402
+from netshrink.stage import Stage  # noqa: E402
 from netshrink.train import FitConfig, evaluate, fit  # noqa: E402
 from pipeline import baseline, pruned_baseline  # noqa: E402
 
@@ -75,8 +75,8 @@ LABELS = {
     "lenet5_caffe": "Caffe LeNet-5",
     "vgg_small": "small VGG",
 }
-# Centroid fine-tuning at the sharing stages' default rate (the baselines trained at 0.05)
-FINETUNE = FitConfig(epochs=2, lr=0.05 / CODEBOOK_LR_DIVISOR, batch_size=128)
+# Centroid fine-tuning at the stages' default rate (the baselines trained at 0.05)
+FINETUNE = FitConfig(epochs=2, lr=0.05 / Stage.finetune_lr_divisor, batch_size=128)
 # Rates at which the families are compared: b-bit sharing reaches a little under 32 / b.
 RATES = (3.75, 7.5, 10, 15, 20, 30)
 FAMILIES = ("KM", "PQ-x", "PQ-y", "PQ", "RQ", "binary", "SVD")  # prefixes: PQ = PQ-x or PQ-y
@@ -403,8 +403,8 @@ def main() -> None:
             rows += kmeans_rows(name, args.seeds)
         notes.append(
             f"k-means rows: `top-1 final` is after {FINETUNE.epochs} epochs of centroid "
-            f"fine-tuning at lr {FINETUNE.lr:g} (the CLI's default, the baseline's rate: a "
-            f"centroid moves by its members' mean gradient), median over seeds {args.seeds}; "
+            f"fine-tuning at lr {FINETUNE.lr:g} (the CLI's default, the baseline's / "
+            f"{Stage.finetune_lr_divisor:g}: a centroid moves by its members' mean gradient), median over seeds {args.seeds}; "
             "on the start rows it is the pruned model. `ratio`: dense fp32 bytes over the bytes "
             "of the model's .nsk file (netshrink.codec.packed_bytes: header, relative positions, "
             "codebooks and entropy-coded indices as the file holds them)."

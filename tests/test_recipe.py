@@ -126,11 +126,8 @@ def test_finetune_takes_the_baselines_settings_it_does_not_give():
         1e-4,
     )
     lr_unset = parse_recipe(GOOD.replace("epochs: 1, lr: 0.001", "epochs: 1")).stages[1]
-    assert lr_unset.method == "share_kmeans"  # a codebook learns at the baseline's rate
-    assert lr_unset.finetune_config(base).lr == pytest.approx(0.05)
-    pruned = parse_recipe(GOOD).stages[0]
-    plain = pruned.model_copy(update={"finetune": FitConfig.model_validate({"epochs": 1})})
-    assert plain.finetune_config(base).lr == pytest.approx(0.005)  # other methods: / 10
+    assert lr_unset.method == "share_kmeans"  # every method: the baseline's rate / 10
+    assert lr_unset.finetune_config(base).lr == pytest.approx(0.005)
 
 
 def test_the_recipe_seed_fills_every_seed_a_stage_leaves_unset():

@@ -11,7 +11,7 @@ unpruned 266k-weight layer took a step ~16k times a weight's and training diverg
 4 bits, val 90.17% -> 16.22% after 2 epochs at lr 0.0005). `mean_over_members` divides each
 value's gradient by its member count: the step is then the tied weights' plain SGD step
 projected onto the shared values (each moves by its members' mean gradient), whatever the
-cluster sizes, at the learning rate the free weights trained with.
+cluster sizes, at the learning rate free weights would fine-tune with.
 """
 
 import torch
