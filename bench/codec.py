@@ -48,7 +48,7 @@ PAPER_KEEP = {
 # conv 8 / fc 5 bits, as the weight-sharing issue and bench/share.py run Deep Compression
 SHARE_BITS = {"lenet300_100": {"fc_bits": 5}, "lenet5_caffe": {"conv_bits": 8, "fc_bits": 5}}
 PAPER_RATIO = {"lenet300_100": 40, "lenet5_caffe": 39}
-# Centroid fine-tuning as bench/share.py runs it, at the sharing stages' default learning rate.
+# Centroid fine-tuning as bench/share.py runs it, at the stages' default rate (baseline / 10).
 CENTROID_FINETUNE = FitConfig(epochs=2)
 SMALL_STREAM = 10_000  # below this, a coder's tables weigh more than the targets allow
 LIMITS = {"ans": 1.01, "huffman": 1.05}
@@ -299,7 +299,7 @@ def _notes(extra: list[str]) -> str:
             "plan + code for ours. Deep Compression rows: the baseline pruned by bench/pipeline.py",
             "(iterative std thresholds with retraining, as bench/prune.py measures), k-means",
             f"(linear init), {CENTROID_FINETUNE.epochs} epochs of centroid fine-tuning at the",
-            "baseline's learning rate, packed with index_bits=best; the file includes its",
+            "baseline's learning rate / 10, packed with index_bits=best; the file includes its",
             "header and the fp32 biases; its size depends on the entropy of the k-means codes,",
             "which netshrink.share produces (see `netshrink inspect`).",
             *extra,
