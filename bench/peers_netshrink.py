@@ -45,11 +45,11 @@ def _load(stem: str, name: str) -> tuple[Recipe, str]:
 
 def quick_recipe(recipe: Recipe) -> Recipe:
     """The recipe cut for a smoke run: one pruning step of one epoch, one fine-tuning epoch."""
-    fields = recipe.model_dump(mode="json")
+    fields = recipe.as_written()
     for stage in fields["stages"]:
         if stage["method"] == "prune_iterative":
             stage["config"]["steps"] = 1
-            stage["config"]["retrain"]["epochs"] = 1
+            stage["config"].setdefault("retrain", {})["epochs"] = 1
         if stage.get("finetune"):
             stage["finetune"]["epochs"] = 1
         stage["budget"] = None
@@ -84,12 +84,12 @@ def front_recipes(name: str) -> list[tuple[Recipe, str]]:
 def variant(recipe: Recipe, scale: float, bits: int) -> Recipe:
     """`recipe` with every std-threshold ratio of its iterative pruning multiplied by `scale`,
     every k-means bit width changed by `bits` (at least 1), and no stage budgets."""
-    fields = recipe.model_dump(mode="json")
+    fields = recipe.as_written()
     for stage in fields["stages"]:
         stage["budget"] = None
         config = stage.get("config") or {}
         if stage["method"] == "prune_iterative":
-            prune = config["prune"]
+            prune = config.setdefault("prune", {})
             if prune.get("threshold", {}).get("kind") == "std":
                 prune["threshold"]["ratio"] *= scale
                 prune["per_layer"] = {k: v * scale for k, v in prune.get("per_layer", {}).items()}

@@ -12,6 +12,7 @@ import peers_fronts  # noqa: E402
 import peers_tables  # noqa: E402
 import readme  # noqa: E402
 from common import replace_block  # noqa: E402
+from netshrink.stage import with_seed  # noqa: E402
 
 
 def _row(tool, loss, smallest, kind="size", **extra):
@@ -155,6 +156,9 @@ def test_a_front_variant_scales_every_threshold_lowers_the_bits_and_drops_the_bu
     )
     assert all(stage.budget is None for stage in changed.stages)
     assert any(stage.budget is not None for stage in recipe.stages)  # the recipe itself keeps them
+    seeded = changed.model_copy(update={"seed": 5})  # as peers.py runs each seed
+    assert with_seed(seeded.stages[0], 5).config.retrain.seed == 5
+    assert with_seed(seeded.stages[1], 5).finetune.seed == 5
 
 
 def test_beyond_runs_only_the_recipes_named_and_refuses_others():

@@ -140,6 +140,21 @@ def test_the_recipe_seed_fills_every_seed_a_stage_leaves_unset():
     assert with_seed(recipe.stages[1], 11).finetune_config(recipe.baseline.fit).seed == 11
 
 
+def test_a_recipe_rebuilt_from_what_it_sets_still_passes_its_seed_on():
+    import yaml
+
+    from netshrink.recipe import Recipe
+    from netshrink.stage import with_seed
+
+    recipe = parse_recipe(GOOD)
+    rebuilt = parse_recipe(yaml.safe_dump(recipe.as_written()))  # as a run folder saves it
+    assert rebuilt == recipe
+    assert with_seed(rebuilt.stages[1], 11).finetune.seed == 11
+    # the trap as_written avoids: a full dump writes every default seed out, pinning it
+    dumped = Recipe.model_validate(recipe.model_dump(mode="json"))
+    assert with_seed(dumped.stages[1], 11).finetune.seed == 0
+
+
 def _fit_configs(value):
     """Every FitConfig in a recipe, at any depth."""
     if isinstance(value, FitConfig):

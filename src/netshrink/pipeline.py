@@ -136,7 +136,7 @@ def run_recipe(
         data = load_data(recipe.data)
         done = _finished(directory, recipe)
         if is_main_process():
-            text = recipe_text or yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False)
+            text = recipe_text or yaml.safe_dump(recipe.as_written(), sort_keys=False)
             atomic_write(directory / "recipe.yaml", lambda tmp: tmp.write_text(text))
         records, ctx = _baseline(
             recipe, data, directory, done, cache_dir, latency, progress, trust, device

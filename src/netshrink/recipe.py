@@ -105,6 +105,12 @@ class Recipe(BaseModel):
     export: ExportConfig = ExportConfig()
     device: str = "auto"
 
+    def as_written(self) -> dict:
+        """The fields the recipe sets, in JSON types: what rebuilds it with the same meaning.
+        A full `model_dump` also writes every default, and a `seed` written out is a seed set:
+        the recipe rebuilt from it would no longer pass its own `seed` to the stages."""
+        return self.model_dump(mode="json", exclude_unset=True)
+
     @field_validator("device")
     @classmethod
     def _device(cls, device: str) -> str:
