@@ -159,8 +159,8 @@ def summarize(model: str, ref: tuple[float, int], key: tuple, results: list) -> 
 class Run:
     """One model's cases; `add` files each Result under (tool, pipeline, kind)."""
 
-    def __init__(self, name: str, settings: Settings, peers: set[str], tools: set[str]) -> None:
-        self.name, self.settings, self.peers, self.tools = name, settings, peers, tools
+    def __init__(self, name: str, settings: Settings, peers: set[str], chosen: set[str]) -> None:
+        self.name, self.settings, self.peers, self.chosen = name, settings, peers, chosen
         self.model, self.data, base_fit = baseline(name)
         spec, _, fit_config = BASELINES[name]
         self.meta = cached_baseline(spec, self.data, fit_config, progress=False)[1]
@@ -188,7 +188,7 @@ class Run:
 
     def wants(self, *tools: str) -> bool:
         """Whether any of `tools` is run."""
-        return any(tool in self.tools for tool in tools)
+        return any(tool in self.chosen for tool in tools)
 
     def fit_config(self, lr: float, seed: int, epochs: int | None = None) -> FitConfig:
         epochs = self.settings.epochs if epochs is None else epochs
@@ -258,10 +258,10 @@ def filter_cases(run: Run, seed: int) -> None:
                 ns.filters, run.model, run.meta, run.data, amount, config)  # fmt: skip
 
 
-def size_model(name: str, settings: Settings, peers: set[str], tools: set[str]) -> Run:
+def size_model(name: str, settings: Settings, peers: set[str], chosen: set[str]) -> Run:
     """The size part for one model: PTQ, PyTorch by hand and netshrink's recipe, every seed
     (the first only for the models in FIRST_SEED_ONLY)."""
-    run = Run(name, settings, peers, tools)
+    run = Run(name, settings, peers, chosen)
     console().rule(f"{MODELS[name]}: size")
     ptq_cases(run)
     front = ns.front_recipes(name)
@@ -274,10 +274,10 @@ def size_model(name: str, settings: Settings, peers: set[str], tools: set[str]) 
     return run
 
 
-def filter_model(name: str, settings: Settings, peers: set[str], tools: set[str]) -> Run:
+def filter_model(name: str, settings: Settings, peers: set[str], chosen: set[str]) -> Run:
     """The filters part for one model: the first seed only (the VGG and ResNet-20 fine-tunings
     take minutes an epoch here)."""
-    run = Run(name, settings, peers, tools)
+    run = Run(name, settings, peers, chosen)
     console().rule(f"{MODELS[name]}: filters")
     filter_cases(run, settings.seeds[0])
     return run
