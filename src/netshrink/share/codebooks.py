@@ -9,8 +9,8 @@ indices, times the pruning mask it carries (DESIGN.md, "compression as parametri
 The codebook is the only trainable tensor: `attach` freezes the dense `original` underneath, so
 the ordinary `fit` updates each shared value while indices and zeros stay fixed. Each value moves
 by the mean of its kept members' gradients, not their sum (netshrink.share.gather says why), so
-the codebook fine-tunes at the free weights' learning rate. What a shared layer stores is what its .nsk file holds for the weight
-it computes: netshrink.codec.summary says (`summarize_model`).
+a codebook fine-tunes at the rate free weights would. What a shared layer stores is what its
+.nsk file holds for the weight it computes: netshrink.codec.summary says (`summarize_model`).
 """
 
 import torch
@@ -94,7 +94,7 @@ class VectorCodebook(nn.Module):
 
     def members(self, shape: tuple[int, int]) -> torch.Tensor:
         """For each codeword entry, the kept weights it is decoded into (codebooks' shape)."""
-        stages, parts, k, length = self.codebooks.shape
+        _, parts, k, length = self.codebooks.shape
         kept = segments(self.mask.reshape(shape), length, self.axis).reshape(-1, length)
         offsets = torch.arange(parts, device=kept.device).unsqueeze(1) * k
         counts = [row_sums((i + offsets).reshape(-1), kept, parts * k) for i in self.indices]
