@@ -12,8 +12,9 @@ settings: validation top-1 of the baseline, of the soft-trained model (weights c
 of the hardened one; of the soft-trained model with only the zero component's weights pruned
 (the others left continuous: what pruning alone costs); with `--finetune`, of the hardened
 model after that many epochs of training its components' means (as a recipe stage's
-`finetune: {epochs: N}` does); the share of weights pruned; the learned zero
-component's std beside the weights' own; the nonzero components' means after merging; the packed file's bytes and ratio
+`finetune: {epochs: N}` does); the share of weights pruned; the learned zero component's std
+beside the weights' own; the nonzero components' means after merging; the packed file's bytes
+and ratio
 (fp32 codebooks, no fixed point). The test split is not read. Writes
 bench/results/ablate_soft.json (a rerun of other settings keeps the published rows) and its
 section of docs/benchmarks.md.
@@ -150,9 +151,9 @@ def main(argv: list[str] | None = None) -> None:
         "`soft-trained`: the model right after the retraining under the prior, its weights "
         "still continuous; `hardened`: after merging and snapping (share_soft's result); "
         "`fine-tuned`: the hardened model after training its means as a recipe's `finetune` "
-        "does (SGD at the baseline's rate / 10, each mean moved by its members' mean gradient; rows "
-        "made before that change (2026-12-07, 15:00 UTC) summed the gradients at 0.0005), the bytes are "
-        "then its file's. "
+        "does (SGD at the baseline's rate / 10, each mean moved by its members' mean gradient; "
+        "rows made before that change (2026-12-07, 15:00 UTC) summed the gradients at 0.0005), "
+        "the bytes are then its file's. "
         "`pruned`: share of all parameters that are zero. Bytes: the packed .nsk of the hardened "
         f"model (fp32 codebooks, no fixed point); torch on {args.threads} thread(s)." + earlier
     )

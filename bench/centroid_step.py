@@ -27,7 +27,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import publish  # noqa: E402
 from netshrink.share import ScalarCodebook, ShareKmeansConfig, share_kmeans  # noqa: E402
-from netshrink.share.gather import row_sums  # noqa: E402
 from netshrink.train import FitConfig, evaluate, fit  # noqa: E402
 from papers import LABELS  # noqa: E402
 from pipeline import baseline, pruned_baseline  # noqa: E402
@@ -56,9 +55,8 @@ def summed(model: torch.nn.Module) -> None:
     codebook divides by the member count in its backward, this hook multiplies it back."""
     for module in model.modules():
         if isinstance(module, ScalarCodebook):
-            members = row_sums(module.indices.reshape(-1), module.mask.reshape(-1, 1),
-                               len(module.centroids)).reshape(module.centroids.shape)  # fmt: skip
-            module.centroids.register_hook(lambda grad, m=members: grad * m.clamp(min=1))
+            members = module.members().clamp(min=1)
+            module.centroids.register_hook(lambda grad, m=members: grad * m)
 
 
 def val_top1(model, data) -> float:

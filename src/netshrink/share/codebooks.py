@@ -66,9 +66,13 @@ class ScalarCodebook(nn.Module):
     def forward(self, original: torch.Tensor) -> torch.Tensor:
         centroids = self.centroids
         if trains(centroids):
-            members = row_sums(self.indices.reshape(-1), self.mask.reshape(-1, 1), len(centroids))
-            centroids = mean_over_members(centroids, members.reshape(centroids.shape))
+            centroids = mean_over_members(centroids, self.members())
         return gather_rows(centroids, self.indices) * self.mask
+
+    def members(self) -> torch.Tensor:
+        """For each centroid, the kept weights that take its value (centroids' shape)."""
+        counts = row_sums(self.indices.reshape(-1), self.mask.reshape(-1, 1), len(self.centroids))
+        return counts.reshape(self.centroids.shape)
 
 
 class VectorCodebook(nn.Module):
@@ -118,9 +122,13 @@ class SignCodebook(nn.Module):
         shape = (-1,) + (1,) * (self.signs.dim() - 1)
         scales = self.scales
         if trains(scales):
-            kept = (self.signs != 0) * self.mask  # a ternary zero is no member
-            scales = mean_over_members(scales, kept.reshape(len(scales), -1).sum(1))
+            scales = mean_over_members(scales, self.members())
         return scales.reshape(shape) * self.signs * self.mask
+
+    def members(self) -> torch.Tensor:
+        """For each scale, the kept weights it multiplies (a ternary zero is none)."""
+        kept = (self.signs != 0) * self.mask
+        return kept.reshape(len(self.scales), -1).sum(1)
 
 
 SHARED = (ScalarCodebook, VectorCodebook, SignCodebook)
