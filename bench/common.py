@@ -6,6 +6,7 @@ import datetime
 import json
 import shlex
 import statistics
+import subprocess
 import sys
 from pathlib import Path
 
@@ -17,6 +18,23 @@ from netshrink.report import console
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 DOC = ROOT / "docs" / "benchmarks.md"
+
+
+def source_commit() -> str:
+    """The commit whose code is running ("+changes": with uncommitted edits to the code)."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True,
+                              capture_output=True, check=True).stdout.strip()  # fmt: skip
+        edits = subprocess.run(["git", "status", "--porcelain", "--", "src", "bench/*.py",
+                                "recipes"], cwd=ROOT, text=True, capture_output=True,
+                               check=True).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (not a git checkout)"
+    return head + ("+changes" if edits else "")
+
+
+# read when a benchmark starts, not when it publishes: a commit made while it runs is not its code
+SOURCE = source_commit()
 
 
 def command_line() -> str:
@@ -39,9 +57,10 @@ def publish(name: str, title: str, rows: list[dict], columns: list[str], notes: 
         table.add_row(*(_cell(row.get(c)) for c in columns))
     console().print(table)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    result = {"name": name, "command": command, "date": date, "rows": rows}
+    result = {"name": name, "command": command, "date": date, "commit": SOURCE, "rows": rows}
     (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
-    _update_doc(name, _markdown(title, command, date, rows, columns, notes))
+    made_by = f"`{command}` ({date}, commit {SOURCE})"
+    _update_doc(name, _markdown(title, made_by, rows, columns, notes))
 
 
 def merge_published(name: str, rows: list[dict], part, order) -> tuple[list[dict], str]:
@@ -55,7 +74,8 @@ def merge_published(name: str, rows: list[dict], part, order) -> tuple[list[dict
         return rows, ""
     published = json.loads(path.read_text())
     rerun = {part(row) for row in rows}
-    made_by = f"`{published['command']}` ({published['date']})"
+    commit = f", commit {published['commit']}" if "commit" in published else ""
+    made_by = f"`{published['command']}` ({published['date']}{commit})"
     kept = [{"made by": made_by, **row} for row in published["rows"] if part(row) not in rerun]
     if not kept:
         return rows, ""
@@ -76,8 +96,8 @@ def _cell(value) -> str:
     return "-" if value is None else str(value)
 
 
-def _markdown(title, command, date, rows, columns, notes) -> str:
-    lines = [f"## {title}", "", f"Command: `{command}` ({date})", ""]
+def _markdown(title, made_by, rows, columns, notes) -> str:
+    lines = [f"## {title}", "", f"Command: {made_by}", ""]
     lines.append("| " + " | ".join(columns) + " |")
     lines.append("| " + " | ".join("---" for _ in columns) + " |")
     lines += ["| " + " | ".join(_cell(r.get(c)) for c in columns) + " |" for r in rows]

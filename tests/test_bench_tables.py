@@ -165,3 +165,61 @@ def test_beyond_runs_only_the_recipes_named_and_refuses_others():
     assert "soft-weight-sharing-lenet300" in beyond._stems("lenet300_100")
     with pytest.raises(SystemExit):  # argparse's error: not a recipe of the models given
         beyond.main(["--models", "vgg_small", "--recipes", "soft-weight-sharing-lenet300"])
+
+
+SWEPT = """\
+name: swept
+data: {source: digits}
+baseline:
+  model: lenet300_100
+  train: {epochs: 2, lr: 0.05, batch_size: 64}
+stages:
+  - method: prune_magnitude
+    name: prune
+    config: {threshold: {kind: std, ratio: 1.0}}
+    finetune: {epochs: 1}
+    budget: 0.0
+  - method: share_kmeans
+    name: share
+    config: {bits: 3}
+    finetune: {epochs: 1}
+    budget: 0.0
+  - method: quantize
+    config: {weights: 8, activations: 8}
+export: {c: true}
+"""
+
+
+def test_a_sweep_trains_the_earlier_stages_once_and_lifts_the_budgets(tmp_path, monkeypatch):
+    import json
+
+    import common
+    import sweep
+    from netshrink import pipeline
+
+    monkeypatch.setenv("NETSHRINK_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(common, "RESULTS", tmp_path / "results")
+    monkeypatch.setattr(common, "DOC", tmp_path / "benchmarks.md")
+    methods = []
+    run_stage = pipeline.run_stage
+    monkeypatch.setattr(
+        pipeline,
+        "run_stage",
+        lambda model, stage, ctx: methods.append(stage.method) or run_stage(model, stage, ctx),
+    )
+    recipe = tmp_path / "swept.yaml"
+    recipe.write_text(SWEPT)
+    sweep.main([str(recipe), "--stage", "share", "--field", "finetune.lr",
+                "--values", "0.001", "0.01", "--seeds", "0"])  # fmt: skip
+    # the stage after `share` is cut; `prune` is trained once and both values start from it
+    assert methods == ["prune_magnitude", "share_kmeans", "share_kmeans"]
+    published = json.loads((tmp_path / "results" / "sweep.json").read_text())
+    assert published["commit"] == common.SOURCE and published["commit"] != ""
+    rows = published["rows"]
+    assert [row["value"] for row in rows] == [0.001, 0.01]
+    for row in rows:  # a zero budget did not stop the run: the row says whether it held
+        assert 50 < row["val top-1"] <= 100
+        assert row["within budget"] == (row["val loss pt"] <= 0)
+        assert row["in recipe"] is False
+    with pytest.raises(SystemExit):
+        sweep.main([str(recipe), "--stage", "nope", "--field", "budget", "--values", "1"])
