@@ -4,7 +4,7 @@
 
 The recipe (recipes/RECIPE.yaml, or a YAML file's path) runs up to and including stage NAME with the stage's PATH (a
 dotted field of its entry, as `netshrink apply --set` names it: `finetune.lr`, `config.bits`,
-`budget`) set to each value (read as YAML), and with each seed as the recipe's `seed`. Each seed
+`budget`) set to each value (read as YAML; `null` is the method's default), and with each seed as the recipe's `seed`. Each seed
 runs in its own folder under the cache (~/.cache/netshrink/sweep/RECIPE/seed-N), so the stages
 before NAME are trained once and every value starts from the same model (the pipeline resumes
 them); a later sweep of the same recipe reuses them too. Budgets are lifted for the sweep (a value
@@ -102,7 +102,7 @@ def value_row(recipe: Recipe, stage: str, path: str, value, seeds: list[int]) ->
         "recipe": recipe.name,
         "stage": stage,
         "field": path,
-        "value": value,
+        "value": "default" if value is None else value,  # `null`: the method's own default
         "in recipe": value == current_value(recipe, stage, path),
         "seeds": len(seeds),
         "val top-1 baseline": round(statistics.median(bases), 2),
