@@ -68,12 +68,16 @@ def _set(entry: dict, path: str, value) -> None:
         entry = entry.setdefault(key, {})
         if not isinstance(entry, dict):
             raise SystemExit(f"--field {path}: {key} is not a mapping in the stage")
-    entry[leaf] = value
+    if value is None:  # unset: the method's own default
+        entry.pop(leaf, None)
+    else:
+        entry[leaf] = value
 
 
 def current_value(recipe: Recipe, stage: str, path: str):
-    """The value the recipe itself gives `path` (None: the method's default)."""
-    entry = next(s for s in recipe.stages if s.title == stage).model_dump(mode="json")
+    """The value the recipe itself writes at `path` (None: unset, the method's default)."""
+    titles = [s.title for s in recipe.stages]
+    entry = recipe.as_written()["stages"][titles.index(stage)]
     for key in path.split("."):
         if not isinstance(entry, dict):
             return None

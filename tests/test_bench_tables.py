@@ -210,16 +210,16 @@ def test_a_sweep_trains_the_earlier_stages_once_and_lifts_the_budgets(tmp_path, 
     recipe = tmp_path / "swept.yaml"
     recipe.write_text(SWEPT)
     sweep.main([str(recipe), "--stage", "share", "--field", "finetune.lr",
-                "--values", "0.001", "0.01", "--seeds", "0"])  # fmt: skip
+                "--values", "0.001", "null", "--seeds", "0"])  # fmt: skip
     # the stage after `share` is cut; `prune` is trained once and both values start from it
     assert methods == ["prune_magnitude", "share_kmeans", "share_kmeans"]
     published = json.loads((tmp_path / "results" / "sweep.json").read_text())
     assert published["commit"] == common.SOURCE and published["commit"] != ""
     rows = published["rows"]
-    assert [row["value"] for row in rows] == [0.001, 0.01]
+    assert [row["value"] for row in rows] == [0.001, "default"]
+    assert [row["in recipe"] for row in rows] == [False, True]  # the recipe leaves lr unset
     for row in rows:  # a zero budget did not stop the run: the row says whether it held
         assert 50 < row["val top-1"] <= 100
         assert row["within budget"] == (row["val loss pt"] <= 0)
-        assert row["in recipe"] is False
     with pytest.raises(SystemExit):
         sweep.main([str(recipe), "--stage", "nope", "--field", "budget", "--values", "1"])
