@@ -107,9 +107,20 @@ def test_a_recipe_naming_a_factory_needs_it_allowed(tmp_path, capsys):
         "name: evil\ndata: {source: digits}\n"
         f"baseline: {{model: 'os:system(command=\"touch {marker}\")', train: {{epochs: 1}}}}\n"
     )
-    assert main(["run", str(recipe), "--out", str(tmp_path / "run"), "--no-latency"]) == 2
+    cache = tmp_path / "cache"
+    run = [
+        "run",
+        str(recipe),
+        "--out",
+        str(tmp_path / "run"),
+        "--no-latency",
+        "--cache",
+        str(cache),
+    ]
+    assert main(run) == 2
     assert "--allow-import os:system" in capsys.readouterr().err
     assert not marker.exists()
+    assert not cache.exists() or not any(cache.rglob("*"))  # refused before any lock was taken
 
 
 def test_a_run_whose_baseline_checkpoint_names_a_factory_is_refused(forged, tmp_path, capsys):

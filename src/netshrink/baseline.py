@@ -26,7 +26,7 @@ from .data import DataConfig, DataSplits
 from .device import place
 from .files import waiting_lock
 from .models import ModelSpec, build_model
-from .models.registry import AllowImport
+from .models.registry import AllowImport, check_buildable
 from .terminal import console
 from .train import FitConfig, evaluate, fit, is_main_process
 
@@ -159,6 +159,7 @@ def cached_baseline(
     The cache is keyed by what decides the weights, not by the device. A process asking for a
     baseline that another one is training waits for it (a lock file beside the checkpoint).
     """
+    check_buildable(spec, allow_import)  # a refused model leaves nothing in the cache
     stem = cache_stem(spec, data.config, config, cache_dir)
     if is_cached(stem):  # before any lock: a cache others made may be read-only
         return _load(stem, allow_import, device)

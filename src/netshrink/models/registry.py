@@ -193,17 +193,12 @@ def build_model(
     """
     given = {"num_classes": num_classes, "in_channels": in_channels, "input_size": input_size}
     data_args = {k: v for k, v in given.items() if v is not None and k not in spec.args}
+    check_buildable(spec, allow_import, where)
     if ":" in spec.name:
-        check_import_allowed(spec.name, allow_import, where)
         factory = _import_factory(spec.name)
         data_args = _accepted(factory, data_args)
-    elif spec.name in MODELS:
-        factory = MODELS[spec.name]
     else:
-        raise ConfigError(
-            f"unknown model {spec.name!r}; the zoo has: {', '.join(sorted(MODELS))} "
-            "(or give an import path 'package.module:factory')"
-        )
+        factory = MODELS[spec.name]
     kwargs = {**spec.args, **data_args}
     _check_binds(spec.name, factory, kwargs)
     try:
@@ -215,6 +210,19 @@ def build_model(
             f"model factory {spec.name!r} returned {type(model).__name__}, not a torch.nn.Module"
         )
     return model
+
+
+def check_buildable(spec: ModelSpec, allow_import: AllowImport = (), where: str | None = None):
+    """Raise unless `build_model` may build `spec`: a zoo name, or an import path the caller
+    allowed (ImportNotAllowedError). Callers check it before writing anything for the model (a
+    cache entry, a lock), so a refused spec leaves no trace."""
+    if ":" in spec.name:
+        check_import_allowed(spec.name, allow_import, where)
+    elif spec.name not in MODELS:
+        raise ConfigError(
+            f"unknown model {spec.name!r}; the zoo has: {', '.join(sorted(MODELS))} "
+            "(or give an import path 'package.module:factory')"
+        )
 
 
 def allowed_imports(allow_import: AllowImport | None) -> frozenset[str]:
