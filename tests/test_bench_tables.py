@@ -221,5 +221,15 @@ def test_a_sweep_trains_the_earlier_stages_once_and_lifts_the_budgets(tmp_path, 
     for row in rows:  # a zero budget did not stop the run: the row says whether it held
         assert 50 < row["val top-1"] <= 100
         assert row["within budget"] == (row["val loss pt"] <= 0)
-    with pytest.raises(SystemExit):
-        sweep.main([str(recipe), "--stage", "nope", "--field", "budget", "--values", "1"])
+    assert all(row["bytes"] > 0 and row["measured after"] == "share" for row in rows)
+    # a pruning setting judged after the sharing: the recipe's own value was just run, so
+    # both stages resume and nothing trains again
+    sweep.main([str(recipe), "--stage", "prune", "--field", "config.threshold.ratio",
+                "--values", "1.0", "--until", "share", "--seeds", "0"])  # fmt: skip
+    assert len(methods) == 3
+    published = json.loads((tmp_path / "results" / "sweep.json").read_text())
+    [judged] = [row for row in published["rows"] if row["stage"] == "prune"]
+    assert judged["in recipe"] and judged["val top-1"] == rows[1]["val top-1"]
+    for wrong in (["--stage", "nope"], ["--stage", "share", "--until", "prune"]):
+        with pytest.raises(SystemExit):  # no such stage; a stage before the swept one
+            sweep.main([str(recipe), *wrong, "--field", "budget", "--values", "1"])
