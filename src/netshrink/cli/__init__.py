@@ -30,7 +30,7 @@ from ..report import (
     render_report,
 )
 from ..train import FitConfig, close_distributed, evaluate, is_main_process
-from . import apply, codec, export, prune, quant, share, train_side
+from . import apply, codec, export, prune, quant, share, sweep, train_side
 from .common import (
     DefaultsHelpFormatter,
     add_allow_import,
@@ -196,7 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("directory", type=Path, help="a run directory (netshrink run --out)")
     report.set_defaults(run=run_report)
 
-    for family in (apply, prune, share, quant, train_side, export, codec):
+    for family in (apply, prune, share, quant, train_side, export, codec, sweep):
         family.add_commands(commands)
     for command in commands.choices.values():
         add_allow_import(command)

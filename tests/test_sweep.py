@@ -1,0 +1,75 @@
+"""`netshrink sweep`: a recipe's setting chosen on validation. The stages before the swept one
+train once a seed, the stage after the measured one is not run, a wrong stage or value is one
+line and exit 2."""
+
+import json
+
+import pytest
+
+from netshrink.cli import main
+from netshrink.errors import ConfigError
+from netshrink.recipe import parse_recipe
+from netshrink.sweep import Sweep
+
+RECIPE = """\
+name: swept
+data: {source: digits}
+baseline:
+  model: lenet300_100
+  train: {epochs: 2, lr: 0.05, batch_size: 64}
+stages:
+  - method: prune_magnitude
+    name: prune
+    config: {threshold: {kind: std, ratio: 1.0}}
+    finetune: {epochs: 1}
+    budget: 0.0
+  - method: share_kmeans
+    name: share
+    config: {bits: 3}
+    finetune: {epochs: 1}
+  - method: quantize
+    config: {weights: 8, activations: 8}
+export: {c: true}
+"""
+
+
+def test_the_swept_recipe_is_cut_after_the_measured_stage_with_the_field_set():
+    sweep = Sweep(parse_recipe(RECIPE), "prune", "config.threshold.ratio", until="share")
+    recipe = sweep.recipe_for(1.5, seed=7)
+    assert [s.title for s in recipe.stages] == ["prune", "share"]
+    assert recipe.stages[0].config.threshold.ratio == 1.5
+    assert recipe.stages[0].budget is None and recipe.seed == 7
+    assert not recipe.export.c
+    assert sweep.current_value() == 1.0
+    # null unsets the field: the method's default, as the recipe would have it unwritten
+    unset = Sweep(parse_recipe(RECIPE), "share", "finetune.lr").recipe_for(None, seed=0)
+    assert "lr" not in unset.as_written()["stages"][1]["finetune"]
+
+
+@pytest.mark.parametrize(
+    "stage, field, until",
+    [("nope", "finetune.lr", None), ("share", "finetune.lr", "prune"), ("share", "a..b", None)],
+)
+def test_a_stage_the_recipe_lacks_or_a_measure_before_the_sweep_is_refused(stage, field, until):
+    with pytest.raises(ConfigError):
+        Sweep(parse_recipe(RECIPE), stage, field, until)
+
+
+def test_the_command_tables_validation_rows_and_writes_them(tmp_path, capsys):
+    recipe = tmp_path / "swept.yaml"
+    recipe.write_text(RECIPE)
+    out = tmp_path / "sweep"
+    argv = ["sweep", str(recipe), "--stage", "share", "--field", "config.bits", "--seeds", "0",
+            "--out", str(out), "--cache", str(tmp_path / "cache")]  # fmt: skip
+    assert main([*argv, "--values", "2", "3"]) == 0
+    rows = json.loads((out / "sweep.json").read_text())
+    assert [(row["value"], row["in recipe"]) for row in rows] == [(2, False), (3, True)]
+    assert rows[0]["bytes"] < rows[1]["bytes"]  # 2-bit indices pack smaller than 3-bit
+    assert all("test" not in key for row in rows for key in row)  # the test split is not shown
+    stages = out / "seed-0" / "stages"
+    assert (stages / "02-share.json").is_file() and not (stages / "03-quantize.json").exists()
+    capsys.readouterr()
+    assert main([*argv, "--values", "{bits: [1"]) == 2
+    assert "--values" in capsys.readouterr().err
+    assert main([*argv[:3], "fixed", *argv[4:], "--values", "2"]) == 2
+    assert "no stage 'fixed'" in capsys.readouterr().err
