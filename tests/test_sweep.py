@@ -73,3 +73,6 @@ def test_the_command_tables_validation_rows_and_writes_them(tmp_path, capsys):
     assert "--values" in capsys.readouterr().err
     assert main([*argv[:3], "fixed", *argv[4:], "--values", "2"]) == 2
     assert "no stage 'fixed'" in capsys.readouterr().err
+    assert main([*argv, "--out", str(tmp_path / "refused"), "--values", "2", "99"]) == 2
+    assert not (tmp_path / "refused").exists()  # a value the stage refuses: before any run
+    assert "share.config.bits=99" in capsys.readouterr().err

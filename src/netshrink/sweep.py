@@ -20,6 +20,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from .errors import ConfigError
 from .files import atomic_write
 from .models.registry import AllowImport
@@ -68,7 +70,11 @@ class Sweep:
             entry.pop("budget", None)
         _set(stages[self.index(self.stage)], self.path, value)
         fields.update(stages=stages, seed=seed, export={})
-        return Recipe.model_validate(fields)
+        try:
+            return Recipe.model_validate(fields)
+        except ValidationError as exc:  # a value the stage does not take: one line, no traceback
+            error = exc.errors()[0]
+            raise ConfigError(f"{self.stage}.{self.path}={value!r}: {error['msg']}") from None
 
     def current_value(self):
         """The value the recipe itself writes at `path` (None: unset, the method's default)."""
@@ -92,7 +98,11 @@ class Sweep:
     ) -> list[dict]:
         """One row a value (`sweep_row`); every run in `directory`/seed-N; sweep.json written
         there after each value, so an interrupted sweep keeps the values it finished."""
+        if not values or not seeds:
+            raise ConfigError("a sweep needs at least one value and one seed")
         directory, rows = Path(directory), []
+        for value in values:  # every value checked before the first run trains anything
+            self.recipe_for(value, seeds[0])
         for value in values:
             runs = []
             for seed in seeds:
