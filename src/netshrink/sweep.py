@@ -96,8 +96,9 @@ class Sweep:
         device: str | None = None,
         progress: bool = True,
     ) -> list[dict]:
-        """One row a value (`sweep_row`); every run in `directory`/seed-N; sweep.json written
-        there after each value, so an interrupted sweep keeps the values it finished."""
+        """One row a value (`row`), every run in `directory`/seed-N. The rows finished so far
+        are in `directory`/sweep.json after each value; an interrupted sweep run again trains
+        the stages before the swept one no more (the pipeline resumes them)."""
         if not values or not seeds:
             raise ConfigError("a sweep needs at least one value and one seed")
         directory, rows = Path(directory), []

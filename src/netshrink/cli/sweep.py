@@ -61,7 +61,7 @@ def run_sweep(args) -> None:
         rows = sweep.run(values, args.seeds, out, cache_dir=args.cache,
                          allow_import=args.allow_import, device=args.device)  # fmt: skip
     except KeyboardInterrupt:
-        print(f"interrupted: the same command resumes it from {out}", file=sys.stderr)
+        print(f"interrupted: the same command reuses the stages finished in {out}", file=sys.stderr)
         raise
     table = Table(title=f"{recipe.name}: {args.stage} {args.field}, measured after "
                   f"{sweep.measured} (validation, {len(args.seeds)} seeds)")  # fmt: skip
