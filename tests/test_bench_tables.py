@@ -167,35 +167,13 @@ def test_beyond_runs_only_the_recipes_named_and_refuses_others():
         beyond.main(["--models", "vgg_small", "--recipes", "soft-weight-sharing-lenet300"])
 
 
-SWEPT = """\
-name: swept
-data: {source: digits}
-baseline:
-  model: lenet300_100
-  train: {epochs: 2, lr: 0.05, batch_size: 64}
-stages:
-  - method: prune_magnitude
-    name: prune
-    config: {threshold: {kind: std, ratio: 1.0}}
-    finetune: {epochs: 1}
-    budget: 0.0
-  - method: share_kmeans
-    name: share
-    config: {bits: 3}
-    finetune: {epochs: 1}
-    budget: 0.0
-  - method: quantize
-    config: {weights: 8, activations: 8}
-export: {c: true}
-"""
-
-
 def test_a_sweep_trains_the_earlier_stages_once_and_lifts_the_budgets(tmp_path, monkeypatch):
     import json
 
     import common
     import sweep
     from netshrink import pipeline
+    from test_sweep import RECIPE as SWEPT
 
     monkeypatch.setenv("NETSHRINK_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(common, "RESULTS", tmp_path / "results")

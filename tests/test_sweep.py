@@ -27,6 +27,7 @@ stages:
     name: share
     config: {bits: 3}
     finetune: {epochs: 1}
+    budget: 0.0
   - method: quantize
     config: {weights: 8, activations: 8}
 export: {c: true}
