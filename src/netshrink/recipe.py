@@ -161,6 +161,17 @@ class Recipe(BaseModel):
         return self
 
 
+def set_field(entry: dict, path: str, value) -> None:
+    """Set the dotted `path` of a recipe stage entry: ("config.bits", 4) -> {"config": {"bits":
+    4}}, making the groups on the way (`netshrink apply --set`, `netshrink sweep`)."""
+    *parents, leaf = path.split(".")
+    for part in parents:
+        entry = entry.setdefault(part, {})
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{path}: {part} is a value, not a group of fields")
+    entry[leaf] = value
+
+
 def trial_recipe(recipe: Recipe, *, limit: int | None = None, epochs: int | None = None) -> Recipe:
     """`recipe` cut down to try it quickly (`netshrink run --limit N --epochs E`): at most
     `limit` examples of each split, and every training in it, the baseline's, each fine-tuning

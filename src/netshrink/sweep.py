@@ -26,7 +26,7 @@ from .errors import ConfigError
 from .files import atomic_write
 from .models.registry import AllowImport
 from .pipeline import run_recipe
-from .recipe import Recipe
+from .recipe import Recipe, set_field
 from .terminal import console
 
 
@@ -68,7 +68,14 @@ class Sweep:
         stages = fields["stages"][: self.index(self.measured) + 1]
         for entry in stages:
             entry.pop("budget", None)
-        _set(stages[self.index(self.stage)], self.path, value)
+        entry = stages[self.index(self.stage)]
+        if value is None:  # unset: the method's own default
+            *parents, leaf = self.path.split(".")
+            parent = _lookup(entry, parents)
+            if isinstance(parent, dict):
+                parent.pop(leaf, None)
+        else:
+            set_field(entry, self.path, value)
         fields.update(stages=stages, seed=seed, export={})
         try:
             return Recipe.model_validate(fields)
@@ -79,11 +86,7 @@ class Sweep:
     def current_value(self):
         """The value the recipe itself writes at `path` (None: unset, the method's default)."""
         entry = self.recipe.as_written()["stages"][self.index(self.stage)]
-        for key in self.path.split("."):
-            if not isinstance(entry, dict):
-                return None
-            entry = entry.get(key)
-        return entry
+        return _lookup(entry, self.path.split("."))
 
     def run(
         self,
@@ -149,13 +152,8 @@ class Sweep:
         }
 
 
-def _set(entry: dict, path: str, value) -> None:
-    *parents, leaf = path.split(".")
-    for key in parents:
-        entry = entry.setdefault(key, {})
-        if not isinstance(entry, dict):
-            raise ConfigError(f"field {path}: {key} is not a mapping in the stage")
-    if value is None:  # unset: the method's own default
-        entry.pop(leaf, None)
-    else:
-        entry[leaf] = value
+def _lookup(entry, keys: Sequence[str]):
+    """The node at `keys` in nested dicts (None where the path leaves them)."""
+    for key in keys:
+        entry = entry.get(key) if isinstance(entry, dict) else None
+    return entry

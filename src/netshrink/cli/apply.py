@@ -28,6 +28,7 @@ from ..layers import copy_model, select_layers
 from ..mask import restore_masks
 from ..measure import dense_bytes
 from ..methods import METHOD_NAMES, parse_stage, plan_stages, run_stage, stage_class
+from ..recipe import set_field
 from ..report import print_measurements
 from ..share.codebooks import VectorCodebook
 from ..stage import Stage, StageContext, with_seed
@@ -135,13 +136,7 @@ def stage_dict(method: str, values: dict[str, Any]) -> dict[str, Any]:
     """A recipe stage entry from dotted paths: {"config.bits": 4} -> {"config": {"bits": 4}}."""
     fields: dict[str, Any] = {"method": method}
     for path, value in values.items():
-        *parents, leaf = path.split(".")
-        node = fields
-        for part in parents:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"{path}: {part} is a value, not a group of fields")
-        node[leaf] = value
+        set_field(fields, path, value)
     return fields
 
 
