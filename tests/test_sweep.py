@@ -77,3 +77,35 @@ def test_the_command_tables_validation_rows_and_writes_them(tmp_path, capsys):
     assert main([*argv, "--out", str(tmp_path / "refused"), "--values", "2", "99"]) == 2
     assert not (tmp_path / "refused").exists()  # a value the stage refuses: before any run
     assert "share.config.bits=99" in capsys.readouterr().err
+
+
+def test_a_sweep_never_reads_the_test_split_and_a_report_run_measures_it_on_resume(
+    tmp_path, monkeypatch
+):
+    from netshrink.baseline import cached_baseline
+    from netshrink.data import DataSplits, load_data
+    from netshrink.pipeline import run_recipe
+
+    loader = DataSplits.loader
+
+    def no_test(self, split, *args, **kwargs):
+        assert split != "test", "a sweep read the test split"
+        return loader(self, split, *args, **kwargs)
+
+    sweep = Sweep(parse_recipe(RECIPE), "prune", "config.threshold.ratio")
+    cache, baseline = tmp_path / "cache", sweep.recipe.baseline
+    # the cached baseline's test top-1 is measured once, when it is trained, for every report
+    cached_baseline(baseline.spec, load_data(sweep.recipe.data), baseline.fit, cache_dir=cache,
+                    progress=False)  # fmt: skip
+    with monkeypatch.context() as patch:
+        patch.setattr(DataSplits, "loader", no_test)
+        sweep.run([1.0], [0], tmp_path / "sweep", cache_dir=cache, progress=False)
+    run = tmp_path / "sweep" / "seed-0"
+    assert not (run / "model.nsk").exists()  # nothing packed
+    # the full recipe run into the same folder resumes the swept stage and reports its test top-1
+    result = run_recipe(sweep.recipe_for(1.0, 0), run, cache_dir=cache, latency=False,
+                        progress=False)  # fmt: skip
+    assert [r.name for r in result.stages] == ["baseline", "prune", "packed"]
+    assert all(0.5 < r.measurement["top1"] <= 1.0 for r in result.stages)
+    state = json.loads((run / "state.json").read_text())
+    assert all(s["measurement"]["top1"] is not None for s in state["stages"])

@@ -86,10 +86,11 @@ class StageRecord(BaseModel):
 @dataclass
 class RunResult:
     """What `run_recipe` made: the run directory, the packed file, the stage records (baseline
-    first, the packed file last) and the model decoded from the file."""
+    first, the packed file last) and the model decoded from the file (with report=False: no
+    file, the stages' records and the last stage's model)."""
 
     directory: Path
-    file: Path
+    file: Path | None  # None: a run with report=False packs nothing
     stages: list[StageRecord]
     model: nn.Module
     artifacts: list[Artifact] = field(default_factory=list)
@@ -110,6 +111,7 @@ def run_recipe(
     allow_import: AllowImport = (),
     restart: bool = False,
     device: str | None = None,
+    report: bool = True,
 ) -> RunResult:
     """Run `recipe` into `directory`, resuming after its last finished stage when the directory
     holds an earlier run of the same recipe (stages whose key changed are run again).
@@ -119,6 +121,9 @@ def run_recipe(
     `restart=True` forgets the earlier run first. The directory is locked while the run works
     in it: a second run there raises DirectoryInUseError at once. `device` overrides the
     recipe's: stages train and measure there, files are written from the CPU.
+    `report=False` is a run that chooses a setting (netshrink.sweep): its stages are measured on
+    the validation split only, the test split is never read, nothing is packed or reported. A
+    later reporting run that resumes those stages measures them on the test split first.
 
     Example:
         >>> result = run_recipe(load_recipe("recipes/deep-compression-lenet5.yaml"), "runs/dc")
@@ -138,10 +143,14 @@ def run_recipe(
         if is_main_process():
             text = recipe_text or yaml.safe_dump(recipe.as_written(), sort_keys=False)
             atomic_write(directory / "recipe.yaml", lambda tmp: tmp.write_text(text))
+        if report and any(record.measurement.get("top1") is None for record in done):
+            # stages a validation-only run (a sweep) left without a test top-1 are measured now
+            done = [_with_test(record, directory, data, trust, device) for record in done]
+            _save_state(directory, done)
         records, ctx = _baseline(
-            recipe, data, directory, done, cache_dir, latency, progress, trust, device
+            recipe, data, directory, done, cache_dir, latency, progress, trust, device, report
         )
-        run = _Run(recipe, data, directory, ctx, records, latency, trust, device)
+        run = _Run(recipe, data, directory, ctx, records, latency, trust, device, report)
         for index, stage in enumerate(plan_stages(recipe.stages), start=1):
             key = stage_key(recipe, index)
             if index < len(done) and done[index].key == key:
@@ -149,7 +158,7 @@ def run_recipe(
                 _say(progress, f"stage {index}/{len(recipe.stages)} {stage.title}: resumed")
                 continue
             run.stage(index, stage, key)
-        return run.pack()
+        return run.pack() if report else run.unreported()
 
 
 def stage_key(recipe: Recipe, index: int) -> str:
@@ -189,7 +198,9 @@ def _finished(directory: Path, recipe: Recipe) -> list[StageRecord]:
     return reusable
 
 
-def _baseline(recipe, data, directory, done, cache_dir, latency, progress, allow_import, device):
+def _baseline(
+    recipe, data, directory, done, cache_dir, latency, progress, allow_import, device, test
+):
     """Stage 0: the baseline trained (or loaded from the cache) or read from a checkpoint, saved
     into the run, measured; then read back like every stage, so every run starts alike."""
     key = stage_key(recipe, 0)
@@ -229,7 +240,9 @@ def _baseline(recipe, data, directory, done, cache_dir, latency, progress, allow
             )
         meta = meta.model_copy(update={"data": data.config})
         size = len(packed_bytes(model, recipe.pack, meta=meta))
-        record = _finish(model, "baseline", "baseline", key, stem, data, None, latency, start, size)
+        record = _finish(
+            model, "baseline", "baseline", key, stem, data, None, latency, start, size, test
+        )
         _save(model, meta, stem)
         _save_state(directory, [record])
     model, meta = _read_back(directory, record, allow_import)
@@ -242,10 +255,10 @@ def _baseline(recipe, data, directory, done, cache_dir, latency, progress, allow
 class _Run:
     """The state a run carries from stage to stage."""
 
-    def __init__(self, recipe, data, directory, ctx, records, latency, allow_import, device):
+    def __init__(self, recipe, data, directory, ctx, records, latency, allow_import, device, test):
         self.recipe, self.data, self.directory = recipe, data, directory
         self.ctx, self.records, self.latency = ctx, records, latency
-        self.allow_import, self.device = allow_import, device
+        self.allow_import, self.device, self.test = allow_import, device, test
         self.baseline_bytes = dense_bytes(ctx.baseline)
 
     def stage(self, index: int, stage, key: str) -> None:
@@ -276,6 +289,7 @@ class _Run:
             self.latency,
             start,
             len(packed_bytes(model, self.recipe.pack, meta=meta)),  # the file pack would write
+            self.test,
         )
         record = record.model_copy(update={"notes": self.ctx.notes})
         self._check_budget(stage, record)
@@ -297,6 +311,11 @@ class _Run:
                 "Fine-tune it longer or compress it less; the stages before it are saved, so "
                 "running the edited recipe again starts from them"
             )
+
+    def unreported(self) -> RunResult:
+        """A validation-only run's result: the stages' records and the last stage's model."""
+        model, _ = _read_back(self.directory, self.records[-1], self.allow_import)
+        return RunResult(self.directory, None, list(self.records), model.to(self.device))
 
     def pack(self) -> RunResult:
         """Pack the last stage's model, measure the model decoded from the file, report."""
@@ -344,16 +363,17 @@ def _has_batchnorm(model: nn.Module) -> bool:
 
 
 def _finish(
-    model, name, method, key, stem, data, baseline_bytes, latency, start, size
+    model, name, method, key, stem, data, baseline_bytes, latency, start, size, test
 ) -> StageRecord:
-    """Measure a stage's model (test split; validation top-1 for budgets) into its record, which
-    names its checkpoint `stem` and what to re-attach when that is read back. `size`: the bytes
-    of the .nsk file the recipe's pack config would write for the model (codec.packed_bytes)."""
+    """Measure a stage's model (test split unless `test` is False; validation top-1 for budgets)
+    into its record, which names its checkpoint `stem` and what to re-attach when that is read
+    back. `size`: the bytes of the .nsk file the recipe's pack config would write for the model
+    (codec.packed_bytes)."""
     row = measure(
         model,
         stage=name,
         input_shape=data.input_shape,
-        test=data.loader("test", 256),
+        test=data.loader("test", 256) if test else None,
         size_bytes=size,
         baseline_bytes=baseline_bytes,
         latency=latency,
@@ -370,6 +390,17 @@ def _finish(
         masked=[n for n, m in layers if get_mask(m) is not None],
         shared=[n for n, m in layers if has_codebook(m)],
     )
+
+
+def _with_test(record: StageRecord, directory, data, allow_import, device) -> StageRecord:
+    """`record` with its test top-1 / top-5, measured now if a validation-only run (report=False)
+    left them out."""
+    if record.measurement.get("top1") is not None:
+        return record
+    model, _ = _read_back(directory, record, allow_import)
+    accuracy = evaluate(model.to(device), data.loader("test", 256))
+    measurement = {**record.measurement, "top1": accuracy.top1, "top5": accuracy.top5}
+    return record.model_copy(update={"measurement": measurement})
 
 
 def _save(model: nn.Module, meta: CheckpointMeta, stem: Path) -> None:

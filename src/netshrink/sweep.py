@@ -1,5 +1,5 @@
 """Choose one setting of a recipe on the validation split: a stage's field swept over values and
-seeds, the test split never shown (`netshrink sweep`, bench/sweep.py).
+seeds, the test split never read (`netshrink sweep`, bench/sweep.py).
 
     netshrink sweep recipes/deep-compression-lenet5.yaml --stage share --field finetune.lr \
         --values null 0.001 0.02 0.05 --seeds 0 1 2
@@ -11,7 +11,8 @@ setting judged by what the sharing after it makes of it). Each seed runs in its 
 (DIRECTORY/seed-N), so the stages before the swept one are trained once a seed and every value
 starts from the same model: the pipeline resumes them (netshrink.pipeline), in this sweep and in
 later ones into the same folder. Budgets are lifted (a value past the budget is a row that says
-so, not a stopped run) and nothing is exported.
+so, not a stopped run); the runs are validation-only (`run_recipe(report=False)`): nothing is
+packed, exported or measured on the test split.
 """
 
 import json
@@ -113,7 +114,7 @@ class Sweep:
                 recipe = self.recipe_for(value, seed)
                 result = run_recipe(recipe, directory / f"seed-{seed}", cache_dir=cache_dir,
                                     latency=False, progress=False, allow_import=allow_import,
-                                    device=device)  # fmt: skip
+                                    device=device, report=False)  # fmt: skip
                 record = next(r for r in result.stages if r.name == self.measured)
                 runs.append((result.stages[0].val_top1, record.val_top1, record.measurement))
                 if progress:
