@@ -43,6 +43,7 @@ COLUMNS = [
     "val loss pt",
     "loss spread",
     "bytes",
+    "ratio",
     "budget",
     "within budget",
 ]
@@ -81,9 +82,10 @@ def main(argv: list[str] | None = None) -> None:
         "Fashion-MNIST's validation split only. Each recipe run up to `measured after` with "
         "`field` of `stage` set to each value and the recipe's `seed` to each seed (the stages "
         "before `stage` trained once a seed and shared by every value); `val top-1`, `val loss "
-        "pt` (against the baseline's validation top-1) and `bytes` (what the measured stage's "
-        "model packs to) are medians over the seeds, the loss spread min - max; `within "
-        "budget`: every seed's loss within the recipe's budget for the measured stage. `in "
+        "pt` (against the baseline's validation top-1), `bytes` (what the measured stage's "
+        "model packs to) and `ratio` (the dense fp32 bytes over them) are medians over the "
+        "seeds, the loss spread min - max; `within budget`: every seed's loss within the "
+        "recipe's budget for the measured stage. `in "
         "recipe`: the value the recipe ships. Per-seed values in bench/results/sweep.json. "
         f"Torch on {args.threads} thread(s); this run {time.perf_counter() - start:.0f} s."
         + earlier

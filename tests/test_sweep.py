@@ -66,6 +66,7 @@ def test_the_command_tables_validation_rows_and_writes_them(tmp_path, capsys):
     rows = json.loads((out / "sweep.json").read_text())
     assert [(row["value"], row["in recipe"]) for row in rows] == [(2, False), (3, True)]
     assert rows[0]["bytes"] < rows[1]["bytes"]  # 2-bit indices pack smaller than 3-bit
+    assert rows[0]["ratio"] > rows[1]["ratio"] > 1
     assert all("test" not in key for row in rows for key in row)  # the test split is not shown
     stages = out / "seed-0" / "stages"
     assert (stages / "02-share.json").is_file() and not (stages / "03-quantize.json").exists()

@@ -131,6 +131,7 @@ class Sweep:
         bases = [100 * base for base, _, _ in runs]
         tops = [100 * top for _, top, _ in runs]
         sizes = [measurement["size_bytes"] for _, _, measurement in runs]
+        ratios = [measurement["compression_ratio"] for _, _, measurement in runs]
         losses = [round(b - t, 2) for b, t in zip(bases, tops, strict=True)]
         budget = self.recipe.stages[self.index(self.measured)].budget
         return {
@@ -146,6 +147,7 @@ class Sweep:
             "val loss pt": round(statistics.median(losses), 2),
             "loss spread": f"{min(losses):.2f} - {max(losses):.2f}",
             "bytes": int(statistics.median(sizes)),
+            "ratio": round(statistics.median(ratios), 2),  # the dense fp32 bytes over `bytes`
             "budget": budget,
             "within budget": None if budget is None else all(loss <= budget for loss in losses),
             "val top-1 per seed": [round(top, 2) for top in tops],

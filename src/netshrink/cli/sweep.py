@@ -16,7 +16,16 @@ from ..recipe import load_recipe
 from ..sweep import Sweep
 from ..terminal import console
 
-SHOWN = ("value", "in recipe", "val top-1", "val loss pt", "loss spread", "bytes", "within budget")
+SHOWN = (
+    "value",
+    "in recipe",
+    "val top-1",
+    "val loss pt",
+    "loss spread",
+    "bytes",
+    "ratio",
+    "within budget",
+)
 
 
 def yaml_value(text: str):
@@ -34,9 +43,9 @@ def add_commands(commands) -> None:
         help="choose a recipe's setting on the validation split: one field, several values, seeds",
         description="Run the recipe up to --stage (or --until a later stage) once per value of "
         "the stage's --field and per seed, and table each value's validation top-1, its loss "
-        "against the baseline (median and spread over the seeds) and the bytes its model packs "
-        "to. The stages before --stage are trained once a seed and reused; budgets are lifted; "
-        "the test split is not shown. Rows go to OUT/sweep.json.",
+        "against the baseline (median and spread over the seeds), the bytes its model packs "
+        "to and their compression ratio. The stages before --stage are trained once a seed and "
+        "reused; budgets are lifted; the test split is not read. Rows go to OUT/sweep.json.",
     )
     p.add_argument("recipe", type=Path, help="recipe file (.yaml)")
     p.add_argument("--stage", required=True, help="the swept stage's name in the recipe")
