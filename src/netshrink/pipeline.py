@@ -443,9 +443,12 @@ def _announce(index: int, total: int, name: str, record: StageRecord) -> None:
     if not is_main_process():
         return
     m = record.measurement
-    top1 = "-" if m["top1"] is None else f"{m['top1']:.2%}"
+    if m["top1"] is None and record.val_top1 is not None:  # a validation-only run (a sweep)
+        accuracy = f"validation top-1 {record.val_top1:.2%}"
+    else:
+        accuracy = "test top-1 " + ("-" if m["top1"] is None else f"{m['top1']:.2%}")
     console().print(
-        f"stage {index}/{total} {name}: test top-1 {top1}, {m['size_bytes']:,} bytes "
+        f"stage {index}/{total} {name}: {accuracy}, {m['size_bytes']:,} bytes "
         f"({m['compression_ratio']:.1f}x), {record.seconds:.1f} s"
     )
 

@@ -108,12 +108,16 @@ class Sweep:
         directory, rows = Path(directory), []
         for value in values:  # every value checked before the first run trains anything
             self.recipe_for(value, seeds[0])
+        total = len(values) * len(seeds)
         for value in values:
             runs = []
             for seed in seeds:
                 recipe = self.recipe_for(value, seed)
+                if progress:  # the stages' own lines and bars follow
+                    console().rule(f"run {len(rows) * len(seeds) + len(runs) + 1}/{total}: "
+                                   f"{self.path}={value}, seed {seed}")  # fmt: skip
                 result = run_recipe(recipe, directory / f"seed-{seed}", cache_dir=cache_dir,
-                                    latency=False, progress=False, allow_import=allow_import,
+                                    latency=False, progress=progress, allow_import=allow_import,
                                     device=device, report=False)  # fmt: skip
                 record = next(r for r in result.stages if r.name == self.measured)
                 runs.append((result.stages[0].val_top1, record.val_top1, record.measurement))
