@@ -68,8 +68,12 @@ def test_the_command_tables_validation_rows_and_writes_them(tmp_path, capsys):
     assert rows[0]["bytes"] < rows[1]["bytes"]  # 2-bit indices pack smaller than 3-bit
     assert rows[0]["ratio"] > rows[1]["ratio"] > 1
     assert all("test" not in key for row in rows for key in row)  # the test split is not shown
-    stages = out / "seed-0" / "stages"
-    assert (stages / "02-share.json").is_file() and not (stages / "03-quantize.json").exists()
+    runs = sorted(p.parent for p in (out / "seed-0").glob("*/state.json"))
+    assert len(runs) == 2  # a folder a value, both holding the prune stage trained once
+    for run in runs:
+        stages = run / "stages"
+        assert (stages / "02-share.json").is_file() and not (stages / "03-quantize.json").exists()
+    assert len({(run / "stages" / "01-prune.safetensors").stat().st_ino for run in runs}) == 1
     capsys.readouterr()
     assert main([*argv, "--values", "{bits: [1"]) == 2
     assert "--values" in capsys.readouterr().err
@@ -101,7 +105,7 @@ def test_a_sweep_never_reads_the_test_split_and_a_report_run_measures_it_on_resu
     with monkeypatch.context() as patch:
         patch.setattr(DataSplits, "loader", no_test)
         sweep.run([1.0], [0], tmp_path / "sweep", cache_dir=cache, progress=False)
-    run = tmp_path / "sweep" / "seed-0"
+    run = sweep.folder(tmp_path / "sweep", 1.0, 0)
     assert not (run / "model.nsk").exists()  # nothing packed
     # the full recipe run into the same folder resumes the swept stage and reports its test top-1
     result = run_recipe(sweep.recipe_for(1.0, 0), run, cache_dir=cache, latency=False,
@@ -110,3 +114,21 @@ def test_a_sweep_never_reads_the_test_split_and_a_report_run_measures_it_on_resu
     assert all(0.5 < r.measurement["top1"] <= 1.0 for r in result.stages)
     state = json.loads((run / "state.json").read_text())
     assert all(s["measurement"]["top1"] is not None for s in state["stages"])
+
+
+def test_a_sweep_run_again_runs_no_value_twice(tmp_path, monkeypatch):
+    from netshrink import pipeline
+
+    methods = []
+    run_stage = pipeline.run_stage
+    monkeypatch.setattr(pipeline, "run_stage",
+                        lambda model, stage, ctx: methods.append(stage.method)
+                        or run_stage(model, stage, ctx))  # fmt: skip
+    sweep = Sweep(parse_recipe(RECIPE), "share", "config.bits")
+    first = sweep.run([2, 3], [0], tmp_path, cache_dir=tmp_path / "cache", progress=False)
+    assert methods == ["prune_magnitude", "share_kmeans", "share_kmeans"]
+    # interrupted after 3, started again with one value more: 2 and 3 are resumed, 4 is run
+    # from the prune stage they share
+    again = sweep.run([2, 3, 4], [0], tmp_path, cache_dir=tmp_path / "cache", progress=False)
+    assert methods == ["prune_magnitude", "share_kmeans", "share_kmeans", "share_kmeans"]
+    assert again[:2] == first

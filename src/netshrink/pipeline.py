@@ -22,6 +22,7 @@ The accuracy the report gives for the packed file is measured on the model decod
 
 import hashlib
 import json
+import os
 import shutil
 import time
 from contextlib import nullcontext
@@ -196,6 +197,30 @@ def _finished(directory: Path, recipe: Recipe) -> list[StageRecord]:
             break
         reusable.append(record)
     return reusable
+
+
+def reuse_stages(directory: str | Path, recipe: Recipe, sources) -> int:
+    """Start the new run `directory` of `recipe` from the finished stages of the earlier run,
+    among the run folders `sources`, that it can reuse the most of (their longest prefix of
+    matching keys): their checkpoints hard-linked (copied where links fail; every later write
+    replaces a file, so the source run is never changed) and a state.json naming them. The
+    number of stages reused (0: nothing to reuse, nothing written)."""
+    directory = Path(directory)
+    found = [(Path(source), _finished(Path(source), recipe)) for source in sources]
+    source, records = max(found, key=lambda item: len(item[1]), default=(None, []))
+    if not records:
+        return 0
+    for record in records:
+        for path in checkpoint_paths(source / record.checkpoint):
+            target = directory / path.relative_to(source)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.unlink(missing_ok=True)
+            try:
+                os.link(path, target)
+            except OSError:  # another file system, or one without links
+                shutil.copy2(path, target)
+    _save_state(directory, records)
+    return len(records)
 
 
 def _baseline(

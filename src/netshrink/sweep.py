@@ -7,14 +7,17 @@ seeds, the test split never read (`netshrink sweep`, bench/sweep.py).
 Stage `stage`'s field `path` (a dotted field of its recipe entry, as `netshrink apply --set`
 names it) is set to each value (`None` unsets it: the method's default), the recipe's `seed` to
 each seed, and the recipe runs up to `until` (the swept stage itself, or a later one: a pruning
-setting judged by what the sharing after it makes of it). Each seed runs in its own folder
-(DIRECTORY/seed-N), so the stages before the swept one are trained once a seed and every value
-starts from the same model: the pipeline resumes them (netshrink.pipeline), in this sweep and in
-later ones into the same folder. Budgets are lifted (a value past the budget is a row that says
+setting judged by what the sharing after it makes of it). Each value and seed runs in its own
+folder (DIRECTORY/seed-N/ID, its recipe.yaml says which), started from the stages another run of
+that seed finished (netshrink.pipeline.reuse_stages): the stages before the swept one are trained
+once a seed and every value starts from the same model, in this sweep and in later ones into the
+same DIRECTORY; a value already run is resumed whole, so an interrupted sweep run again goes on
+where it stopped. Budgets are lifted (a value past the budget is a row that says
 so, not a stopped run); the runs are validation-only (`run_recipe(report=False)`): nothing is
 packed, exported or measured on the test split.
 """
 
+import hashlib
 import json
 import statistics
 from collections.abc import Sequence
@@ -26,7 +29,7 @@ from pydantic import ValidationError
 from .errors import ConfigError
 from .files import atomic_write
 from .models.registry import AllowImport
-from .pipeline import run_recipe
+from .pipeline import reuse_stages, run_recipe
 from .recipe import Recipe, set_field
 from .terminal import console
 
@@ -116,9 +119,10 @@ class Sweep:
                 if progress:  # the stages' own lines and bars follow
                     console().rule(f"run {len(rows) * len(seeds) + len(runs) + 1}/{total}: "
                                    f"{self.path}={value}, seed {seed}")  # fmt: skip
-                result = run_recipe(recipe, directory / f"seed-{seed}", cache_dir=cache_dir,
-                                    latency=False, progress=progress, allow_import=allow_import,
-                                    device=device, report=False)  # fmt: skip
+                folder = self.folder(directory, value, seed)
+                result = run_recipe(recipe, folder, cache_dir=cache_dir, latency=False,
+                                    progress=progress, allow_import=allow_import, device=device,
+                                    report=False)  # fmt: skip
                 record = next(r for r in result.stages if r.name == self.measured)
                 runs.append((result.stages[0].val_top1, record.val_top1, record.measurement))
                 if progress:
@@ -128,6 +132,18 @@ class Sweep:
             text = json.dumps(rows, indent=2) + "\n"
             atomic_write(directory / "sweep.json", lambda tmp, text=text: tmp.write_text(text))
         return rows
+
+    def folder(self, directory: Path, value, seed: int) -> Path:
+        """The run of `value` with `seed`: DIRECTORY/seed-N/ID, ID a hash of the stage, field and
+        value. A new one starts from the stages that another value's run with this seed has
+        finished (any earlier sweep's into DIRECTORY), so the stages before the swept one train
+        once a seed; a finished one is resumed whole, so a sweep run again trains nothing."""
+        name = json.dumps([self.stage, self.path, value], sort_keys=True, default=str)
+        folder = directory / f"seed-{seed}" / hashlib.sha256(name.encode()).hexdigest()[:12]
+        if not (folder / "state.json").is_file():
+            runs = [p.parent for p in (directory / f"seed-{seed}").glob("**/state.json")]
+            reuse_stages(folder, self.recipe_for(value, seed), runs)
+        return folder
 
     def row(self, value, seeds: Sequence[int], runs: list[tuple]) -> dict:
         """Medians over the seeds of one value's runs: (baseline val top-1, measured stage's
