@@ -12,9 +12,9 @@ folder (DIRECTORY/seed-N/ID, its recipe.yaml says which), started from the stage
 that seed finished (netshrink.pipeline.reuse_stages): the stages before the swept one are trained
 once a seed and every value starts from the same model, in this sweep and in later ones into the
 same DIRECTORY; a value already run is resumed whole, so an interrupted sweep run again goes on
-where it stopped. Budgets are lifted (a value past the budget is a row that says
-so, not a stopped run); the runs are validation-only (`run_recipe(report=False)`): nothing is
-packed, exported or measured on the test split.
+where it stopped. Budgets are lifted (a value past the budget is a row that says so, not a
+stopped run); the runs are validation-only (`run_recipe(report=False)`): nothing is packed,
+exported or measured on the test split.
 """
 
 import hashlib
@@ -120,6 +120,9 @@ class Sweep:
                     console().rule(f"run {len(rows) * len(seeds) + len(runs) + 1}/{total}: "
                                    f"{self.path}={value}, seed {seed}")  # fmt: skip
                 folder = self.folder(directory, value, seed)
+                if not (folder / "state.json").is_file():  # from what another value trained
+                    earlier = [p.parent for p in folder.parent.glob("**/state.json")]
+                    reuse_stages(folder, recipe, earlier)
                 result = run_recipe(recipe, folder, cache_dir=cache_dir, latency=False,
                                     progress=progress, allow_import=allow_import, device=device,
                                     report=False)  # fmt: skip
@@ -135,15 +138,10 @@ class Sweep:
 
     def folder(self, directory: Path, value, seed: int) -> Path:
         """The run of `value` with `seed`: DIRECTORY/seed-N/ID, ID a hash of the stage, field and
-        value. A new one starts from the stages that another value's run with this seed has
-        finished (any earlier sweep's into DIRECTORY), so the stages before the swept one train
-        once a seed; a finished one is resumed whole, so a sweep run again trains nothing."""
+        value. `run` starts a new one from the stages another run of this seed finished (any
+        earlier sweep's into DIRECTORY) and resumes a finished one whole."""
         name = json.dumps([self.stage, self.path, value], sort_keys=True, default=str)
-        folder = directory / f"seed-{seed}" / hashlib.sha256(name.encode()).hexdigest()[:12]
-        if not (folder / "state.json").is_file():
-            runs = [p.parent for p in (directory / f"seed-{seed}").glob("**/state.json")]
-            reuse_stages(folder, self.recipe_for(value, seed), runs)
-        return folder
+        return directory / f"seed-{seed}" / hashlib.sha256(name.encode()).hexdigest()[:12]
 
     def row(self, value, seeds: Sequence[int], runs: list[tuple]) -> dict:
         """Medians over the seeds of one value's runs: (baseline val top-1, measured stage's
