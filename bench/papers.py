@@ -2,7 +2,7 @@
 paper's own figure (its model and data set differ: read the `paper` column as context).
 
     python bench/papers.py [--cases deep-compression kim kim-vgg16 kim-googlenet shin-oh
-                            ristretto gong] [--seeds 0 1 2] [--threads N]
+                            ristretto gong] [--seeds 0 1 2] [--threads N] [--runs DIR]
 
 Cases:
 
@@ -22,6 +22,9 @@ Cases:
   8/4 and 4/4 bits (weights / layer outputs), no retraining (Gysel et al.);
 - gong: Gong et al. 2014's KM / PQ / RQ / binary / SVD comparison on LeNet-300-100's FC layers
   (bench/share.py's points, no retraining): each family's best top-1 at >= 10x and >= 20x.
+
+`--runs DIR` keeps each recipe run in DIR/NAME/seed-N, and a later call resumes it: the seeds of
+a long case can be run one invocation at a time, the last one (with every seed) publishing.
 
 Writes bench/results/papers.json and the papers section of docs/benchmarks.md.
 """
@@ -46,7 +49,7 @@ from netshrink.data import load_data  # noqa: E402
 from netshrink.deploy import ExportConfig, export_artifacts  # noqa: E402
 from netshrink.layers import select_layers  # noqa: E402
 from netshrink.measure import dense_bytes  # noqa: E402
-from netshrink.pipeline import run_recipe  # noqa: E402
+from netshrink.pipeline import reuse_stages, run_recipe  # noqa: E402
 from netshrink.quant import QuantConfig, is_quantized, quantize  # noqa: E402
 from netshrink.recipe import Recipe, load_recipe  # noqa: E402
 from netshrink.train import evaluate  # noqa: E402
@@ -150,12 +153,23 @@ GONG_RATES = (10, 20)
 LATENCY = ("torch ms", "ORT ms", "C ms", "C flash")
 
 
-def recipe_rows(case: str, recipe: Recipe, text: str, seeds: tuple[int, ...]) -> list[dict]:
+def recipe_rows(
+    case: str, recipe: Recipe, text: str, seeds: tuple[int, ...], runs: Path | None = None
+) -> list[dict]:
     """Run `recipe` once per seed; one row a stage (baseline first, packed last), each number
-    the median over the seeds (the per-seed top-1 and bytes kept beside it)."""
-    runs = [_stage_rows(case, recipe, text, seed) for seed in seeds]
+    the median over the seeds (the per-seed top-1 and bytes kept beside it). With `runs`, each
+    seed's run is kept in runs/NAME/seed-N and resumed by a later call (a seed added later costs
+    only its own run); without, it runs in a temporary directory."""
+    runs_of_seeds = []
+    for seed in seeds:
+        if runs is None:
+            with tempfile.TemporaryDirectory(prefix=f"netshrink-{recipe.name}-") as directory:
+                runs_of_seeds.append(_stage_rows(case, recipe, text, seed, Path(directory)))
+        else:
+            directory = runs / recipe.name / f"seed-{seed}"
+            runs_of_seeds.append(_stage_rows(case, recipe, text, seed, directory))
     rows = []
-    for stage_rows in zip(*runs, strict=True):
+    for stage_rows in zip(*runs_of_seeds, strict=True):
         row = dict(stage_rows[0])
         for field in ("top-1", "top-5", "loss pt", "ratio", "bytes", "s", "floor bytes", *LATENCY):
             if row.get(field) is not None:
@@ -169,29 +183,31 @@ def recipe_rows(case: str, recipe: Recipe, text: str, seeds: tuple[int, ...]) ->
     return rows
 
 
-def _stage_rows(case: str, recipe: Recipe, text: str, seed: int) -> list[dict]:
-    """One run of `recipe` with `seed` (it reaches every stage's training and k-means) into a
-    temporary directory; then, for each stage named in WITHOUT, the recipe without that stage in
-    the same directory (the stages before it resumed), whose later stages are rows of their own."""
+def _stage_rows(case: str, recipe: Recipe, text: str, seed: int, directory: Path) -> list[dict]:
+    """One run of `recipe` with `seed` (it reaches every stage's training and k-means) in
+    directory/run; then, for each stage named in WITHOUT, the recipe without that stage in
+    directory/without-STAGE, started from the first run's stages before it
+    (netshrink.pipeline.reuse_stages), whose later stages are rows of their own."""
     if seed != recipe.seed:
         recipe, text = recipe.model_copy(update={"seed": seed}), None
     deployed = recipe.name in DEPLOYED
-    with tempfile.TemporaryDirectory(prefix=f"netshrink-{recipe.name}-") as directory:
-        result = run_recipe(recipe, directory, recipe_text=text, latency=deployed, progress=False)
-        rows = _result_rows(case, recipe, result, directory, deployed)
-        base = rows[0]["top-1"]
-        for dropped in WITHOUT.get(recipe.name, ()):
-            names = [stage.name for stage in recipe.stages]
-            stages = [stage for stage in recipe.stages if stage.name != dropped]
-            variant = recipe.model_copy(update={"stages": stages})
-            result = run_recipe(variant, directory, latency=deployed, progress=False)
-            later = _result_rows(case, recipe, result, directory, deployed, base)
-            for row in later[names.index(dropped) + 1 :]:  # + 1: the baseline's row
-                row["stage"] = f"{row['stage']}, without {dropped}"
-                row["paper"] = PAPER.get(recipe.name, {}).get(
-                    row.pop("name") + f", without {dropped}"
-                )
-                rows.append(row)
+    run = directory / "run"
+    result = run_recipe(recipe, run, recipe_text=text, latency=deployed, progress=False)
+    rows = _result_rows(case, recipe, result, run, deployed)
+    base = rows[0]["top-1"]
+    for dropped in WITHOUT.get(recipe.name, ()):
+        names = [stage.name for stage in recipe.stages]
+        stages = [stage for stage in recipe.stages if stage.name != dropped]
+        variant = recipe.model_copy(update={"stages": stages})
+        other = directory / f"without-{dropped}"
+        if not (other / "state.json").exists():
+            reuse_stages(other, variant, [run])
+        result = run_recipe(variant, other, latency=deployed, progress=False)
+        later = _result_rows(case, recipe, result, other, deployed, base)
+        for row in later[names.index(dropped) + 1 :]:  # + 1: the baseline's row
+            row["stage"] = f"{row['stage']}, without {dropped}"
+            row["paper"] = PAPER.get(recipe.name, {}).get(row.pop("name") + f", without {dropped}")
+            rows.append(row)
     for row in rows:
         row.pop("name", None)
     return rows
@@ -251,18 +267,20 @@ def _ms(artifact) -> float | None:
     return None if not speed else round(1000 / speed, 3)
 
 
-def file_recipe_rows(case: str, stem: str, seeds: tuple[int, ...]) -> list[dict]:
+def file_recipe_rows(case: str, stem: str, seeds: tuple[int, ...], runs: Path | None) -> list[dict]:
     path = ROOT / "recipes" / f"{stem}.yaml"
-    return recipe_rows(case, load_recipe(path), path.read_text(), seeds)
+    return recipe_rows(case, load_recipe(path), path.read_text(), seeds, runs)
 
 
-def deep_compression_rows(seeds: tuple[int, ...]) -> list[dict]:
+def deep_compression_rows(seeds: tuple[int, ...], runs: Path | None) -> list[dict]:
     stems = (
         "deep-compression-lenet300",
         "deep-compression-lenet5",
         "deep-compression-lenet5-caffe",
     )
-    return [row for stem in stems for row in file_recipe_rows("deep-compression", stem, seeds)]
+    return [
+        row for stem in stems for row in file_recipe_rows("deep-compression", stem, seeds, runs)
+    ]
 
 
 def ristretto_rows(name: str) -> list[dict]:
@@ -329,13 +347,13 @@ def gong_rows() -> list[dict]:
     return rows
 
 
-def run_cases(cases: list[str], seeds: tuple[int, ...]) -> list[dict]:
+def run_cases(cases: list[str], seeds: tuple[int, ...], runs: Path | None = None) -> list[dict]:
     rows = []
     if "deep-compression" in cases:
-        rows += deep_compression_rows(seeds)
+        rows += deep_compression_rows(seeds, runs)
     for case, stem in RECIPE_CASES.items():
         if case in cases:
-            rows += file_recipe_rows(case, stem, seeds)
+            rows += file_recipe_rows(case, stem, seeds, runs)
     if "ristretto" in cases:
         rows += ristretto_rows("lenet5") + ristretto_rows("lenet5_caffe")
     if "gong" in cases:
@@ -355,11 +373,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
                         help="seeds of the recipe cases (medians over them)")  # fmt: skip
+    parser.add_argument("--runs", type=Path,
+                        help="keep each recipe run in RUNS/NAME/seed-N, resumed when run again "
+                             "(default: temporary)")  # fmt: skip
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
     seeds = tuple(args.seeds)
-    rows = run_cases(args.cases, seeds)
+    rows = run_cases(args.cases, seeds, args.runs)
     rows, earlier = merge_published("papers", rows, lambda row: row["case"], CASES.index)
     notes = _notes(args.threads, seeds, time.perf_counter() - start) + earlier
     publish("papers", "The papers at CPU scale (bench/papers.py)", rows, COLUMNS, notes)
