@@ -259,6 +259,41 @@ def test_unknown_channel_ops_lock_their_spaces(op, locker):
     assert (model.conv_a.out_channels, model.conv_b.out_channels, model.fc.in_features) == (8, 4, 4)
 
 
+class FlatNet(nn.Module):
+    """A classifier head written with the feature count spelled out (or read from the tensor)."""
+
+    def __init__(self, flatten):
+        super().__init__()
+        self.flatten = flatten
+        self.conv_a = nn.Conv2d(3, 8, 3, padding=1)
+        self.conv_b = nn.Conv2d(8, 8, 3, padding=1)
+        self.fc = nn.Linear(8 * 4 * 4, 10)
+
+    def forward(self, x):
+        return self.fc(self.flatten(self.conv_b(F.relu(self.conv_a(x)))))
+
+
+@pytest.mark.parametrize(
+    "flatten, cut",
+    [
+        (lambda y: y.view(-1, 128), False),  # a literal: conv_b's channels stay
+        (lambda y: y.reshape(y.size(0), 128), False),
+        (lambda y: torch.reshape(y, (-1, 128)), False),
+        (lambda y: y.view(y.size(0), -1), True),
+        (lambda y: y.flatten(1), True),
+    ],
+)
+def test_a_literal_feature_count_locks_the_flattened_channels(flatten, cut):
+    model = FlatNet(flatten)
+    if not cut:
+        with pytest.raises(UnsupportedLayerError, match="conv_b.*literal 128 features"):
+            prune_filters(model, PruneFiltersConfig(amount=0.5), (3, 4, 4), layers=["conv_b"])
+    prune_filters(model, PruneFiltersConfig(amount=0.5), (3, 4, 4))
+    assert model.conv_a.out_channels == 4
+    assert model.conv_b.out_channels == (4 if cut else 8)
+    assert model(torch.randn(2, 3, 4, 4)).shape == (2, 10)  # the pruned model still runs
+
+
 class Gate(nn.Module):
     def forward(self, x):
         return x * 2 if x.sum() > 0 else x  # data-dependent control flow

@@ -172,6 +172,20 @@ def _propagate_shapes(model: nn.Module, graph_module: fx.GraphModule, input_shap
             module.training = training
 
 
+def _literal_features(node: fx.Node) -> int | None:
+    """The feature count a view / reshape to (N, features) asks for when it is a literal int
+    (not -1, not read from a size); None for flatten and for sizes computed at run time."""
+    if node.target in (torch.flatten, "flatten"):
+        return None
+    shape = node.args[1:] if node.op == "call_method" else node.args[1:2]
+    shape = shape or (node.kwargs.get("shape") or node.kwargs.get("size"),)
+    if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
+        shape = shape[0]
+    if len(shape) != 2:  # only (N, features) flattens a conv's channels into features
+        return None
+    return shape[1] if isinstance(shape[1], int) and shape[1] != -1 else None
+
+
 def _shape(node) -> tuple[int, ...] | None:
     meta = node.meta.get("tensor_meta") if isinstance(node, fx.Node) else None
     shape = getattr(meta, "shape", None)
@@ -313,6 +327,16 @@ class _Builder:
 
     def _flatten(self, node: fx.Node, label: str) -> Value:
         src, inp, out = self._value(node.args[0]), _shape(node.args[0]), _shape(node)
+        fixed = _literal_features(node)
+        if src is not None and fixed is not None:
+            # x.view(-1, 2048): the feature count is a constant of the user's forward, which
+            # no longer fits once channels are removed (a size read from the tensor does)
+            self._lock(
+                src[0],
+                f"{label} reshapes to a literal {fixed} features (written as x.flatten(1) or "
+                "x.view(x.size(0), -1) its channels could be removed)",
+            )
+            return None
         # (N, C, H, W) -> (N, C*H*W) in row-major order: channel c owns features [c*HW, (c+1)*HW)
         if (
             src is not None
