@@ -7,6 +7,8 @@ grid must be followed by a quantizer. So, walking the torch.fx graph:
   Linear, each addition (residual joins) and product of two tensors (gates), average pool,
   concatenation, element-wise function (sigmoid, SiLU, hard-swish, tanh, GELU, ...: a lookup
   table on a device), and any op the plan does not know (the integer path refuses those);
+- an op that returns several tensors (CBAM's `torch.max(x, 1)[0]`, topk, var_mean) is quantized
+  at the float part the model picks from it; indices and boolean masks get no quantizer;
 - ops that keep values on their grid pass through: ReLU, max pooling, flatten / view, dropout,
   identity, reading a shape;
 - a ReLU (or ReLU6) that is the only user of a layer is fused: the quantizer goes after it, with
@@ -80,6 +82,28 @@ _AVG_POOL = {nn.AvgPool2d, nn.AdaptiveAvgPool2d, F.avg_pool2d, F.adaptive_avg_po
 _CAT = {torch.cat, torch.concat}
 _MEAN = {torch.mean, "mean"}
 _META = {getattr, "size", "dim"}
+# Ops that return several tensors: (values, indices) pairs, and tuples of floats. The tuple holds
+# no values of its own, so its quantizer goes on the float part the model picks (getitem or
+# `.values`), and none on the indices (integers, not activations).
+_VALUES_INDICES = {
+    torch.max, torch.min, "max", "min", torch.median, "median", torch.nanmedian, "nanmedian",
+    torch.mode, "mode", torch.kthvalue, "kthvalue", torch.topk, "topk", torch.sort, "sort",
+    torch.cummax, "cummax", torch.cummin, "cummin", torch.frexp, "frexp",
+}  # fmt: skip
+_TUPLE_ONLY_WITH_DIM = {torch.max, torch.min, "max", "min", torch.median, "median"}
+_TUPLE_ONLY_WITH_DIM |= {torch.nanmedian, "nanmedian"}
+_FLOAT_TUPLES = {torch.var_mean, torch.std_mean, torch.aminmax, "aminmax"}
+# Ops whose output holds integers or booleans (indices, masks): no activation quantizer.
+_INTEGER = {
+    torch.argmax, torch.argmin, torch.argsort, "argmax", "argmin", "argsort",
+    torch.nonzero, "nonzero", torch.bucketize, torch.searchsorted,
+    torch.isnan, torch.isinf, torch.isfinite, "isnan", "isinf", "isfinite",
+    torch.eq, torch.ne, torch.lt, torch.le, torch.gt, torch.ge,
+    "eq", "ne", "lt", "le", "gt", "ge",
+    operator.eq, operator.ne, operator.lt, operator.le, operator.gt, operator.ge,
+    torch.logical_and, torch.logical_or, torch.logical_not, torch.logical_xor,
+    "long", "int", "short", "byte", "char", "bool",
+}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -126,6 +150,8 @@ def node_kind(node: fx.Node, modules: dict[str, nn.Module], float_layers=()) -> 
     if key is operator.getitem:  # a size, a part of a chunk, or a slice: values kept
         source = node.args[0]
         return "meta" if isinstance(source, fx.Node) and _is_meta(source, modules) else "pass"
+    if key is getattr and node.args[1] in ("values", "indices"):
+        return "pass"  # a part of torch.max(x, 1)'s (values, indices), by name
     if key in _MEAN and spatial_mean(node):
         return "avg_pool"  # x.mean((2, 3)): a global average pool
     if key in _SIZE_ARITHMETIC and _on_sizes(node, modules):
@@ -206,6 +232,7 @@ def plan_points(graph_module: fx.GraphModule, float_layers: tuple[str, ...] = ()
         name = _unique(f"{source.replace('.', '_')}_quant", modules, points)
         reads = _point_before(node.args[0], kinds, anchors) if kinds[node] == "avg_pool" else None
         point = QuantPoint(name, anchor.name, source, kinds[node], signed, None, reads)
+        _check_float(node)
         points.append(point)
         anchors[anchor] = point
     layers = tuple(n.target for n in nodes if kinds[n] == "layer")
@@ -221,7 +248,81 @@ def _needs_point(node: fx.Node, kinds) -> bool:
         return not _only_reaches(node, kinds, ("output",))
     if kind in ("input", "float_layer"):
         return not _only_reaches(node, kinds, ("output", "float_layer"))
-    return kind in ("avg_pool", "cat", "relu6", "lut", "other")
+    if kind == "other" or _picks_from_tuple(node, kinds):
+        return _output_type(node) == "float"
+    return kind in ("avg_pool", "cat", "relu6", "lut")
+
+
+def _check_float(node: fx.Node) -> None:
+    """UnsupportedLayerError, naming the op, when ShapeProp saw `node` give something other than
+    one floating-point tensor: _output_type's reading of the graph missed an op, and a quantizer
+    there would fail in calibration as if the user's images were at fault."""
+    if "type" not in node.meta:
+        return  # no shapes recorded: a rebuilt model (its plan was checked when it was made)
+    meta = node.meta.get("tensor_meta")
+    if issubclass(node.meta["type"], torch.Tensor) and meta.dtype.is_floating_point:
+        return
+    dtype = getattr(meta, "dtype", None)
+    what = f"{dtype} values" if dtype is not None else f"a {node.meta['type'].__name__}"
+    raise UnsupportedLayerError(
+        f"{node.name} ({getattr(node.target, '__name__', node.target)}) gives {what}, where "
+        "fixed point needs floating-point activations to quantize; please report this model"
+    )
+
+
+def _picks_from_tuple(node: fx.Node, kinds) -> bool:
+    """Whether `node` picks one result of an op that returns several and leaves the grid
+    (torch.max(x, 1)[0], `.values`): the values it picks are new ones, quantized here."""
+    source = node.args[0] if node.args else None
+    return (
+        kinds[node] == "pass"
+        and (node.target is operator.getitem or node.target is getattr)
+        and isinstance(source, fx.Node)
+        and kinds.get(source) == "other"
+        and _output_type(source) == "tuple"
+    )
+
+
+def _output_type(node: fx.Node) -> str:
+    """What an op outside the known ones gives: "tuple" (several tensors, picked apart by
+    getitem), "integer" (indices, masks) or "float" (activations). Read from the graph alone,
+    so that a rebuilt model (a file, a checkpoint), traced without an input, plans the same."""
+    key = node.target
+    if node.op not in ("call_function", "call_method"):
+        return "float"
+    if key is operator.getitem or key is getattr:
+        return _part_type(node)
+    if key in _INTEGER or _casts_to_integers(node):
+        return "integer"
+    if key in _FLOAT_TUPLES or (key in _VALUES_INDICES and _returns_pair(node)):
+        return "tuple"
+    users = list(node.users)
+    if users and all(u.target is operator.getitem and isinstance(u.args[1], int) for u in users):
+        return "tuple"  # an op we do not know, taken apart by index: it returns a tuple
+    return "float"
+
+
+def _part_type(node: fx.Node) -> str:
+    # torch.max(x, 1)[1], .indices, frexp's exponents: integers; any other part: floats.
+    source, part = node.args[0], node.args[1]
+    pair = isinstance(source, fx.Node) and source.target in _VALUES_INDICES
+    return "integer" if pair and part in (1, "indices") else "float"
+
+
+def _returns_pair(node: fx.Node) -> bool:
+    # torch.max(x) and torch.max(x, y) give a tensor; torch.max(x, 1) gives (values, indices).
+    if node.target not in _TUPLE_ONLY_WITH_DIM:
+        return True
+    dim = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else None)
+    return isinstance(dim, int)
+
+
+def _casts_to_integers(node: fx.Node) -> bool:
+    # x.to(torch.long), x.type(torch.int32): integers from then on.
+    if node.target not in ("to", "type"):
+        return False
+    dtypes = [a for a in (*node.args[1:], *node.kwargs.values()) if isinstance(a, torch.dtype)]
+    return any(not (d.is_floating_point or d.is_complex) for d in dtypes)
 
 
 def _only_reaches(node: fx.Node, kinds, ends: tuple[str, ...]) -> bool:

@@ -33,7 +33,7 @@ from ..edits import (
     record_edits,
     structural_edits,
 )
-from ..errors import ConfigError
+from ..errors import ConfigError, UnsupportedLayerError
 from ..fold import batchnorms_as_convs, converted_batchnorms, fold_batchnorm
 from ..graph import trace
 from ..layers import copy_model, unwrap
@@ -93,7 +93,7 @@ def quantize(
     root = unwrap(model)
     if is_quantized(root):
         raise ConfigError("the model is already fixed point; quantize its float original")
-    root = batchnorms_as_convs(fold_batchnorm(copy_model(root).eval()))
+    root = batchnorms_as_convs(_folded(copy_model(root).eval()))
     device = model_device(root)
     batches = calibration_batches(calibration, config.calibration_images)
     first = next(batches)
@@ -336,6 +336,15 @@ def calibration_batches(
             return
     if seen == 0:
         raise ConfigError("calibration needs at least one image; the calibration data is empty")
+
+
+def _folded(root: nn.Module) -> nn.Module:
+    try:
+        return fold_batchnorm(root)
+    except UnsupportedLayerError as exc:  # name the method the user called
+        raise UnsupportedLayerError(
+            f"fixed-point quantization folds batch norm first: {exc}"
+        ) from None
 
 
 def _traced(root: nn.Module, keep_edits: bool = True) -> fx.GraphModule:
