@@ -311,6 +311,20 @@ def _describe(node: fx.Node) -> str:
     return f"{node.name} ({getattr(node.target, '__name__', node.target)})"
 
 
+def describe(node: fx.Node, module: nn.Module | None = None) -> str:
+    """What `node` computes, for a message: the class of its layer (`module`), or its function
+    with the module whose forward calls it (`add in layer2.1.se`: fx names alone, `add_3`,
+    cannot be found in a large network)."""
+    if module is not None:
+        return type(module).__name__
+    what = getattr(node.target, "__name__", str(node.target))
+    stack = node.meta.get("nn_module_stack")
+    if stack:
+        path = list(stack.values())[-1][0]  # the innermost module: (path, class)
+        return f"{what} in {path}" if path else what
+    return what
+
+
 def first_line(exc: Exception) -> str:
     """`Type: first line of the message`, for error messages that quote a failure."""
     return f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}"

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from ..errors import UnsupportedLayerError
+from ..graph import describe
 from ..quant.fixed import to_integers
 from ..quant.integer import LUT_BITS, call_node
 from ..quant.modules import ActQuant
@@ -64,10 +65,10 @@ class Builder:
             if kind == "float_layer":
                 bad.append(f"{node.name} (left in float; the C code runs integers only)")
             elif kind == "other" and not isinstance(module, ActQuant):
-                bad.append(f"{node.name} ({_describe(node, module)})")
+                bad.append(f"{node.name} ({describe(node, module)})")
             elif kind == "lut" and self._quantizer_after(node) is None:
                 bad.append(
-                    f"{node.name} ({_describe(node, module)}: a lookup table needs its one "
+                    f"{node.name} ({describe(node, module)}: a lookup table needs its one "
                     "user to be its quantizer)"
                 )
             elif kind == "avg_pool" and self._divisor_after(node) is None:
@@ -436,12 +437,6 @@ def _max_pool_options(node: fx.Node, module) -> dict:
     options.update(zip(names, node.args[1:]))
     options.update({k: v for k, v in node.kwargs.items() if k in names})
     return options
-
-
-def _describe(node: fx.Node, module) -> str:
-    if module is not None:
-        return type(module).__name__
-    return getattr(node.target, "__name__", str(node.target))
 
 
 def _arg(arg, values):

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from ..errors import UnsupportedLayerError
+from ..graph import describe
 from .fixed import FixedPoint, from_integers, requantize, to_integers
 from .modules import ActQuant
 from .plan import node_kind, pool_options, spatial_mean
@@ -172,12 +173,12 @@ class IntegerModel(nn.Module):
         for node, kind in self._kinds.items():
             module = self._by_name.get(node.target) if node.op == "call_module" else None
             if kind == "other" and not isinstance(module, ActQuant):
-                bad.append(f"{node.name} ({_describe(node, module)})")
+                bad.append(f"{node.name} ({describe(node, module)})")
             elif kind == "avg_pool" and self._divisor_after(node) is None:
                 bad.append(f"{node.name} (an average pool whose windows differ in size)")
             elif kind == "lut" and not 0 < (self._quantizer_before(node) or 0) <= LUT_BITS:
                 bad.append(
-                    f"{node.name} ({_describe(node, module)} of a value wider than {LUT_BITS} "
+                    f"{node.name} ({describe(node, module)} of a value wider than {LUT_BITS} "
                     "bits: no lookup table)"
                 )
         if bad:
@@ -387,12 +388,6 @@ def call_node(node: fx.Node, module, args):
     if node.op == "call_method":
         return getattr(args[0], node.target)(*args[1:], **node.kwargs)
     return node.target(*args, **node.kwargs)
-
-
-def _describe(node: fx.Node, module) -> str:
-    if module is not None:
-        return type(module).__name__
-    return getattr(node.target, "__name__", str(node.target))
 
 
 def _fmt(spec) -> FixedPoint:
