@@ -11,6 +11,11 @@ model is never changed.
 
 from __future__ import annotations
 
+import contextlib
+import linecache
+import os
+import re
+import sys
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -28,6 +33,7 @@ from ..errors import ConfigError, CorruptFileError, UnsupportedLayerError
 from ..files import atomic_write
 from ..layers import copy_model, unwrap
 from ..mask import unparametrize
+from .onnx_pools import exact_pools
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
@@ -75,10 +81,14 @@ def export_onnx(
 ) -> Path:
     """Write the effective `model` to `path` as one self-contained fp32 ONNX file; returns the path.
 
-    Input "input" [batch, *input_shape] and output "logits" [batch, classes], batch dynamic.
-    Uses the TorchScript exporter (`dynamo=False`), which folds BatchNorm into the convolutions;
-    the file is checked with `onnx.checker.check_model(full_check=True)` before it replaces
-    anything at `path`. Raises UnsupportedLayerError when an operation cannot be exported.
+    Input "input" [batch, *input_shape] and output "logits" [batch, classes], batch dynamic;
+    where torch can export the model only for a fixed batch (a kernel size read from the
+    input's shape, as CBAM's channel gate does), batch 1, with a StaticBatchWarning and the
+    file's doc_string saying why. Uses the TorchScript exporter (`dynamo=False`), which folds
+    BatchNorm into the convolutions; pools take PyTorch's windows and divide as it does under
+    every ONNX Runtime kernel (exact_pools); the file is checked with
+    `onnx.checker.check_model(full_check=True)` before it replaces anything at `path`. Raises
+    UnsupportedLayerError when an operation cannot be exported.
 
     Example:
         >>> export_onnx(prune_magnitude(lenet5(), config), "lenet5.onnx", (1, 28, 28))
@@ -95,28 +105,111 @@ def export_onnx(
 
 
 def _export_checked(model: nn.Module, example: torch.Tensor, path: Path, opset: int) -> None:
+    """Export `model` to `path` with a dynamic batch axis, or with a fixed batch of 1 where only
+    the dynamic axis fails (the file says why, and so does a StaticBatchWarning); then make its
+    pools exact (exact_pools) and check it. Raises UnsupportedLayerError naming the cause when
+    the static export fails too."""
     try:
-        with warnings.catch_warnings(), torch.no_grad():
-            for message in _EXPORTER_NOISE:
-                warnings.filterwarnings("ignore", message=message, category=DeprecationWarning)
-            torch.onnx.export(
-                model,
-                (example,),
-                str(path),
-                dynamo=False,
-                opset_version=opset,
-                input_names=[INPUT_NAME],
-                output_names=[OUTPUT_NAME],
-                dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
-            )
+        with _torch_graph_dump_silenced():
+            _torch_export(model, example, path, opset, dynamic=True)
+        note = None
+    except _EXPORT_ERRORS as exc:
+        # A size read from the input (CBAM's avg_pool2d(x, x.size()[2:])) is a constant in a
+        # static trace but a graph value under a dynamic axis, where ONNX needs an attribute:
+        # a file for batch 1 serves the user better than no file.
+        dynamic_cause = _cause(exc)
+        try:
+            _torch_export(model, example[:1], path, opset, dynamic=False)
+        except _EXPORT_ERRORS as static_exc:
+            raise _unsupported(model, opset, static_exc) from static_exc
+        note = (
+            "takes a batch of 1 only: torch cannot export it with a dynamic batch axis, as "
+            + dynamic_cause
+        )
+    try:
+        proto = exact_pools(onnx.load(str(path)))
+        if note is not None:
+            proto.doc_string = note
+        onnx.save(proto, str(path))
         onnx.checker.check_model(str(path), full_check=True)
-    except (RuntimeError, TypeError, ValueError, onnx.checker.ValidationError) as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise UnsupportedLayerError(
-            f"cannot export {type(model).__name__} to ONNX opset {opset}: {first}. Replace or "
-            "remove the layer that uses this operation, try another opset, or check that "
-            "torch.onnx.export(model, ..., dynamo=False) succeeds on the plain model"
-        ) from exc
+    except _CHECK_ERRORS as exc:
+        raise _unsupported(model, opset, exc) from exc
+    if note is not None:
+        message = f"the exported ONNX file {note}; onnx_logits runs it image by image"
+        warnings.warn(message, StaticBatchWarning, 2)
+
+
+class StaticBatchWarning(UserWarning):
+    """An ONNX file was exported for a batch of 1 only (the message says why); onnx_logits runs
+    it one image at a time."""
+
+
+_EXPORT_ERRORS = (RuntimeError, TypeError, ValueError, onnx.checker.ValidationError)
+# what onnx.checker raises on a file whose shapes do not add up (full_check)
+_CHECK_ERRORS = (onnx.checker.ValidationError, onnx.shape_inference.InferenceError)
+
+
+def _torch_export(model: nn.Module, example: torch.Tensor, path: Path, opset: int, *, dynamic):
+    """torch.onnx.export with netshrink's names, the batch axis dynamic or not."""
+    axes = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}} if dynamic else None
+    with warnings.catch_warnings(), torch.no_grad():
+        for message in _EXPORTER_NOISE:
+            warnings.filterwarnings("ignore", message=message, category=DeprecationWarning)
+        torch.onnx.export(
+            model,
+            (example,),
+            str(path),
+            dynamo=False,
+            opset_version=opset,
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_axes=axes,
+        )
+
+
+@contextlib.contextmanager
+def _torch_graph_dump_silenced():
+    """Keep torch's exporter from printing its whole graph to stdout (from C++, so at the file
+    descriptor) when the export fails: for the dynamic attempt, which the static one may
+    replace, that dump would read as an error the user has to act on."""
+    if sys.stdout is not None:
+        sys.stdout.flush()
+    try:
+        saved = os.dup(1)
+    except OSError:  # no standard output to silence
+        yield
+        return
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 1)
+        yield
+    finally:
+        if sys.stdout is not None:
+            sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+def _cause(exc: Exception) -> str:
+    """One line on why torch could not export: its first line, or for a value that must be
+    constant (torch's SymbolicValueError), which source line computes it."""
+    text = " ".join(str(exc).split())
+    found = re.search(r"# (\S+?):(\d+):\d+ .*? because it is not constant", text)
+    if found:
+        line = linecache.getline(found[1], int(found[2])).strip()  # fx code is in linecache too
+        quoted = f"`{line[:100]}` at " if line else ""
+        return (
+            f"a value computed from the input's shape ({quoted}{found[1]}:{found[2]}) is used "
+            "where ONNX needs a constant (a kernel size, a stride)"
+        )
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def _unsupported(model: nn.Module, opset: int, exc: Exception) -> UnsupportedLayerError:
+    return UnsupportedLayerError(
+        f"cannot export {type(model).__name__} to ONNX opset {opset}: {_cause(exc)}. Replace or "
+        "remove the layer that uses this operation, or try another opset"
+    )
 
 
 def onnx_session(path: str | Path, *, threads: int | None = None) -> ort.InferenceSession:
@@ -151,10 +244,25 @@ def onnx_session(path: str | Path, *, threads: int | None = None) -> ort.Inferen
 
 def onnx_logits(session: ort.InferenceSession, x: torch.Tensor | np.ndarray) -> np.ndarray:
     """Run `session` on one batch `x` [batch, C, H, W]; returns the logits as float32 numpy."""
+    return onnx_outputs(session, x)[0]
+
+
+def onnx_outputs(session: ort.InferenceSession, x: torch.Tensor | np.ndarray) -> list[np.ndarray]:
+    """Every output of `session` on the batch `x`, as float32 numpy. A file exported for a fixed
+    batch (export_onnx's fallback to batch 1) runs on slices of that size, the last one padded
+    with zeros and its outputs trimmed, so callers need not know."""
     if isinstance(x, torch.Tensor):
         x = x.detach().cpu().numpy()
-    feed = {session.get_inputs()[0].name: np.ascontiguousarray(x, dtype=np.float32)}
-    return session.run(None, feed)[0]
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    name, fixed = session.get_inputs()[0].name, session.get_inputs()[0].shape[0]
+    if not isinstance(fixed, int) or fixed == len(x) or not len(x):
+        return session.run(None, {name: x})
+    parts = []
+    for start in range(0, len(x), fixed):
+        part = x[start : start + fixed]
+        full = np.concatenate([part, np.zeros((fixed - len(part), *x.shape[1:]), x.dtype)])
+        parts.append([out[: len(part)] for out in session.run(None, {name: full})])
+    return [np.concatenate(outputs) for outputs in zip(*parts, strict=True)]
 
 
 def compare_onnx(

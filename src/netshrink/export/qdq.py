@@ -87,9 +87,12 @@ def export_onnx_int8(
 ) -> Path:
     """Write the fixed-point `qmodel` (netshrink.quant.quantize) to `path` as an int8 QDQ ONNX
     file with its own power-of-two scales; returns the path. Input "input" (float, normalized
-    images), output "logits" (float), batch dynamic. `opset`: the exporter's; a file with
-    weights wider than 8 bits is converted to opset 21 (INT16 DequantizeLinear). `integers`:
-    the type of the signed 8-bit values (module docstring: uint8 is exact on every CPU).
+    images), output "logits" (float), batch dynamic (or 1, where export_onnx falls back to it,
+    saying why). `opset`: the exporter's; a file with weights wider than 8 bits is converted to
+    opset 21 (INT16 DequantizeLinear). `integers`: the type of the signed 8-bit values (module
+    docstring: uint8 is exact on every CPU). Pools take PyTorch's windows and average pools
+    divide as PyTorch's do, also in ONNX Runtime's fused int8 kernel
+    (netshrink.export.onnx_pools.exact_pools).
 
     Example:
         >>> export_onnx_int8(quantize(model, data), "lenet5.int8.onnx", (1, 28, 28))

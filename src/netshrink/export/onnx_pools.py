@@ -1,0 +1,145 @@
+"""ONNX pools as PyTorch computes them: every AveragePool and MaxPool of an exported file takes
+PyTorch's windows and divides as PyTorch does under every ONNX Runtime kernel (ceil_mode,
+count_include_pad; see exact_pools). Used by every export (netshrink.export.onnx)."""
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from ..errors import UnsupportedLayerError
+
+
+def exact_pools(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Make every AveragePool and MaxPool of `model` (changed in place and returned) take
+    PyTorch's windows, and every AveragePool divide each by what PyTorch divides it by, under
+    every kernel ONNX Runtime may run.
+
+    ONNX Runtime's int8 QLinearAveragePool, which its optimizer makes of a DequantizeLinear ->
+    AveragePool -> QuantizeLinear, divides a ceil_mode window that hangs over the edge by the
+    whole kernel when count_include_pad is set, where PyTorch and ONNX Runtime's float
+    AveragePool divide by the part inside the (padded) input (conv -> AvgPool2d(3, 3,
+    ceil_mode=True): logits 0.05 apart, top-1 78%). And ONNX's shape inference gives a
+    ceil_mode pool with padding one window more than PyTorch where PyTorch's last window would
+    start in the end padding, so that file fails its check. Hence, without padding,
+    count_include_pad is cleared (there is nothing to include); and a ceil_mode pool becomes a
+    floor-mode one whose extra end padding reaches as far as PyTorch's last window and is not
+    counted (a max pool never counts padding), an average pool's counted padding
+    (count_include_pad) a Pad before it. Raises UnsupportedLayerError naming the pool where that
+    needs its input's size and it is unknown."""
+    shapes = None
+    for node in list(model.graph.node):
+        if node.op_type not in _POOLS or node.domain not in ("", "ai.onnx"):
+            continue
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        counted = node.op_type == "AveragePool" and attrs.get("count_include_pad")
+        padded = any(attrs.get("pads", []))
+        if counted and not padded:
+            _set_attribute(node, "count_include_pad", 0)
+            counted = False
+        if not attrs.get("ceil_mode"):
+            continue
+        if shapes is None:
+            shapes = _spatial_sizes(model)
+        sizes = shapes.get(node.input[0])
+        if sizes and all(isinstance(size, int) for size in sizes):
+            _floor_mode_pool(model, node, attrs, sizes, counted)
+        elif counted:
+            raise UnsupportedLayerError(
+                f"cannot export the average pool {node.name or node.output[0]} exactly: "
+                "ceil_mode with counted padding needs its input's height and width, which are "
+                "not fixed"
+            )
+    return model
+
+
+_POOLS = ("AveragePool", "MaxPool")
+
+
+def _floor_mode_pool(model: onnx.ModelProto, node, attrs: dict, sizes: list[int], counted):
+    """PyTorch's ceil_mode pool `node` as a floor-mode one with uncounted end padding as far as
+    PyTorch's last window reaches; its `counted` padding, if any, a Pad before it (with a
+    QuantizeLinear / DequantizeLinear pair after it where a DequantizeLinear feeds the pool,
+    so that ONNX Runtime still runs the pool in int8)."""
+    rank = len(sizes)
+    pads = list(attrs.get("pads", [0] * 2 * rank))
+    strides = attrs.get("strides", [1] * rank)
+    dilations = attrs.get("dilations", [1] * rank)
+    spans = [d * (k - 1) + 1 for k, d in zip(attrs["kernel_shape"], dilations, strict=True)]
+    ends = [
+        _ceil_overhang(size, span, stride, pads[i], pads[i + rank])
+        for i, (size, span, stride) in enumerate(zip(sizes, spans, strides, strict=True))
+    ]
+    # counted padding moves into a Pad: the pool's own padding is then only the overhang
+    own = [0] * 2 * rank if counted else pads
+    ends = [tail + end for tail, end in zip(own[rank:], ends, strict=True)]
+    if any(end >= kernel for end, kernel in zip(ends, attrs["kernel_shape"], strict=True)):
+        return  # ONNX Runtime refuses padding as wide as the kernel: a dilated max pool's
+    if counted:
+        _pad_before(model, node, pads)
+    _set_attribute(node, "pads", own[:rank] + ends)
+    _set_attribute(node, "ceil_mode", 0)
+    if node.op_type == "AveragePool":
+        _set_attribute(node, "count_include_pad", 0)
+
+
+def _pad_before(model: onnx.ModelProto, node, pads: list[int]) -> None:
+    """x -> node  becomes  x -> Pad(zeros, `pads`) [-> Q -> DQ where x is dequantized] -> node."""
+    graph, rank = model.graph, len(pads) // 2
+    padded = _unused_name(graph, f"{node.input[0]}_padded")
+    values = np.array([0, 0, *pads[:rank], 0, 0, *pads[rank:]], np.int64)
+    new = [_pad_node(model, node.input[0], padded, values)]
+    producer = next((n for n in graph.node if node.input[0] in n.output), None)
+    if producer is not None and producer.op_type == "DequantizeLinear":
+        quantized = _unused_name(graph, f"{padded}_q")
+        requantized = _unused_name(graph, f"{padded}_dq")
+        params = list(producer.input[1:])  # zero is on every grid: the pair changes no value
+        new.append(helper.make_node("QuantizeLinear", [padded, *params], [quantized]))
+        new.append(helper.make_node("DequantizeLinear", [quantized, *params], [requantized]))
+        padded = requantized
+    node.input[0] = padded
+    at = list(graph.node).index(node)
+    for offset, extra in enumerate(new):
+        graph.node.insert(at + offset, extra)
+
+
+def _ceil_overhang(size: int, kernel: int, stride: int, head: int, tail: int) -> int:
+    """How far PyTorch's last ceil_mode window reaches past the padded input (its rule: a
+    window starts inside the input or its head padding)."""
+    count = -(-(size + head + tail - kernel) // stride) + 1
+    if (count - 1) * stride >= size + head:
+        count -= 1
+    return max(0, (count - 1) * stride + kernel - (size + head + tail))
+
+
+def _pad_node(model: onnx.ModelProto, source: str, output: str, pads: np.ndarray):
+    opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+    if opset < 11:  # Pad's pads were an attribute before opset 11
+        return helper.make_node("Pad", [source], [output], pads=pads.tolist(), mode="constant")
+    name = _unused_name(model.graph, f"{output}_pads")
+    model.graph.initializer.append(numpy_helper.from_array(pads, name))
+    return helper.make_node("Pad", [source, name], [output], mode="constant")
+
+
+def _spatial_sizes(model: onnx.ModelProto) -> dict[str, list]:
+    """Every tensor's sizes after its first two axes (ints where fixed), by shape inference."""
+    inferred = onnx.shape_inference.infer_shapes(model).graph
+    sizes = {}
+    for info in (*inferred.input, *inferred.value_info, *inferred.output):
+        dims = info.type.tensor_type.shape.dim
+        sizes[info.name] = [d.dim_value if d.HasField("dim_value") else None for d in dims[2:]]
+    return sizes
+
+
+def _set_attribute(node: onnx.NodeProto, name: str, value) -> None:
+    for attribute in [a for a in node.attribute if a.name == name]:
+        node.attribute.remove(attribute)
+    node.attribute.append(helper.make_attribute(name, value))
+
+
+def _unused_name(graph: onnx.GraphProto, name: str) -> str:
+    taken = {t.name for t in graph.initializer} | {o for n in graph.node for o in n.output}
+    candidate, count = name, 0
+    while candidate in taken:
+        count += 1
+        candidate = f"{name}_{count}"
+    return candidate
