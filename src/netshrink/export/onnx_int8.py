@@ -104,7 +104,7 @@ def _grid_source(producer: dict, name: str):
 def _requantize(graph: onnx.GraphProto, node: onnx.NodeProto, params: list[str]) -> list:
     """x -> node -> y  becomes  x -> node -> Q -> DQ -> y (at `params`: scale, zero point)."""
     y = node.output[0]
-    raw, quantized = _unused_name(graph, f"{y}_r"), _unused_name(graph, f"{y}_q")
+    raw, quantized = unused_name(graph, f"{y}_r"), unused_name(graph, f"{y}_q")
     node.output[0] = raw
     return [
         helper.make_node("QuantizeLinear", [raw, *params], [quantized]),
@@ -121,7 +121,7 @@ def wide_weights_as_int16(model: onnx.ModelProto, fracs: Mapping[str, int]) -> o
     exact = {n: q for n, t in weights.items() if (q := _int16_grid(t, fracs[n])) is not None}
     if not exact:
         return model
-    if _opset(model) < INT16_OPSET:
+    if model_opset(model) < INT16_OPSET:
         model = version_converter.convert_version(model, INT16_OPSET)
     for name, integers in exact.items():
         _dequantize_initializer(model.graph, name, integers, fracs[name])
@@ -156,7 +156,7 @@ def _int16_grid(tensor: onnx.TensorProto, frac: int) -> np.ndarray | None:
     return integers if np.array_equal(back, values) else None
 
 
-def _opset(model: onnx.ModelProto) -> int:
+def model_opset(model: onnx.ModelProto) -> int:
     return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
 
 
@@ -205,7 +205,7 @@ def _axis(node: onnx.NodeProto) -> int:
 def _replace_quantizer(graph: onnx.GraphProto, node: onnx.NodeProto, integers) -> None:
     """The QuantizeLinear's output becomes an initializer of `integers` under a name of its own
     (the float initializer's, plus "_quantized"); its readers read that, and the node goes."""
-    name = _unused_name(graph, f"{node.input[0]}_quantized")
+    name = unused_name(graph, f"{node.input[0]}_quantized")
     graph.initializer.append(numpy_helper.from_array(integers, name))
     for reader in graph.node:
         for i, tensor in enumerate(reader.input):
@@ -216,7 +216,7 @@ def _replace_quantizer(graph: onnx.GraphProto, node: onnx.NodeProto, integers) -
     graph.node.remove(node)
 
 
-def _unused_name(graph: onnx.GraphProto, name: str) -> str:
+def unused_name(graph: onnx.GraphProto, name: str) -> str:
     taken = {t.name for t in graph.initializer} | {o for n in graph.node for o in n.output}
     candidate, count = name, 0
     while candidate in taken:
@@ -269,7 +269,7 @@ def unsigned_integers(model: onnx.ModelProto) -> onnx.ModelProto:
 
     def unsigned_zero(name: str) -> str:
         if name not in shifted:
-            shifted[name] = _unused_name(graph, f"{name}_uint8")
+            shifted[name] = unused_name(graph, f"{name}_uint8")
             zero = numpy_helper.from_array(_to_uint8(constants[name]), shifted[name])
             graph.initializer.append(zero)
         return shifted[name]

@@ -7,6 +7,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from ..errors import UnsupportedLayerError
+from .onnx_int8 import model_opset, unused_name
 
 
 def exact_pools(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -85,13 +86,13 @@ def _floor_mode_pool(model: onnx.ModelProto, node, attrs: dict, sizes: list[int]
 def _pad_before(model: onnx.ModelProto, node, pads: list[int]) -> None:
     """x -> node  becomes  x -> Pad(zeros, `pads`) [-> Q -> DQ where x is dequantized] -> node."""
     graph, rank = model.graph, len(pads) // 2
-    padded = _unused_name(graph, f"{node.input[0]}_padded")
+    padded = unused_name(graph, f"{node.input[0]}_padded")
     values = np.array([0, 0, *pads[:rank], 0, 0, *pads[rank:]], np.int64)
     new = [_pad_node(model, node.input[0], padded, values)]
     producer = next((n for n in graph.node if node.input[0] in n.output), None)
     if producer is not None and producer.op_type == "DequantizeLinear":
-        quantized = _unused_name(graph, f"{padded}_q")
-        requantized = _unused_name(graph, f"{padded}_dq")
+        quantized = unused_name(graph, f"{padded}_q")
+        requantized = unused_name(graph, f"{padded}_dq")
         params = list(producer.input[1:])  # zero is on every grid: the pair changes no value
         new.append(helper.make_node("QuantizeLinear", [padded, *params], [quantized]))
         new.append(helper.make_node("DequantizeLinear", [quantized, *params], [requantized]))
@@ -112,10 +113,9 @@ def _ceil_overhang(size: int, kernel: int, stride: int, head: int, tail: int) ->
 
 
 def _pad_node(model: onnx.ModelProto, source: str, output: str, pads: np.ndarray):
-    opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
-    if opset < 11:  # Pad's pads were an attribute before opset 11
+    if model_opset(model) < 11:  # Pad's pads were an attribute before opset 11
         return helper.make_node("Pad", [source], [output], pads=pads.tolist(), mode="constant")
-    name = _unused_name(model.graph, f"{output}_pads")
+    name = unused_name(model.graph, f"{output}_pads")
     model.graph.initializer.append(numpy_helper.from_array(pads, name))
     return helper.make_node("Pad", [source, name], [output], mode="constant")
 
@@ -134,12 +134,3 @@ def _set_attribute(node: onnx.NodeProto, name: str, value) -> None:
     for attribute in [a for a in node.attribute if a.name == name]:
         node.attribute.remove(attribute)
     node.attribute.append(helper.make_attribute(name, value))
-
-
-def _unused_name(graph: onnx.GraphProto, name: str) -> str:
-    taken = {t.name for t in graph.initializer} | {o for n in graph.node for o in n.output}
-    candidate, count = name, 0
-    while candidate in taken:
-        count += 1
-        candidate = f"{name}_{count}"
-    return candidate
