@@ -21,7 +21,7 @@ from ..graph import describe
 from ..quant.fixed import to_integers
 from ..quant.integer import LUT_BITS, call_node
 from ..quant.modules import ActQuant
-from ..quant.plan import node_kind, pool_options, reorders, spatial_mean
+from ..quant.plan import lut_input, node_kind, pool_options, reorders, spatial_mean
 from .c_fixed import LIMIT, mac_range, relu_bounds, term
 from .c_kernels import (
     ELEMENTWISE,
@@ -109,7 +109,7 @@ class Builder:
         if kind == "mul":
             return self._mul(node, self._stored(args[0], node), self._stored(args[1], node))
         if kind == "lut":
-            return self._lut(node, module, self._stored(args[0], node), args[1:])
+            return self._lut(node, module, self._stored(args[lut_input(node)], node), args)
         if kind in ("relu", "relu6"):
             return self._relu(node, args[0], 6 if kind == "relu6" else None)
         if kind == "avg_pool":
@@ -253,7 +253,7 @@ class Builder:
         frac, saturate = a.frac + b.frac, self._saturation()
         return Pending(node.name, shape, frac, 1, lo, hi, saturate, body, args, len(node.users))
 
-    def _lut(self, node: fx.Node, module, x: Stored, extra) -> Pending:
+    def _lut(self, node: fx.Node, module, x: Stored, args) -> Pending:
         """An element-wise function as a device runs it: a table indexed by the input integer,
         each entry the function of that grid value (float32, as the fake-quantized model
         computes it), through any ReLU before the quantizer, rounded to the quantizer's
@@ -271,7 +271,8 @@ class Builder:
         grid = torch.arange(x.lo, x.hi + 1, dtype=torch.float64)
         values = (grid * 2.0**-x.frac).float()
         with torch.no_grad():
-            values = call_node(node, module, [values, *extra])
+            at = lut_input(node)  # the tensor among `args`, the rest numbers (x + 3.0)
+            values = call_node(node, module, [*args[:at], values, *args[at + 1 :]])
             for relu in relus:
                 values = F.relu(values) if relu == "relu" else F.relu6(values)
         table = to_integers(values.double(), quantizer.fmt).long().tolist()

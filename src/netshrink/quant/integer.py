@@ -29,7 +29,7 @@ from ..errors import UnsupportedLayerError
 from ..graph import describe
 from .fixed import FixedPoint, from_integers, requantize, to_integers
 from .modules import ActQuant
-from .plan import node_kind, pool_options, spatial_mean
+from .plan import lut_input, node_kind, pool_options, spatial_mean
 from .quantize import fixed_point_formats
 
 EXACT_LIMIT = 2**53
@@ -194,7 +194,7 @@ class IntegerModel(nn.Module):
     def _quantizer_before(self, node: fx.Node) -> int | None:
         """The bits of the quantizer whose values reach `node`'s input through ops that keep
         them (None when none does)."""
-        source = node.args[0]
+        source = node.args[lut_input(node)]
         while isinstance(source, fx.Node):
             module = self._by_name.get(source.target) if source.op == "call_module" else None
             if isinstance(module, ActQuant):
@@ -357,14 +357,16 @@ def _pool_sum(node: fx.Node, module, value: IntValue, divisor: int) -> IntValue:
 
 
 def _lookup(node: fx.Node, module, args) -> torch.Tensor:
-    """An element-wise function (sigmoid, SiLU, ...) of a value on a grid: what a device reads
-    from a table indexed by the input integer, each entry the function of that grid value in
-    float32 (the fake-quantized model's own computation); the quantizer after it rounds it."""
-    value = args[0]
+    """An element-wise function (sigmoid, SiLU, x + 3.0, ...) of a value on a grid: what a
+    device reads from a table indexed by the input integer, each entry the function of that grid
+    value in float32 (the fake-quantized model's own computation); the quantizer after it
+    rounds it."""
+    at = lut_input(node)
+    value = args[at]
     if not isinstance(value, IntValue) or value.divisor != 1:
         raise UnsupportedLayerError(f"{node.name} reads a value that is not on a fixed-point grid")
     x = from_integers(value.q, FixedPoint(32, value.frac))
-    return call_node(node, module, [x, *args[1:]])
+    return call_node(node, module, [*args[:at], x, *args[at + 1 :]])
 
 
 def _on_integers(node: fx.Node, module, args):

@@ -77,6 +77,14 @@ _LUT = {
     nn.LeakyReLU, F.leaky_relu,
     nn.Softplus, F.softplus,
     nn.Mish, F.mish,
+    nn.Hardtanh, F.hardtanh,
+}  # fmt: skip
+# Arithmetic with a number (GhostNet's functional hard sigmoid `relu6(x + 3.0) / 6.0`, a scaled
+# branch `0.5 * y`): an element-wise function of one tensor like those above, a lookup table.
+_ARITHMETIC = {
+    operator.add, operator.iadd, torch.add, "add", "add_",
+    operator.sub, operator.isub, torch.sub, "sub", "sub_", operator.mul, operator.imul,
+    torch.mul, "mul", "mul_", operator.truediv, operator.itruediv, torch.div, "div", "div_",
 }  # fmt: skip
 _AVG_POOL = {nn.AvgPool2d, nn.AdaptiveAvgPool2d, F.avg_pool2d, F.adaptive_avg_pool2d}
 _CAT = {torch.cat, torch.concat}
@@ -156,6 +164,8 @@ def node_kind(node: fx.Node, modules: dict[str, nn.Module], float_layers=()) -> 
         return "avg_pool"  # x.mean((2, 3)): a global average pool
     if key in _SIZE_ARITHMETIC and _on_sizes(node, modules):
         return "meta"  # c // groups of a channel shuffle: arithmetic on shapes, no tensor
+    if key in _ARITHMETIC and _with_a_number(node):
+        return "lut"
     for kind, members in (
         ("relu", _RELU),
         ("relu6", _RELU6),
@@ -169,9 +179,23 @@ def node_kind(node: fx.Node, modules: dict[str, nn.Module], float_layers=()) -> 
     ):
         if key in members:
             if kind in ("add", "mul") and not _joins_two_tensors(node):
-                return "other"  # x + 1, x * 0.5: a constant leaves the grid like any unknown op
+                return "other"  # x + y * 2 with an alpha, a tensor constant: unknown
             return kind
     return "other"
+
+
+def _with_a_number(node: fx.Node) -> bool:
+    """Whether `node` is arithmetic between one tensor and a Python number (x + 3.0, 6 / x)."""
+    operands = node.args[:2]
+    nodes = [a for a in operands if isinstance(a, fx.Node)]
+    numbers = [a for a in operands if isinstance(a, (int, float)) and not isinstance(a, bool)]
+    return len(node.args) == 2 and not node.kwargs and len(nodes) == len(numbers) == 1
+
+
+def lut_input(node: fx.Node) -> int:
+    """The position of the one tensor a lookup-table node reads among its arguments (0 but for
+    a number first: 0.5 * y)."""
+    return next(i for i, a in enumerate(node.args) if isinstance(a, fx.Node))
 
 
 def _is_meta(node: fx.Node, modules) -> bool:
