@@ -1,7 +1,7 @@
 """Helpers the tests share: a small zoo model trained on digits, a baseline checkpoint trained
 through the CLI, random batch-norm statistics, the small models of the integer-path and C tests
-(Branchy, Gates, ShapeOps), and the gcc check. Imported as `from helpers import ...` (tests/ is on sys.path, as the
-directory of the root conftest.py)."""
+(Branchy, Gates, OptionA, ShapeOps), and the gcc check. Imported as `from helpers import ...`
+(tests/ is on sys.path, as the directory of the root conftest.py)."""
 
 import os
 import shutil
@@ -103,6 +103,23 @@ class Gates(nn.Module):
         x = self.act(self.conv(x)) * F.hardsigmoid(x) + torch.tanh(x)
         x = x * (F.relu6(x + 3.0) / 6.0) + 0.5 * F.hardtanh(x)  # GhostNet's functional forms
         return self.head(F.gelu(x).mean((2, 3)))
+
+
+class OptionA(nn.Module):
+    """The CIFAR ResNet's option-A shortcut (He et al. 2016): the identity subsampled by a
+    strided slice and its new channels zero-padded (F.pad), added to a strided block."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 4, 3, padding=1)
+        self.conv = nn.Conv2d(4, 8, 3, stride=2, padding=1)
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x):
+        x = F.relu(self.stem(x))
+        shortcut = F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, 2, 2), "constant", 0)
+        x = F.relu(self.conv(x) + shortcut)
+        return self.fc(F.pad(x, (1, 0, -1, 1)).mean((2, 3)))  # spatial pads, one cropping
 
 
 class ShapeOps(nn.Module):

@@ -21,7 +21,14 @@ from ..graph import describe
 from ..quant.fixed import to_integers
 from ..quant.integer import LUT_BITS, call_node
 from ..quant.modules import ActQuant
-from ..quant.plan import lut_input, node_kind, pool_options, reorders, spatial_mean
+from ..quant.plan import (
+    lut_input,
+    node_kind,
+    pool_options,
+    reorders,
+    spatial_mean,
+    zero_pad,
+)
 from .c_fixed import LIMIT, mac_range, relu_bounds, term
 from .c_kernels import (
     ELEMENTWISE,
@@ -116,6 +123,8 @@ class Builder:
             return self._avg_pool(node, module, self._stored(args[0], node))
         if kind == "cat":
             return self._cat(node, args)
+        if kind == "pass" and zero_pad(node):
+            return self._pad(node, self._stored(args[0], node))
         if kind == "pass" and reorders(node):
             return self._reorder(node, module, args)
         if kind == "pass" and (type(module) in _MAX_POOLS or node.target in _MAX_POOLS):
@@ -194,6 +203,32 @@ class Builder:
         if isinstance(view, (tuple, list)):
             return tuple(self.program.store(self._gather(node, x, v), None) for v in view)
         return self._gather(node, x, view)
+
+    def _pad(self, node: fx.Node, x: Stored) -> Pending:
+        """F.pad with zeros (an option-A ResNet shortcut's new channels): each output value
+        reads its input value, or is 0 where it falls in the padding (a negative pad crops)."""
+        shape = self._shape(node)
+        pads = list(node.args[1]) + [0] * (2 * len(shape) - len(node.args[1]))
+        inside, index, out_stride, in_stride = [], [], 1, 1
+        for dim in reversed(range(len(shape))):
+            before = pads[2 * (len(shape) - 1 - dim)]  # pads run from the last dimension back
+            at = f"((i / {out_stride}) % {shape[dim]} - {before})"
+            if before or shape[dim] != x.shape[dim]:
+                inside.append(f"{at} >= 0 && {at} < {x.shape[dim]}")
+            index.append(f"{at} * {in_stride}")
+            out_stride, in_stride = out_stride * shape[dim], in_stride * x.shape[dim]
+        read = f"x[{' + '.join(index)}]"
+        expr = f"(({' && '.join(inside)}) ? {read} : 0)" if inside else read
+        count = math.prod(shape)
+
+        def body(epilogue, out):
+            return ELEMENTWISE.format(n=count, expr=expr, out=out, epilogue=epilogue(2))
+
+        lo, hi = min(x.lo, 0), max(x.hi, 0)
+        args = [("x", x.buf, True)]
+        return Pending(
+            node.name, shape, x.frac, x.divisor, lo, hi, None, body, args, len(node.users)
+        )
 
     def _gather(self, node: fx.Node, x: Stored, view) -> Pending:
         shape = tuple(view.shape)

@@ -166,6 +166,8 @@ def node_kind(node: fx.Node, modules: dict[str, nn.Module], float_layers=()) -> 
         return "meta"  # c // groups of a channel shuffle: arithmetic on shapes, no tensor
     if key in _ARITHMETIC and _with_a_number(node):
         return "lut"
+    if zero_pad(node):
+        return "pass"  # option-A ResNet shortcuts: zero is on every grid
     for kind, members in (
         ("relu", _RELU),
         ("relu6", _RELU6),
@@ -190,6 +192,15 @@ def _with_a_number(node: fx.Node) -> bool:
     nodes = [a for a in operands if isinstance(a, fx.Node)]
     numbers = [a for a in operands if isinstance(a, (int, float)) and not isinstance(a, bool)]
     return len(node.args) == 2 and not node.kwargs and len(nodes) == len(numbers) == 1
+
+
+def zero_pad(node: fx.Node) -> bool:
+    """Whether `node` is F.pad with zeros (the default), which keeps every value on its grid."""
+    if node.op != "call_function" or node.target is not F.pad:
+        return False
+    mode = node.kwargs.get("mode", node.args[2] if len(node.args) > 2 else "constant")
+    value = node.kwargs.get("value", node.args[3] if len(node.args) > 3 else None)
+    return mode == "constant" and not value
 
 
 def lut_input(node: fx.Node) -> int:
