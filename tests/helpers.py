@@ -124,7 +124,8 @@ class OptionA(nn.Module):
 
 class ShapeOps(nn.Module):
     """What outside networks do between layers: a channel shuffle (view / transpose / view with
-    `c // groups` from the shape), a chunk, a channel slice, and a global average pool whose
+    `c // groups` from the shape), a chunk, a channel slice, a global max pool broadcast back
+    (CBAM: a window and stride from the shape, `expand_as`), and a global average pool whose
     window is the input's own size (`F.avg_pool2d(x, x.size(3))`)."""
 
     def __init__(self) -> None:
@@ -139,6 +140,8 @@ class ShapeOps(nn.Module):
         x = x.view(b, 2, c // 2, h, w).transpose(1, 2).contiguous().view(b, c, h, w)
         a, rest = x.chunk(2, dim=1)
         x = torch.cat([F.relu(self.left(a)), rest[:, :2]], dim=1)
+        window = (x.size(2), x.size(3))
+        x = x + F.max_pool2d(x, window, stride=window).expand_as(x)
         x = F.avg_pool2d(x, x.size(3))
         return self.head(x.flatten(1))
 

@@ -27,6 +27,7 @@ from ..quant.plan import (
     pool_options,
     reorders,
     spatial_mean,
+    static_value,
     zero_pad,
 )
 from .c_fixed import LIMIT, mac_range, relu_bounds, term
@@ -199,7 +200,8 @@ class Builder:
             return args[0][args[1]]
         x = self._stored(args[0], node)
         probe = torch.arange(math.prod(x.shape)).reshape(x.shape)
-        view = call_node(node, module, [probe, *args[1:]])
+        others = [torch.empty(a.shape) if isinstance(a, Stored | Pending) else a for a in args[1:]]
+        view = call_node(node, module, [probe, *others])  # expand_as(x): x's shape
         if isinstance(view, (tuple, list)):
             return tuple(self.program.store(self._gather(node, x, v), None) for v in view)
         return self._gather(node, x, view)
@@ -472,7 +474,7 @@ def _max_pool_options(node: fx.Node, module) -> dict:
     options = dict(zip(names, (None, None, 0, 1, False, False)))
     options.update(zip(names, node.args[1:]))
     options.update({k: v for k, v in node.kwargs.items() if k in names})
-    return options
+    return {name: static_value(value, node) for name, value in options.items()}  # x.size(2)
 
 
 def _arg(arg, values):

@@ -29,7 +29,7 @@ from ..errors import UnsupportedLayerError
 from ..graph import describe
 from .fixed import FixedPoint, from_integers, requantize, to_integers
 from .modules import ActQuant
-from .plan import lut_input, node_kind, pool_options, spatial_mean
+from .plan import lut_input, node_kind, pool_options, spatial_mean, static_value
 from .quantize import fixed_point_formats
 
 EXACT_LIMIT = 2**53
@@ -377,19 +377,23 @@ def _on_integers(node: fx.Node, module, args):
         return value
     if not isinstance(value, IntValue):  # a part of a chunk / split: getitem on the tuple
         return call_node(node, module, args)
-    out = call_node(node, module, [value.q.double(), *args[1:]])
+    others = [a.q if isinstance(a, IntValue) else a for a in args[1:]]  # expand_as(x): a shape
+    out = call_node(node, module, [value.q.double(), *others])
     if isinstance(out, (tuple, list)):  # chunk / split: every part keeps the format
         return tuple(IntValue(part.round().long(), value.frac, value.divisor) for part in out)
     return IntValue(out.round().long(), value.frac, value.divisor)
 
 
 def call_node(node: fx.Node, module, args):
-    """Run `node` (a module, method or function call of the fx graph) on `args`."""
+    """Run `node` (a module, method or function call of the fx graph) on `args`; a keyword
+    argument read from a shape (max_pool2d(x, s, stride=s), s = x.size()[2:]) as its value
+    for the traced input."""
     if node.op == "call_module":
         return module(*args)
+    kwargs = {name: static_value(value, node) for name, value in node.kwargs.items()}
     if node.op == "call_method":
-        return getattr(args[0], node.target)(*args[1:], **node.kwargs)
-    return node.target(*args, **node.kwargs)
+        return getattr(args[0], node.target)(*args[1:], **kwargs)
+    return node.target(*args, **kwargs)
 
 
 def _fmt(spec) -> FixedPoint:

@@ -56,6 +56,8 @@ _PASS = {
 # Ops that keep values but reorder them (channel shuffle's transpose): values stay on their grid,
 # but a stored tensor is not merely relabelled (the C export gathers them into a copy).
 _REORDER = {torch.transpose, torch.permute, "transpose", "permute"}
+# Broadcasts (an SE gate's `y.expand_as(x)`): each value repeated, on its grid.
+_REORDER |= {"expand", "expand_as"}
 # Ops that pick parts of a tensor (chunk, split, slicing by getitem): values stay on their grid.
 _SELECT = {torch.chunk, torch.split, "chunk", "split"}
 _PASS |= _REORDER | _SELECT
