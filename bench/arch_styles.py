@@ -325,6 +325,360 @@ class MobileNetV1(nn.Module):
         return self.fc(x.view(-1, self.fc.in_features))
 
 
+class ShuffleSplit(nn.Module):
+    """ShuffleNetV2 as pytorch-cifar writes it (Ma et al. 2018): the split ratio times the
+    channels read at run time, `c = int(x.size(1) * ratio)`, then two slices."""
+
+    def __init__(self, ratio: float = 0.5) -> None:
+        super().__init__()
+        self.ratio = ratio
+
+    def forward(self, x: torch.Tensor):
+        c = int(x.size(1) * self.ratio)
+        return x[:, :c, :, :], x[:, c:, :, :]
+
+
+class ShufflePermute(nn.Module):
+    """The channel shuffle written view / permute / reshape (pytorch-cifar's ShuffleBlock)."""
+
+    def __init__(self, groups: int = 2) -> None:
+        super().__init__()
+        self.groups = groups
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = x.size()
+        g = self.groups
+        return x.view(n, g, c // g, h, w).permute(0, 2, 1, 3, 4).reshape(n, c, h, w)
+
+
+class SplitUnit(nn.Module):
+    """A stride-1 ShuffleNetV2 unit: split, 1x1-dw3x3-1x1 on one half, concat, shuffle."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        half = channels // 2
+        self.split, self.shuffle = ShuffleSplit(0.5), ShufflePermute()
+        self.branch = nn.Sequential(
+            *conv_bn(half, half, 1), nn.ReLU(), *conv_bn(half, half, 3, 1, half),
+            *conv_bn(half, half, 1), nn.ReLU(),
+        )  # fmt: skip
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x1, x2 = self.split(x)
+        return self.shuffle(torch.cat([x1, self.branch(x2)], 1))
+
+
+class DownUnit(nn.Module):
+    """A stride-2 ShuffleNetV2 unit: both branches see the whole input, concat, shuffle."""
+
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__()
+        mid = cout // 2
+        self.left = nn.Sequential(*conv_bn(cin, cin, 3, 2, cin), *conv_bn(cin, mid, 1), nn.ReLU())
+        self.right = nn.Sequential(
+            *conv_bn(cin, mid, 1), nn.ReLU(), *conv_bn(mid, mid, 3, 2, mid),
+            *conv_bn(mid, mid, 1), nn.ReLU(),
+        )  # fmt: skip
+        self.shuffle = ShufflePermute()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.shuffle(torch.cat([self.left(x), self.right(x)], 1))
+
+
+class ShuffleNetV2(nn.Module):
+    def __init__(self, num_classes: int, in_channels: int, widths=(32, 64, 128)) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(*conv_bn(in_channels, 24), nn.ReLU())
+        units, cin = [], 24
+        for w in widths:
+            units += [DownUnit(cin, w), SplitUnit(w)]
+            cin = w
+        self.units = nn.Sequential(*units)
+        self.head = nn.Sequential(*conv_bn(cin, 256, 1), nn.ReLU())
+        self.linear = nn.Linear(256, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.avg_pool2d(self.head(self.units(self.stem(x))), 4)
+        return self.linear(out.view(out.size(0), -1))
+
+
+def hard_sigmoid(x: torch.Tensor) -> torch.Tensor:
+    """GhostNet's reference hard sigmoid, written out (not nn.Hardsigmoid)."""
+    return F.relu6(x + 3.0) / 6.0
+
+
+class GhostSE(nn.Module):
+    """GhostNet's squeeze-and-excitation: 1x1 convs, the functional hard sigmoid as the gate."""
+
+    def __init__(self, channels: int, reduced: int) -> None:
+        super().__init__()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.reduce, self.expand = nn.Conv2d(channels, reduced, 1), nn.Conv2d(reduced, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * hard_sigmoid(self.expand(F.relu(self.reduce(self.pool(x)))))
+
+
+class GhostModule(nn.Module):
+    """Han et al. 2020: a primary 1x1 conv makes half the channels, a cheap depthwise conv the
+    rest; concatenated, then sliced back to the odd width asked for (`out[:, :self.oup]`)."""
+
+    def __init__(self, cin: int, oup: int, relu: bool = True) -> None:
+        super().__init__()
+        self.oup, init = oup, (oup + 1) // 2
+        act = nn.ReLU(inplace=True) if relu else nn.Sequential()
+        self.primary = nn.Sequential(*conv_bn(cin, init, 1), act)
+        self.cheap = nn.Sequential(*conv_bn(init, init, 3, 1, init), act)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x1 = self.primary(x)
+        out = torch.cat([x1, self.cheap(x1)], dim=1)
+        return out[:, : self.oup, :, :]
+
+
+class GhostBottleneck(nn.Module):
+    """Ghost module, a strided depthwise conv, SE, ghost module; `x += shortcut(residual)`."""
+
+    def __init__(self, cin: int, mid: int, cout: int, stride: int, se: bool) -> None:
+        super().__init__()
+        self.ghost1, self.ghost2 = GhostModule(cin, mid), GhostModule(mid, cout, relu=False)
+        self.dw = nn.Sequential(*conv_bn(mid, mid, 3, stride, mid)) if stride > 1 else None
+        self.se = GhostSE(mid, mid // 4) if se else None
+        self.shortcut = nn.Sequential()
+        if stride > 1 or cin != cout:
+            self.shortcut = nn.Sequential(
+                *conv_bn(cin, cin, 3, stride, cin), *conv_bn(cin, cout, 1)
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        residual = x
+        x = self.ghost1(x)
+        if self.dw is not None:
+            x = self.dw(x)
+        if self.se is not None:
+            x = self.se(x)
+        x = self.ghost2(x)
+        x += self.shortcut(residual)
+        return x
+
+
+class GhostNet(nn.Module):
+    PLAN = [(16, 16, 15, 1, False), (15, 32, 23, 2, False), (23, 48, 23, 1, False),
+            (23, 64, 39, 2, True), (39, 96, 39, 1, True)]  # fmt: skip
+
+    def __init__(self, num_classes: int, in_channels: int, dropout: float = 0.2) -> None:
+        super().__init__()
+        self.dropout = dropout
+        self.stem = nn.Sequential(*conv_bn(in_channels, 16), nn.ReLU(inplace=True))
+        self.blocks = nn.Sequential(*(GhostBottleneck(*p) for p in self.PLAN))
+        self.pool = nn.AdaptiveAvgPool2d((1, 1))
+        self.conv_head = nn.Conv2d(39, 128, 1)
+        self.classifier = nn.Linear(128, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool(self.blocks(self.stem(x)))
+        x = F.relu(self.conv_head(x)).view(x.size(0), -1)
+        if self.dropout > 0.0:
+            x = F.dropout(x, p=self.dropout, training=self.training)
+        return self.classifier(x)
+
+
+class LambdaLayer(nn.Module):
+    def __init__(self, lambd) -> None:
+        super().__init__()
+        self.lambd = lambd
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.lambd(x)
+
+
+class OptionABlock(nn.Module):
+    """The CIFAR ResNet block of He et al. 2016 as the widely copied resnet.py writes it: option
+    A, a parameter-free shortcut, `F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, p, p))` in a lambda."""
+
+    def __init__(self, cin: int, planes: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, planes, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or cin != planes:
+            pad = (0, 0, 0, 0, planes // 4, planes // 4)
+            self.shortcut = LambdaLayer(lambda x: F.pad(x[:, :, ::2, ::2], pad, "constant", 0))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        out += self.shortcut(x)
+        return F.relu(out)
+
+
+class OptionAResNet(nn.Module):
+    def __init__(self, num_classes: int, in_channels: int, widths=(8, 16, 32), blocks=2) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(widths[0])
+        layers, cin = [], widths[0]
+        for i, w in enumerate(widths):
+            for j in range(blocks):
+                layers.append(OptionABlock(cin, w, 2 if i > 0 and j == 0 else 1))
+                cin = w
+        self.layers = nn.Sequential(*layers)
+        self.linear = nn.Linear(cin, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.layers(F.relu(self.bn1(self.conv1(x))))
+        out = F.avg_pool2d(out, out.size()[3])
+        return self.linear(out.view(out.size(0), -1))
+
+
+class ChannelGate(nn.Module):
+    """CBAM's channel attention (Woo et al. 2018) as its reference code writes it: average and
+    max pools whose kernel is read from x.size(), one shared MLP, sigmoid, expand_as(x)."""
+
+    def __init__(self, channels: int, reduction: int = 4) -> None:
+        super().__init__()
+        self.mlp = nn.Sequential(
+            nn.Flatten(), nn.Linear(channels, channels // reduction), nn.ReLU(),
+            nn.Linear(channels // reduction, channels),
+        )  # fmt: skip
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        size = (x.size(2), x.size(3))
+        avg = self.mlp(F.avg_pool2d(x, size, stride=size))
+        mx = self.mlp(F.max_pool2d(x, size, stride=size))
+        return x * torch.sigmoid(avg + mx).unsqueeze(2).unsqueeze(3).expand_as(x)
+
+
+class SpatialGate(nn.Module):
+    """CBAM's spatial attention: max (`torch.max(x, 1)[0]`) and mean over channels, concat,
+    7x7 conv + BN, sigmoid."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Sequential(*conv_bn(2, 1, 7))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pooled = torch.cat((torch.max(x, 1)[0].unsqueeze(1), torch.mean(x, 1).unsqueeze(1)), dim=1)
+        return x * torch.sigmoid(self.conv(pooled))
+
+
+class CBAMBlock(nn.Module):
+    """A ResNet basic block with CBAM (channel gate, then spatial gate) before the addition."""
+
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(*conv_bn(cin, cout, 3, stride), nn.ReLU(), *conv_bn(cout, cout))
+        self.cbam = nn.Sequential(ChannelGate(cout), SpatialGate())
+        same = stride == 1 and cin == cout
+        self.shortcut = nn.Sequential() if same else nn.Sequential(*conv_bn(cin, cout, 1, stride))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.cbam(self.body(x))
+        out += self.shortcut(x)
+        return F.relu(out)
+
+
+class CBAMResNet(nn.Module):
+    def __init__(self, num_classes: int, in_channels: int, widths=(16, 32, 48)) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(*conv_bn(in_channels, widths[0]), nn.ReLU())
+        blocks, cin = [], widths[0]
+        for i, w in enumerate(widths):
+            blocks.append(CBAMBlock(cin, w, 1 if i == 0 else 2))
+            cin = w
+        self.blocks = nn.Sequential(*blocks)
+        self.linear = nn.Linear(cin, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.blocks(self.stem(x))
+        return self.linear(F.adaptive_avg_pool2d(out, 1).view(out.size(0), -1))
+
+
+def drop_connect(x: torch.Tensor, p: float) -> torch.Tensor:
+    """Stochastic depth as EfficientNet / MixNet code writes it: drop whole samples' branches."""
+    keep = 1.0 - p
+    mask = torch.empty(x.shape[0], 1, 1, 1, dtype=x.dtype, device=x.device).bernoulli_(keep)
+    return x / keep * mask
+
+
+class MixConv(nn.Module):
+    """MixNet's mixed depthwise conv (Tan & Le 2019): torch.split into channel groups of listed
+    sizes, one kernel size each (padding='same'), `zip(self.convs, torch.split(...))`, concat."""
+
+    def __init__(self, channels: int, kernels=(3, 5, 7)) -> None:
+        super().__init__()
+        n = len(kernels)
+        self.splits = [channels // n] * (n - 1) + [channels - channels // n * (n - 1)]
+        self.convs = nn.ModuleList(
+            nn.Conv2d(c, c, k, padding="same", groups=c, bias=False)
+            for c, k in zip(self.splits, kernels)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat(
+            [conv(t) for conv, t in zip(self.convs, torch.split(x, self.splits, 1))], 1
+        )
+
+
+class MixBlock(nn.Module):
+    """An inverted residual around MixConv; drop_connect on the branch `if self.training`."""
+
+    def __init__(self, cin: int, cout: int, expand: int = 3, drop: float = 0.2) -> None:
+        super().__init__()
+        mid = cin * expand
+        self.expand = nn.Sequential(*conv_bn(cin, mid, 1), nn.SiLU(inplace=True))
+        self.mix = nn.Sequential(MixConv(mid), nn.BatchNorm2d(mid), nn.SiLU(inplace=True))
+        self.project = nn.Sequential(*conv_bn(mid, cout, 1))
+        self.residual, self.drop = cin == cout, drop
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.project(self.mix(self.expand(x)))
+        if not self.residual:
+            return out
+        if self.training:
+            out = drop_connect(out, self.drop)
+        return out + x
+
+
+class MixNet(nn.Module):
+    def __init__(self, num_classes: int, in_channels: int) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(*conv_bn(in_channels, 24), nn.ReLU(inplace=True))
+        self.blocks = nn.Sequential(
+            MixBlock(24, 24), nn.MaxPool2d(2), MixBlock(24, 40), MixBlock(40, 40), nn.MaxPool2d(2),
+            MixBlock(40, 48), MixBlock(48, 48),
+        )  # fmt: skip
+        self.fc = nn.Linear(48, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.blocks(self.stem(x)).mean([2, 3]))
+
+
+class HardNet(nn.Module):
+    """A plain VGG-style CNN with the idioms of older and quantization-minded code: Hardtanh
+    (BinaryNet-style), a residual branch scaled by a number (`x + 0.5 * branch`, as Inception-
+    ResNet scales its residuals), a final nn.AvgPool2d(3, 3, ceil_mode=True) whose edge windows
+    are partial (8 -> 3), and the classifier fed by `x.view(-1, 64 * 9)`, a literal size."""
+
+    def __init__(self, num_classes: int, in_channels: int) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            *conv_bn(in_channels, 16), nn.Hardtanh(inplace=True), nn.MaxPool2d(2),
+            *conv_bn(16, 32), nn.Hardtanh(inplace=True), nn.MaxPool2d(2),
+            *conv_bn(32, 64), nn.Hardtanh(inplace=True),
+        )  # fmt: skip
+        self.branch = nn.Sequential(*conv_bn(64, 64, 1), nn.ReLU())
+        self.pool = nn.AvgPool2d(3, 3, ceil_mode=True)
+        self.fc = nn.Linear(64 * 9, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.features(x)
+        x = self.pool(x + 0.5 * self.branch(x))
+        return self.fc(x.view(-1, 64 * 9))
+
+
 def se_resnet(*, num_classes: int = 10, in_channels: int = 3, input_size: int = 32) -> nn.Module:
     """Basic ResNet blocks with squeeze-and-excitation (x * sigmoid(fc(pool(x))))."""
     return SENet(num_classes, in_channels)
@@ -369,6 +723,40 @@ def mobilenet_v1(*, num_classes: int = 10, in_channels: int = 3, input_size: int
     return MobileNetV1(num_classes, in_channels)
 
 
+def shufflenet_v2(
+    *, num_classes: int = 10, in_channels: int = 3, input_size: int = 32
+) -> nn.Module:
+    """ShuffleNetV2 (pytorch-cifar): split at int(x.size(1) * 0.5), concat, permute shuffle."""
+    return ShuffleNetV2(num_classes, in_channels)
+
+
+def ghostnet(*, num_classes: int = 10, in_channels: int = 3, input_size: int = 32) -> nn.Module:
+    """GhostNet: ghost modules sliced to odd widths, SE gate relu6(x + 3) / 6, F.dropout head."""
+    return GhostNet(num_classes, in_channels)
+
+
+def resnet_option_a(
+    *, num_classes: int = 10, in_channels: int = 3, input_size: int = 32
+) -> nn.Module:
+    """CIFAR ResNet-14, option-A shortcuts: LambdaLayer of F.pad(x[:, :, ::2, ::2], ...)."""
+    return OptionAResNet(num_classes, in_channels)
+
+
+def cbam_resnet(*, num_classes: int = 10, in_channels: int = 3, input_size: int = 32) -> nn.Module:
+    """CBAM: channel gate pooled over x.size(), spatial gate of torch.max(x, 1)[0] and mean."""
+    return CBAMResNet(num_classes, in_channels)
+
+
+def mixnet(*, num_classes: int = 10, in_channels: int = 3, input_size: int = 32) -> nn.Module:
+    """MixConv: zip(convs, torch.split(x, sizes, 1)), k 3/5/7; drop_connect if self.training."""
+    return MixNet(num_classes, in_channels)
+
+
+def hard_acts(*, num_classes: int = 10, in_channels: int = 3, input_size: int = 32) -> nn.Module:
+    """Hardtanh, a branch scaled by 0.5, AvgPool2d ceil_mode (partial windows), view(-1, 64 * 9)."""
+    return HardNet(num_classes, in_channels)
+
+
 STYLES = {
     "se_resnet": se_resnet,
     "shufflenet": shufflenet,
@@ -378,4 +766,10 @@ STYLES = {
     "inception": inception,
     "dense_blocks": dense_blocks,
     "mobilenet_v1": mobilenet_v1,
+    "shufflenet_v2": shufflenet_v2,
+    "ghostnet": ghostnet,
+    "resnet_option_a": resnet_option_a,
+    "cbam_resnet": cbam_resnet,
+    "mixnet": mixnet,
+    "hard_acts": hard_acts,
 }
