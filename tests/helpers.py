@@ -1,6 +1,6 @@
 """Helpers the tests share: a small zoo model trained on digits, a baseline checkpoint trained
 through the CLI, random batch-norm statistics, the small models of the integer-path and C tests
-(Branchy, Gates, OptionA, ShapeOps), and the gcc check. Imported as `from helpers import ...`
+(Attention, Branchy, Gates, OptionA, ShapeOps), and the gcc check. Imported as `from helpers import ...`
 (tests/ is on sys.path, as the directory of the root conftest.py)."""
 
 import os
@@ -120,6 +120,25 @@ class OptionA(nn.Module):
         shortcut = F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, 2, 2), "constant", 0)
         x = F.relu(self.conv(x) + shortcut)
         return self.fc(F.pad(x, (1, 0, -1, 1)).mean((2, 3)))  # spatial pads, one cropping
+
+
+class Attention(nn.Module):
+    """CBAM's gates (Woo et al. 2018): the max (`torch.max(x, 1)[0]`) and mean over the channels,
+    concatenated, a conv and a sigmoid weighting the maps; then a per-map max (`amax`) and a
+    channel mean added back, broadcast."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.gate = nn.Conv2d(2, 1, 7, padding=3)
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x):
+        x = F.relu(self.stem(x))
+        pooled = torch.cat([torch.max(x, 1)[0].unsqueeze(1), torch.mean(x, 1).unsqueeze(1)], 1)
+        x = x * torch.sigmoid(self.gate(pooled))
+        x = x + x.amax((2, 3), keepdim=True) + x.mean(1, keepdim=True)
+        return self.fc(x.mean((2, 3)))
 
 
 class ShapeOps(nn.Module):

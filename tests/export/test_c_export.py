@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from helpers import Branchy, Gates, MeanHead, OptionA, ShapeOps, require_gcc
+from helpers import Attention, Branchy, Gates, MeanHead, OptionA, ShapeOps, require_gcc
 from netshrink.errors import UnsupportedLayerError
 from netshrink.export.c import (
     _HELPERS,
@@ -224,6 +224,14 @@ def test_gates_and_lookup_tables_are_bit_exact(tmp_path):
     for bits in (8, 6):
         qmodel = quantize(Gates().eval(), images, QuantConfig(weights=bits, activations=bits))
         _check_bit_exact(qmodel, images, tmp_path / str(bits), (3, 12, 12))
+
+
+def test_channel_reductions_are_bit_exact(tmp_path):
+    """CBAM's gates: max and mean over the channels, a max over each map."""
+    require_gcc()
+    torch.manual_seed(0)
+    images = torch.randn(16, 3, 12, 12)
+    _check_bit_exact(quantize(Attention().eval(), images), images, tmp_path, (3, 12, 12))
 
 
 def test_zero_padding_is_bit_exact(tmp_path):

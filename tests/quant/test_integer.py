@@ -11,7 +11,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from helpers import Gates, MeanHead, OptionA, ShapeOps, randomize_batchnorms, train_on_digits
+from helpers import (
+    Attention,
+    Gates,
+    MeanHead,
+    OptionA,
+    ShapeOps,
+    randomize_batchnorms,
+    train_on_digits,
+)
 from netshrink.errors import UnsupportedLayerError
 from netshrink.models import ModelSpec, build_model
 from netshrink.quant import (
@@ -251,6 +259,11 @@ def test_gates_and_element_wise_functions_run_on_integers_exactly():
     _assert_identical(qmodel, x)
     coarse = quantize(model, x, QuantConfig(weights=6, activations=6))  # other grids and tables
     _assert_identical(coarse, x)
+
+
+def test_channel_reductions_run_on_integers_exactly():
+    torch.manual_seed(0)
+    _assert_identical(quantize(Attention().eval(), _images()), _images())
 
 
 def test_zero_padding_runs_on_integers_exactly():

@@ -1,5 +1,6 @@
-"""Architectures as users write them, outside netshrink's zoo: an op that returns a tuple (CBAM's
-`torch.max(x, 1)[0]`) quantizes at the float part it picks, never at the tuple or at indices; a
+"""Architectures as users write them, outside netshrink's zoo: an op that returns a tuple (topk,
+var_mean) quantizes at the float part it picks, never at the tuple or at indices (CBAM's
+`torch.max(x, 1)[0]` keeps its grid and needs no quantizer); a
 forward that makes Python numbers from tensor sizes (ShuffleNetV2's split, MixNet's zip over
 torch.split) folds, quantizes and rebuilds from a file, its graph still following the batch size;
 and what stays untraceable is refused with the cause and the method the user called."""
@@ -62,19 +63,19 @@ class ManyTuples(nn.Module):
         return self.fc((x * torch.sigmoid(self.gate(g))).mean((2, 3)))
 
 
-def test_a_tuple_output_is_quantized_at_the_float_part_it_picks(tmp_path):
+def test_a_channel_max_keeps_its_grid_and_runs_on_integers(tmp_path):
     torch.manual_seed(0)
     model, x = SpatialGate().eval(), _images()
     qmodel = quantize(model, x)  # was: ConfigError blaming the calibration data
     quantizers = fixed_point_formats(qmodel).activations
-    assert "getitem_quant" in quantizers and "max_1_quant" not in quantizers
+    # the max of values on one grid is on it: no quantizer on the tuple nor on its values
+    assert "getitem_quant" not in quantizers and "max_1_quant" not in quantizers
     with torch.no_grad():
         fake, floats = qmodel(x), model(x)
     assert torch.corrcoef(torch.stack([fake.flatten(), floats.flatten()]))[0, 1] > 0.95
     with torch.no_grad():
         assert torch.equal(_through_a_file(qmodel, SpatialGate, tmp_path)(x), fake)
-    with pytest.raises(UnsupportedLayerError, match=r"integer path cannot run max_1 \(max\)"):
-        IntegerModel(qmodel)  # a fair refusal, naming the op
+    assert torch.equal(IntegerModel(qmodel).run(x).logits, fake.double())
 
 
 def test_indices_and_masks_get_no_quantizer_and_the_file_rebuilds_the_same(tmp_path):
@@ -86,7 +87,8 @@ def test_indices_and_masks_get_no_quantizer_and_the_file_rebuilds_the_same(tmp_p
     for tuple_op in ("min_1", "max_1", "topk", "sort", "var_mean", "unbind"):
         assert tuple_op in graph and tuple_op not in quantized
     assert "gt" in graph and "gt" not in quantized  # a boolean mask: no grid
-    assert {"getattr_1", "float_1"} <= quantized  # .values, and the mask made float
+    assert "float_1" in quantized  # the mask made float
+    assert "getitem_2" in quantized and "getattr_1" not in quantized  # topk's; .values of a max
     with torch.no_grad():
         assert torch.equal(_through_a_file(qmodel, ManyTuples, tmp_path)(x), qmodel(x))
 

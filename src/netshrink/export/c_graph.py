@@ -23,8 +23,10 @@ from ..quant.integer import LUT_BITS, call_node
 from ..quant.modules import ActQuant
 from ..quant.plan import (
     lut_input,
+    mean_dims,
     node_kind,
     pool_options,
+    reduction,
     reorders,
     spatial_mean,
     static_value,
@@ -33,6 +35,7 @@ from ..quant.plan import (
 from .c_fixed import LIMIT, mac_range, relu_bounds, term
 from .c_kernels import (
     ELEMENTWISE,
+    REDUCE,
     adaptive_window,
     bias_expression,
     broadcast_index,
@@ -120,10 +123,15 @@ class Builder:
             return self._lut(node, module, self._stored(args[lut_input(node)], node), args)
         if kind in ("relu", "relu6"):
             return self._relu(node, args[0], 6 if kind == "relu6" else None)
+        if kind == "avg_pool" and mean_dims(node) and not spatial_mean(node):
+            keepdim = node.kwargs.get("keepdim", node.args[2] if len(node.args) > 2 else False)
+            return self._reduce(node, self._stored(args[0], node), "sum", mean_dims(node), keepdim)
         if kind == "avg_pool":
             return self._avg_pool(node, module, self._stored(args[0], node))
         if kind == "cat":
             return self._cat(node, args)
+        if kind == "pass" and reduction(node):
+            return self._reduce(node, self._stored(args[0], node), *reduction(node))
         if kind == "pass" and zero_pad(node):
             return self._pad(node, self._stored(args[0], node))
         if kind == "pass" and reorders(node):
@@ -206,6 +214,38 @@ class Builder:
             return tuple(self.program.store(self._gather(node, x, v), None) for v in view)
         return self._gather(node, x, view)
 
+    def _reduce(self, node: fx.Node, x: Stored, op: str, dims, keepdim: bool):
+        """A sum (a mean's, divided where it is requantized), max or min over `dims` of `x`
+        (CBAM's spatial gate: the mean and the max over the channels). torch.max(x, dim) gives
+        (values, indices): the values, stored; the indices are not computed."""
+        rank = len(x.shape)
+        dims = sorted({d % rank for d in dims})
+        strides = [math.prod(x.shape[d + 1 :]) for d in range(rank)]
+        kept = [d for d in range(rank) if d not in dims]
+        base = strided_index(tuple(x.shape[d] for d in kept), tuple(strides[d] for d in kept))
+        reduced = tuple(x.shape[d] for d in dims)
+        offset = strided_index(reduced, tuple(strides[d] for d in dims), var="r")
+        count, n = math.prod(reduced), math.prod(x.shape[d] for d in kept)
+        shape = tuple(1 if d in dims else x.shape[d] for d in range(rank) if keepdim or d in kept)
+        if op == "sum":
+            init, update = "0", "s += t;"
+            lo, hi, divisor = count * min(x.lo, 0), count * max(x.hi, 0), self._divisor_after(node)
+        else:
+            init, update = f"x[{base}]", f"if (t {'>' if op == 'max' else '<'} s) s = t;"
+            lo, hi, divisor = x.lo, x.hi, x.divisor
+
+        def body(epilogue, out):
+            return REDUCE.format(
+                n=n, count=count, init=init, base=base, offset=offset, update=update,
+                out=out, epilogue=epilogue(2),
+            )  # fmt: skip
+
+        args = [("x", x.buf, True)]
+        pending = Pending(node.name, shape, x.frac, divisor, lo, hi, None, body, args, 1)
+        if op != "sum" and node.target in (torch.max, torch.min, "max", "min"):
+            return self.program.store(pending, None), None  # (values, indices)
+        return pending
+
     def _pad(self, node: fx.Node, x: Stored) -> Pending:
         """F.pad with zeros (an option-A ResNet shortcut's new channels): each output value
         reads its input value, or is 0 where it falls in the padding (a negative pad crops)."""
@@ -250,21 +290,22 @@ class Builder:
             raise UnsupportedLayerError(
                 f"{node.name} adds values that are not on fixed-point grids"
             )
-        if a.shape != b.shape:
-            raise UnsupportedLayerError(f"{node.name} broadcasts {a.shape} + {b.shape}")
+        shape = self._shape(node)  # a per-map value (x.amax((2, 3), keepdim=True)) broadcasts
         frac = max(a.frac, b.frac)
         ma, mb = 1 << (frac - a.frac), 1 << (frac - b.frac)
         lo, hi = a.lo * ma + b.lo * mb, a.hi * ma + b.hi * mb
         if max(-lo, hi) >= LIMIT:
             raise UnsupportedLayerError(f"{node.name}: sums too large for 64-bit integers")
-        expr = f"{term('a[i]', ma)} + {term('b[i]', mb)}"
+        ia, ib = broadcast_index(shape, a.shape), broadcast_index(shape, b.shape)
+        expr = f"{term(f'a[{ia}]', ma)} + {term(f'b[{ib}]', mb)}"
+        count = math.prod(shape)
 
         def body(epilogue, out):
-            return ELEMENTWISE.format(n=a.buf.count, expr=expr, out=out, epilogue=epilogue(2))
+            return ELEMENTWISE.format(n=count, expr=expr, out=out, epilogue=epilogue(2))
 
         args = [("a", a.buf, True), ("b", b.buf, True)]
         saturate = self._saturation()
-        return Pending(node.name, a.shape, frac, 1, lo, hi, saturate, body, args, len(node.users))
+        return Pending(node.name, shape, frac, 1, lo, hi, saturate, body, args, len(node.users))
 
     def _mul(self, node: fx.Node, a: Stored, b: Stored) -> Pending:
         """An element-wise product (a gate broadcast over the maps): the fractional lengths

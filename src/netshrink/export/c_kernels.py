@@ -32,6 +32,21 @@ ELEMENTWISE = """\
     }}
 """
 
+# A reduction over some dimensions (a mean or max over the channels): output `i` starts at `base`
+# in the input, the values it reduces lie at `offset` (in `r`) from there.
+REDUCE = """\
+    int i, r;
+    for (i = 0; i < {n}; ++i) {{
+        int64_t s = {init};
+        for (r = 0; r < {count}; ++r) {{
+            int64_t t = x[{base} + {offset}];
+            {update}
+        }}
+        int64_t v = s;
+{epilogue}        y[i] = ({out})v;
+    }}
+"""
+
 CAT = """\
     int o, j;
     for (o = 0; o < {outer}; ++o) {{
@@ -157,13 +172,15 @@ def dilations(window) -> tuple[int, int]:
     return (1, 1) if window[0] == "adaptive" else (window[2], window[5])
 
 
-def strided_index(shape: tuple[int, ...], strides: tuple[int, ...], offset: int = 0) -> str:
-    """The C index that output value `i` (flat, of a contiguous tensor of `shape`) reads from a
-    buffer seen through `strides` and `offset` (a torch view's: transpose, slice, broadcast)."""
+def strided_index(
+    shape: tuple[int, ...], strides: tuple[int, ...], offset: int = 0, var: str = "i"
+) -> str:
+    """The C index that output value `var` (flat, of a contiguous tensor of `shape`) reads from
+    a buffer seen through `strides` and `offset` (a torch view's: transpose, slice, broadcast)."""
     terms, out_stride = [str(offset)] if offset else [], 1
     for size, stride in zip(reversed(shape), reversed(strides)):
         if size > 1 and stride:
-            terms.append(f"((i / {out_stride}) % {size}) * {stride}")
+            terms.append(f"(({var} / {out_stride}) % {size}) * {stride}")
         out_stride *= size
     return " + ".join(terms) or "0"
 

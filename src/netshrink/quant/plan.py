@@ -7,8 +7,10 @@ grid must be followed by a quantizer. So, walking the torch.fx graph:
   Linear, each addition (residual joins) and product of two tensors (gates), average pool,
   concatenation, element-wise function (sigmoid, SiLU, hard-swish, tanh, GELU, ...: a lookup
   table on a device), and any op the plan does not know (the integer path refuses those);
-- an op that returns several tensors (CBAM's `torch.max(x, 1)[0]`, topk, var_mean) is quantized
-  at the float part the model picks from it; indices and boolean masks get no quantizer;
+- an op that returns several tensors (topk, var_mean) is quantized at the float part the model
+  picks from it; indices and boolean masks get no quantizer; a max or min over dimensions
+  (CBAM's `torch.max(x, 1)[0]`) keeps values on their grid, a mean over any dimensions but the
+  batch is an average pool;
 - ops that keep values on their grid pass through: ReLU, max pooling, flatten / view, dropout,
   identity, reading a shape;
 - a ReLU (or ReLU6) that is the only user of a layer is fused: the quantizer goes after it, with
@@ -19,6 +21,7 @@ grid must be followed by a quantizer. So, walking the torch.fx graph:
   format, and a quantizer after them only when a quantized op reads them.
 """
 
+import math
 import operator
 from dataclasses import dataclass
 
@@ -91,6 +94,9 @@ _ARITHMETIC = {
 _AVG_POOL = {nn.AvgPool2d, nn.AdaptiveAvgPool2d, F.avg_pool2d, F.adaptive_avg_pool2d}
 _CAT = {torch.cat, torch.concat}
 _MEAN = {torch.mean, "mean"}
+# Reductions that keep values on their grid: a max or min over dimensions (with a dim, torch.max
+# gives (values, indices), whose values part the model picks).
+_REDUCE = {torch.max, torch.min, "max", "min", torch.amax, torch.amin, "amax", "amin"}
 _META = {getattr, "size", "dim"}
 # Ops that return several tensors: (values, indices) pairs, and tuples of floats. The tuple holds
 # no values of its own, so its quantizer goes on the float part the model picks (getitem or
@@ -162,8 +168,10 @@ def node_kind(node: fx.Node, modules: dict[str, nn.Module], float_layers=()) -> 
         return "meta" if isinstance(source, fx.Node) and _is_meta(source, modules) else "pass"
     if key is getattr and node.args[1] in ("values", "indices"):
         return "pass"  # a part of torch.max(x, 1)'s (values, indices), by name
-    if key in _MEAN and spatial_mean(node):
-        return "avg_pool"  # x.mean((2, 3)): a global average pool
+    if key in _MEAN and mean_dims(node):
+        return "avg_pool"  # x.mean((2, 3)): a global average pool; a mean over channels
+    if key in _REDUCE and reduction(node):
+        return "pass"  # the largest (smallest) of values on one grid is on it
     if key in _SIZE_ARITHMETIC and _on_sizes(node, modules):
         return "meta"  # c // groups of a channel shuffle: arithmetic on shapes, no tensor
     if key in _ARITHMETIC and _with_a_number(node):
@@ -224,12 +232,39 @@ def _on_sizes(node: fx.Node, modules) -> bool:
 def spatial_mean(node: fx.Node) -> bool:
     """Whether `node` is a mean over the two spatial dimensions of an NCHW tensor
     (`x.mean((2, 3))`, `torch.mean(x, dim=(-2, -1), keepdim=True)`): a global average pool."""
+    dims = mean_dims(node)
+    return dims is not None and len(dims) == 2 and {d % 4 for d in dims} == {2, 3}
+
+
+def mean_dims(node: fx.Node) -> tuple[int, ...] | None:
+    """The dimensions a mean reduces (`x.mean((2, 3))`, CBAM's `torch.mean(x, 1)` over the
+    channels), when they are given and leave the batch; None for any other node. An average of
+    values on one grid: a sum on integers, divided by the values' count where it is requantized."""
     if node.op not in ("call_method", "call_function") or node.target not in _MEAN:
-        return False
+        return None
     dims = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else None)
-    if not isinstance(dims, (tuple, list)) or len(dims) != 2:
-        return False
-    return {d % 4 if isinstance(d, int) else None for d in dims} == {2, 3}
+    dims = (dims,) if isinstance(dims, int) else dims
+    if not isinstance(dims, (tuple, list)) or not dims:
+        return None
+    if not all(isinstance(d, int) and not isinstance(d, bool) and d != 0 for d in dims):
+        return None
+    return tuple(dims)
+
+
+def reduction(node: fx.Node) -> tuple[str, tuple[int, ...], bool] | None:
+    """A max / min over given dimensions (CBAM's `torch.max(x, 1)[0]`, `x.amax((2, 3))`): (max or
+    min, the dimensions, keepdim); values stay on their grid. None for any other node."""
+    if node.op not in ("call_method", "call_function") or node.target not in _REDUCE:
+        return None
+    dims = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else None)
+    dims = (dims,) if isinstance(dims, int) else dims
+    if not isinstance(dims, (tuple, list)) or not dims:
+        return None
+    if not all(isinstance(d, int) and not isinstance(d, bool) and d != 0 for d in dims):
+        return None
+    keepdim = node.kwargs.get("keepdim", node.args[2] if len(node.args) > 2 else False)
+    name = getattr(node.target, "__name__", node.target)
+    return ("max" if "max" in name else "min"), tuple(dims), bool(keepdim)
 
 
 def reorders(node: fx.Node) -> bool:
@@ -401,8 +436,8 @@ def avg_pool_divisor(node: fx.Node, module: nn.Module | None) -> int | None:
     out_meta = node.meta.get("tensor_meta")
     if in_meta is None or out_meta is None:
         return None
-    if spatial_mean(node):
-        return int(in_meta.shape[-2]) * int(in_meta.shape[-1])
+    if mean_dims(node):
+        return math.prod(int(in_meta.shape[d]) for d in mean_dims(node))
     (h, w), (oh, ow) = tuple(in_meta.shape[-2:]), tuple(out_meta.shape[-2:])
     if isinstance(module, nn.AdaptiveAvgPool2d) or node.target is F.adaptive_avg_pool2d:
         return (h // oh) * (w // ow) if h % oh == 0 and w % ow == 0 else None

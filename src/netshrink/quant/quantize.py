@@ -42,7 +42,7 @@ from ..stage import Stage
 from .calibrate import CalibrationMethod, RangeObserver
 from .fixed import FixedPoint, Rounding, Ties, format_for, frac_for_range
 from .modules import ActQuant, WeightQuant
-from .plan import QuantPlan, avg_pool_divisor, plan_points, spatial_mean
+from .plan import QuantPlan, avg_pool_divisor, mean_dims, plan_points
 
 Batches = DataSplits | LoaderSplits | torch.Tensor | Iterable[torch.Tensor]
 Bits = Annotated[int, Field(ge=2, le=16)]
@@ -302,7 +302,7 @@ def _layer_inputs(root: fx.GraphModule, formats: FixedPointFormats) -> dict[str,
 def _is_pool_node(node: fx.Node, modules) -> bool:
     if node.op == "call_module":
         return _is_pool(modules[node.target])
-    return node.target in (F.avg_pool2d, F.adaptive_avg_pool2d) or spatial_mean(node)
+    return node.target in (F.avg_pool2d, F.adaptive_avg_pool2d) or mean_dims(node) is not None
 
 
 def weight_quant(module: nn.Module, name: str = "weight") -> WeightQuant | None:
