@@ -85,8 +85,9 @@ class Branchy(nn.Module):
 
 class Gates(nn.Module):
     """Squeeze-and-excitation (x * sigmoid(fc(pool(x)))), SiLU, hard-swish, hard-sigmoid (also
-    written out: relu6(x + 3) / 6), tanh, hardtanh, a scaled branch (0.5 * x) and GELU: products
-    of two tensors and element-wise functions (lookup tables on a device)."""
+    written out: relu6(x + 3) / 6), tanh, hardtanh, a scaled branch (0.5 * x), SELU, softsign,
+    log-sigmoid, abs and GELU: products of two tensors and element-wise functions (lookup tables
+    on a device)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -102,6 +103,7 @@ class Gates(nn.Module):
         x = x * gate.view(-1, 8, 1, 1)
         x = self.act(self.conv(x)) * F.hardsigmoid(x) + torch.tanh(x)
         x = x * (F.relu6(x + 3.0) / 6.0) + 0.5 * F.hardtanh(x)  # GhostNet's functional forms
+        x = F.selu(x) + F.softsign(x) + F.logsigmoid(x).abs()
         return self.head(F.gelu(x).mean((2, 3)))
 
 
