@@ -86,8 +86,8 @@ class Branchy(nn.Module):
 class Gates(nn.Module):
     """Squeeze-and-excitation (x * sigmoid(fc(pool(x)))), SiLU, hard-swish, hard-sigmoid (also
     written out: relu6(x + 3) / 6), tanh, hardtanh, a scaled branch (0.5 * x), SELU, softsign,
-    log-sigmoid, abs and GELU: products of two tensors and element-wise functions (lookup tables
-    on a device)."""
+    log-sigmoid, abs, PReLU (a slope a channel) and GELU: products of two tensors and element-wise
+    functions (lookup tables on a device)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -95,6 +95,9 @@ class Gates(nn.Module):
         self.squeeze, self.excite = nn.Linear(8, 4), nn.Linear(4, 8)
         self.conv = nn.Conv2d(8, 8, 3, padding=1)
         self.act = nn.Hardswish()
+        self.prelu = nn.PReLU(8)
+        with torch.no_grad():  # a slope a channel: a table a channel in C
+            self.prelu.weight.copy_(torch.linspace(0.05, 0.4, 8))
         self.head = nn.Linear(8, 10)
 
     def forward(self, x):
@@ -103,7 +106,7 @@ class Gates(nn.Module):
         x = x * gate.view(-1, 8, 1, 1)
         x = self.act(self.conv(x)) * F.hardsigmoid(x) + torch.tanh(x)
         x = x * (F.relu6(x + 3.0) / 6.0) + 0.5 * F.hardtanh(x)  # GhostNet's functional forms
-        x = F.selu(x) + F.softsign(x) + F.logsigmoid(x).abs()
+        x = F.selu(x) + F.softsign(x) + F.logsigmoid(x).abs() + self.prelu(x)
         return self.head(F.gelu(x).mean((2, 3)))
 
 

@@ -246,6 +246,22 @@ class Builder:
             return self.program.store(pending, None), None  # (values, indices)
         return pending
 
+    def _lut_tables(self, node: fx.Node, module, x: Stored, args, relus) -> torch.Tensor:
+        """The function of every grid value on every channel, [channels, values]: the grid runs
+        along the batch dimension of a probe shaped like one value of each channel, so that a
+        per-channel function (PReLU's slopes) gives each channel its own row."""
+        grid = torch.arange(x.lo, x.hi + 1, dtype=torch.float64)
+        values = (grid * 2.0**-x.frac).float()
+        channels = x.shape[1] if len(x.shape) > 1 else 1
+        shape = (len(values), channels, *[1] * (len(x.shape) - 2))
+        probe = values.reshape(-1, *[1] * (len(shape) - 1)).expand(shape).contiguous()
+        with torch.no_grad():
+            at = lut_input(node)  # the tensor among `args`, the rest numbers (x + 3.0)
+            out = call_node(node, module, [*args[:at], probe, *args[at + 1 :]])
+            for relu in relus:
+                out = F.relu(out) if relu == "relu" else F.relu6(out)
+        return out.reshape(len(values), channels).T
+
     def _pad(self, node: fx.Node, x: Stored) -> Pending:
         """F.pad with zeros (an option-A ResNet shortcut's new channels): each output value
         reads its input value, or is 0 where it falls in the padding (a negative pad crops)."""
@@ -346,16 +362,16 @@ class Builder:
                 f"2**{LUT_BITS}"
             )
         quantizer, relus = self._quantizer_after(node)
-        grid = torch.arange(x.lo, x.hi + 1, dtype=torch.float64)
-        values = (grid * 2.0**-x.frac).float()
-        with torch.no_grad():
-            at = lut_input(node)  # the tensor among `args`, the rest numbers (x + 3.0)
-            values = call_node(node, module, [*args[:at], values, *args[at + 1 :]])
-            for relu in relus:
-                values = F.relu(values) if relu == "relu" else F.relu6(values)
-        table = to_integers(values.double(), quantizer.fmt).long().tolist()
+        tables = self._lut_tables(node, module, x, args, relus)  # [channel, grid value]
+        if bool((tables == tables[:1]).all()):  # the same function on every channel
+            tables = tables[:1]
+        table = to_integers(tables.double(), quantizer.fmt).long().flatten().tolist()
         cname = self.program.table(node.name, table)
-        expr = f"{cname}[x[i] - ({x.lo})]"
+        if len(tables) == 1:
+            expr = f"{cname}[x[i] - ({x.lo})]"
+        else:  # a per-channel function (PReLU): channel c's table starts at c * its length
+            inner, width = math.prod(x.shape[2:]), x.hi - x.lo + 1
+            expr = f"{cname}[((i / {inner}) % {len(tables)}) * {width} + x[i] - ({x.lo})]"
         count = math.prod(x.shape)
 
         def body(epilogue, out):

@@ -86,6 +86,7 @@ _LUT = {
     nn.SELU, F.selu, nn.CELU, F.celu, nn.Softsign, F.softsign, nn.LogSigmoid, F.logsigmoid,
     nn.Hardshrink, F.hardshrink, nn.Softshrink, F.softshrink, nn.Tanhshrink, F.tanhshrink,
     nn.Threshold, F.threshold, torch.abs, "abs", "sigmoid_", "tanh_",
+    nn.PReLU, F.prelu,  # per-channel slopes: a table per channel in C
 }  # fmt: skip
 # Arithmetic with a number (GhostNet's functional hard sigmoid `relu6(x + 3.0) / 6.0`, a scaled
 # branch `0.5 * y`): an element-wise function of one tensor like those above, a lookup table.
