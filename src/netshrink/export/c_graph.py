@@ -22,6 +22,7 @@ from ..quant.fixed import to_integers
 from ..quant.integer import LUT_BITS, call_node
 from ..quant.modules import ActQuant
 from ..quant.plan import (
+    keeps_dims,
     lut_input,
     mean_dims,
     node_kind,
@@ -124,8 +125,8 @@ class Builder:
         if kind in ("relu", "relu6"):
             return self._relu(node, args[0], 6 if kind == "relu6" else None)
         if kind == "avg_pool" and mean_dims(node) and not spatial_mean(node):
-            keepdim = node.kwargs.get("keepdim", node.args[2] if len(node.args) > 2 else False)
-            return self._reduce(node, self._stored(args[0], node), "sum", mean_dims(node), keepdim)
+            x, dims = self._stored(args[0], node), mean_dims(node)
+            return self._reduce(node, x, "sum", dims, keeps_dims(node))
         if kind == "avg_pool":
             return self._avg_pool(node, module, self._stored(args[0], node))
         if kind == "cat":

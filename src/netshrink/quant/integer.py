@@ -29,7 +29,7 @@ from ..errors import UnsupportedLayerError
 from ..graph import describe
 from .fixed import FixedPoint, from_integers, requantize, to_integers
 from .modules import ActQuant
-from .plan import lut_input, mean_dims, node_kind, pool_options, static_value
+from .plan import keeps_dims, lut_input, mean_dims, node_kind, pool_options, static_value
 from .quantize import fixed_point_formats
 
 EXACT_LIMIT = 2**53
@@ -334,8 +334,7 @@ def _pool_sum(node: fx.Node, module, value: IntValue, divisor: int) -> IntValue:
         raise UnsupportedLayerError(f"{node.name} pools a value that is not on a fixed-point grid")
     x = value.q.double()
     if mean_dims(node):  # x.mean((2, 3)), x.mean(1): the sum over those dimensions, divided later
-        keepdim = node.kwargs.get("keepdim", node.args[2] if len(node.args) > 2 else False)
-        sums = x.sum(dim=mean_dims(node), keepdim=keepdim)
+        sums = x.sum(dim=mean_dims(node), keepdim=keeps_dims(node))
         return IntValue(sums.round().long(), value.frac, divisor)
     if isinstance(module, nn.AdaptiveAvgPool2d) or node.target is F.adaptive_avg_pool2d:
         size = module.output_size if module is not None else node.args[1]

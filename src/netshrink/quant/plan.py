@@ -244,7 +244,27 @@ def mean_dims(node: fx.Node) -> tuple[int, ...] | None:
     """The dimensions a mean reduces (`x.mean((2, 3))`, CBAM's `torch.mean(x, 1)` over the
     channels), when they are given and leave the batch; None for any other node. An average of
     values on one grid: a sum on integers, divided by the values' count where it is requantized."""
-    if node.op not in ("call_method", "call_function") or node.target not in _MEAN:
+    return _reduced_dims(node, _MEAN)
+
+
+def reduction(node: fx.Node) -> tuple[str, tuple[int, ...], bool] | None:
+    """A max / min over given dimensions (CBAM's `torch.max(x, 1)[0]`, `x.amax((2, 3))`): (max or
+    min, the dimensions, keepdim); values stay on their grid. None for any other node."""
+    dims = _reduced_dims(node, _REDUCE)
+    if dims is None:
+        return None
+    name = getattr(node.target, "__name__", node.target)
+    return ("max" if "max" in name else "min"), dims, keeps_dims(node)
+
+
+def keeps_dims(node: fx.Node) -> bool:
+    """A reduction's keepdim argument."""
+    return bool(node.kwargs.get("keepdim", node.args[2] if len(node.args) > 2 else False))
+
+
+def _reduced_dims(node: fx.Node, targets) -> tuple[int, ...] | None:
+    # The dimensions given to a reduction among `targets`; None when absent or the batch's.
+    if node.op not in ("call_method", "call_function") or node.target not in targets:
         return None
     dims = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else None)
     dims = (dims,) if isinstance(dims, int) else dims
@@ -253,22 +273,6 @@ def mean_dims(node: fx.Node) -> tuple[int, ...] | None:
     if not all(isinstance(d, int) and not isinstance(d, bool) and d != 0 for d in dims):
         return None
     return tuple(dims)
-
-
-def reduction(node: fx.Node) -> tuple[str, tuple[int, ...], bool] | None:
-    """A max / min over given dimensions (CBAM's `torch.max(x, 1)[0]`, `x.amax((2, 3))`): (max or
-    min, the dimensions, keepdim); values stay on their grid. None for any other node."""
-    if node.op not in ("call_method", "call_function") or node.target not in _REDUCE:
-        return None
-    dims = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else None)
-    dims = (dims,) if isinstance(dims, int) else dims
-    if not isinstance(dims, (tuple, list)) or not dims:
-        return None
-    if not all(isinstance(d, int) and not isinstance(d, bool) and d != 0 for d in dims):
-        return None
-    keepdim = node.kwargs.get("keepdim", node.args[2] if len(node.args) > 2 else False)
-    name = getattr(node.target, "__name__", node.target)
-    return ("max" if "max" in name else "min"), tuple(dims), bool(keepdim)
 
 
 def reorders(node: fx.Node) -> bool:
