@@ -9,7 +9,8 @@ recipe file; the runs live in $NETSHRINK_CACHE/sweep/RECIPE/seed-N/ID, so a late
 same recipe reuses its earlier stages and the values already run. One row a value: the
 validation top-1 after the measured stage, its loss against the baseline's validation top-1
 (medians over the seeds, the spread min - max), the bytes that stage's model packs to and their
-compression ratio, and whether every seed stays within the recipe's budget for it. Only validation numbers are shown: the test split is for the reports (bench/recipes.py,
+compression ratio, and whether every seed stays within the recipe's budget for it. Only
+validation numbers are shown: the test split is for the reports (bench/recipes.py,
 bench/papers.py). Writes bench/results/sweep.json (a rerun replaces the rows of its recipe,
 stage, field and measured stage) and its section of docs/benchmarks.md.
 """

@@ -112,7 +112,7 @@ class _SizeTracer(_Tracer):
         """The value of `proxy` for `use`, a number made of tensor sizes."""
         if not _from_sizes(proxy.node):
             raise _SizeError(
-                f"{use} needs the value of {_describe(proxy.node)}, which is computed from "
+                f"{use} needs the value of {_label(proxy.node)}, which is computed from "
                 "tensor values, not only from their sizes: a traced graph cannot branch on or "
                 "count with those; write it with torch ops (torch.where, a mask)"
             )
@@ -126,7 +126,7 @@ class _SizeTracer(_Tracer):
         seen = [read(value) for value in self._values(node)]
         if any(value != seen[0] for value in seen):
             raise _SizeError(
-                f"{use} needs the value of {_describe(node)}, which changes with the batch "
+                f"{use} needs the value of {_label(node)}, which changes with the batch "
                 f"size or image size ({seen[0]} and {seen[1]} on two example inputs): keep it "
                 "in tensor ops (x.view(x.size(0), -1) traces) or compute it in __init__ from "
                 "layer sizes"
@@ -143,7 +143,7 @@ class _SizeTracer(_Tracer):
             raise
         except Exception as exc:  # noqa: BLE001 - the model failed on an example input
             raise _SizeError(
-                f"computing {_describe(node)} on an example input failed ({first_line(exc)})"
+                f"computing {_label(node)} on an example input failed ({first_line(exc)})"
             ) from None
         finally:
             self.evaluating = False
@@ -305,12 +305,6 @@ def _drop_unused_numbers(graph: fx.Graph) -> None:
             graph.erase_node(node)
 
 
-def _describe(node: fx.Node) -> str:
-    if node.op == "call_method":
-        return f"{node.name} (.{node.target}())"
-    return f"{node.name} ({getattr(node.target, '__name__', node.target)})"
-
-
 def describe(node: fx.Node, module: nn.Module | None = None) -> str:
     """What `node` computes, for a message: the class of its layer (`module`), or its function
     with the module whose forward calls it (`add in layer2.1.se`: fx names alone, `add_3`,
@@ -323,6 +317,11 @@ def describe(node: fx.Node, module: nn.Module | None = None) -> str:
         path = list(stack.values())[-1][0]  # the innermost module: (path, class)
         return f"{what} in {path}" if path else what
     return what
+
+
+def _label(node: fx.Node) -> str:
+    """`name (what it computes)`, for a message (see describe)."""
+    return f"{node.name} ({describe(node)})"
 
 
 def first_line(exc: Exception) -> str:

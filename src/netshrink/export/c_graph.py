@@ -243,8 +243,8 @@ class Builder:
 
         args = [("x", x.buf, True)]
         pending = Pending(node.name, shape, x.frac, divisor, lo, hi, None, body, args, 1)
-        if op != "sum" and node.target in (torch.max, torch.min, "max", "min"):
-            return self.program.store(pending, None), None  # (values, indices)
+        if not hasattr(node.meta.get("tensor_meta"), "shape"):  # a (values, indices) pair
+            return self.program.store(pending, None), None
         return pending
 
     def _lut_tables(self, node: fx.Node, module, x: Stored, args, relus) -> torch.Tensor:

@@ -58,9 +58,8 @@ _PASS = {
 }
 # Ops that keep values but reorder them (channel shuffle's transpose): values stay on their grid,
 # but a stored tensor is not merely relabelled (the C export gathers them into a copy).
-_REORDER = {torch.transpose, torch.permute, "transpose", "permute"}
-# Broadcasts (an SE gate's `y.expand_as(x)`): each value repeated, on its grid.
-_REORDER |= {"expand", "expand_as"}
+# Broadcasts (an SE gate's `y.expand_as(x)`) repeat values, on their grid, the same way.
+_REORDER = {torch.transpose, torch.permute, "transpose", "permute", "expand", "expand_as"}
 # Ops that pick parts of a tensor (chunk, split, slicing by getitem): values stay on their grid.
 _SELECT = {torch.chunk, torch.split, "chunk", "split"}
 _PASS |= _REORDER | _SELECT
@@ -110,8 +109,9 @@ _VALUES_INDICES = {
     torch.mode, "mode", torch.kthvalue, "kthvalue", torch.topk, "topk", torch.sort, "sort",
     torch.cummax, "cummax", torch.cummin, "cummin", torch.frexp, "frexp",
 }  # fmt: skip
-_TUPLE_ONLY_WITH_DIM = {torch.max, torch.min, "max", "min", torch.median, "median"}
-_TUPLE_ONLY_WITH_DIM |= {torch.nanmedian, "nanmedian"}
+_TUPLE_ONLY_WITH_DIM = {
+    torch.max, torch.min, "max", "min", torch.median, "median", torch.nanmedian, "nanmedian",
+}  # fmt: skip
 _FLOAT_TUPLES = {torch.var_mean, torch.std_mean, torch.aminmax, "aminmax"}
 # Ops whose output holds integers or booleans (indices, masks): no activation quantizer.
 _INTEGER = {
@@ -352,7 +352,8 @@ def _check_float(node: fx.Node) -> None:
 
 def _picks_from_tuple(node: fx.Node, kinds) -> bool:
     """Whether `node` picks one result of an op that returns several and leaves the grid
-    (torch.max(x, 1)[0], `.values`): the values it picks are new ones, quantized here."""
+    (torch.topk(x, 2, 1)[0], `x.median(1).values`): the values it picks are new ones, quantized
+    here."""
     source = node.args[0] if node.args else None
     return (
         kinds[node] == "pass"
@@ -444,8 +445,8 @@ def avg_pool_divisor(node: fx.Node, module: nn.Module | None) -> int | None:
     out_meta = node.meta.get("tensor_meta")
     if in_meta is None or out_meta is None:
         return None
-    if mean_dims(node):
-        return math.prod(int(in_meta.shape[d]) for d in mean_dims(node))
+    if dims := mean_dims(node):
+        return math.prod(int(in_meta.shape[d]) for d in dims)
     (h, w), (oh, ow) = tuple(in_meta.shape[-2:]), tuple(out_meta.shape[-2:])
     if isinstance(module, nn.AdaptiveAvgPool2d) or node.target is F.adaptive_avg_pool2d:
         return (h // oh) * (w // ow) if h % oh == 0 and w % ow == 0 else None
