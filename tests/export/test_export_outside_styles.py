@@ -88,8 +88,21 @@ def test_a_ceil_mode_average_pool_agrees_in_onnx_runtimes_int8_kernel(tmp_path):
         nn.AvgPool2d(2, 2, 1, ceil_mode=True, count_include_pad=False),
         nn.MaxPool2d(2, 2, 1, ceil_mode=True),
         nn.AvgPool2d(3, 1, 1),  # no ceil_mode: as torch exported it
+        # torch's exporter dropped divisor_override: a sum pool became a mean
+        nn.AvgPool2d(2, 2, divisor_override=1),
+        nn.AvgPool2d(3, 2, 1, ceil_mode=True, divisor_override=4),
+        nn.AvgPool2d(3, 3, ceil_mode=True, count_include_pad=False, divisor_override=6),
     ],
-    ids=["r2", "counted-padding", "uncounted-padding", "max-padding", "no-ceil"],
+    ids=[
+        "r2",
+        "counted-padding",
+        "uncounted-padding",
+        "max-padding",
+        "no-ceil",
+        "sum",
+        "divisor-ceil",
+        "divisor-uncounted",
+    ],  # fmt: skip
 )
 def test_every_pool_style_agrees_in_fp32_and_int8(pool, tmp_path):
     size = 7  # odd: ceil_mode's last window hangs over the edge

@@ -33,7 +33,7 @@ from ..errors import ConfigError, CorruptFileError, UnsupportedLayerError
 from ..files import atomic_write
 from ..layers import copy_model, unwrap
 from ..mask import unparametrize
-from .onnx_pools import exact_pools
+from .onnx_pools import divisors_exported, exact_pools
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
@@ -86,9 +86,9 @@ def export_onnx(
     input's shape, as CBAM's channel gate does), batch 1, with a StaticBatchWarning and the
     file's doc_string saying why. Uses the TorchScript exporter (`dynamo=False`), which folds
     BatchNorm into the convolutions; pools take PyTorch's windows and divide as it does under
-    every ONNX Runtime kernel (exact_pools); the file is checked with
-    `onnx.checker.check_model(full_check=True)` before it replaces anything at `path`. Raises
-    UnsupportedLayerError when an operation cannot be exported.
+    every ONNX Runtime kernel (exact_pools; divisor_override too: divisors_exported); the file
+    is checked with `onnx.checker.check_model(full_check=True)` before it replaces anything at
+    `path`. Raises UnsupportedLayerError when an operation cannot be exported.
 
     Example:
         >>> export_onnx(prune_magnitude(lenet5(), config), "lenet5.onnx", (1, 28, 28))
@@ -152,7 +152,7 @@ _CHECK_ERRORS = (onnx.checker.ValidationError, onnx.shape_inference.InferenceErr
 def _torch_export(model: nn.Module, example: torch.Tensor, path: Path, opset: int, *, dynamic):
     """torch.onnx.export with netshrink's names, the batch axis dynamic or not."""
     axes = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}} if dynamic else None
-    with warnings.catch_warnings(), torch.no_grad():
+    with warnings.catch_warnings(), torch.no_grad(), divisors_exported(opset):
         for message in _EXPORTER_NOISE:
             warnings.filterwarnings("ignore", message=message, category=DeprecationWarning)
         torch.onnx.export(

@@ -1,10 +1,15 @@
 """ONNX pools as PyTorch computes them: every AveragePool and MaxPool of an exported file takes
 PyTorch's windows and divides as PyTorch does under every ONNX Runtime kernel (ceil_mode,
-count_include_pad; see exact_pools). Used by every export (netshrink.export.onnx)."""
+count_include_pad; see exact_pools), divisor_override included (divisors_exported). Used by
+every export (netshrink.export.onnx)."""
+
+import contextlib
 
 import numpy as np
 import onnx
+import torch
 from onnx import helper, numpy_helper
+from torch.onnx import symbolic_helper
 
 from ..errors import UnsupportedLayerError
 from .onnx_int8 import model_opset, unused_name
@@ -134,3 +139,50 @@ def _set_attribute(node: onnx.NodeProto, name: str, value) -> None:
     for attribute in [a for a in node.attribute if a.name == name]:
         node.attribute.remove(attribute)
     node.attribute.append(helper.make_attribute(name, value))
+
+
+@contextlib.contextmanager
+def divisors_exported(opset: int):
+    """While open, torch's TorchScript exporter writes avg_pool2d's divisor_override, which its
+    own symbolic drops without a word (AvgPool2d(2, divisor_override=1), a sum pool, exported as
+    a mean: every logit wrong): such a pool becomes a floor-mode AveragePool that counts every
+    padded position, so each window divides by the whole kernel, then a Mul by kernel area /
+    divisor. Pools without an override export as torch's own symbolic writes them."""
+    torch.onnx.register_custom_op_symbolic("aten::avg_pool2d", _avg_pool2d, opset)
+    try:
+        yield
+    finally:
+        torch.onnx.unregister_custom_op_symbolic("aten::avg_pool2d", opset)
+
+
+@symbolic_helper.parse_args("v", "is", "is", "is", "i", "i", "v")
+def _avg_pool2d(g, x, kernel, stride, padding, ceil_mode, count_include_pad, divisor):
+    kernel, stride, head = (_pair(v) for v in (kernel, list(stride) or kernel, padding))
+    if symbolic_helper._is_none(divisor):
+        return g.op(
+            "AveragePool", x, ceil_mode_i=ceil_mode, count_include_pad_i=count_include_pad,
+            kernel_shape_i=kernel, pads_i=head * 2, strides_i=stride,
+        )  # fmt: skip
+    divisor = symbolic_helper._get_const(divisor, "i", "divisor_override")
+    tail = head
+    if ceil_mode:  # PyTorch's last windows as floor-mode ones over more (counted) end padding
+        sizes = (symbolic_helper._get_tensor_sizes(x) or [None] * 4)[-2:]
+        if len(sizes) != 2 or None in sizes:
+            raise UnsupportedLayerError(
+                "cannot export avg_pool2d with divisor_override and ceil_mode exactly: it needs "
+                "its input's height and width, which are not fixed"
+            )
+        tail = [
+            pad + _ceil_overhang(size, k, s, pad, pad)
+            for size, k, s, pad in zip(sizes, kernel, stride, head, strict=True)
+        ]
+    mean = g.op(
+        "AveragePool", x, ceil_mode_i=0, count_include_pad_i=1, kernel_shape_i=kernel,
+        pads_i=head + tail, strides_i=stride,
+    )  # fmt: skip
+    area = torch.tensor(kernel[0] * kernel[1] / divisor, dtype=torch.float32)
+    return g.op("Mul", mean, g.op("Constant", value_t=area))
+
+
+def _pair(values) -> list[int]:
+    return list(values) * 2 if len(values) == 1 else list(values)
