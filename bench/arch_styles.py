@@ -679,6 +679,50 @@ class HardNet(nn.Module):
         return self.fc(x.view(-1, 64 * 9))
 
 
+class FixupBlock(nn.Module):
+    """Fixup's basic block (Zhang, Dauphin & Ma 2019) as its reference code writes it: no batch
+    norm; scalar biases and a scalar multiplier held as nn.Parameters, `x + self.bias1a`; the
+    downsampling shortcut a strided 1x1 conv of the biased input."""
+
+    def __init__(self, cin: int, planes: int, stride: int = 1) -> None:
+        super().__init__()
+        self.bias1a = nn.Parameter(torch.zeros(1))
+        self.conv1 = nn.Conv2d(cin, planes, 3, stride, 1, bias=False)
+        self.bias1b = nn.Parameter(torch.zeros(1))
+        self.bias2a = nn.Parameter(torch.zeros(1))
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.scale = nn.Parameter(torch.ones(1))
+        self.bias2b = nn.Parameter(torch.zeros(1))
+        self.downsample = None
+        if stride != 1 or cin != planes:
+            self.downsample = nn.Conv2d(cin, planes, 1, stride, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.conv1(x + self.bias1a) + self.bias1b)
+        out = self.conv2(out + self.bias2a) * self.scale + self.bias2b
+        identity = x if self.downsample is None else self.downsample(x + self.bias1a)
+        return F.relu(out + identity)
+
+
+class FixupResNet(nn.Module):
+    def __init__(self, num_classes: int, in_channels: int, widths=(8, 16, 32), blocks=2) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False)
+        self.bias1 = nn.Parameter(torch.zeros(1))
+        layers, cin = [], widths[0]
+        for i, w in enumerate(widths):
+            for j in range(blocks):
+                layers.append(FixupBlock(cin, w, 2 if i > 0 and j == 0 else 1))
+                cin = w
+        self.layers = nn.Sequential(*layers)
+        self.bias2 = nn.Parameter(torch.zeros(1))
+        self.fc = nn.Linear(cin, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.layers(F.relu(self.conv1(x) + self.bias1))
+        return self.fc(F.adaptive_avg_pool2d(x, 1).flatten(1) + self.bias2)
+
+
 def se_resnet(*, num_classes: int = 10, in_channels: int = 3, input_size: int = 32) -> nn.Module:
     """Basic ResNet blocks with squeeze-and-excitation (x * sigmoid(fc(pool(x))))."""
     return SENet(num_classes, in_channels)
@@ -757,6 +801,11 @@ def hard_acts(*, num_classes: int = 10, in_channels: int = 3, input_size: int = 
     return HardNet(num_classes, in_channels)
 
 
+def fixup_resnet(*, num_classes: int = 10, in_channels: int = 3, input_size: int = 32) -> nn.Module:
+    """Fixup ResNet: no batch norm, scalar nn.Parameter biases and multiplier (`x + self.bias1a`)."""
+    return FixupResNet(num_classes, in_channels)
+
+
 STYLES = {
     "se_resnet": se_resnet,
     "shufflenet": shufflenet,
@@ -772,4 +821,5 @@ STYLES = {
     "cbam_resnet": cbam_resnet,
     "mixnet": mixnet,
     "hard_acts": hard_acts,
+    "fixup_resnet": fixup_resnet,
 }

@@ -170,6 +170,28 @@ class ShapeOps(nn.Module):
         return self.head(x.flatten(1))
 
 
+class Fixup(nn.Module):
+    """Fixup's residual block (Zhang et al. 2019): scalar biases and a scalar multiplier held as
+    nn.Parameters (`x + self.bias1a`), a per-channel offset buffer broadcast over the maps, and a
+    difference of two tensors (each map minus the channel mean)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.bias1a = nn.Parameter(torch.tensor([0.1]))
+        self.bias1b = nn.Parameter(torch.tensor([-0.2]))
+        self.scale = nn.Parameter(torch.tensor([1.5]))
+        self.register_buffer("offset", torch.linspace(-0.5, 0.5, 8).view(1, 8, 1, 1))
+        self.conv = nn.Conv2d(8, 8, 3, padding=1, bias=False)
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x):
+        x = F.relu(self.stem(x))
+        y = self.conv(x + self.bias1a) * self.scale + self.bias1b
+        x = F.relu(x + y) - x.mean(1, keepdim=True) + self.offset
+        return self.fc(x.mean((2, 3)))
+
+
 def require_gcc() -> None:
     """Skip without gcc, except in CI (where .ci/run installs it): fail there."""
     if shutil.which("gcc") is None or shutil.which("size") is None:

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from helpers import Attention, Branchy, Gates, MeanHead, OptionA, ShapeOps, require_gcc
+from helpers import Attention, Branchy, Fixup, Gates, MeanHead, OptionA, ShapeOps, require_gcc
 from netshrink.errors import UnsupportedLayerError
 from netshrink.export.c import (
     _HELPERS,
@@ -240,6 +240,15 @@ def test_zero_padding_is_bit_exact(tmp_path):
     torch.manual_seed(0)
     images = torch.randn(16, 3, 12, 12)
     _check_bit_exact(quantize(OptionA().eval(), images), images, tmp_path, (3, 12, 12))
+
+
+def test_constants_and_differences_are_bit_exact(tmp_path):
+    """Fixup's scalar parameters and a per-channel buffer (const arrays in flash, broadcast)
+    and a difference of two tensors."""
+    require_gcc()
+    torch.manual_seed(0)
+    images = torch.randn(16, 3, 12, 12)
+    _check_bit_exact(quantize(Fixup().eval(), images), images, tmp_path, (3, 12, 12))
 
 
 def test_shuffles_chunks_and_slices_are_bit_exact(tmp_path):

@@ -13,6 +13,7 @@ from torch import nn
 
 from helpers import (
     Attention,
+    Fixup,
     Gates,
     MeanHead,
     OptionA,
@@ -264,6 +265,13 @@ def test_gates_and_element_wise_functions_run_on_integers_exactly():
 def test_channel_reductions_run_on_integers_exactly():
     torch.manual_seed(0)
     _assert_identical(quantize(Attention().eval(), _images()), _images())
+
+
+def test_constants_and_differences_run_on_integers_exactly():
+    torch.manual_seed(0)
+    qmodel = quantize(Fixup().eval(), _images())
+    assert "bias1a_quant" in dict(qmodel.named_modules())  # a constant on a grid of its own
+    _assert_identical(qmodel, _images())
 
 
 def test_zero_padding_runs_on_integers_exactly():

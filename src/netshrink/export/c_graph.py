@@ -22,6 +22,7 @@ from ..quant.fixed import to_integers
 from ..quant.integer import LUT_BITS, call_node
 from ..quant.modules import ActQuant
 from ..quant.plan import (
+    constant_value,
     keeps_dims,
     lut_input,
     mean_dims,
@@ -114,10 +115,13 @@ class Builder:
             return self._quant(node, module, args[0])
         if kind in ("input", "meta"):
             return None
+        if kind == "constant":  # a tensor the model holds: its quantizer makes it a const array
+            return constant_value(self.gm, node)
         if kind == "layer":
             return self._layer(node, module, self._stored(args[0], node))
-        if kind == "add":
-            return self._add(node, self._stored(args[0], node), self._stored(args[1], node))
+        if kind in ("add", "sub"):
+            a, b = self._stored(args[0], node), self._stored(args[1], node)
+            return self._add(node, a, b, subtract=kind == "sub")
         if kind == "mul":
             return self._mul(node, self._stored(args[0], node), self._stored(args[1], node))
         if kind == "lut":
@@ -171,6 +175,10 @@ class Builder:
             self.input_format, self.input_ctype = fmt, ctype_for(fmt.qmin, fmt.qmax)
             buf = self.program.buffer(self.input_ctype, math.prod(self._shape(node)), "input")
             return Stored(buf, self._shape(node), fmt.frac, fmt.qmin, fmt.qmax)
+        if isinstance(value, torch.Tensor):  # a constant: its integers, in flash
+            q = to_integers(value.double(), fmt).long().flatten().tolist()
+            buf = self.program.constant(node.name, q)
+            return Stored(buf, tuple(value.shape), fmt.frac, min(q), max(q))
         if isinstance(value, (Pending, Cat)) and value.users == 1:
             return self.program.store(value, fmt)
         x = self._stored(value, node)
@@ -302,19 +310,22 @@ class Builder:
             node.name, shape, x.frac, x.divisor, x.lo, x.hi, None, body, args, len(node.users)
         )
 
-    def _add(self, node: fx.Node, a: Stored, b: Stored) -> Pending:
+    def _add(self, node: fx.Node, a: Stored, b: Stored, subtract: bool = False) -> Pending:
+        """a + b (or a - b) on the finer of their grids; a per-map value (x.amax((2, 3),
+        keepdim=True)) or a constant broadcasts."""
         if a.divisor * b.divisor != 1:
             raise UnsupportedLayerError(
                 f"{node.name} adds values that are not on fixed-point grids"
             )
-        shape = self._shape(node)  # a per-map value (x.amax((2, 3), keepdim=True)) broadcasts
+        shape = self._shape(node)
         frac = max(a.frac, b.frac)
         ma, mb = 1 << (frac - a.frac), 1 << (frac - b.frac)
-        lo, hi = a.lo * ma + b.lo * mb, a.hi * ma + b.hi * mb
+        b_lo, b_hi = (-b.hi * mb, -b.lo * mb) if subtract else (b.lo * mb, b.hi * mb)
+        lo, hi = a.lo * ma + b_lo, a.hi * ma + b_hi
         if max(-lo, hi) >= LIMIT:
             raise UnsupportedLayerError(f"{node.name}: sums too large for 64-bit integers")
         ia, ib = broadcast_index(shape, a.shape), broadcast_index(shape, b.shape)
-        expr = f"{term(f'a[{ia}]', ma)} + {term(f'b[{ib}]', mb)}"
+        expr = f"{term(f'a[{ia}]', ma)} {'-' if subtract else '+'} {term(f'b[{ib}]', mb)}"
         count = math.prod(shape)
 
         def body(epilogue, out):

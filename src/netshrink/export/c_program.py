@@ -108,6 +108,13 @@ class Program:
         self.consts.append(_array(cname, ctype_for(min(values), max(values)), values))
         return cname
 
+    def constant(self, name: str, values: list[int]) -> Buffer:
+        """A const array of a constant tensor's integers (in flash), as a buffer to read."""
+        cname = _unique(f"const_{c_identifier(name)}", self.cnames)
+        ctype = ctype_for(min(values), max(values))
+        self.consts.append(_array(cname, ctype, values))
+        return Buffer(ctype, len(values), "const", name=cname)
+
     def layer_weights(self, name: str, module: nn.Module) -> Weights:
         if name in self.weights:
             return self.weights[name]

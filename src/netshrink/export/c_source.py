@@ -182,5 +182,7 @@ def _pointer(buf: Buffer) -> str:
         return "input"
     if buf.where == "output":
         return "logits"
+    if buf.where == "const":
+        return buf.name
     bits = BITS[buf.ctype]
     return f"({buf.ctype} *)(ns_scratch{bits} + {buf.offset})"

@@ -36,12 +36,14 @@ def c_identifier(name: str) -> str:
 
 @dataclass(eq=False)
 class Buffer:
-    """Storage of one tensor: in a scratch arena (offset planned later), or the caller's input /
-    logits. `start` / `end`: the steps that write it first and read it last."""
+    """Storage of one tensor: in a scratch arena (offset planned later), the caller's input /
+    logits, or a const array `name` in flash ("const"). `start` / `end`: the steps that write
+    it first and read it last."""
 
     ctype: str
     count: int
     where: str = "arena"
+    name: str = ""
     start: int = -1
     end: int = -1
     offset: int = 0

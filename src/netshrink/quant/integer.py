@@ -29,7 +29,15 @@ from ..errors import UnsupportedLayerError
 from ..graph import describe
 from .fixed import FixedPoint, from_integers, requantize, to_integers
 from .modules import ActQuant
-from .plan import keeps_dims, lut_input, mean_dims, node_kind, pool_options, static_value
+from .plan import (
+    constant_value,
+    keeps_dims,
+    lut_input,
+    mean_dims,
+    node_kind,
+    pool_options,
+    static_value,
+)
 from .quantize import fixed_point_formats
 
 EXACT_LIMIT = 2**53
@@ -142,6 +150,8 @@ class IntegerModel(nn.Module):
         args = [_arg(a, values) for a in node.args]
         if kind == "input":
             return x
+        if kind == "constant":  # a tensor the model holds: its quantizer puts it on a grid
+            return constant_value(self.graph_module, node)
         module = self._by_name.get(node.target) if node.op == "call_module" else None
         if isinstance(module, ActQuant):
             return _requantize(args[0], module)
@@ -149,8 +159,8 @@ class IntegerModel(nn.Module):
             return self._layer(node.target, args[0], overflows)
         if kind == "float_layer":
             return module(_dequantize(args[0]))
-        if kind == "add":
-            return self._add(node.name, args[0], args[1], overflows)
+        if kind in ("add", "sub"):
+            return self._add(node.name, args[0], args[1], overflows, kind == "sub")
         if kind == "mul":
             return self._mul(node.name, args[0], args[1], overflows)
         if kind == "lut":
@@ -261,11 +271,12 @@ class IntegerModel(nn.Module):
             acc = acc + (layer["bias"] << (frac - layer["bias_frac"])).reshape(shape)
         return IntValue(self._saturate(name, acc, overflows), frac)
 
-    def _add(self, name: str, a: IntValue, b: IntValue, overflows) -> IntValue:
+    def _add(self, name: str, a: IntValue, b: IntValue, overflows, subtract=False) -> IntValue:
         if not (isinstance(a, IntValue) and isinstance(b, IntValue)) or a.divisor * b.divisor != 1:
             raise UnsupportedLayerError(f"{name} adds values that are not on fixed-point grids")
         frac = max(a.frac, b.frac)
-        total = (a.q << (frac - a.frac)) + (b.q << (frac - b.frac))
+        other = b.q << (frac - b.frac)
+        total = (a.q << (frac - a.frac)) + (-other if subtract else other)
         return IntValue(self._saturate(name, total, overflows), frac)
 
     def _mul(self, name: str, a: IntValue, b: IntValue, overflows) -> IntValue:

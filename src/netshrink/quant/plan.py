@@ -64,6 +64,8 @@ _REORDER = {torch.transpose, torch.permute, "transpose", "permute", "expand", "e
 _SELECT = {torch.chunk, torch.split, "chunk", "split"}
 _PASS |= _REORDER | _SELECT
 _ADD = {operator.add, operator.iadd, torch.add, "add", "add_"}
+# The difference of two quantized tensors (a map minus its channel mean): exact in integers.
+_SUB = {operator.sub, operator.isub, torch.sub, "sub", "sub_"}
 # An element-wise product of two quantized tensors (a squeeze-and-excitation gate): exact in
 # integers (the fractional lengths add), requantized after it.
 _MUL = {operator.mul, operator.imul, torch.mul, "mul", "mul_"}
@@ -152,14 +154,16 @@ class QuantPlan:
 
 
 def node_kind(node: fx.Node, modules: dict[str, nn.Module], float_layers=()) -> str:
-    """What a node does to quantized values: input, layer, float_layer, add, mul, lut, avg_pool,
-    cat, relu, relu6, pass, meta, output or other."""
+    """What a node does to quantized values: input, constant, layer, float_layer, add, sub, mul,
+    lut, avg_pool, cat, relu, relu6, pass, meta, output or other."""
     if node.op == "placeholder":
         return "input"
     if node.op == "output":
         return "output"
     if node.op == "get_attr":
-        return "other"
+        # a tensor the model holds (Fixup's scalar `self.bias1a`, a per-channel offset):
+        # quantized once onto a grid of its own, then added or multiplied like any value
+        return "constant"
     if node.op == "call_module":
         module = modules[node.target]
         if isinstance(module, _LAYERS):
@@ -187,6 +191,7 @@ def node_kind(node: fx.Node, modules: dict[str, nn.Module], float_layers=()) -> 
         ("relu6", _RELU6),
         ("pass", _PASS),
         ("add", _ADD),
+        ("sub", _SUB),
         ("mul", _MUL),
         ("lut", _LUT),
         ("avg_pool", _AVG_POOL),
@@ -194,10 +199,23 @@ def node_kind(node: fx.Node, modules: dict[str, nn.Module], float_layers=()) -> 
         ("meta", _META),
     ):
         if key in members:
-            if kind in ("add", "mul") and not _joins_two_tensors(node):
+            if kind in ("add", "sub", "mul") and not _joins_two_tensors(node):
                 return "other"  # x + y * 2 with an alpha, a tensor constant: unknown
             return kind
     return "other"
+
+
+def constant_value(graph_module: fx.GraphModule, node: fx.Node) -> torch.Tensor:
+    """The floating-point tensor a "constant" node (fx's get_attr) reads from the model.
+    UnsupportedLayerError, naming it, for anything else (an integer buffer, a module)."""
+    value = graph_module
+    for part in node.target.split("."):
+        value = getattr(value, part)
+    if not (isinstance(value, torch.Tensor) and value.dtype.is_floating_point):
+        raise UnsupportedLayerError(
+            f"{node.name} reads {node.target}, which is not a floating-point tensor to quantize"
+        )
+    return value.detach()
 
 
 def _with_a_number(node: fx.Node) -> bool:
@@ -324,11 +342,11 @@ def plan_points(graph_module: fx.GraphModule, float_layers: tuple[str, ...] = ()
 
 def _needs_point(node: fx.Node, kinds) -> bool:
     kind = kinds[node]
-    if kind in ("layer", "add", "mul"):
+    if kind in ("layer", "add", "sub", "mul"):
         return not _only_reaches(node, kinds, ("output",))
     if kind in ("input", "float_layer"):
         return not _only_reaches(node, kinds, ("output", "float_layer"))
-    if kind == "other" or _picks_from_tuple(node, kinds):
+    if kind in ("other", "constant") or _picks_from_tuple(node, kinds):
         return _output_type(node) == "float"
     return kind in ("avg_pool", "cat", "relu6", "lut")
 
