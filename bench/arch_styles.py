@@ -514,18 +514,23 @@ class OptionABlock(nn.Module):
         return F.relu(out)
 
 
+def resnet_stages(block, widths, blocks: int) -> nn.Sequential:
+    """A CIFAR ResNet's stages: `blocks` blocks a width, the first of each later stage strided."""
+    layers, cin = [], widths[0]
+    for i, width in enumerate(widths):
+        for j in range(blocks):
+            layers.append(block(cin, width, 2 if i > 0 and j == 0 else 1))
+            cin = width
+    return nn.Sequential(*layers)
+
+
 class OptionAResNet(nn.Module):
     def __init__(self, num_classes: int, in_channels: int, widths=(8, 16, 32), blocks=2) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(widths[0])
-        layers, cin = [], widths[0]
-        for i, w in enumerate(widths):
-            for j in range(blocks):
-                layers.append(OptionABlock(cin, w, 2 if i > 0 and j == 0 else 1))
-                cin = w
-        self.layers = nn.Sequential(*layers)
-        self.linear = nn.Linear(cin, num_classes)
+        self.layers = resnet_stages(OptionABlock, widths, blocks)
+        self.linear = nn.Linear(widths[-1], num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.layers(F.relu(self.bn1(self.conv1(x))))
@@ -709,14 +714,9 @@ class FixupResNet(nn.Module):
         super().__init__()
         self.conv1 = nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False)
         self.bias1 = nn.Parameter(torch.zeros(1))
-        layers, cin = [], widths[0]
-        for i, w in enumerate(widths):
-            for j in range(blocks):
-                layers.append(FixupBlock(cin, w, 2 if i > 0 and j == 0 else 1))
-                cin = w
-        self.layers = nn.Sequential(*layers)
+        self.layers = resnet_stages(FixupBlock, widths, blocks)
         self.bias2 = nn.Parameter(torch.zeros(1))
-        self.fc = nn.Linear(cin, num_classes)
+        self.fc = nn.Linear(widths[-1], num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.layers(F.relu(self.conv1(x) + self.bias1))

@@ -259,6 +259,38 @@ def test_unknown_channel_ops_lock_their_spaces(op, locker):
     assert (model.conv_a.out_channels, model.conv_b.out_channels, model.fc.in_features) == (8, 4, 4)
 
 
+class ConstantNet(nn.Module):
+    """Fixup-style scalars held as parameters (`x + self.bias`, `x * self.scale`), and a
+    per-channel offset buffer that the channels of conv_b's space would have to share."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv_a = nn.Conv2d(3, 8, 3, padding=1)
+        self.conv_b = nn.Conv2d(8, 8, 3, padding=1)
+        self.bias, self.scale = nn.Parameter(torch.tensor([0.3])), nn.Parameter(torch.ones(1))
+        self.register_buffer("offset", torch.linspace(-1, 1, 8).view(1, 8, 1, 1))
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x):
+        y = F.relu(self.conv_a(x) * self.scale + self.bias)
+        return self.fc((self.conv_b(y + self.bias) + self.offset).mean((2, 3)))
+
+
+def test_a_constant_shared_by_every_channel_prunes_and_a_per_channel_one_locks():
+    torch.manual_seed(0)
+    model = ConstantNet()
+    with pytest.raises(UnsupportedLayerError, match="conv_b.*add"):
+        prune_filters(model, PruneFiltersConfig(amount=0.5), (3, 8, 8), layers=["conv_b"])
+    masked = mask_filters(
+        copy.deepcopy(model), plan_filters(model, PruneFiltersConfig(amount=0.5), (3, 8, 8))
+    )
+    prune_filters(model, PruneFiltersConfig(amount=0.5), (3, 8, 8))
+    assert (model.conv_a.out_channels, model.conv_b.out_channels) == (4, 8)
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        assert torch.allclose(model(x), masked(x), atol=1e-5, rtol=0)
+
+
 class FlatNet(nn.Module):
     """A classifier head written with the feature count spelled out (or read from the tensor)."""
 

@@ -186,6 +186,18 @@ def _literal_features(node: fx.Node) -> int | None:
     return shape[1] if isinstance(shape[1], int) and shape[1] != -1 else None
 
 
+def _channel_free_constant(arg, out: tuple[int, ...] | None) -> bool:
+    """Whether `arg` is a number, or a tensor of the model (fx get_attr) that broadcasts
+    over the channels of an output of shape `out` (no channel axis of its own, or one of 1)."""
+    if not isinstance(arg, fx.Node):
+        return True
+    shape = _shape(arg)
+    if arg.op != "get_attr" or shape is None or out is None or len(out) < 2:
+        return False
+    at = 1 - (len(out) - len(shape))  # numpy's rule: shapes aligned on the right
+    return at < 0 or shape[at] == 1
+
+
 def _shape(node) -> tuple[int, ...] | None:
     meta = node.meta.get("tensor_meta") if isinstance(node, fx.Node) else None
     shape = getattr(meta, "shape", None)
@@ -302,7 +314,9 @@ class _Builder:
 
     def _binary(self, node: fx.Node, label: str) -> Value:
         operands = list(node.args[:2])
-        tensors = [a for a in operands if isinstance(a, fx.Node)]
+        # a tensor of the model the same for every channel (Fixup's scalar `self.bias1a`)
+        # acts like a number
+        tensors = [a for a in operands if not _channel_free_constant(a, _shape(node))]
         if (
             len(tensors) == 1
             and len(operands) == 2

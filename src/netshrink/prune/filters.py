@@ -194,9 +194,10 @@ def prune_filters(
 
 def mask_filters(model: nn.Module, plan: FilterPlan) -> nn.Module:
     """The masked twin of `prune_filters` (for comparison): zero the removed channels' weight
-    rows and biases in the producers, and the weight and bias of every BatchNorm and depthwise
-    conv in the space, so those channels carry exact zeros through activations, pooling and
-    residual adds. (A BatchNorm with affine=False cannot be zeroed; its channels then differ.)"""
+    rows and biases in the producers, the weight and bias of every BatchNorm and depthwise conv
+    in the space, and the weights through which every consumer reads them. The last makes the
+    twin exact where an op between gives a removed channel a value (x + c, sigmoid(0) = 0.5,
+    a BatchNorm with affine=False): what prune_filters removes, the twin ignores."""
     root = unwrap(model)
     with torch.no_grad():
         for space in plan.spaces:
@@ -207,6 +208,10 @@ def mask_filters(model: nn.Module, plan: FilterPlan) -> nn.Module:
                 for tensor in (module.weight, module.bias):
                     if tensor is not None:
                         tensor[drop] = 0
+            for consumer in (c for c in space.consumers if c.dim == "in"):
+                # after a flatten, channel i owns the features [i*factor, (i+1)*factor)
+                features = [i * consumer.factor + j for i in drop for j in range(consumer.factor)]
+                root.get_submodule(consumer.module).weight[:, features] = 0
     return model
 
 
