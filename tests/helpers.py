@@ -192,6 +192,25 @@ class Fixup(nn.Module):
         return self.fc(x.mean((2, 3)))
 
 
+# Average pools whose windows hold different numbers of values, each with an input side it
+# pools unevenly: (pool, side).
+UNEVEN_POOLS = {
+    "uncounted-padding": (nn.AvgPool2d(3, stride=1, padding=1, count_include_pad=False), 6),
+    "ceil-mode": (nn.AvgPool2d(3, stride=2, ceil_mode=True), 6),  # the last window: 1 row
+    "ceil-mode-counted-padding": (nn.AvgPool2d(3, 2, 1, ceil_mode=True), 8),  # 1 row + padding
+    "adaptive": (nn.AdaptiveAvgPool2d(4), 7),  # windows of 2 and 3 rows
+    "adaptive-upsampling": (nn.AdaptiveAvgPool2d((7, 5)), 3),  # torchvision's VGG on 32x32
+}
+
+
+def uneven_pool_net(case: str) -> tuple[nn.Module, int]:
+    """conv 3x3 (no padding) -> UNEVEN_POOLS[case] -> flatten -> linear, and the image side."""
+    pool, side = UNEVEN_POOLS[case]
+    features = pool(torch.zeros(1, 4, side, side)).numel()
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), pool, nn.Flatten(), nn.Linear(features, 10))
+    return model.eval(), side + 2
+
+
 def require_gcc() -> None:
     """Skip without gcc, except in CI (where .ci/run installs it): fail there."""
     if shutil.which("gcc") is None or shutil.which("size") is None:

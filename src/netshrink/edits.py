@@ -97,10 +97,16 @@ class FormatSpec(Config):
 
 class ActivationSpec(FormatSpec):
     """An activation quantizer's format; after an average pool, the pool's `divisor` and the
-    fractional length `input_frac` of the values it averages (the integer path divides once)."""
+    fractional length `input_frac` of the values it averages (the integer path divides once).
+    Where the pool's windows hold different numbers of values, `pool_input` is the height and
+    width it reads: each output's divisor follows from them and the pool's settings
+    (netshrink.quant.plan.window_divisors)."""
 
     divisor: int = Field(1, ge=1)
     input_frac: int | None = None
+    pool_input: tuple[Annotated[int, Field(ge=1, le=1 << 16)], ...] | None = Field(
+        None, min_length=2, max_length=2
+    )
 
 
 class FixedPointFormats(Config):

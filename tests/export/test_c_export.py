@@ -8,7 +8,18 @@ import pytest
 import torch
 from torch import nn
 
-from helpers import Attention, Branchy, Fixup, Gates, MeanHead, OptionA, ShapeOps, require_gcc
+from helpers import (
+    UNEVEN_POOLS,
+    Attention,
+    Branchy,
+    Fixup,
+    Gates,
+    MeanHead,
+    OptionA,
+    ShapeOps,
+    require_gcc,
+    uneven_pool_net,
+)
 from netshrink.errors import UnsupportedLayerError
 from netshrink.export.c import (
     _HELPERS,
@@ -240,6 +251,17 @@ def test_zero_padding_is_bit_exact(tmp_path):
     torch.manual_seed(0)
     images = torch.randn(16, 3, 12, 12)
     _check_bit_exact(quantize(OptionA().eval(), images), images, tmp_path, (3, 12, 12))
+
+
+@pytest.mark.parametrize("case", UNEVEN_POOLS)
+def test_average_pools_with_uneven_windows_are_bit_exact(case, tmp_path):
+    """ceil mode, padding not counted, adaptive windows that do not tile the input: each
+    output divided by its own window's count, read from a table."""
+    require_gcc()
+    torch.manual_seed(0)
+    model, side = uneven_pool_net(case)
+    images = torch.randn(16, 3, side, side)
+    _check_bit_exact(quantize(model, images), images, tmp_path, (3, side, side))
 
 
 def test_constants_and_differences_are_bit_exact(tmp_path):

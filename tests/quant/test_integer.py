@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from helpers import (
+    UNEVEN_POOLS,
     Attention,
     Fixup,
     Gates,
@@ -20,7 +21,9 @@ from helpers import (
     ShapeOps,
     randomize_batchnorms,
     train_on_digits,
+    uneven_pool_net,
 )
+from netshrink.codec import pack, unpack
 from netshrink.errors import UnsupportedLayerError
 from netshrink.models import ModelSpec, build_model
 from netshrink.quant import (
@@ -215,23 +218,22 @@ def test_a_global_pool_over_one_pixel_is_supported():
     _assert_identical(qmodel, x)
 
 
-@pytest.mark.parametrize(
-    "pool, side",
-    [
-        (nn.AvgPool2d(3, stride=1, padding=1, count_include_pad=False), 6),
-        (nn.AvgPool2d(3, stride=2, ceil_mode=True), 3),  # the last window hangs over the edge
-    ],
-)
-def test_average_pools_with_uneven_windows_are_refused(pool, side):
+@pytest.mark.parametrize("case", UNEVEN_POOLS)
+def test_average_pools_with_uneven_windows_divide_each_output_by_its_own_count(case, tmp_path):
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(3, 4, 3), pool, nn.Flatten(), nn.Linear(4 * side * side, 10))
-    x = _images(4, size=8)
-    qmodel = quantize(model.eval(), x)
-    spec = fixed_point_formats(qmodel).activations["1_quant"]  # no constant divisor to record
-    assert (spec.divisor, spec.input_frac) == (1, None)
-    qmodel(x)  # the fake-quantized model still runs
-    with pytest.raises(UnsupportedLayerError, match="windows differ in size"):
-        IntegerModel(qmodel)
+    model, side = uneven_pool_net(case)
+    x = _images(16, size=side)
+    qmodel = quantize(model, x)
+    spec = fixed_point_formats(qmodel).activations["1_quant"]
+    assert spec.pool_input == (side - 2, side - 2) and spec.input_frac is not None
+    divisors = qmodel.get_submodule("1_quant").divisors
+    assert divisors.min() < divisors.max()  # the case has windows of different sizes
+    _assert_identical(qmodel, x)
+    # a file keeps the pool's input size, and the model read from it divides alike
+    path = pack(qmodel, tmp_path / "m.nsk", input_shape=(3, side, side), num_classes=10)
+    rebuilt = unpack(path, copy.deepcopy(model))
+    assert torch.equal(rebuilt.get_submodule("1_quant").divisors, divisors)
+    _assert_identical(rebuilt, x)
 
 
 def test_an_op_the_integer_path_cannot_run_is_refused_by_name():

@@ -7,8 +7,8 @@ runs ONNX Runtime with every one of those values as an extra output, runs the in
 the same values captured (`IntegerModel.run(quantized=...)`), and compares them in graph order:
 the first quantizer where they differ is where the two computations part, and what fed it (a
 conv / linear layer, an average pool, an addition) says why. Where the integer path cannot run the
-model (an average pool whose windows differ in size: ceil_mode), the fake-quantized model, which
-computes the same values where both run, stands in for it: the file is checked all the same.
+model (an op it lacks, left in float), the fake-quantized model, which computes the same values
+where both run, stands in for it: the file is checked all the same.
 """
 
 from dataclasses import dataclass

@@ -12,7 +12,7 @@ from torch import fx
 
 from ..errors import UnsupportedLayerError
 from ..quant.fixed import FixedPoint
-from .c_values import Pending
+from .c_values import Pending, PerPosition
 
 LIMIT = 1 << 62  # every intermediate of the int64 epilogue stays below this
 
@@ -50,25 +50,32 @@ def make_epilogue(name: str, value: Pending, fmt: FixedPoint | None, lo: int, hi
         lo, hi = _clamp_lines(lines, lo, hi, *bounds)
     if fmt is not None:
         shift, divisor = value.frac - fmt.frac, value.divisor
-        extreme = max(-lo, hi) << (max(-shift, 0) + 1)
-        if extreme + (divisor << max(shift, 0)) * 2 >= LIMIT:
+        up, down = max(-shift, 0), max(shift, 0)
+        # one divisor, or one an output read from a table (PerPosition): d * 2**down as C
+        table = isinstance(divisor, PerPosition)
+        smallest, largest = (divisor.lo, divisor.hi) if table else (divisor, divisor)
+        scaled = (
+            (lambda m: f"(int64_t){divisor.table}[{divisor.index}] * {literal(m << down)}")
+            if table
+            else (lambda m: literal((m * divisor) << down))
+        )
+        extreme = max(-lo, hi) << (up + 1)
+        if extreme + (largest << down) * 2 >= LIMIT:
             raise UnsupportedLayerError(f"{name}: requantization too large for 64-bit integers")
-        if fmt.ties == "even" and divisor == 1 and shift > 0:  # ties to even, as ONNX Runtime
+        if fmt.ties == "even" and largest == 1 and shift > 0:  # ties to even, as ONNX Runtime
             lines.append(f"v = ns_shr_even(v, {shift});")
-        elif fmt.ties == "even" and (divisor > 1 or shift > 0):
-            up, down = max(-shift, 0), max(shift, 0)
-            num, den = literal(1 << up), literal(divisor << down)
-            lines.append(f"v = ns_div_even(v * {num}, {den});")
-        elif divisor > 1:
-            up, down = max(-shift, 0), max(shift, 0)
-            num, den = literal(1 << (up + 1)), literal((2 * divisor) << down)
-            lines.append(f"v = ns_floordiv(v * {num} + {literal(divisor << down)}, {den});")
+        elif fmt.ties == "even" and (largest > 1 or shift > 0):
+            lines.append(f"v = ns_div_even(v * {literal(1 << up)}, {scaled(1)});")
+        elif largest > 1:
+            num = literal(1 << (up + 1))
+            lines.append(f"v = ns_floordiv(v * {num} + {scaled(1)}, {scaled(2)});")
         elif shift > 0:
             lines.append(f"v = ns_shr(v + {literal(1 << (shift - 1))}, {shift});")
         elif shift < 0:
             lines.append(f"v *= {literal(1 << -shift)};")
-        lo, hi = (_rescale(v, value.frac, fmt, divisor) for v in (lo, hi))
-        lo, hi = _clamp_lines(lines, lo, hi, fmt.qmin, fmt.qmax)
+        # the quotient's extremes: the extreme sums over the smallest or largest divisor
+        ends = [_rescale(v, value.frac, fmt, d) for v in (lo, hi) for d in (smallest, largest)]
+        lo, hi = _clamp_lines(lines, min(ends), max(ends), fmt.qmin, fmt.qmax)
 
     def render(indent: int) -> str:
         pad = "    " * indent
@@ -92,6 +99,11 @@ def relu_bounds(
 ) -> tuple[int, int | None]:
     if ceiling is None:
         return 0, None
+    if isinstance(divisor, PerPosition):
+        raise UnsupportedLayerError(
+            f"{node.name}: ReLU6 between an average pool whose windows differ in size and its "
+            "quantizer"
+        )
     top = Fraction(ceiling * divisor) * Fraction(2) ** frac
     if top.denominator != 1:
         raise UnsupportedLayerError(

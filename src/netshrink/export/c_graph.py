@@ -22,6 +22,7 @@ from ..quant.fixed import to_integers
 from ..quant.integer import LUT_BITS, call_node
 from ..quant.modules import ActQuant
 from ..quant.plan import (
+    NO_DIVISORS,
     constant_value,
     keeps_dims,
     lut_input,
@@ -51,7 +52,7 @@ from .c_kernels import (
     strided_index,
 )
 from .c_program import Program
-from .c_values import Cat, Pending, Stored, ctype_for
+from .c_values import Cat, Pending, PerPosition, Stored, ctype_for
 
 _MAX_POOLS = (nn.MaxPool2d, nn.AdaptiveMaxPool2d, F.max_pool2d, F.adaptive_max_pool2d)
 
@@ -85,7 +86,7 @@ class Builder:
                     "user to be its quantizer)"
                 )
             elif kind == "avg_pool" and self._divisor_after(node) is None:
-                bad.append(f"{node.name} (an average pool whose windows differ in size)")
+                bad.append(f"{node.name} ({NO_DIVISORS})")
             elif kind == "input" and not (
                 len(node.users) == 1 and isinstance(self._module(next(iter(node.users))), ActQuant)
             ):
@@ -471,41 +472,54 @@ class Builder:
         saturate = self._saturation()
         return Pending(node.name, out_shape, frac, 1, lo, hi, saturate, body, args, len(node.users))
 
-    def _divisor_after(self, node: fx.Node) -> int | None:
+    def _divisor_after(self, node: fx.Node) -> int | torch.Tensor | None:
         for user in node.users:  # the quantizer that divides, as IntegerModel finds it
             module = self._module(user)
             if isinstance(module, ActQuant):
-                return module.divisor if module.divisor > 1 else None
+                return module.pool_divisor if module.input_frac is not None else None
             if self.kinds[user] in ("relu", "relu6"):
                 return self._divisor_after(user)
         return None
 
     def _avg_pool(self, node: fx.Node, module, x: Stored) -> Pending:
+        """The windows' sums, divided by the quantizer after it: by one divisor, or where the
+        windows hold different numbers of values (ceil mode, padding not counted, adaptive
+        windows that do not tile the input) by each output's own, read from a table."""
         if x.divisor != 1:
             raise UnsupportedLayerError(
                 f"{node.name} pools a value that is not on a fixed-point grid"
             )
         out_shape = pooled = self._shape(node)
         (h, w) = x.shape[-2:]
+        divisor = self._divisor_after(node)
+        window = None
         if spatial_mean(node):  # x.mean((2, 3)): one window over each map, (C,) or (C, 1, 1)
             kernel, stride, padding = (h, w), (h, w), (0, 0)
             pooled = (*x.shape[:-2], 1, 1)
         elif isinstance(module, nn.AdaptiveAvgPool2d) or node.target is F.adaptive_avg_pool2d:
             oh, ow = out_shape[-2:]
             kernel, stride, padding = (h // oh, w // ow), (h // oh, w // ow), (0, 0)
+            if isinstance(divisor, torch.Tensor):  # windows that do not tile the input
+                kernel, window = (
+                    (-(-h // oh) + 1, -(-w // ow) + 1),
+                    adaptive_window((h, w), (oh, ow)),
+                )
         else:
             options = pool_options(node, module)
             kernel = _pair(options["kernel_size"])
             stride, padding = _pair(options["stride"] or kernel), _pair(options["padding"])
-        window = sliding_window(kernel, stride, padding, (1, 1))
-        n = kernel[0] * kernel[1]
+        window = window or sliding_window(kernel, stride, padding, (1, 1))
+        n = kernel[0] * kernel[1]  # at most that many values a window
         lo, hi = n * min(x.lo, 0), n * max(x.hi, 0)
         acc = "int32_t" if max(-lo, hi) < 1 << 31 else "int64_t"
 
         def body(epilogue, out):
             return pool_body(x, pooled, window, acc, "0", "s += t;", epilogue, out)
 
-        divisor = self._divisor_after(node)
+        if isinstance(divisor, torch.Tensor):
+            values = divisor.flatten().tolist()
+            table = self.program.table(node.name, values, prefix="divisors")
+            divisor = PerPosition(table, min(values), max(values), f"oy * {pooled[-1]} + ox")
         args = [("x", x.buf, True)]
         return Pending(node.name, out_shape, x.frac, divisor, lo, hi, None, body, args, 1)
 

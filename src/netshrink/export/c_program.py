@@ -17,7 +17,18 @@ from ..quant.fixed import FixedPoint, to_integers
 from .c_fixed import make_epilogue
 from .c_kernels import CAT, CAT_PART, elementwise
 from .c_sparse import SparseWeights, sparse_weights
-from .c_values import BITS, Buffer, Cat, Step, Stored, Weights, c_identifier, ctype_for
+from .c_values import (
+    BITS,
+    Buffer,
+    Cat,
+    Pending,
+    PerPosition,
+    Step,
+    Stored,
+    Weights,
+    c_identifier,
+    ctype_for,
+)
 
 STORAGE = ("smallest", "dense", "sparse")  # export_c's choices of how layers are stored
 
@@ -67,6 +78,11 @@ class Program:
 
     def store(self, value, fmt: FixedPoint | None, where: str = "arena") -> Stored:
         """Emit a pending producer with its epilogue; `fmt` None stores the raw accumulator."""
+        if fmt is None and isinstance(value, Pending) and isinstance(value.divisor, PerPosition):
+            raise UnsupportedLayerError(
+                f"{value.name}: an average pool whose windows differ in size must be quantized "
+                "right after it (its divisors are applied in its loop)"
+            )
         if isinstance(value, Cat):
             return self._store_cat(value, fmt)
         lo, hi, epilogue = make_epilogue(value.name, value, fmt, value.lo, value.hi)
@@ -102,9 +118,9 @@ class Program:
         self.step(cat.name, [*params, ("y", out, False)], body)
         return Stored(out, cat.shape, fmt.frac, fmt.qmin, fmt.qmax)
 
-    def table(self, name: str, values: list[int]) -> str:
-        """A const lookup table (an element-wise function's); returns its C name."""
-        cname = _unique(f"lut_{c_identifier(name)}", self.cnames)
+    def table(self, name: str, values: list[int], prefix: str = "lut") -> str:
+        """A const table (an element-wise function's, a pool's divisors); returns its C name."""
+        cname = _unique(f"{prefix}_{c_identifier(name)}", self.cnames)
         self.consts.append(_array(cname, ctype_for(min(values), max(values)), values))
         return cname
 

@@ -49,6 +49,18 @@ class Buffer:
     offset: int = 0
 
 
+@dataclass(frozen=True)
+class PerPosition:
+    """Divisors that differ from output to output (an average pool whose windows hold different
+    numbers of values): the const table `table`, read at the C index `index` (of the pool's
+    loop), its values within [lo, hi]."""
+
+    table: str
+    lo: int
+    hi: int
+    index: str
+
+
 @dataclass(eq=False)
 class Stored:
     """Integers in memory at scale 2**-frac (divided by `divisor`), all within [lo, hi]."""

@@ -133,7 +133,9 @@ def fake_quantize(x: torch.Tensor, fmt: FixedPoint, rounding: Rounding = "neares
     return _FakeQuantize.apply(x, fmt, rounding)
 
 
-def requantize(q: torch.Tensor, frac: int, fmt: FixedPoint, divisor: int = 1) -> torch.Tensor:
+def requantize(
+    q: torch.Tensor, frac: int, fmt: FixedPoint, divisor: int | torch.Tensor = 1
+) -> torch.Tensor:
     """Integers q (int64) at scale 2**-frac, divided by `divisor`, moved to `fmt` with the
     rounding of `quantize` and saturated: the integer path's only rescaling step.
 
@@ -148,9 +150,11 @@ def requantize(q: torch.Tensor, frac: int, fmt: FixedPoint, divisor: int = 1) ->
     if up:  # a left shift must not wrap in int64: anything this large saturates anyway
         up = min(up, 40)
         q = q.clamp(-(1 << (61 - up)), 1 << (61 - up))
-    if fmt.ties == "even" and (down or divisor > 1):
+    # a tensor `divisor`: one a position (a pool whose windows differ in size), broadcast
+    whole = not isinstance(divisor, torch.Tensor) and divisor == 1
+    if fmt.ties == "even" and (down or not whole):
         q = _divide_ties_even(q << up, divisor << down)
-    elif divisor == 1:
+    elif whole:
         q = (q + (1 << (down - 1))) >> down if down else q << up
     else:
         q = torch.div(
@@ -159,7 +163,7 @@ def requantize(q: torch.Tensor, frac: int, fmt: FixedPoint, divisor: int = 1) ->
     return q.clamp(fmt.qmin, fmt.qmax)
 
 
-def _divide_ties_even(numerator: torch.Tensor, denominator: int) -> torch.Tensor:
+def _divide_ties_even(numerator: torch.Tensor, denominator) -> torch.Tensor:
     """numerator / denominator rounded to the nearest integer, a tie to the even one (exact)."""
     floor = torch.div(numerator, denominator, rounding_mode="floor")
     twice = 2 * (numerator - floor * denominator)

@@ -30,6 +30,7 @@ from ..graph import describe
 from .fixed import FixedPoint, from_integers, requantize, to_integers
 from .modules import ActQuant
 from .plan import (
+    NO_DIVISORS,
     constant_value,
     keeps_dims,
     lut_input,
@@ -46,11 +47,17 @@ LUT_BITS = 16  # the widest input an element-wise function's lookup table is ind
 
 @dataclass
 class IntValue:
-    """Integers q at scale 2**-frac, divided by `divisor` (an average pool's pending window)."""
+    """Integers q at scale 2**-frac, divided by `divisor` (an average pool's pending window; a
+    tensor [height, width] where the windows hold different numbers of values)."""
 
     q: torch.Tensor
     frac: int
-    divisor: int = 1
+    divisor: int | torch.Tensor = 1
+
+    @property
+    def whole(self) -> bool:
+        """Whether the integers are the values (nothing left to divide)."""
+        return not isinstance(self.divisor, torch.Tensor) and self.divisor == 1
 
 
 @dataclass
@@ -185,7 +192,7 @@ class IntegerModel(nn.Module):
             if kind == "other" and not isinstance(module, ActQuant):
                 bad.append(f"{node.name} ({describe(node, module)})")
             elif kind == "avg_pool" and self._divisor_after(node) is None:
-                bad.append(f"{node.name} (an average pool whose windows differ in size)")
+                bad.append(f"{node.name} ({NO_DIVISORS})")
             elif kind == "lut" and not 0 < (self._quantizer_before(node) or 0) <= LUT_BITS:
                 bad.append(
                     f"{node.name} ({describe(node, module)} of a value wider than {LUT_BITS} "
@@ -214,11 +221,11 @@ class IntegerModel(nn.Module):
             source = source.args[0]
         return None
 
-    def _divisor_after(self, node: fx.Node) -> int | None:
+    def _divisor_after(self, node: fx.Node) -> int | torch.Tensor | None:
         for user in node.users:
             module = self._by_name.get(user.target) if user.op == "call_module" else None
             if isinstance(module, ActQuant):  # input_frac: the plan knew the window size
-                return module.divisor if module.input_frac is not None else None
+                return module.pool_divisor if module.input_frac is not None else None
             if self._kinds[user] in ("relu", "relu6"):
                 return self._divisor_after(user)
         return None
@@ -245,7 +252,7 @@ class IntegerModel(nn.Module):
 
     def _layer(self, name: str, x: IntValue, overflows) -> IntValue:
         layer = self._layers[name]
-        if not isinstance(x, IntValue) or x.divisor != 1:
+        if not isinstance(x, IntValue) or not x.whole:
             raise UnsupportedLayerError(f"{name} reads a value that is not on a fixed-point grid")
         bound = layer["max_row"] * float(x.q.abs().max()) if x.q.numel() else 0.0
         if bound >= EXACT_LIMIT:
@@ -272,7 +279,7 @@ class IntegerModel(nn.Module):
         return IntValue(self._saturate(name, acc, overflows), frac)
 
     def _add(self, name: str, a: IntValue, b: IntValue, overflows, subtract=False) -> IntValue:
-        if not (isinstance(a, IntValue) and isinstance(b, IntValue)) or a.divisor * b.divisor != 1:
+        if not (isinstance(a, IntValue) and isinstance(b, IntValue) and a.whole and b.whole):
             raise UnsupportedLayerError(f"{name} adds values that are not on fixed-point grids")
         frac = max(a.frac, b.frac)
         other = b.q << (frac - b.frac)
@@ -280,7 +287,7 @@ class IntegerModel(nn.Module):
         return IntValue(self._saturate(name, total, overflows), frac)
 
     def _mul(self, name: str, a: IntValue, b: IntValue, overflows) -> IntValue:
-        if not (isinstance(a, IntValue) and isinstance(b, IntValue)) or a.divisor * b.divisor != 1:
+        if not (isinstance(a, IntValue) and isinstance(b, IntValue) and a.whole and b.whole):
             raise UnsupportedLayerError(
                 f"{name} multiplies values that are not on fixed-point grids"
             )
@@ -297,7 +304,7 @@ class IntegerModel(nn.Module):
 
     @staticmethod
     def _output(value, overflows) -> IntegerOutput:
-        if isinstance(value, IntValue) and value.divisor == 1:
+        if isinstance(value, IntValue) and value.whole:
             logits = torch.ldexp(value.q.double(), torch.tensor(-value.frac))
             return IntegerOutput(logits, value.q, value.frac, overflows)
         return IntegerOutput(_dequantize(value).double(), None, None, overflows)
@@ -334,14 +341,15 @@ def _relu(value, ceiling: int | None):
         return F.relu(value) if ceiling is None else F.relu6(value)
     if ceiling is None:
         return IntValue(value.q.clamp(min=0), value.frac, value.divisor)
-    top = ceiling * value.divisor * 2**value.frac
-    if top != int(top):
+    top = torch.as_tensor(ceiling * value.divisor * 2.0**value.frac, dtype=torch.float64)
+    if not bool((top == top.round()).all()):
         raise UnsupportedLayerError(f"ReLU6 at a scale 2**-{value.frac} where 6 is off the grid")
-    return IntValue(value.q.clamp(0, int(top)), value.frac, value.divisor)
+    q = torch.minimum(value.q.clamp(min=0), top.long().to(value.q.device))
+    return IntValue(q, value.frac, value.divisor)
 
 
-def _pool_sum(node: fx.Node, module, value: IntValue, divisor: int) -> IntValue:
-    if not isinstance(value, IntValue) or value.divisor != 1:
+def _pool_sum(node: fx.Node, module, value: IntValue, divisor) -> IntValue:
+    if not isinstance(value, IntValue) or not value.whole:
         raise UnsupportedLayerError(f"{node.name} pools a value that is not on a fixed-point grid")
     x = value.q.double()
     if mean_dims(node):  # x.mean((2, 3)), x.mean(1): the sum over those dimensions, divided later
@@ -351,8 +359,11 @@ def _pool_sum(node: fx.Node, module, value: IntValue, divisor: int) -> IntValue:
         size = module.output_size if module is not None else node.args[1]
         oh, ow = (size, size) if isinstance(size, int) else size
         oh, ow = oh or x.shape[-2], ow or x.shape[-1]
-        kernel = (x.shape[-2] // oh, x.shape[-1] // ow)
-        sums = F.avg_pool2d(x, kernel, kernel, divisor_override=1)
+        if isinstance(divisor, torch.Tensor):  # windows of different sizes: each its count
+            sums = F.adaptive_avg_pool2d(x, (oh, ow)) * divisor  # exact after rounding
+        else:
+            kernel = (x.shape[-2] // oh, x.shape[-1] // ow)
+            sums = F.avg_pool2d(x, kernel, kernel, divisor_override=1)
     else:
         options = pool_options(node, module)
         sums = F.avg_pool2d(
@@ -374,7 +385,7 @@ def _lookup(node: fx.Node, module, args) -> torch.Tensor:
     rounds it."""
     at = lut_input(node)
     value = args[at]
-    if not isinstance(value, IntValue) or value.divisor != 1:
+    if not isinstance(value, IntValue) or not value.whole:
         raise UnsupportedLayerError(f"{node.name} reads a value that is not on a fixed-point grid")
     x = from_integers(value.q, FixedPoint(32, value.frac))
     return call_node(node, module, [*args[:at], x, *args[at + 1 :]])

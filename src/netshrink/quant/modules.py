@@ -48,7 +48,9 @@ class ActQuant(nn.Module):
     After an average pool (`divisor` n > 1, input on the grid 2**-input_frac) the pool's sum is
     recovered exactly, `round(x * n * 2**input_frac)`, and divided with the integer path's
     rounding (netshrink.quant.fixed.requantize), so that float and integer models agree even
-    when the float division by n is inexact.
+    when the float division by n is inexact. Where the pool's windows hold different numbers of
+    values, `divisors` holds n for each output position ([height, width], broadcast over the
+    batch and channels), made from `pool_input` (netshrink.quant.plan.window_divisors).
     """
 
     simulates_arithmetic = True  # in float: netshrink.measure does not time such a model
@@ -65,6 +67,8 @@ class ActQuant(nn.Module):
         self.fmt = fmt
         self.divisor = divisor
         self.input_frac = input_frac
+        self.pool_input: tuple[int, int] | None = None
+        self.register_buffer("divisors", None, persistent=False)
         self.rounding = rounding
         self.observer: RangeObserver | None = None  # set while calibrating
         self.statistics: RangeObserver | None = None  # what calibration saw, for new bit widths
@@ -75,21 +79,35 @@ class ActQuant(nn.Module):
             return x
         if self.fmt is None:
             raise RuntimeError("this ActQuant has no format yet: calibrate the model first")
-        if self.divisor == 1 or self.input_frac is None or torch.onnx.is_in_onnx_export():
+        if not self.divides or self.input_frac is None or torch.onnx.is_in_onnx_export():
             # (ONNX: the pool's float average rounded directly; equal except at rare ties)
             return fake_quantize(x, self.fmt, self.rounding if self.training else "nearest")
         return _straight_through(x, self._divided(x.detach()), self.fmt)
 
+    @property
+    def divides(self) -> bool:
+        """Whether it divides an average pool's sums (by `divisor`, or by `divisors`)."""
+        return self.divisors is not None or self.divisor > 1
+
+    @property
+    def pool_divisor(self) -> int | torch.Tensor:
+        """What each value is divided by: `divisor`, or `divisors` a position."""
+        return self.divisors if self.divisors is not None else self.divisor
+
     def _divided(self, x: torch.Tensor) -> torch.Tensor:
-        scale = self.divisor * 2.0**self.input_frac
-        sums = torch.round(x.double() * scale).long()
-        q = requantize(sums, self.input_frac, self.fmt, self.divisor)
+        divisor = self.pool_divisor
+        sums = torch.round(x.double() * divisor * 2.0**self.input_frac).long()
+        q = requantize(sums, self.input_frac, self.fmt, divisor)
         return from_integers(q, self.fmt, x.dtype)
 
     def extra_repr(self) -> str:
         text = f"fmt={self.fmt}"
-        if self.divisor > 1:
-            text += f", divisor={self.divisor}, input_frac={self.input_frac}"
+        if self.divisors is not None:
+            text += f", divisors per position for a {self.pool_input} input"
+        elif self.divisor > 1:
+            text += f", divisor={self.divisor}"
+        if self.divides:
+            text += f", input_frac={self.input_frac}"
         return text
 
 

@@ -455,6 +455,14 @@ def _unique(name: str, modules, points) -> str:
     return candidate
 
 
+# Why the integer path and C refuse an average pool whose quantizer does not know what to divide
+# by: a file made before netshrink recorded the input size of a pool with uneven windows.
+NO_DIVISORS = (
+    "an average pool whose windows differ in size, quantized before netshrink recorded their "
+    "divisors: quantize the float model again"
+)
+
+
 def avg_pool_divisor(node: fx.Node, module: nn.Module | None) -> int | None:
     """The constant number of values each output of an average pool averages, or None when
     windows differ in size (padding not counted, ceil mode, uneven adaptive windows). Needs the
@@ -479,6 +487,43 @@ def avg_pool_divisor(node: fx.Node, module: nn.Module | None) -> int | None:
     if (ph or pw) and not options["count_include_pad"]:
         return None
     return kh * kw
+
+
+def uneven_pool_input(node: fx.Node, module: nn.Module | None) -> tuple[int, int] | None:
+    """The height and width an average pool reads where its windows hold different numbers of
+    values (ceil mode's last windows, padding not counted, adaptive windows that do not tile
+    the input), from ShapeProp's `node.meta`: what window_divisors needs. None for a pool whose
+    windows are even, a mean, or a node without shapes."""
+    if mean_dims(node) or avg_pool_divisor(node, module) is not None:
+        return None
+    meta = node.args[0].meta.get("tensor_meta") if isinstance(node.args[0], fx.Node) else None
+    return None if meta is None else tuple(int(d) for d in meta.shape[-2:])
+
+
+def window_divisors(node: fx.Node, module: nn.Module | None, size: tuple[int, int]):
+    """What PyTorch divides each output of an average pool by, for an input of height and width
+    `size`: an int64 tensor [out height, out width]. Adaptive windows run from floor(i * H / OH)
+    to ceil((i + 1) * H / OH); a sliding window's divisor is its count of values (padding
+    counted or not, as the pool says) over what it averages, read off the pool run on ones."""
+    h, w = size
+    if isinstance(module, nn.AdaptiveAvgPool2d) or node.target is F.adaptive_avg_pool2d:
+        out = module.output_size if module is not None else node.args[1]
+        oh, ow = _pair(out)
+        counts = [_adaptive_counts(n, o or n) for n, o in ((h, oh), (w, ow))]
+        return torch.outer(*counts)
+    options = pool_options(node, module)
+    args = (
+        options["kernel_size"], options["stride"] or options["kernel_size"], options["padding"],
+        options["ceil_mode"], options["count_include_pad"],
+    )  # fmt: skip
+    ones = torch.ones(1, 1, h, w, dtype=torch.float64)
+    sums = F.avg_pool2d(ones, *args, divisor_override=1)
+    return (sums / F.avg_pool2d(ones, *args)).round().long()[0, 0]
+
+
+def _adaptive_counts(size: int, out: int) -> torch.Tensor:
+    index = torch.arange(out)
+    return (-(-(index + 1) * size // out)) - index * size // out
 
 
 def pool_options(node: fx.Node, module) -> dict:

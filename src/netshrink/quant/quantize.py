@@ -42,7 +42,14 @@ from ..stage import Stage
 from .calibrate import CalibrationMethod, RangeObserver
 from .fixed import FixedPoint, Rounding, Ties, format_for, frac_for_range
 from .modules import ActQuant, WeightQuant
-from .plan import QuantPlan, avg_pool_divisor, mean_dims, plan_points
+from .plan import (
+    QuantPlan,
+    avg_pool_divisor,
+    mean_dims,
+    plan_points,
+    uneven_pool_input,
+    window_divisors,
+)
 
 Batches = DataSplits | LoaderSplits | torch.Tensor | Iterable[torch.Tensor]
 Bits = Annotated[int, Field(ge=2, le=16)]
@@ -160,6 +167,7 @@ def fixed_point_formats(model: nn.Module) -> FixedPointFormats:
             **_spec(quantizer.fmt).model_dump(),
             divisor=quantizer.divisor,
             input_frac=quantizer.input_frac,
+            pool_input=quantizer.pool_input,
         )
     return recorded.model_copy(
         update={"weights": weights, "biases": biases, "activations": activations}
@@ -266,7 +274,7 @@ def _refresh_dependents(root: nn.Module, formats: FixedPointFormats) -> None:
     plan_inputs = _layer_inputs(root, formats)
     for name, spec in formats.activations.items():
         quantizer = root.get_submodule(name)
-        if quantizer.divisor > 1 and quantizer.input_frac is not None:
+        if quantizer.divides and quantizer.input_frac is not None:
             quantizer.input_frac = root.get_submodule(plan_inputs[name]).fmt.frac
     for name in formats.biases:
         module = root.get_submodule(name)
@@ -287,7 +295,7 @@ def _layer_inputs(root: fx.GraphModule, formats: FixedPointFormats) -> dict[str,
         if node.op != "call_module":
             continue
         module = modules[node.target]
-        if node.target in formats.weights or (isinstance(module, ActQuant) and module.divisor > 1):
+        if node.target in formats.weights or (isinstance(module, ActQuant) and module.divides):
             source = node.args[0]
             if isinstance(module, ActQuant):  # the pool before it, then the pool's input
                 while not _is_pool_node(source, modules):
@@ -390,18 +398,25 @@ def _insert_quantizers(graph_module: fx.GraphModule, plan: QuantPlan) -> None:
     graph_module.recompile()
 
 
-def _divisors(graph_module: fx.GraphModule, plan: QuantPlan) -> dict[str, int | None]:
-    nodes = {node.name: node for node in graph_module.graph.nodes}
-    modules = dict(graph_module.named_modules())
+def _divisors(graph_module: fx.GraphModule, plan: QuantPlan) -> dict[str, tuple]:
+    """For each average pool's quantizer: (the pool's divisor, or None where its windows differ
+    in size; then the height and width it reads, for window_divisors)."""
     divisors = {}
     for point in plan.points:
         if point.kind == "avg_pool":
-            node = nodes[point.after]
-            while node.op == "call_module" and not _is_pool(modules[node.target]):
-                node = node.args[0]  # from a fused ReLU back to the pool
-            pool = modules.get(node.target) if node.op == "call_module" else None
-            divisors[point.name] = avg_pool_divisor(node, pool)
+            node, pool = _pool_before(graph_module, point)
+            divisors[point.name] = (avg_pool_divisor(node, pool), uneven_pool_input(node, pool))
     return divisors
+
+
+def _pool_before(graph_module: fx.GraphModule, point) -> tuple[fx.Node, nn.Module | None]:
+    """The average pool (its node, its module or None) whose values quantization point
+    `point` rounds."""
+    node = next(n for n in graph_module.graph.nodes if n.name == point.after)
+    modules = dict(graph_module.named_modules())
+    while node.op == "call_module" and not _is_pool(modules[node.target]):
+        node = node.args[0]  # from a fused ReLU back to the pool
+    return node, modules.get(node.target) if node.op == "call_module" else None
 
 
 def _is_pool(module: nn.Module) -> bool:
@@ -425,11 +440,13 @@ def _calibrate(graph_module, plan, batches, config, divisors) -> dict[str, Activ
             point.name, config.layer_activations.get(point.source, config.activations)
         )
         fmt = observer.choose(bits, point.signed)
-        divisor = divisors.get(point.name)
+        divisor, pool_input = divisors.get(point.name, (None, None))
+        divides = (divisor or pool_input) and point.reads
         specs[point.name] = ActivationSpec(
             **_spec(fmt).model_dump(),
             divisor=divisor or 1,
-            input_frac=specs[point.reads].frac if divisor and point.reads else None,
+            input_frac=specs[point.reads].frac if divides else None,
+            pool_input=pool_input if divides else None,
         )
     return specs
 
@@ -460,6 +477,12 @@ def _attach(graph_module, plan: QuantPlan, formats: FixedPointFormats, rounding:
         quantizer = graph_module.get_submodule(point.name)
         quantizer.fmt = _format(spec, formats.ties)
         quantizer.divisor, quantizer.input_frac = spec.divisor, spec.input_frac
+        quantizer.pool_input, quantizer.divisors = spec.pool_input, None
+        if spec.pool_input is not None:
+            node, pool = _pool_before(graph_module, point)
+            divisors = window_divisors(node, pool, spec.pool_input)
+            device = next((p.device for p in graph_module.parameters()), divisors.device)
+            quantizer.divisors = divisors.to(device)
         quantizer.rounding = rounding
     for name in plan.layers:
         module = graph_module.get_submodule(name)
