@@ -20,7 +20,7 @@ from torch import nn
 from torch.nn.utils import prune
 
 from common import latency_ratio
-from netshrink.export.onnx import export_onnx, onnx_session
+from netshrink.export.onnx import export_onnx, onnx_logits, onnx_session
 from netshrink.measure import count_macs
 from netshrink.train import FitConfig, evaluate, fit
 from ort_int8 import ort_quantize_static
@@ -63,9 +63,8 @@ def top1(model: nn.Module, data) -> float:
 def onnx_top1(path: Path, data) -> float:
     """Top-1 of the ONNX file at `path` under ONNX Runtime (1 thread), on the test split."""
     session, correct, seen = onnx_session(path, threads=1), 0, 0
-    name = session.get_inputs()[0].name
     for x, y in data.loader("test", TEST_BATCH):
-        logits = session.run(None, {name: x.numpy()})[0]
+        logits = onnx_logits(session, x)  # a batch-1 file runs image by image
         correct += int((logits.argmax(1) == y.numpy()).sum())
         seen += len(y)
     return correct / seen

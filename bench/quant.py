@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import publish  # noqa: E402
 from netshrink.codec import packed_bytes  # noqa: E402
-from netshrink.export.onnx import export_onnx, onnx_session  # noqa: E402
+from netshrink.export.onnx import export_onnx, onnx_logits, onnx_session  # noqa: E402
 from netshrink.measure import dense_bytes  # noqa: E402
 from netshrink.quant import IntegerModel, QuantConfig, fixed_point_formats, quantize  # noqa: E402
 from netshrink.quant.qat import QatConfig, train_quantized  # noqa: E402
@@ -126,7 +126,7 @@ def ort_row(name: str, model, data, fp32: float, netshrink_top1: float) -> dict:
         session = onnx_session(int8_path, threads=2)
         correct = seen = 0
         for x, y in data.loader("test", 500):
-            logits = session.run(None, {"input": x.numpy()})[0]
+            logits = onnx_logits(session, x)  # a batch-1 file runs image by image
             correct += int((logits.argmax(1) == y.numpy()).sum())
             seen += len(y)
         size = int8_path.stat().st_size
