@@ -12,6 +12,7 @@ from helpers import (
     UNEVEN_POOLS,
     Attention,
     Branchy,
+    Copies,
     Fixup,
     Gates,
     MeanHead,
@@ -262,6 +263,15 @@ def test_average_pools_with_uneven_windows_are_bit_exact(case, tmp_path):
     model, side = uneven_pool_net(case)
     images = torch.randn(16, 3, side, side)
     _check_bit_exact(quantize(model, images), images, tmp_path, (3, side, side))
+
+
+def test_copies_and_clamps_are_bit_exact(tmp_path):
+    """Padding, nearest upsampling, pixel shuffles, a flip (gathered through a table of
+    sources) and clamps (lookup tables)."""
+    require_gcc()
+    torch.manual_seed(0)
+    images = torch.randn(16, 3, 12, 12)
+    _check_bit_exact(quantize(Copies().eval(), images), images, tmp_path, (3, 12, 12))
 
 
 def test_constants_and_differences_are_bit_exact(tmp_path):

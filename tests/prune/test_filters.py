@@ -10,6 +10,7 @@ from pydantic import ValidationError
 from torch import nn
 from torch.nn.utils import parametrize
 
+from helpers import Copies
 from netshrink.edits import structural_edits
 from netshrink.errors import ConfigError, UnsupportedLayerError
 from netshrink.measure import count_macs, count_parameters
@@ -59,6 +60,8 @@ CASES = {
     "lenet5": (lenet5, MNIST, {"amount": 0.3, "include_linear": True}),
     "lenet5_caffe": (lenet5_caffe, MNIST, {"amount": 0.5}),
     "lenet300_100": (lenet300_100, MNIST, {"amount": 0.3}),  # no conv: its neurons, by default
+    # clamps, pads, nearest upsampling pass channels; the pixel shuffle locks conv's
+    "copies": (Copies, (3, 12, 12), {"amount": 0.5}),
 }
 
 

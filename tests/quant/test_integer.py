@@ -14,6 +14,7 @@ from torch import nn
 from helpers import (
     UNEVEN_POOLS,
     Attention,
+    Copies,
     Fixup,
     Gates,
     MeanHead,
@@ -274,6 +275,11 @@ def test_constants_and_differences_run_on_integers_exactly():
     qmodel = quantize(Fixup().eval(), _images())
     assert "bias1a_quant" in dict(qmodel.named_modules())  # a constant on a grid of its own
     _assert_identical(qmodel, _images())
+
+
+def test_copies_and_clamps_run_on_integers_exactly():
+    torch.manual_seed(0)
+    _assert_identical(quantize(Copies().eval(), _images()), _images())
 
 
 def test_zero_padding_runs_on_integers_exactly():

@@ -24,6 +24,7 @@ from ..quant.modules import ActQuant
 from ..quant.plan import (
     NO_DIVISORS,
     constant_value,
+    gathers,
     keeps_dims,
     lut_input,
     mean_dims,
@@ -140,7 +141,7 @@ class Builder:
             return self._reduce(node, self._stored(args[0], node), *reduction(node))
         if kind == "pass" and zero_pad(node):
             return self._pad(node, self._stored(args[0], node))
-        if kind == "pass" and reorders(node):
+        if kind == "pass" and (reorders(node) or gathers(node, module)):
             return self._reorder(node, module, args)
         if kind == "pass" and (type(module) in _MAX_POOLS or node.target in _MAX_POOLS):
             return self._max_pool(node, module, self._stored(args[0], node))
@@ -211,18 +212,22 @@ class Builder:
         return Stored(x.buf, shape, x.frac, x.lo, x.hi, x.divisor)
 
     def _reorder(self, node: fx.Node, module, args):
-        """transpose / permute / a slice / chunk / split: a copy that gathers each output value
-        from where the view would read it. The view is worked out by running the op on a tensor
-        of flat indices: its storage offset and strides are the gather's (any strided view)."""
+        """transpose / permute / a slice / chunk / split, and ops that copy values (`gathers`:
+        nearest upsampling, pixel shuffle, reflection padding, ...): a copy that gathers each
+        output value from where the op takes it. Worked out by running the op on a tensor of
+        the flat indices + 1: a view of it gives the gather's storage offset and strides (any
+        strided view); a copy holds each output's source index + 1 (0: a zero of padding),
+        which the C code reads from a table."""
         if isinstance(args[0], (tuple, list)):  # a part of a chunk / split: picked, not copied
             return args[0][args[1]]
         x = self._stored(args[0], node)
-        probe = torch.arange(math.prod(x.shape)).reshape(x.shape)
+        # float64: interpolate takes no integers; exact below 2**53
+        probe = torch.arange(1, math.prod(x.shape) + 1, dtype=torch.float64).reshape(x.shape)
         others = [torch.empty(a.shape) if isinstance(a, Stored | Pending) else a for a in args[1:]]
         view = call_node(node, module, [probe, *others])  # expand_as(x): x's shape
         if isinstance(view, (tuple, list)):
-            return tuple(self.program.store(self._gather(node, x, v), None) for v in view)
-        return self._gather(node, x, view)
+            return tuple(self.program.store(self._gather(node, x, v, probe), None) for v in view)
+        return self._gather(node, x, view, probe)
 
     def _reduce(self, node: fx.Node, x: Stored, op: str, dims, keepdim: bool):
         """A sum (a mean's, divided where it is requantized), max or min over `dims` of `x`
@@ -298,9 +303,16 @@ class Builder:
             node.name, shape, x.frac, x.divisor, lo, hi, None, body, args, len(node.users)
         )
 
-    def _gather(self, node: fx.Node, x: Stored, view) -> Pending:
-        shape = tuple(view.shape)
-        expr = f"x[{strided_index(shape, view.stride(), view.storage_offset())}]"
+    def _gather(self, node: fx.Node, x: Stored, view, probe: torch.Tensor) -> Pending:
+        shape, lo, hi = tuple(view.shape), x.lo, x.hi
+        if view.untyped_storage().data_ptr() == probe.untyped_storage().data_ptr():
+            expr = f"x[{strided_index(shape, view.stride(), view.storage_offset())}]"
+        else:  # a copy: each output's source, from a table (0: zero padding)
+            sources = view.flatten().long().tolist()
+            table = self.program.table(node.name, sources, prefix="gather")
+            expr = f"x[{table}[i] - 1]"
+            if 0 in sources:
+                expr, lo, hi = f"({table}[i] ? {expr} : 0)", min(lo, 0), max(hi, 0)
         count = math.prod(shape)
 
         def body(epilogue, out):
@@ -308,7 +320,7 @@ class Builder:
 
         args = [("x", x.buf, True)]
         return Pending(
-            node.name, shape, x.frac, x.divisor, x.lo, x.hi, None, body, args, len(node.users)
+            node.name, shape, x.frac, x.divisor, lo, hi, None, body, args, len(node.users)
         )
 
     def _add(self, node: fx.Node, a: Stored, b: Stored, subtract: bool = False) -> Pending:

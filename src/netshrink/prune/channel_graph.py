@@ -47,6 +47,11 @@ _PASS_MODULES = (
     nn.AvgPool2d,
     nn.AdaptiveAvgPool2d,
     nn.AdaptiveMaxPool2d,
+    nn.Upsample,
+    nn.ZeroPad2d,  # 2d pads pad the height and width only
+    nn.ConstantPad2d,
+    nn.ReflectionPad2d,
+    nn.ReplicationPad2d,
 )
 _PASS_OPS = {
     F.relu,
@@ -75,6 +80,12 @@ _PASS_OPS = {
     "tanh",
     "contiguous",
     "clone",
+    torch.clamp,
+    torch.clip,
+    "clamp",
+    "clamp_",
+    "clip",
+    F.interpolate,
 }
 # Elementwise between two tensors of one space (residual adds, gates): the spaces merge.
 _BINARY_OPS = {
@@ -184,6 +195,12 @@ def _literal_features(node: fx.Node) -> int | None:
     if len(shape) != 2:  # only (N, features) flattens a conv's channels into features
         return None
     return shape[1] if isinstance(shape[1], int) and shape[1] != -1 else None
+
+
+def _spatial_pad(node: fx.Node) -> bool:
+    """Whether an F.pad call pads the last two dimensions only (a 4-D map's height and width)."""
+    pad = node.args[1] if len(node.args) > 1 else node.kwargs.get("pad")
+    return isinstance(pad, (list, tuple)) and len(pad) <= 4 and len(_shape(node) or ()) == 4
 
 
 def _channel_free_constant(arg, out: tuple[int, ...] | None) -> bool:
@@ -302,7 +319,7 @@ class _Builder:
             return self._flatten(node, label)
         if target in _MEAN_OPS:
             return self._mean(node, label)
-        if target in _PASS_OPS:
+        if target in _PASS_OPS or (target is F.pad and _spatial_pad(node)):
             return self._pass(node, label)
         return self._unknown(node, label)
 

@@ -89,6 +89,10 @@ _LUT = {
     nn.Threshold, F.threshold, torch.abs, "abs", "sigmoid_", "tanh_",
     nn.PReLU, F.prelu,  # per-channel slopes: a table per channel in C
 }  # fmt: skip
+# Clamps between numbers (`x.clamp(min=0)`, `torch.clamp(x, 0, 6)`: ReLU and ReLU6 written out)
+# are lookup tables too; a clamp to another tensor is not an element-wise function of one.
+_CLAMP = {torch.clamp, "clamp", "clamp_", torch.clip, "clip", "clip_"}
+_LUT |= _CLAMP
 # Arithmetic with a number (GhostNet's functional hard sigmoid `relu6(x + 3.0) / 6.0`, a scaled
 # branch `0.5 * y`): an element-wise function of one tensor like those above, a lookup table.
 _ARITHMETIC = {
@@ -184,8 +188,12 @@ def node_kind(node: fx.Node, modules: dict[str, nn.Module], float_layers=()) -> 
         return "meta"  # c // groups of a channel shuffle: arithmetic on shapes, no tensor
     if key in _ARITHMETIC and _with_a_number(node):
         return "lut"
-    if zero_pad(node):
-        return "pass"  # option-A ResNet shortcuts: zero is on every grid
+    if key in _CLAMP and any(
+        isinstance(a, fx.Node) for a in (*node.args[1:], *node.kwargs.values())
+    ):
+        return "other"  # bounds that are tensors
+    if zero_pad(node) or gathers(node, modules.get(node.target)):
+        return "pass"  # option-A ResNet shortcuts (zero is on every grid); copies of values
     for kind, members in (
         ("relu", _RELU),
         ("relu6", _RELU6),
@@ -233,6 +241,39 @@ def zero_pad(node: fx.Node) -> bool:
     mode = node.kwargs.get("mode", node.args[2] if len(node.args) > 2 else "constant")
     value = node.kwargs.get("value", node.args[3] if len(node.args) > 3 else None)
     return mode == "constant" and not value
+
+
+# Ops that copy values to new places and make none (pixel shuffles, flips, rolls, tiles,
+# reflection and replication padding): the values stay on their grid. See `gathers`.
+_GATHER = {
+    F.pixel_shuffle, F.pixel_unshuffle, nn.PixelShuffle, nn.PixelUnshuffle, torch.flip, "flip",
+    torch.roll, "roll", "view_as", "reshape_as", "repeat", torch.tile, "tile",
+    torch.repeat_interleave, "repeat_interleave", nn.ReflectionPad2d, nn.ReplicationPad2d,
+    nn.CircularPad2d, nn.ZeroPad2d,
+}  # fmt: skip
+_NEAREST = ("nearest", "nearest-exact")
+
+
+def gathers(node: fx.Node, module: nn.Module | None = None) -> bool:
+    """Whether `node` only copies input values to new places (`_GATHER`, nearest-neighbour
+    upsampling, F.pad other than with a non-zero constant, ConstantPad2d(.., 0)): values and
+    grid kept; the C export copies them through a table of where each one comes from."""
+    if node.op == "call_module":
+        if isinstance(module, nn.Upsample):
+            return module.mode in _NEAREST
+        if isinstance(module, nn.ConstantPad2d):
+            return module.value == 0
+        return type(module) in _GATHER
+    if node.op not in ("call_function", "call_method"):
+        return False
+    if node.target is F.interpolate:
+        return node.kwargs.get("mode", node.args[3] if len(node.args) > 3 else "nearest") in (
+            _NEAREST
+        )
+    if node.target is F.pad:
+        mode = node.kwargs.get("mode", node.args[2] if len(node.args) > 2 else "constant")
+        return mode != "constant"
+    return node.target in _GATHER
 
 
 def lut_input(node: fx.Node) -> int:
