@@ -196,7 +196,7 @@ class Copies(nn.Module):
     """Ops that copy values and make none, and clamps between numbers, as other code writes
     them: ReLU / ReLU6 / hardtanh as clamps, nn.ZeroPad2d, replication and reflection padding,
     nearest upsampling (F.interpolate and nn.Upsample), a pixel shuffle and unshuffle, a flip
-    of the width, view_as."""
+    of the width, view_as, and a conv that pads by reflection (padding_mode)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -204,6 +204,7 @@ class Copies(nn.Module):
         self.pad = nn.ZeroPad2d((1, 1, 0, 2))
         self.conv = nn.Conv2d(8, 8, 3)
         self.up = nn.Upsample(scale_factor=2, mode="nearest")
+        self.mix = nn.Conv2d(8, 8, 3, padding=1, padding_mode="reflect")
         self.fc = nn.Linear(8, 10)
 
     def forward(self, x):
@@ -212,7 +213,7 @@ class Copies(nn.Module):
         x = F.pad(x, (1, 1, 1, 1), mode="replicate") + F.pad(x, (1, 1, 1, 1), mode="reflect")
         x = self.up(F.max_pool2d(x, 2)) + F.interpolate(x, scale_factor=1, mode="nearest")
         x = F.pixel_unshuffle(F.pixel_shuffle(x, 2), 2) + x.flip(3).view_as(x)
-        return self.fc(x.clamp(-1, 1).mean((2, 3)))
+        return self.fc(self.mix(x.clamp(-1, 1)).mean((2, 3)))
 
 
 # Average pools whose windows hold different numbers of values, each with an input side it

@@ -9,6 +9,7 @@ netshrink.export.c_program.Program."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import replace
 
@@ -19,7 +20,7 @@ from torch import fx, nn
 from ..errors import UnsupportedLayerError
 from ..graph import describe
 from ..quant.fixed import to_integers
-from ..quant.integer import LUT_BITS, call_node
+from ..quant.integer import LUT_BITS, call_node, unzero_padded
 from ..quant.modules import ActQuant
 from ..quant.plan import (
     NO_DIVISORS,
@@ -460,6 +461,10 @@ class Builder:
             raise UnsupportedLayerError(
                 f"{node.name} reads a value that is not on a fixed-point grid"
             )
+        if isinstance(module, nn.Conv2d) and module.padding_mode != "zeros":
+            padded = self._unzero_padded(node, module, x)
+            with _without_padding(module):
+                return self._layer(node, module, padded)
         w = self.program.layer_weights(node.target, module)
         frac = w.frac + x.frac
         shift = 0
@@ -483,6 +488,13 @@ class Builder:
             body = linear_body(module, w, acc, bias_expr, x)
         saturate = self._saturation()
         return Pending(node.name, out_shape, frac, 1, lo, hi, saturate, body, args, len(node.users))
+
+    def _unzero_padded(self, node: fx.Node, conv: nn.Conv2d, x: Stored) -> Stored:
+        """A conv's reflection / replication / circular padding as a copy of its input (a
+        gather, as F.pad with that mode), stored for the conv to read without padding."""
+        probe = torch.arange(1, math.prod(x.shape) + 1, dtype=torch.float64).reshape(x.shape)
+        view = unzero_padded(conv, probe)
+        return self.program.store(self._gather(node, x, view, probe), None)
 
     def _divisor_after(self, node: fx.Node) -> int | torch.Tensor | None:
         for user in node.users:  # the quantizer that divides, as IntegerModel finds it
@@ -578,3 +590,15 @@ def _arg(arg, values):
     if isinstance(arg, (list, tuple)):
         return type(arg)(_arg(a, values) for a in arg)
     return arg
+
+
+@contextlib.contextmanager
+def _without_padding(conv: nn.Conv2d):
+    """While open, `conv` reads an input that is already padded (its padding and mode set
+    aside: a parametrized module cannot be copied); the loop nest is written meanwhile."""
+    saved = conv.padding, conv.padding_mode
+    conv.padding, conv.padding_mode = (0, 0), "zeros"
+    try:
+        yield conv
+    finally:
+        conv.padding, conv.padding_mode = saved

@@ -134,8 +134,6 @@ class Program:
     def layer_weights(self, name: str, module: nn.Module) -> Weights:
         if name in self.weights:
             return self.weights[name]
-        if isinstance(module, nn.Conv2d) and module.padding_mode != "zeros":
-            raise UnsupportedLayerError(f"{name}: padding_mode {module.padding_mode!r}")
         spec = self.formats.weights[name]
         fmt = FixedPoint(spec.bits, spec.frac, spec.signed)
         ints = to_integers(module.weight.detach().double(), fmt).long().numpy()

@@ -239,8 +239,6 @@ class IntegerModel(nn.Module):
             bias = to_integers(module.bias.detach().double(), _fmt(bias_spec)).long()
         elif module.bias is not None:
             raise UnsupportedLayerError(f"{name} has a bias without a fixed-point format")
-        if isinstance(module, nn.Conv2d) and module.padding_mode != "zeros":
-            raise UnsupportedLayerError(f"{name}: padding_mode {module.padding_mode!r}")
         return {
             "module": module,
             "weight": weight,
@@ -261,15 +259,13 @@ class IntegerModel(nn.Module):
             )
         module, frac = layer["module"], layer["weight_frac"] + x.frac
         if isinstance(module, nn.Conv2d):
+            inputs, padding = x.q.double(), module.padding
+            if module.padding_mode != "zeros":  # reflect / replicate / circular: copies first
+                inputs, padding = unzero_padded(module, inputs), 0
             acc = F.conv2d(
-                x.q.double(),
-                layer["weight"],
-                None,
-                module.stride,
-                module.padding,
-                module.dilation,
+                inputs, layer["weight"], None, module.stride, padding, module.dilation,
                 module.groups,
-            )
+            )  # fmt: skip
         else:
             acc = F.linear(x.q.double(), layer["weight"])
         acc = acc.long()
@@ -346,6 +342,12 @@ def _relu(value, ceiling: int | None):
         raise UnsupportedLayerError(f"ReLU6 at a scale 2**-{value.frac} where 6 is off the grid")
     q = torch.minimum(value.q.clamp(min=0), top.long().to(value.q.device))
     return IntValue(q, value.frac, value.divisor)
+
+
+def unzero_padded(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """`x` padded as a Conv2d with padding_mode reflect / replicate / circular pads it (torch's
+    own padding then, `_reversed_padding_repeated_twice`); the conv itself then pads nothing."""
+    return F.pad(x, conv._reversed_padding_repeated_twice, mode=conv.padding_mode)
 
 
 def _pool_sum(node: fx.Node, module, value: IntValue, divisor) -> IntValue:
