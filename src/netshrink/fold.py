@@ -26,16 +26,17 @@ from .mask import Mask
 from .stage import Stage
 
 
-def fold_batchnorm(model: nn.Module) -> nn.Module:
+def fold_batchnorm(model: nn.Module, input_shape: tuple[int, ...] | None = None) -> nn.Module:
     """Fold every BatchNorm that directly and solely follows a Conv2d or Linear into it, in place
     (the model keeps its class and module names); returns `model`. BatchNorms elsewhere (before
-    a convolution, after an addition) are left alone.
+    a convolution, after an addition) are left alone. `input_shape` (one input, no batch), where
+    known, is what a forward that reads sizes is traced with (netshrink.graph.trace).
 
     Example:
         >>> model = fold_batchnorm(vgg_small().eval())  # every conv + bn pair becomes one conv
     """
     root = unwrap(model)
-    pairs = foldable_pairs(root)
+    pairs = foldable_pairs(root, input_shape)
     for conv, bn in pairs:  # every pair checked before any changes: all or nothing
         try:
             check_foldable(root.get_submodule(conv), root.get_submodule(bn))
@@ -47,9 +48,9 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
     return model
 
 
-def foldable_pairs(model: nn.Module) -> list[tuple[str, str]]:
+def foldable_pairs(model: nn.Module, input_shape=None) -> list[tuple[str, str]]:
     """(conv, bn) names where the BatchNorm's only input is the layer's output, used nowhere else."""
-    graph_module = trace(model, purpose="batch-norm folding")
+    graph_module = trace(model, "batch-norm folding", input_shape)
     modules = dict(graph_module.named_modules())
     pairs = []
     for node in graph_module.graph.nodes:

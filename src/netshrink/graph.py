@@ -168,10 +168,14 @@ class _SizeTracer(_Tracer):
         raise _SizeError("the forward takes more than one input, and one example input was made")
 
 
-def trace(model: nn.Module, purpose: str) -> fx.GraphModule:
+def trace(
+    model: nn.Module, purpose: str, input_shape: tuple[int, ...] | None = None
+) -> fx.GraphModule:
     """`torch.fx.symbolic_trace`, with an UnsupportedLayerError that names the failing module
     and what needed the trace (`purpose`, e.g. "filter pruning"). A forward that makes Python
-    numbers from tensor sizes is traced with them as constants (see the module docstring).
+    numbers from tensor sizes is traced with them as constants (see the module docstring), read
+    off example inputs of `input_shape` (one input, no batch dimension) where the caller knows
+    it, else of a shape guessed from the first layer.
 
     The model is traced in eval mode (its modes restored after): what a forward reads from
     `self.training` (F.dropout(x, training=self.training), stochastic depth) becomes a constant
@@ -180,13 +184,13 @@ def trace(model: nn.Module, purpose: str) -> fx.GraphModule:
     modes = {module: module.training for module in model.modules()}
     model.eval()
     try:
-        return _trace(model, purpose)
+        return _trace(model, purpose, input_shape)
     finally:
         for module, training in modes.items():
             module.training = training
 
 
-def _trace(model: nn.Module, purpose: str) -> fx.GraphModule:
+def _trace(model: nn.Module, purpose: str, input_shape) -> fx.GraphModule:
     tracer = _Tracer()
     try:
         graph = tracer.trace(model)
@@ -194,7 +198,7 @@ def _trace(model: nn.Module, purpose: str) -> fx.GraphModule:
         plain = exc
     else:
         return fx.GraphModule(tracer.root, graph)
-    examples = _examples(model, tracer.first_reader)
+    examples = _examples(model, tracer.first_reader, input_shape)
     if examples is None:
         raise _untraceable(model, purpose, tracer, plain) from None
     sized = _SizeTracer(examples)
@@ -239,13 +243,14 @@ def _reads_input(args) -> bool:
     return any(isinstance(a, fx.Proxy) and a.node.op == "placeholder" for a in args)
 
 
-def _examples(model: nn.Module, first_reader: nn.Module | None) -> list[torch.Tensor] | None:
+def _examples(model: nn.Module, first_reader, input_shape) -> list[torch.Tensor] | None:
     """Two batches that the model runs on, of 2 and 3 inputs, of two different image sizes
-    where the model takes two; None when no input shape that it takes was found."""
+    where the model takes two; None when no input shape that it takes was found. The first
+    shape tried is `input_shape` where given, then shapes the first layer reads."""
     layer = first_reader or next(
         (m for m in model.modules() if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Linear))), None
     )
-    shapes = _input_shapes(layer)
+    shapes = ([tuple(input_shape)] if input_shape else []) + _input_shapes(layer)
     first = next((s for s in shapes if _runs(model, s)), None)
     if first is None:
         return None

@@ -15,6 +15,7 @@ from netshrink.codec import pack, unpack
 from netshrink.errors import UnsupportedLayerError
 from netshrink.fold import fold_batchnorm
 from netshrink.graph import trace
+from netshrink.prune.channel_graph import analyze_channels
 from netshrink.quant import IntegerModel, fixed_point_formats, quantize
 
 
@@ -195,6 +196,32 @@ def test_a_forward_with_numbers_from_sizes_quantizes_and_rebuilds(make, tmp_path
         assert torch.equal(_through_a_file(qmodel, make, tmp_path)(x), fake)
     assert out.overflows == {} and torch.equal(out.logits, fake.double())
     assert torch.corrcoef(torch.stack([fake.flatten(), floats.flatten()]))[0, 1] > 0.95
+
+
+class OddSplit(SplitHalves):
+    """SplitHalves with a head for one image size only, 20 x 44 (a flatten to a fixed Linear),
+    which no side that tracing guesses from the first layer fits."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(8 * 20 * 44, 10)
+
+    def forward(self, x):
+        x = F.relu(self.bn(self.conv(x)))
+        c = int(x.size(1) * 0.5)
+        return self.fc(torch.cat([x[:, :c], F.relu(x[:, c:])], 1).flatten(1))
+
+
+def test_the_methods_trace_a_forward_that_reads_sizes_on_the_callers_input_shape():
+    model = _model(OddSplit)
+    with pytest.raises(UnsupportedLayerError, match="no example input"):
+        trace(model, "a test")  # no shape to read the numbers off
+    x = torch.randn(8, 3, 20, 44, generator=torch.Generator().manual_seed(1))
+    qmodel = quantize(model, x)  # folds and traces on the calibration images' shape
+    with torch.no_grad():
+        assert torch.equal(IntegerModel(qmodel).run(x).logits, qmodel(x).double())
+    space = analyze_channels(model, (3, 20, 44)).space_of("conv")
+    assert space.locked_by  # the slice at a number read off the size keeps the channels
 
 
 class PerImage(nn.Module):

@@ -155,7 +155,7 @@ def analyze_channels(model: nn.Module, input_shape: tuple[int, ...]) -> ChannelG
         >>> analyze_channels(resnet20(), (3, 32, 32)).space_of("conv1").producers[:2]
         ['conv1', 'layer1.0.conv2']
     """
-    graph_module = trace(model, purpose="filter pruning")
+    graph_module = trace(model, "filter pruning", input_shape)
     _propagate_shapes(model, graph_module, input_shape)
     builder = _Builder(dict(graph_module.named_modules()))
     for node in graph_module.graph.nodes:

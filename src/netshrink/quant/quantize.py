@@ -100,11 +100,12 @@ def quantize(
     root = unwrap(model)
     if is_quantized(root):
         raise ConfigError("the model is already fixed point; quantize its float original")
-    root = batchnorms_as_convs(_folded(copy_model(root).eval()))
-    device = model_device(root)
     batches = calibration_batches(calibration, config.calibration_images)
     first = next(batches)
-    graph_module = _traced(root)
+    shape = tuple(first.shape[1:])  # what a forward that reads sizes is traced with
+    root = batchnorms_as_convs(_folded(copy_model(root).eval(), shape))
+    device = model_device(root)
+    graph_module = _traced(root, input_shape=shape)
     ShapeProp(graph_module).propagate(first[:1].to(device))
     plan = plan_points(graph_module, config.float_layers)
     _check_overrides(plan, config)
@@ -346,17 +347,17 @@ def calibration_batches(
         raise ConfigError("calibration needs at least one image; the calibration data is empty")
 
 
-def _folded(root: nn.Module) -> nn.Module:
+def _folded(root: nn.Module, input_shape=None) -> nn.Module:
     try:
-        return fold_batchnorm(root)
+        return fold_batchnorm(root, input_shape)
     except UnsupportedLayerError as exc:  # name the method the user called
         raise UnsupportedLayerError(
             f"fixed-point quantization folds batch norm first: {exc}"
         ) from None
 
 
-def _traced(root: nn.Module, keep_edits: bool = True) -> fx.GraphModule:
-    graph_module = trace(root, purpose="fixed-point quantization")
+def _traced(root: nn.Module, keep_edits: bool = True, input_shape=None) -> fx.GraphModule:
+    graph_module = trace(root, "fixed-point quantization", input_shape)
     _drop_identities(graph_module)
     graph_module.train(root.training)
     if keep_edits:
