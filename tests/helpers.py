@@ -129,8 +129,8 @@ class OptionA(nn.Module):
 
 class Attention(nn.Module):
     """CBAM's gates (Woo et al. 2018): the max (`torch.max(x, 1)[0]`) and mean over the channels,
-    concatenated, a conv and a sigmoid weighting the maps; then a per-map max (`amax`) and a
-    channel mean added back, broadcast."""
+    concatenated, a conv and a sigmoid weighting the maps; then a per-map max (`amax`), a
+    channel mean and a sum over the width added back, broadcast."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -142,7 +142,7 @@ class Attention(nn.Module):
         x = F.relu(self.stem(x))
         pooled = torch.cat([torch.max(x, 1)[0].unsqueeze(1), torch.mean(x, 1).unsqueeze(1)], 1)
         x = x * torch.sigmoid(self.gate(pooled))
-        x = x + x.amax((2, 3), keepdim=True) + x.mean(1, keepdim=True)
+        x = x + x.amax((2, 3), keepdim=True) + x.mean(1, keepdim=True) + x.sum(3, keepdim=True)
         return self.fc(x.mean((2, 3)))
 
 

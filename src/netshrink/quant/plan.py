@@ -102,7 +102,9 @@ _ARITHMETIC = {
 }  # fmt: skip
 _AVG_POOL = {nn.AvgPool2d, nn.AdaptiveAvgPool2d, F.avg_pool2d, F.adaptive_avg_pool2d}
 _CAT = {torch.cat, torch.concat}
-_MEAN = {torch.mean, "mean"}
+# A sum over dimensions is a mean that divides by 1: the same reduction on integers.
+_SUM = {torch.sum, "sum"}
+_MEAN = {torch.mean, "mean"} | _SUM
 # Reductions that keep values on their grid: a max or min over dimensions (with a dim, torch.max
 # gives (values, indices), whose values part the model picks).
 _REDUCE = {torch.max, torch.min, "max", "min", torch.amax, torch.amin, "amax", "amin"}
@@ -300,9 +302,10 @@ def spatial_mean(node: fx.Node) -> bool:
 
 
 def mean_dims(node: fx.Node) -> tuple[int, ...] | None:
-    """The dimensions a mean reduces (`x.mean((2, 3))`, CBAM's `torch.mean(x, 1)` over the
-    channels), when they are given and leave the batch; None for any other node. An average of
-    values on one grid: a sum on integers, divided by the values' count where it is requantized."""
+    """The dimensions a mean (or a sum) reduces (`x.mean((2, 3))`, CBAM's `torch.mean(x, 1)` over
+    the channels, `x.sum(1)`), when they are given and leave the batch; None for any other node.
+    An average of values on one grid: a sum on integers, divided by the values' count (a sum's:
+    1) where it is requantized."""
     return _reduced_dims(node, _MEAN)
 
 
@@ -513,7 +516,7 @@ def avg_pool_divisor(node: fx.Node, module: nn.Module | None) -> int | None:
     if in_meta is None or out_meta is None:
         return None
     if dims := mean_dims(node):
-        return math.prod(int(in_meta.shape[d]) for d in dims)
+        return 1 if node.target in _SUM else math.prod(int(in_meta.shape[d]) for d in dims)
     (h, w), (oh, ow) = tuple(in_meta.shape[-2:]), tuple(out_meta.shape[-2:])
     if isinstance(module, nn.AdaptiveAvgPool2d) or node.target is F.adaptive_avg_pool2d:
         return (h // oh) * (w // ow) if h % oh == 0 and w % ow == 0 else None
