@@ -723,6 +723,50 @@ class FixupResNet(nn.Module):
         return self.fc(F.adaptive_avg_pool2d(x, 1).flatten(1) + self.bias2)
 
 
+class PadSame(nn.Module):
+    """TensorFlow's 'SAME' padding as TF-ported code writes it (timm's pad_same): computed from
+    the input's size in the forward, the extra row and column at the end, F.pad before a conv."""
+
+    def __init__(self, kernel: int, stride: int) -> None:
+        super().__init__()
+        self.kernel, self.stride = kernel, stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ih, iw = x.size()[-2:]
+        pad_h = max((-(-ih // self.stride) - 1) * self.stride + self.kernel - ih, 0)
+        pad_w = max((-(-iw // self.stride) - 1) * self.stride + self.kernel - iw, 0)
+        return F.pad(x, [pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2])
+
+
+def conv_same(cin: int, cout: int, kernel: int, stride: int = 1) -> nn.Sequential:
+    return nn.Sequential(PadSame(kernel, stride), nn.Conv2d(cin, cout, kernel, stride))
+
+
+class TFPorted(nn.Module):
+    """A network as ported from TensorFlow / Keras: 'SAME' convolutions (asymmetric F.pad),
+    ReLU6 written torch.clamp(x, 0, 6), an average pool that does not count its padding (TF's
+    'SAME' pooling), nearest upsampling of a coarse branch added back, a reflection-padded
+    conv, and an AdaptiveAvgPool2d((3, 3)) head on an 8 x 8 map (windows of 3 and 4 rows)."""
+
+    def __init__(self, num_classes: int, in_channels: int) -> None:
+        super().__init__()
+        self.stem = conv_same(in_channels, 16, 3, stride=2)
+        self.down = conv_same(16, 32, 3, stride=2)
+        self.pool = nn.AvgPool2d(3, 1, 1, count_include_pad=False)
+        self.coarse = nn.Conv2d(32, 32, 1)
+        self.smooth = nn.Conv2d(32, 32, 3, padding=1, padding_mode="reflect")
+        self.last = conv_same(32, 32, 3)
+        self.head = nn.AdaptiveAvgPool2d((3, 3))
+        self.fc = nn.Linear(32 * 9, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.clamp(self.stem(x), 0, 6)
+        x = self.pool(torch.clamp(self.down(x), 0, 6))
+        coarse = F.interpolate(self.coarse(F.max_pool2d(x, 2)), scale_factor=2, mode="nearest")
+        x = self.smooth(x + coarse).clamp(min=0)
+        return self.fc(torch.flatten(self.head(torch.clamp(self.last(x), 0, 6)), 1))
+
+
 def se_resnet(*, num_classes: int = 10, in_channels: int = 3, input_size: int = 32) -> nn.Module:
     """Basic ResNet blocks with squeeze-and-excitation (x * sigmoid(fc(pool(x))))."""
     return SENet(num_classes, in_channels)
@@ -806,6 +850,11 @@ def fixup_resnet(*, num_classes: int = 10, in_channels: int = 3, input_size: int
     return FixupResNet(num_classes, in_channels)
 
 
+def tf_ported(*, num_classes: int = 10, in_channels: int = 3, input_size: int = 32) -> nn.Module:
+    """Ported from TensorFlow: 'SAME' F.pad, clamp ReLU6, uncounted-padding and adaptive pools."""
+    return TFPorted(num_classes, in_channels)
+
+
 STYLES = {
     "se_resnet": se_resnet,
     "shufflenet": shufflenet,
@@ -822,4 +871,5 @@ STYLES = {
     "mixnet": mixnet,
     "hard_acts": hard_acts,
     "fixup_resnet": fixup_resnet,
+    "tf_ported": tf_ported,
 }

@@ -216,6 +216,22 @@ class Copies(nn.Module):
         return self.fc(self.mix(x.clamp(-1, 1)).mean((2, 3)))
 
 
+class SamePad(nn.Module):
+    """TensorFlow's 'SAME' padding as TF-ported code computes it in the forward from the
+    input's size (ceil division written -(-h // s), max(..., 0)), then a strided conv."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, stride=2)
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x):
+        h, w = x.size()[-2:]
+        pad_h, pad_w = (max((-(-n // 2) - 1) * 2 + 3 - n, 0) for n in (h, w))
+        x = F.pad(x, [pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2])
+        return self.fc(F.relu(self.conv(x)).mean((2, 3)))
+
+
 # Average pools whose windows hold different numbers of values, each with an input side it
 # pools unevenly: (pool, side).
 UNEVEN_POOLS = {

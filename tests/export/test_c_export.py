@@ -17,6 +17,7 @@ from helpers import (
     Gates,
     MeanHead,
     OptionA,
+    SamePad,
     ShapeOps,
     require_gcc,
     uneven_pool_net,
@@ -272,6 +273,15 @@ def test_copies_and_clamps_are_bit_exact(tmp_path):
     torch.manual_seed(0)
     images = torch.randn(16, 3, 12, 12)
     _check_bit_exact(quantize(Copies().eval(), images), images, tmp_path, (3, 12, 12))
+
+
+def test_padding_computed_from_the_input_size_is_bit_exact(tmp_path):
+    """TensorFlow's 'SAME' padding, worked out in the forward from x.size() (odd sides: the
+    extra row and column at the end)."""
+    require_gcc()
+    torch.manual_seed(0)
+    images = torch.randn(16, 3, 11, 11)
+    _check_bit_exact(quantize(SamePad().eval(), images), images, tmp_path, (3, 11, 11))
 
 
 def test_constants_and_differences_are_bit_exact(tmp_path):

@@ -282,7 +282,8 @@ class Builder:
         """F.pad with zeros (an option-A ResNet shortcut's new channels): each output value
         reads its input value, or is 0 where it falls in the padding (a negative pad crops)."""
         shape = self._shape(node)
-        pads = list(node.args[1]) + [0] * (2 * len(shape) - len(node.args[1]))
+        pads = list(static_value(node.args[1], node))  # TF's 'SAME' pads: read off sizes
+        pads += [0] * (2 * len(shape) - len(pads))
         inside, index, out_stride, in_stride = [], [], 1, 1
         for dim in reversed(range(len(shape))):
             before = pads[2 * (len(shape) - 1 - dim)]  # pads run from the last dimension back

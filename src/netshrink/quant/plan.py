@@ -584,8 +584,12 @@ def pool_options(node: fx.Node, module) -> dict:
     return {name: static_value(value, node) for name, value in options.items()}
 
 
-# Arithmetic on sizes that a traced graph may do before it calls a pool (h // 2, k * 2).
-_SIZE_ARITHMETIC = {operator.floordiv, operator.mul, operator.add, operator.sub, operator.getitem}
+# Arithmetic on sizes that a traced graph may do before it calls a pool or pads (h // 2, k * 2,
+# TensorFlow's 'SAME' padding: -(-h // s), max(..., 0)).
+_SIZE_ARITHMETIC = {
+    operator.floordiv, operator.mul, operator.add, operator.sub, operator.getitem, operator.neg,
+    operator.mod, max, min,
+}  # fmt: skip
 
 
 def static_value(value, user: fx.Node):
