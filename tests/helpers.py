@@ -232,6 +232,33 @@ class SamePad(nn.Module):
         return self.fc(F.relu(self.conv(x)).mean((2, 3)))
 
 
+class Conv2dSame(nn.Conv2d):
+    """timm's Conv2dSame: a Conv2d subclass whose forward pads 'SAME' from the input's size,
+    then convolves itself with F.conv2d (fx traces into it)."""
+
+    def forward(self, x):
+        pads = []
+        for size, k, s in zip(x.size()[-2:], self.kernel_size, self.stride, strict=True):
+            total = max((-(-size // s) - 1) * s + k - size, 0)
+            pads = [total // 2, total - total // 2, *pads]
+        x = F.pad(x, pads)
+        return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+
+
+class TfSame(nn.Module):
+    """Two Conv2dSame layers (strided, one without a bias), each followed by batch norm."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.bn1 = Conv2dSame(3, 8, 3, stride=2), nn.BatchNorm2d(8)
+        self.conv2, self.bn2 = Conv2dSame(8, 8, 3, stride=2, bias=False), nn.BatchNorm2d(8)
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x):
+        x = F.relu(self.bn1(self.conv1(x)))
+        return self.fc(F.relu(self.bn2(self.conv2(x))).mean((2, 3)))
+
+
 # Average pools whose windows hold different numbers of values, each with an input side it
 # pools unevenly: (pool, side).
 UNEVEN_POOLS = {

@@ -20,7 +20,7 @@ from torch.nn.utils import parametrize
 from .config import Settings
 from .edits import BatchNormAsConv, FoldBatchNorm, record_edits, structural_edits
 from .errors import UnsupportedLayerError
-from .graph import trace
+from .graph import own_layer_calls, trace
 from .layers import unwrap
 from .mask import Mask
 from .stage import Stage
@@ -51,6 +51,7 @@ def fold_batchnorm(model: nn.Module, input_shape: tuple[int, ...] | None = None)
 def foldable_pairs(model: nn.Module, input_shape=None) -> list[tuple[str, str]]:
     """(conv, bn) names where the BatchNorm's only input is the layer's output, used nowhere else."""
     graph_module = trace(model, "batch-norm folding", input_shape)
+    own_layer_calls(graph_module, model)  # Conv2dSame's F.conv2d as its layer (the graph is only read)
     modules = dict(graph_module.named_modules())
     pairs = []
     for node in graph_module.graph.nodes:

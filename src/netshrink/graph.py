@@ -310,6 +310,87 @@ def _drop_unused_numbers(graph: fx.Graph) -> None:
             graph.erase_node(node)
 
 
+_CONV_CALLS = {torch.conv2d, nn.functional.conv2d}
+_LINEAR_CALLS = {nn.functional.linear}
+
+
+def own_layer_calls(graph_module: fx.GraphModule, root: nn.Module) -> list[str]:
+    """Make each F.conv2d / F.linear call that reads a Conv2d's / Linear's own weight and bias
+    with its own settings a call of that module, in place; returns those modules' names. Such
+    calls come from a layer subclass whose forward does something first and then convolves
+    itself (timm's Conv2dSame: 'SAME' padding from the input's size, then F.conv2d(x,
+    self.weight, self.bias, self.stride, 0, ...)): fx traces into it, and the methods would
+    see a function of two constants rather than a layer. The caller must then run each named
+    module as its plain class (its own forward would pad again): see plain_layers. `root`: the
+    model traced (the graph module holds only the attributes its graph reads)."""
+    modules = dict(root.named_modules())
+    names = []
+    for node in list(graph_module.graph.nodes):
+        name = _own_layer(node, modules)
+        if name is None:
+            continue
+        graph_module.add_submodule(name, modules[name])  # was a holder of its weight and bias
+        with graph_module.graph.inserting_before(node):
+            call = graph_module.graph.call_module(name, (node.args[0],))
+        call.meta = dict(node.meta)
+        node.replace_all_uses_with(call)
+        graph_module.graph.erase_node(node)
+        names.append(name)
+    for node in list(graph_module.graph.nodes):  # the weights' get_attr, now unread
+        if node.op == "get_attr" and not node.users:
+            graph_module.graph.erase_node(node)
+    graph_module.recompile()
+    return names
+
+
+def plain_layers(graph_module: fx.GraphModule, names: list[str]) -> None:
+    """Run each module in `names` (own_layer_calls') as a plain nn.Conv2d / nn.Linear: its
+    class is changed in place, so call this on a model the caller owns (a copy)."""
+    for name in names:
+        module = graph_module.get_submodule(name)
+        module.__class__ = nn.Conv2d if isinstance(module, nn.Conv2d) else nn.Linear
+
+
+def _own_layer(node: fx.Node, modules: dict[str, nn.Module]) -> str | None:
+    """The name of the Conv2d / Linear whose own weight, bias and settings the function call
+    `node` computes with, or None."""
+    if node.op != "call_function" or node.target not in _CONV_CALLS | _LINEAR_CALLS:
+        return None
+    names = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
+    args = dict(zip(names, node.args)) | dict(node.kwargs)
+    weight = args.get("weight")
+    if not (isinstance(weight, fx.Node) and weight.op == "get_attr"):
+        return None
+    owner, _, attribute = weight.target.rpartition(".")
+    module = modules.get(owner)
+    kind = nn.Conv2d if node.target in _CONV_CALLS else nn.Linear
+    if attribute != "weight" or type(module) is kind or not isinstance(module, kind):
+        return None  # a plain layer's call is a module call already
+    bias = args.get("bias")
+    if module.bias is None and bias is not None:
+        return None
+    if module.bias is not None and getattr(bias, "target", None) != f"{owner}.bias":
+        return None
+    if kind is nn.Conv2d and not _same_settings(module, args):
+        return None
+    return owner
+
+
+def _same_settings(conv: nn.Conv2d, args: dict) -> bool:
+    def pair(value):
+        return tuple(value) if isinstance(value, (list, tuple)) else (value, value)
+
+    padding = args.get("padding", 0)
+    padding = padding if isinstance(padding, str) else pair(padding)
+    return (
+        conv.padding_mode == "zeros"
+        and pair(args.get("stride", 1)) == tuple(conv.stride)
+        and padding == (conv.padding if isinstance(conv.padding, str) else tuple(conv.padding))
+        and pair(args.get("dilation", 1)) == tuple(conv.dilation)
+        and args.get("groups", 1) == conv.groups
+    )
+
+
 def describe(node: fx.Node, module: nn.Module | None = None) -> str:
     """What `node` computes, for a message: the class of its layer (`module`), or its function
     with the module whose forward calls it (`add in layer2.1.se`: fx names alone, `add_3`,

@@ -19,6 +19,7 @@ from helpers import (
     OptionA,
     SamePad,
     ShapeOps,
+    TfSame,
     require_gcc,
     uneven_pool_net,
 )
@@ -282,6 +283,14 @@ def test_padding_computed_from_the_input_size_is_bit_exact(tmp_path):
     torch.manual_seed(0)
     images = torch.randn(16, 3, 11, 11)
     _check_bit_exact(quantize(SamePad().eval(), images), images, tmp_path, (3, 11, 11))
+
+
+def test_a_layer_that_convolves_itself_is_bit_exact(tmp_path):
+    """timm's Conv2dSame (its forward pads from the input's size, then calls F.conv2d)."""
+    require_gcc()
+    torch.manual_seed(0)
+    images = torch.randn(16, 3, 11, 11)
+    _check_bit_exact(quantize(TfSame().eval(), images), images, tmp_path, (3, 11, 11))
 
 
 def test_constants_and_differences_are_bit_exact(tmp_path):

@@ -10,7 +10,7 @@ from pydantic import ValidationError
 from torch import nn
 from torch.nn.utils import parametrize
 
-from helpers import Copies
+from helpers import Copies, TfSame
 from netshrink.edits import structural_edits
 from netshrink.errors import ConfigError, UnsupportedLayerError
 from netshrink.measure import count_macs, count_parameters
@@ -62,6 +62,7 @@ CASES = {
     "lenet300_100": (lenet300_100, MNIST, {"amount": 0.3}),  # no conv: its neurons, by default
     # clamps, pads, nearest upsampling pass channels; the pixel shuffle locks conv's
     "copies": (Copies, (3, 12, 12), {"amount": 0.5}),
+    "conv2d-same": (TfSame, (3, 11, 11), {"amount": 0.5}),  # layers that convolve themselves
 }
 
 

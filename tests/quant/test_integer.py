@@ -20,6 +20,7 @@ from helpers import (
     MeanHead,
     OptionA,
     ShapeOps,
+    TfSame,
     randomize_batchnorms,
     train_on_digits,
     uneven_pool_net,
@@ -275,6 +276,20 @@ def test_constants_and_differences_run_on_integers_exactly():
     qmodel = quantize(Fixup().eval(), _images())
     assert "bias1a_quant" in dict(qmodel.named_modules())  # a constant on a grid of its own
     _assert_identical(qmodel, _images())
+
+
+def test_a_layer_that_convolves_itself_is_a_layer(tmp_path):
+    # timm's Conv2dSame: F.conv2d(x, self.weight, ...) in its forward, a batch norm after it
+    torch.manual_seed(0)
+    model = randomize_batchnorms(TfSame()).eval()
+    x = _images(16, size=11)
+    qmodel = quantize(model, x)
+    assert set(fixed_point_formats(qmodel).weights) == {"conv1", "conv2", "fc"}  # bn folded
+    _assert_identical(qmodel, x)
+    with torch.no_grad():
+        assert torch.corrcoef(torch.stack([qmodel(x).flatten(), model(x).flatten()]))[0, 1] > 0.95
+    path = pack(qmodel, tmp_path / "m.nsk", input_shape=(3, 11, 11), num_classes=10)
+    _assert_identical(unpack(path, TfSame()), x)
 
 
 def test_copies_and_clamps_run_on_integers_exactly():

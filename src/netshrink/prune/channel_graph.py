@@ -23,7 +23,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from netshrink.errors import ConfigError
-from netshrink.graph import first_line, trace
+from netshrink.graph import first_line, own_layer_calls, trace
 
 Value = tuple[int, int] | None  # (space id, features per channel: H*W after a flatten, else 1)
 
@@ -157,6 +157,7 @@ def analyze_channels(model: nn.Module, input_shape: tuple[int, ...]) -> ChannelG
     """
     graph_module = trace(model, "filter pruning", input_shape)
     _propagate_shapes(model, graph_module, input_shape)
+    own_layer_calls(graph_module, model)  # after the shapes: the graph is only read from here
     builder = _Builder(dict(graph_module.named_modules()))
     for node in graph_module.graph.nodes:
         builder.visit(node)

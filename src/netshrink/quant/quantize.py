@@ -35,7 +35,7 @@ from ..edits import (
 )
 from ..errors import ConfigError, UnsupportedLayerError
 from ..fold import batchnorms_as_convs, converted_batchnorms, fold_batchnorm
-from ..graph import trace
+from ..graph import own_layer_calls, plain_layers, trace
 from ..layers import copy_model, unwrap
 from ..loaders import LoaderSplits
 from ..stage import Stage
@@ -358,6 +358,8 @@ def _folded(root: nn.Module, input_shape=None) -> nn.Module:
 
 def _traced(root: nn.Module, keep_edits: bool = True, input_shape=None) -> fx.GraphModule:
     graph_module = trace(root, "fixed-point quantization", input_shape)
+    # a layer subclass that convolves itself (timm's Conv2dSame): a layer call (root is ours)
+    plain_layers(graph_module, own_layer_calls(graph_module, root))
     _drop_identities(graph_module)
     graph_module.train(root.training)
     if keep_edits:
