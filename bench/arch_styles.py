@@ -723,27 +723,40 @@ class FixupResNet(nn.Module):
         return self.fc(F.adaptive_avg_pool2d(x, 1).flatten(1) + self.bias2)
 
 
-class PadSame(nn.Module):
+def pad_same(x: torch.Tensor, kernel: int, stride: int) -> torch.Tensor:
     """TensorFlow's 'SAME' padding as TF-ported code writes it (timm's pad_same): computed from
-    the input's size in the forward, the extra row and column at the end, F.pad before a conv."""
+    the input's size in the forward, the extra row and column at the end."""
+    ih, iw = x.size()[-2:]
+    pad_h = max((-(-ih // stride) - 1) * stride + kernel - ih, 0)
+    pad_w = max((-(-iw // stride) - 1) * stride + kernel - iw, 0)
+    return F.pad(x, [pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2])
 
+
+class PadSame(nn.Module):
     def __init__(self, kernel: int, stride: int) -> None:
         super().__init__()
         self.kernel, self.stride = kernel, stride
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        ih, iw = x.size()[-2:]
-        pad_h = max((-(-ih // self.stride) - 1) * self.stride + self.kernel - ih, 0)
-        pad_w = max((-(-iw // self.stride) - 1) * self.stride + self.kernel - iw, 0)
-        return F.pad(x, [pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2])
+        return pad_same(x, self.kernel, self.stride)
 
 
 def conv_same(cin: int, cout: int, kernel: int, stride: int = 1) -> nn.Sequential:
+    """Keras' ZeroPadding2D-then-Conv2D form of a 'SAME' convolution."""
     return nn.Sequential(PadSame(kernel, stride), nn.Conv2d(cin, cout, kernel, stride))
 
 
+class Conv2dSame(nn.Conv2d):
+    """timm's Conv2dSame: a Conv2d whose own forward pads 'SAME', then calls F.conv2d."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = pad_same(x, self.kernel_size[0], self.stride[0])
+        return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+
+
 class TFPorted(nn.Module):
-    """A network as ported from TensorFlow / Keras: 'SAME' convolutions (asymmetric F.pad),
+    """A network as ported from TensorFlow / Keras: 'SAME' convolutions (asymmetric F.pad; the
+    last one timm's Conv2dSame, a Conv2d subclass that pads and convolves in its forward),
     ReLU6 written torch.clamp(x, 0, 6), an average pool that does not count its padding (TF's
     'SAME' pooling), nearest upsampling of a coarse branch added back, a reflection-padded
     conv, and an AdaptiveAvgPool2d((3, 3)) head on an 8 x 8 map (windows of 3 and 4 rows)."""
@@ -755,7 +768,7 @@ class TFPorted(nn.Module):
         self.pool = nn.AvgPool2d(3, 1, 1, count_include_pad=False)
         self.coarse = nn.Conv2d(32, 32, 1)
         self.smooth = nn.Conv2d(32, 32, 3, padding=1, padding_mode="reflect")
-        self.last = conv_same(32, 32, 3)
+        self.last = Conv2dSame(32, 32, 3)
         self.head = nn.AdaptiveAvgPool2d((3, 3))
         self.fc = nn.Linear(32 * 9, num_classes)
 
@@ -851,7 +864,7 @@ def fixup_resnet(*, num_classes: int = 10, in_channels: int = 3, input_size: int
 
 
 def tf_ported(*, num_classes: int = 10, in_channels: int = 3, input_size: int = 32) -> nn.Module:
-    """Ported from TensorFlow: 'SAME' F.pad, clamp ReLU6, uncounted-padding and adaptive pools."""
+    """Ported from TensorFlow: 'SAME' F.pad, Conv2dSame, clamp ReLU6, uneven average pools."""
     return TFPorted(num_classes, in_channels)
 
 
