@@ -51,7 +51,7 @@ def fold_batchnorm(model: nn.Module, input_shape: tuple[int, ...] | None = None)
 def foldable_pairs(model: nn.Module, input_shape=None) -> list[tuple[str, str]]:
     """(conv, bn) names where the BatchNorm's only input is the layer's output, used nowhere else."""
     graph_module = trace(model, "batch-norm folding", input_shape)
-    own_layer_calls(graph_module, model)  # Conv2dSame's F.conv2d as its layer (the graph is only read)
+    own_layer_calls(graph_module, model)  # Conv2dSame's F.conv2d as its layer (only read here)
     modules = dict(graph_module.named_modules())
     pairs = []
     for node in graph_module.graph.nodes:

@@ -33,7 +33,7 @@ from ..errors import ConfigError, CorruptFileError, UnsupportedLayerError
 from ..files import atomic_write
 from ..layers import copy_model, unwrap
 from ..mask import unparametrize
-from .onnx_pools import divisors_exported, exact_pools
+from .onnx_pools import exact_pools, pools_exported
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
@@ -86,9 +86,10 @@ def export_onnx(
     input's shape, as CBAM's channel gate does), batch 1, with a StaticBatchWarning and the
     file's doc_string saying why. Uses the TorchScript exporter (`dynamo=False`), which folds
     BatchNorm into the convolutions; pools take PyTorch's windows and divide as it does under
-    every ONNX Runtime kernel (exact_pools; divisor_override too: divisors_exported); the file
-    is checked with `onnx.checker.check_model(full_check=True)` before it replaces anything at
-    `path`. Raises UnsupportedLayerError when an operation cannot be exported.
+    every ONNX Runtime kernel (exact_pools; divisor_override and adaptive windows that do not
+    tile the input too: pools_exported); the file is checked with
+    `onnx.checker.check_model(full_check=True)` before it replaces anything at `path`. Raises
+    UnsupportedLayerError when an operation cannot be exported.
 
     Example:
         >>> export_onnx(prune_magnitude(lenet5(), config), "lenet5.onnx", (1, 28, 28))
@@ -113,14 +114,14 @@ def _export_checked(model: nn.Module, example: torch.Tensor, path: Path, opset: 
         with _torch_graph_dump_silenced():
             _torch_export(model, example, path, opset, dynamic=True)
         note = None
-    except _EXPORT_ERRORS as exc:
+    except _FAILURES as exc:
         # A size read from the input (CBAM's avg_pool2d(x, x.size()[2:])) is a constant in a
         # static trace but a graph value under a dynamic axis, where ONNX needs an attribute:
         # a file for batch 1 serves the user better than no file.
         dynamic_cause = _cause(exc)
         try:
             _torch_export(model, example[:1], path, opset, dynamic=False)
-        except _EXPORT_ERRORS as static_exc:
+        except _FAILURES as static_exc:
             raise _unsupported(model, opset, static_exc) from static_exc
         note = (
             "takes a batch of 1 only: torch cannot export it with a dynamic batch axis, as "
@@ -145,6 +146,7 @@ class StaticBatchWarning(UserWarning):
 
 
 _EXPORT_ERRORS = (RuntimeError, TypeError, ValueError, onnx.checker.ValidationError)
+_FAILURES = (UnsupportedLayerError, *_EXPORT_ERRORS)
 # what onnx.checker raises on a file whose shapes do not add up (full_check)
 _CHECK_ERRORS = (onnx.checker.ValidationError, onnx.shape_inference.InferenceError)
 
@@ -152,7 +154,7 @@ _CHECK_ERRORS = (onnx.checker.ValidationError, onnx.shape_inference.InferenceErr
 def _torch_export(model: nn.Module, example: torch.Tensor, path: Path, opset: int, *, dynamic):
     """torch.onnx.export with netshrink's names, the batch axis dynamic or not."""
     axes = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}} if dynamic else None
-    with warnings.catch_warnings(), torch.no_grad(), divisors_exported(opset):
+    with warnings.catch_warnings(), torch.no_grad(), pools_exported(opset):
         for message in _EXPORTER_NOISE:
             warnings.filterwarnings("ignore", message=message, category=DeprecationWarning)
         torch.onnx.export(

@@ -1,7 +1,7 @@
 """ONNX pools as PyTorch computes them: every AveragePool and MaxPool of an exported file takes
 PyTorch's windows and divides as PyTorch does under every ONNX Runtime kernel (ceil_mode,
-count_include_pad; see exact_pools), divisor_override included (divisors_exported). Used by
-every export (netshrink.export.onnx)."""
+count_include_pad; see exact_pools), divisor_override and adaptive windows that do not tile the
+input included (pools_exported). Used by every export (netshrink.export.onnx)."""
 
 import contextlib
 
@@ -142,17 +142,75 @@ def _set_attribute(node: onnx.NodeProto, name: str, value) -> None:
 
 
 @contextlib.contextmanager
-def divisors_exported(opset: int):
-    """While open, torch's TorchScript exporter writes avg_pool2d's divisor_override, which its
-    own symbolic drops without a word (AvgPool2d(2, divisor_override=1), a sum pool, exported as
-    a mean: every logit wrong): such a pool becomes a floor-mode AveragePool that counts every
-    padded position, so each window divides by the whole kernel, then a Mul by kernel area /
-    divisor. Pools without an override export as torch's own symbolic writes them."""
-    torch.onnx.register_custom_op_symbolic("aten::avg_pool2d", _avg_pool2d, opset)
+def pools_exported(opset: int):
+    """While open, torch's TorchScript exporter writes the average pools its own symbolics get
+    wrong or refuse. avg_pool2d's divisor_override, which torch drops without a word
+    (AvgPool2d(2, divisor_override=1), a sum pool, exported as a mean: every logit wrong):
+    such a pool becomes a floor-mode AveragePool that counts every padded position, so each
+    window divides by the whole kernel, then a Mul by kernel area / divisor. An adaptive
+    average pool whose windows do not tile its input (torchvision's VGG head on 32 x 32, 8 ->
+    3), which torch refuses: a MatMul of the flattened maps by the averaging matrix. Other
+    pools export as torch's own symbolics write them."""
+    symbolics = {"aten::avg_pool2d": _avg_pool2d, "aten::adaptive_avg_pool2d": _adaptive_avg_pool2d}
+    for name, symbolic in symbolics.items():
+        torch.onnx.register_custom_op_symbolic(name, symbolic, opset)
     try:
         yield
     finally:
-        torch.onnx.unregister_custom_op_symbolic("aten::avg_pool2d", opset)
+        for name in symbolics:
+            torch.onnx.unregister_custom_op_symbolic(name, opset)
+
+
+@symbolic_helper.parse_args("v", "is")
+def _adaptive_avg_pool2d(g, x, output_size):
+    oh, ow = _pair(output_size)
+    if (oh, ow) == (1, 1):
+        return g.op("GlobalAveragePool", x)
+    sizes = _traced_sizes(g, x)[-3:]
+    if len(sizes) != 3 or None in sizes:
+        raise UnsupportedLayerError(
+            f"cannot export adaptive_avg_pool2d to {oh} x {ow} to ONNX: its input's channels, "
+            "height and width are not fixed"
+        )
+    c, h, w = sizes
+    if h % oh == 0 and w % ow == 0:
+        kernel = [h // oh, w // ow]
+        return g.op("AveragePool", x, kernel_shape_i=kernel, strides_i=kernel)
+    # each window's sum (exact: a 0 / 1 matrix), then divided by its count as PyTorch divides
+    # it, so that a quotient halfway between two integers of an int8 grid stays a tie
+    members = _window_members(h, w, oh, ow)
+    flat = g.op("Reshape", x, g.op("Constant", value_t=torch.tensor([-1, c, h * w])))
+    sums = g.op("MatMul", flat, g.op("Constant", value_t=members))
+    means = g.op("Div", sums, g.op("Constant", value_t=members.sum(0)))
+    return g.op("Reshape", means, g.op("Constant", value_t=torch.tensor([-1, c, oh, ow])))
+
+
+def _traced_sizes(g, x) -> list:
+    """`x`'s sizes as ONNX's shape inference knows them, or else as torch traced them (an
+    F.pad before leaves ONNX's shape of it unknown)."""
+    sizes = symbolic_helper._get_tensor_sizes(x) or []
+    if sizes and None not in sizes[-3:]:
+        return sizes
+    try:
+        return list(g.original_node.inputsAt(0).type().sizes())
+    except (AttributeError, RuntimeError):  # no traced type: sizes unknown
+        return sizes
+
+
+def _window_members(h: int, w: int, oh: int, ow: int) -> torch.Tensor:
+    """[h * w, oh * ow], 1 where input (y, x) lies in PyTorch's adaptive window (i, j): rows
+    from floor(i * h / oh) to ceil((i + 1) * h / oh), columns likewise."""
+    rows = [_adaptive_members(h, oh, i) for i in range(oh)]
+    cols = [_adaptive_members(w, ow, j) for j in range(ow)]
+    matrix = torch.zeros(h, w, oh, ow)
+    for i, r in enumerate(rows):
+        for j, c in enumerate(cols):
+            matrix[r.start : r.stop, c.start : c.stop, i, j] = 1
+    return matrix.reshape(h * w, oh * ow)
+
+
+def _adaptive_members(size: int, out: int, index: int) -> range:
+    return range(index * size // out, -(-(index + 1) * size // out))
 
 
 @symbolic_helper.parse_args("v", "is", "is", "is", "i", "i", "v")
