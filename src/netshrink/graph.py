@@ -16,10 +16,12 @@ error says which.
 """
 
 import operator
+import types
 
 import torch
 from torch import fx, nn
 from torch.fx.proxy import TraceError
+from torch.nn.utils import parametrize
 
 from netshrink.errors import UnsupportedLayerError
 
@@ -52,6 +54,18 @@ class _Tracer(fx.Tracer):
         out = super().call_module(m, forward, args, kwargs)
         self.inside.pop()  # not popped when tracing fails, so the failing module stays on top
         return out
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        # A parametrized layer (a pruning mask, a codebook) is an instance of a class made on
+        # the fly in torch.nn.utils.parametrize, which fx takes for a torch.nn leaf: decide by
+        # its own class, so that a subclass with its own forward (timm's Conv2dSame) is
+        # traced into, as it is unparametrized, rather than taken for a plain conv.
+        if parametrize.is_parametrized(m):
+            original = type(m).__bases__[0]
+            return original.__module__.startswith(("torch.nn", "torch.ao.nn")) and not issubclass(
+                original, nn.Sequential
+            )
+        return super().is_leaf_module(m, qualname)
 
     def where(self, model: nn.Module) -> str:
         """The module whose forward the trace was in (when it failed)."""
@@ -336,8 +350,9 @@ def own_layer_calls(graph_module: fx.GraphModule, root: nn.Module) -> list[str]:
         node.replace_all_uses_with(call)
         graph_module.graph.erase_node(node)
         names.append(name)
-    for node in list(graph_module.graph.nodes):  # the weights' get_attr, now unread
-        if node.op == "get_attr" and not node.users:
+    for node in reversed(list(graph_module.graph.nodes)):  # what made the weights, now unread
+        made = node.op == "get_attr" or ".parametrizations." in str(node.target)
+        if made and not node.users:
             graph_module.graph.erase_node(node)
     graph_module.recompile()
     return names
@@ -345,10 +360,12 @@ def own_layer_calls(graph_module: fx.GraphModule, root: nn.Module) -> list[str]:
 
 def plain_layers(graph_module: fx.GraphModule, names: list[str]) -> None:
     """Run each module in `names` (own_layer_calls') as a plain nn.Conv2d / nn.Linear: its
-    class is changed in place, so call this on a model the caller owns (a copy)."""
+    forward is replaced by the plain class's on the instance (its class stays: a mask's or a
+    codebook's parametrization lives in it), so call this on a model the caller owns (a copy)."""
     for name in names:
         module = graph_module.get_submodule(name)
-        module.__class__ = nn.Conv2d if isinstance(module, nn.Conv2d) else nn.Linear
+        plain = nn.Conv2d if isinstance(module, nn.Conv2d) else nn.Linear
+        module.forward = types.MethodType(plain.forward, module)
 
 
 def _own_layer(node: fx.Node, modules: dict[str, nn.Module]) -> str | None:
@@ -358,22 +375,34 @@ def _own_layer(node: fx.Node, modules: dict[str, nn.Module]) -> str | None:
         return None
     names = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
     args = dict(zip(names, node.args)) | dict(node.kwargs)
-    weight = args.get("weight")
-    if not (isinstance(weight, fx.Node) and weight.op == "get_attr"):
-        return None
-    owner, _, attribute = weight.target.rpartition(".")
+    owner = _tensor_owner(args.get("weight"), "weight")
     module = modules.get(owner)
     kind = nn.Conv2d if node.target in _CONV_CALLS else nn.Linear
-    if attribute != "weight" or type(module) is kind or not isinstance(module, kind):
+    if owner is None or type(module) is kind or not isinstance(module, kind):
         return None  # a plain layer's call is a module call already
     bias = args.get("bias")
     if module.bias is None and bias is not None:
         return None
-    if module.bias is not None and getattr(bias, "target", None) != f"{owner}.bias":
+    if module.bias is not None and _tensor_owner(bias, "bias") != owner:
         return None
     if kind is nn.Conv2d and not _same_settings(module, args):
         return None
     return owner
+
+
+def _tensor_owner(value, name: str) -> str | None:
+    """The module whose tensor `name` the graph value `value` is: read as an attribute
+    (`conv.weight`), or made by its parametrization (a pruning mask: a call of
+    `conv.parametrizations.weight`); None for anything else."""
+    if not isinstance(value, fx.Node):
+        return None
+    if value.op == "get_attr":
+        owner, _, attribute = value.target.rpartition(".")
+        return owner if attribute == name else None
+    suffix = f".parametrizations.{name}"
+    if value.op == "call_module" and value.target.endswith(suffix):
+        return value.target[: -len(suffix)]
+    return None
 
 
 def _same_settings(conv: nn.Conv2d, args: dict) -> bool:
