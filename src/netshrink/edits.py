@@ -108,6 +108,15 @@ class ActivationSpec(FormatSpec):
         None, min_length=2, max_length=2
     )
 
+    @model_serializer(mode="wrap")
+    def _pool_input_written_where_set(self, handler):
+        # only a pool with uneven windows has one: a file's other quantizers stay as small (and
+        # as earlier files wrote them)
+        data = handler(self)
+        if data.get("pool_input") is None:
+            data.pop("pool_input", None)
+        return data
+
 
 class FixedPointFormats(Config):
     """The fixed-point model (netshrink.quant): the model traced with torch.fx, an activation
