@@ -174,3 +174,13 @@ def test_pack_refuses_to_write_a_file_its_reader_would_refuse(tmp_path):
     with pytest.raises(ConfigError, match="cannot pack.*allowed for one module"):
         pack(model, tmp_path / "m.nsk")
     assert not (tmp_path / "m.nsk").exists()
+
+
+def test_a_pool_input_that_would_size_huge_divisors_is_refused():
+    # a file's number: the divisors it sizes (one an output) stay within 4096 x 4096
+    from netshrink.edits import MAX_POOL_SIDE, ActivationSpec
+
+    assert ActivationSpec(bits=8, frac=4, pool_input=(MAX_POOL_SIDE, 3)).pool_input == (4096, 3)
+    for bad in [(MAX_POOL_SIDE + 1, 3), (0, 3), (3,), (3, 3, 3)]:
+        with pytest.raises(ValidationError):
+            ActivationSpec(bits=8, frac=4, pool_input=bad)

@@ -95,6 +95,11 @@ class FormatSpec(Config):
     signed: bool = True
 
 
+# The largest height or width an average pool with uneven windows may read (its divisors, one an
+# output, are made from it: a file's number, so bounded; 4096 x 4096 int64 divisors are 128 MiB).
+MAX_POOL_SIDE = 4096
+
+
 class ActivationSpec(FormatSpec):
     """An activation quantizer's format; after an average pool, the pool's `divisor` and the
     fractional length `input_frac` of the values it averages (the integer path divides once).
@@ -104,7 +109,7 @@ class ActivationSpec(FormatSpec):
 
     divisor: int = Field(1, ge=1)
     input_frac: int | None = None
-    pool_input: tuple[Annotated[int, Field(ge=1, le=1 << 16)], ...] | None = Field(
+    pool_input: tuple[Annotated[int, Field(ge=1, le=MAX_POOL_SIDE)], ...] | None = Field(
         None, min_length=2, max_length=2
     )
 

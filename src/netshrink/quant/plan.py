@@ -546,9 +546,10 @@ def uneven_pool_input(node: fx.Node, module: nn.Module | None) -> tuple[int, int
 
 def window_divisors(node: fx.Node, module: nn.Module | None, size: tuple[int, int]):
     """What PyTorch divides each output of an average pool by, for an input of height and width
-    `size`: an int64 tensor [out height, out width]. Adaptive windows run from floor(i * H / OH)
-    to ceil((i + 1) * H / OH); a sliding window's divisor is its count of values (padding
-    counted or not, as the pool says) over what it averages, read off the pool run on ones."""
+    `size`: an int64 tensor [out height, out width], each the window's rows times its columns.
+    Adaptive windows run from floor(i * H / OH) to ceil((i + 1) * H / OH); a sliding window's
+    count along an axis (padding counted or not, as the pool says) is read off the pool run on
+    ones along that axis alone."""
     h, w = size
     if isinstance(module, nn.AdaptiveAvgPool2d) or node.target is F.adaptive_avg_pool2d:
         out = module.output_size if module is not None else node.args[1]
@@ -556,13 +557,26 @@ def window_divisors(node: fx.Node, module: nn.Module | None, size: tuple[int, in
         counts = [_adaptive_counts(n, o or n) for n, o in ((h, oh), (w, ow))]
         return torch.outer(*counts)
     options = pool_options(node, module)
-    args = (
-        options["kernel_size"], options["stride"] or options["kernel_size"], options["padding"],
-        options["ceil_mode"], options["count_include_pad"],
-    )  # fmt: skip
-    ones = torch.ones(1, 1, h, w, dtype=torch.float64)
-    sums = F.avg_pool2d(ones, *args, divisor_override=1)
-    return (sums / F.avg_pool2d(ones, *args)).round().long()[0, 0]
+    kernel = _pair(options["kernel_size"])
+    stride, padding = _pair(options["stride"] or kernel), _pair(options["padding"])
+    # PyTorch's divisor is the window's rows times its columns: one axis at a time (a file's
+    # size costs memory along each axis only, and the outputs' count)
+    counts = []
+    for axis, size in enumerate((h, w)):
+        shape = [1, 1, 1, 1]
+        shape[2 + axis] = size
+
+        def pick(value, other, axis=axis):  # `value` along this axis, `other` along the other
+            return (value, other) if axis == 0 else (other, value)
+
+        args = (
+            pick(kernel[axis], 1), pick(stride[axis], 1), pick(padding[axis], 0),
+            options["ceil_mode"], options["count_include_pad"],
+        )  # fmt: skip
+        ones = torch.ones(shape, dtype=torch.float64)
+        sums = F.avg_pool2d(ones, *args, divisor_override=1)
+        counts.append((sums / F.avg_pool2d(ones, *args)).round().long().flatten())
+    return torch.outer(*counts)
 
 
 def _adaptive_counts(size: int, out: int) -> torch.Tensor:
