@@ -240,20 +240,33 @@ def test_gates_and_lookup_tables_are_bit_exact(tmp_path):
         _check_bit_exact(qmodel, images, tmp_path / str(bits), (3, 12, 12))
 
 
-def test_channel_reductions_are_bit_exact(tmp_path):
-    """CBAM's gates: max and mean over the channels, a max over each map."""
-    require_gcc()
-    torch.manual_seed(0)
-    images = torch.randn(16, 3, 12, 12)
-    _check_bit_exact(quantize(Attention().eval(), images), images, tmp_path, (3, 12, 12))
+# Layer styles of networks written outside the zoo (tests/helpers.py), each with the side of
+# the images it runs on.
+OUTSIDE_STYLES = {
+    # CBAM's gates: max and mean over the channels, a max over each map
+    "channel-reductions": (Attention, 12),
+    # an option-A ResNet shortcut (F.pad of new channels) and spatial pads, one negative
+    "zero-padding": (OptionA, 12),
+    # a channel shuffle (view / transpose / view), a chunk and a channel slice: gathers
+    "shuffles": (ShapeOps, 12),
+    # padding, nearest upsampling, pixel shuffles, a flip (through a table of sources), clamps
+    "copies-and-clamps": (Copies, 12),
+    # TensorFlow's 'SAME' padding from x.size() (odd sides: the extra row and column at the end)
+    "same-padding": (SamePad, 11),
+    # timm's Conv2dSame (its forward pads from the input's size, then calls F.conv2d)
+    "conv2d-same": (TfSame, 11),
+    # Fixup's scalar parameters and a per-channel buffer (const arrays, broadcast), a difference
+    "constants": (Fixup, 12),
+}
 
 
-def test_zero_padding_is_bit_exact(tmp_path):
-    """An option-A ResNet shortcut (F.pad of new channels) and spatial pads, one negative."""
+@pytest.mark.parametrize("style", OUTSIDE_STYLES)
+def test_layer_styles_from_outside_the_zoo_are_bit_exact(style, tmp_path):
     require_gcc()
+    make, side = OUTSIDE_STYLES[style]
     torch.manual_seed(0)
-    images = torch.randn(16, 3, 12, 12)
-    _check_bit_exact(quantize(OptionA().eval(), images), images, tmp_path, (3, 12, 12))
+    images = torch.randn(16, 3, side, side)
+    _check_bit_exact(quantize(make().eval(), images), images, tmp_path, (3, side, side))
 
 
 @pytest.mark.parametrize("case", UNEVEN_POOLS)
@@ -265,46 +278,3 @@ def test_average_pools_with_uneven_windows_are_bit_exact(case, tmp_path):
     model, side = uneven_pool_net(case)
     images = torch.randn(16, 3, side, side)
     _check_bit_exact(quantize(model, images), images, tmp_path, (3, side, side))
-
-
-def test_copies_and_clamps_are_bit_exact(tmp_path):
-    """Padding, nearest upsampling, pixel shuffles, a flip (gathered through a table of
-    sources) and clamps (lookup tables)."""
-    require_gcc()
-    torch.manual_seed(0)
-    images = torch.randn(16, 3, 12, 12)
-    _check_bit_exact(quantize(Copies().eval(), images), images, tmp_path, (3, 12, 12))
-
-
-def test_padding_computed_from_the_input_size_is_bit_exact(tmp_path):
-    """TensorFlow's 'SAME' padding, worked out in the forward from x.size() (odd sides: the
-    extra row and column at the end)."""
-    require_gcc()
-    torch.manual_seed(0)
-    images = torch.randn(16, 3, 11, 11)
-    _check_bit_exact(quantize(SamePad().eval(), images), images, tmp_path, (3, 11, 11))
-
-
-def test_a_layer_that_convolves_itself_is_bit_exact(tmp_path):
-    """timm's Conv2dSame (its forward pads from the input's size, then calls F.conv2d)."""
-    require_gcc()
-    torch.manual_seed(0)
-    images = torch.randn(16, 3, 11, 11)
-    _check_bit_exact(quantize(TfSame().eval(), images), images, tmp_path, (3, 11, 11))
-
-
-def test_constants_and_differences_are_bit_exact(tmp_path):
-    """Fixup's scalar parameters and a per-channel buffer (const arrays in flash, broadcast)
-    and a difference of two tensors."""
-    require_gcc()
-    torch.manual_seed(0)
-    images = torch.randn(16, 3, 12, 12)
-    _check_bit_exact(quantize(Fixup().eval(), images), images, tmp_path, (3, 12, 12))
-
-
-def test_shuffles_chunks_and_slices_are_bit_exact(tmp_path):
-    """A channel shuffle (view / transpose / view), a chunk and a channel slice: gathers."""
-    require_gcc()
-    torch.manual_seed(0)
-    images = torch.randn(16, 3, 12, 12)
-    _check_bit_exact(quantize(ShapeOps().eval(), images), images, tmp_path, (3, 12, 12))

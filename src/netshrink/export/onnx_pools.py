@@ -12,6 +12,7 @@ from onnx import helper, numpy_helper
 from torch.onnx import symbolic_helper
 
 from ..errors import UnsupportedLayerError
+from ..quant.plan import adaptive_windows
 from .onnx_int8 import model_opset, unused_name
 
 
@@ -149,8 +150,8 @@ def pools_exported(opset: int):
     such a pool becomes a floor-mode AveragePool that counts every padded position, so each
     window divides by the whole kernel, then a Mul by kernel area / divisor. An adaptive
     average pool whose windows do not tile its input (torchvision's VGG head on 32 x 32, 8 ->
-    3), which torch refuses: a MatMul of the flattened maps by the averaging matrix. Other
-    pools export as torch's own symbolics write them."""
+    3), which torch refuses: each window's sum by a MatMul of the flattened maps with a 0 / 1
+    matrix, then a Div by its count. Other pools export as torch's own symbolics write them."""
     symbolics = {"aten::avg_pool2d": _avg_pool2d, "aten::adaptive_avg_pool2d": _adaptive_avg_pool2d}
     for name, symbolic in symbolics.items():
         torch.onnx.register_custom_op_symbolic(name, symbolic, opset)
@@ -198,19 +199,12 @@ def _traced_sizes(g, x) -> list:
 
 
 def _window_members(h: int, w: int, oh: int, ow: int) -> torch.Tensor:
-    """[h * w, oh * ow], 1 where input (y, x) lies in PyTorch's adaptive window (i, j): rows
-    from floor(i * h / oh) to ceil((i + 1) * h / oh), columns likewise."""
-    rows = [_adaptive_members(h, oh, i) for i in range(oh)]
-    cols = [_adaptive_members(w, ow, j) for j in range(ow)]
+    """[h * w, oh * ow], 1 where input (y, x) lies in PyTorch's adaptive window (i, j)."""
     matrix = torch.zeros(h, w, oh, ow)
-    for i, r in enumerate(rows):
-        for j, c in enumerate(cols):
+    for i, r in enumerate(adaptive_windows(h, oh)):
+        for j, c in enumerate(adaptive_windows(w, ow)):
             matrix[r.start : r.stop, c.start : c.stop, i, j] = 1
     return matrix.reshape(h * w, oh * ow)
-
-
-def _adaptive_members(size: int, out: int, index: int) -> range:
-    return range(index * size // out, -(-(index + 1) * size // out))
 
 
 @symbolic_helper.parse_args("v", "is", "is", "is", "i", "i", "v")
@@ -224,7 +218,7 @@ def _avg_pool2d(g, x, kernel, stride, padding, ceil_mode, count_include_pad, div
     divisor = symbolic_helper._get_const(divisor, "i", "divisor_override")
     tail = head
     if ceil_mode:  # PyTorch's last windows as floor-mode ones over more (counted) end padding
-        sizes = (symbolic_helper._get_tensor_sizes(x) or [None] * 4)[-2:]
+        sizes = _traced_sizes(g, x)[-2:]
         if len(sizes) != 2 or None in sizes:
             raise UnsupportedLayerError(
                 "cannot export avg_pool2d with divisor_override and ceil_mode exactly: it needs "

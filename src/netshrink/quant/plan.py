@@ -579,9 +579,14 @@ def window_divisors(node: fx.Node, module: nn.Module | None, size: tuple[int, in
     return torch.outer(*counts)
 
 
+def adaptive_windows(size: int, out: int) -> list[range]:
+    """PyTorch's adaptive pooling windows along an axis of `size` made `out`: window i runs from
+    floor(i * size / out) to ceil((i + 1) * size / out)."""
+    return [range(i * size // out, -(-(i + 1) * size // out)) for i in range(out)]
+
+
 def _adaptive_counts(size: int, out: int) -> torch.Tensor:
-    index = torch.arange(out)
-    return (-(-(index + 1) * size // out)) - index * size // out
+    return torch.tensor([len(window) for window in adaptive_windows(size, out)])
 
 
 def pool_options(node: fx.Node, module) -> dict:
